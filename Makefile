@@ -1,0 +1,62 @@
+# sbc: the two commands are `make run` and `make test`; the rest are helpers.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.sbc-installed
+PKI := examples/lab-pki
+CONFIG ?= examples/lab.conf
+TRIAL_ARGS ?= tests
+
+.PHONY: run test lint typecheck trial bench-parse bench check-config clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): $(BIN)/python setup.cfg pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[test]' --config-settings editable_mode=compat
+	$(BIN)/python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
+	touch $(STAMP)
+
+$(PKI)/ca.pem: | $(STAMP)
+	$(BIN)/sbc-lab-pki $(PKI)
+
+run: $(STAMP) $(PKI)/ca.pem
+	@echo "sbc: lab PKI in $(PKI) is for testing only"
+	$(BIN)/twistd --pidfile= -n sbc --config $(CONFIG) \
+		--certificate $(PKI)/sbc.pem --private-key $(PKI)/sbc.key \
+		--ca-certificates $(PKI)/ca.pem
+
+check-config: $(STAMP) $(PKI)/ca.pem
+	$(BIN)/twistd --pidfile= -n sbc --check-config --config $(CONFIG) \
+		--certificate $(PKI)/sbc.pem --private-key $(PKI)/sbc.key \
+		--ca-certificates $(PKI)/ca.pem
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+trial: $(STAMP)
+	$(BIN)/coverage erase
+	$(BIN)/coverage run -m twisted.trial $(TRIAL_ARGS)
+	$(BIN)/coverage report
+
+test: lint typecheck trial
+
+# sippy (the comparison point) ships a top-level `tests` package that would shadow
+# ours, so it lives in its own directory, on the path of the benchmarks only.
+BENCH_SITE := $(VENV)/bench-site
+
+$(BENCH_SITE)/sippy: | $(STAMP)
+	$(BIN)/python -m pip install --quiet --target $(BENCH_SITE) sippy
+
+bench-parse: $(STAMP) $(BENCH_SITE)/sippy
+	PYTHONPATH=$(BENCH_SITE) SIPLOG_LVL=WARN $(BIN)/python benchmarks/bench_parse.py
+
+bench: bench-parse
+
+clean:
+	rm -rf $(VENV) _trial_temp .coverage *.egg-info .mypy_cache .ruff_cache

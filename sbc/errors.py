@@ -1,0 +1,90 @@
+"""Typed errors.
+
+Every failure that can become a SIP response is a :class:`SipError` (or a
+:class:`ParseError`, which is one); the single place that turns them into
+responses is the SIP stack. Configuration problems are :class:`ConfigError`
+and always name the file and line.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sbc.sip.message import Request
+
+
+class SbcError(Exception):
+    """Base class of every error sbc raises on purpose."""
+
+
+class SipError(SbcError):
+    """A failure that maps to a SIP final response.
+
+    ``status`` and ``reason`` are the response's status line; ``warning`` is an
+    optional RFC 3261 §20.43 warn-code (e.g. 380 "SIPS Not Allowed") that the
+    responder adds as a Warning header with its own host as warn-agent.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        warning: tuple[int, str] | None = None,
+    ) -> None:
+        super().__init__(f"{status} {reason}")
+        self.status = status
+        self.reason = reason
+        self.warning = warning
+
+
+class ParseError(SipError):
+    """Bytes that are not a valid SIP message.
+
+    ``reason`` says what is wrong, in words fit for a response's reason
+    phrase. ``status`` is the response the RFC asks for (400, 505 Version
+    Not Supported or 513 Message Too Large).
+
+    ``request`` is set when the bytes were a request and enough of it was
+    understood to answer (request line, Via, From, To, Call-ID and CSeq all
+    present and usable): the transport may then send ``status`` back with
+    :func:`sbc.sip.response_to`. When it is ``None`` the message is dropped
+    and counted, never answered.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        status: int = 400,
+        request: Request | None = None,
+    ) -> None:
+        super().__init__(status, reason)
+        self.request = request
+
+    @property
+    def answerable(self) -> bool:
+        """True when a response can be sent for this error."""
+        return self.request is not None
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+class ConfigError(SbcError):
+    """A configuration that cannot be accepted.
+
+    ``path`` is the file (or ``"<cli>"`` / ``"<string>"``), ``line`` the
+    1-based line number (0 when the problem is not tied to one line) and
+    ``message`` the problem in one short sentence.
+    """
+
+    def __init__(self, path: str, line: int, message: str) -> None:
+        super().__init__(path, line, message)
+        self.path = path
+        self.line = line
+        self.message = message
+
+    def __str__(self) -> str:
+        if self.line:
+            return f"{self.path}:{self.line}: {self.message}"
+        return f"{self.path}: {self.message}"

@@ -1,0 +1,78 @@
+"""``twistd sbc``: command-line options and ``makeService``. Nothing else lives here."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from sbc.config import load_config
+from sbc.errors import ConfigError
+from sbc.service import SbcService, TlsFiles
+
+
+class Options(usage.Options):
+    """Options of ``twistd sbc``."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "Runs the sbc Session Border Controller on an IOS-XR-style configuration file. "
+        "TLS (trusted-encrypted adjacencies) needs --certificate and --private-key; "
+        "--ca-certificates names the trust anchors used to verify peers."
+    )
+    optParameters = [
+        ["config", "c", None, "Configuration file (IOS-XR style, see docs/configuration.md)."],
+        [
+            "cli",
+            None,
+            None,
+            "Management CLI endpoint (strports); default: UNIX socket sbc.cli beside the config.",
+        ],
+        ["certificate", None, None, "PEM file with the SBC's certificate (and intermediates)."],
+        ["private-key", None, None, "PEM file with the private key of --certificate."],
+        ["ca-certificates", None, None, "PEM file with the CA certificates trusted for peers."],
+    ]
+    optFlags = [
+        ["check-config", None, "Validate the configuration and exit: status 0 valid, 1 invalid."],
+    ]
+
+    def postOptions(self) -> None:
+        if not self["config"]:
+            raise usage.UsageError("--config is required")
+        if bool(self["certificate"]) != bool(self["private-key"]):
+            raise usage.UsageError("--certificate and --private-key go together")
+
+    def tls_files(self) -> TlsFiles | None:
+        """The TLS identity named on the command line, if any."""
+        if not self["certificate"]:
+            return None
+        return TlsFiles(self["certificate"], self["private-key"], self["ca-certificates"])
+
+    def cli_endpoint(self) -> str:
+        """The management endpoint: --cli, or a UNIX socket beside the config file."""
+        if self["cli"]:
+            return str(self["cli"])
+        directory = os.path.dirname(os.path.abspath(self["config"]))
+        return "unix:" + os.path.join(directory, "sbc.cli") + ":mode=600"
+
+
+def build_service(options: Options, reactor: Any = None) -> SbcService:
+    """Load, validate and build the service; raise ``ConfigError`` on a bad config."""
+    config = load_config(options["config"])
+    return SbcService.from_config(config, reactor=reactor, tls=options.tls_files())
+
+
+def makeService(options: Options) -> IService:
+    """Called by twistd: build the service or exit non-zero with ``file:line: problem``."""
+    try:
+        service = build_service(options)
+    except ConfigError as error:
+        sys.stderr.write(f"sbc: {error}\n")
+        raise SystemExit(1) from None
+    if options["check-config"]:
+        sys.stdout.write(f"sbc: {options['config']}: configuration OK\n")
+        raise SystemExit(0)
+    return service

@@ -1,0 +1,199 @@
+"""``twistd sbc``: options, the service builder, and the real twistd process."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+from typing import Any
+
+from twisted.internet import defer, error, protocol
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import capturedLogs
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from sbc import tap
+from sbc.errors import ConfigError
+from sbc.service import SbcService
+from tests.support.pki import lab_pki
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LAB_CONF = os.path.join(REPO, "examples", "lab.conf")
+TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+
+
+def options(*argv: str) -> tap.Options:
+    parsed = tap.Options()
+    parsed.parseOptions(list(argv))
+    return parsed
+
+
+class OptionsTests(SynchronousTestCase):
+    def test_config_required(self) -> None:
+        self.assertRaises(usage.UsageError, options)
+
+    def test_certificate_needs_key(self) -> None:
+        self.assertRaises(usage.UsageError, options, "--config", LAB_CONF, "--certificate", "c.pem")
+
+    def test_tls_files(self) -> None:
+        parsed = options(
+            "--config", LAB_CONF, "--certificate", "c.pem", "--private-key", "k.pem",
+            "--ca-certificates", "ca.pem",
+        )  # fmt: skip
+        tls = parsed.tls_files()
+        assert tls is not None
+        self.assertEqual(
+            (tls.certificate, tls.private_key, tls.ca_certificates), ("c.pem", "k.pem", "ca.pem")
+        )
+        self.assertIsNone(options("--config", LAB_CONF).tls_files())
+
+    def test_default_cli_endpoint_beside_config(self) -> None:
+        expected = "unix:" + os.path.join(REPO, "examples", "sbc.cli") + ":mode=600"
+        self.assertEqual(options("--config", LAB_CONF).cli_endpoint(), expected)
+        self.assertEqual(options("--config", LAB_CONF, "--cli", "tcp:9").cli_endpoint(), "tcp:9")
+
+
+class BuildServiceTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.pki = lab_pki(self.mktemp())
+        self.tls_args = [
+            "--certificate", self.pki["sbc"], "--private-key", self.pki["sbc-key"],
+            "--ca-certificates", self.pki["ca"],
+        ]  # fmt: skip
+
+    def test_lab_config_builds_against_memory_reactor(self) -> None:
+        """The example config builds a service; starting it logs every adjacency."""
+        reactor = MemoryReactorClock()
+        service = tap.build_service(options("--config", LAB_CONF, *self.tls_args), reactor)
+        self.assertIsInstance(service, SbcService)
+        self.assertIs(service.reactor, reactor)
+        with capturedLogs() as events:
+            service.startService()
+        names = [e["name"] for e in events if "name" in e and "security" in e]
+        self.assertEqual(names, [a.name for a in service.config.adjacencies])
+        self.assertTrue(service.running)
+        service.stopService()
+        self.assertFalse(service.running)
+
+    def test_tls_adjacency_without_certificate_refused(self) -> None:
+        """examples/lab.conf has a trusted-encrypted adjacency: no certificate, no start."""
+        with self.assertRaises(ConfigError) as caught:
+            tap.build_service(options("--config", LAB_CONF), MemoryReactorClock())
+        self.assertEqual(caught.exception.path, LAB_CONF)
+        self.assertGreater(caught.exception.line, 0)
+
+    def test_unreadable_tls_file_refused(self) -> None:
+        args = ["--config", LAB_CONF, "--certificate", self.pki["sbc"], "--private-key", "/no/key"]
+        with self.assertRaises(ConfigError) as caught:
+            tap.build_service(options(*args), MemoryReactorClock())
+        self.assertEqual(caught.exception.path, "/no/key")
+
+    def test_make_service_exits_1_with_file_and_line(self) -> None:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("sbc lab\n sbe\n  adjacency sip a\n   signaling-port 99999\n")
+        stderr = io.StringIO()
+        self.patch(sys, "stderr", stderr)
+        with self.assertRaises(SystemExit) as caught:
+            tap.makeService(options("--config", path))
+        self.assertEqual(caught.exception.code, 1)
+        self.assertIn(f"{path}:4:", stderr.getvalue())
+
+    def test_check_config_exits_0(self) -> None:
+        stdout = io.StringIO()
+        self.patch(sys, "stdout", stdout)
+        with self.assertRaises(SystemExit) as caught:
+            tap.makeService(options("--check-config", "--config", LAB_CONF, *self.tls_args))
+        self.assertEqual(caught.exception.code, 0)
+        self.assertIn("configuration OK", stdout.getvalue())
+
+
+class PluginTests(SynchronousTestCase):
+    def test_twistd_help_lists_sbc_and_its_options(self) -> None:
+        listing = subprocess.run(
+            [TWISTD, "--help"], capture_output=True, text=True, check=True
+        ).stdout
+        self.assertIn("sbc", listing.split())
+        help_text = subprocess.run(
+            [TWISTD, "sbc", "--help"], capture_output=True, text=True, check=True
+        ).stdout
+        for option in (
+            "--config",
+            "--cli",
+            "--certificate",
+            "--private-key",
+            "--ca-certificates",
+            "--check-config",
+        ):
+            self.assertIn(option, help_text)
+
+
+class _Collector(protocol.ProcessProtocol):
+    """Collects a child's output; fires ``started`` on a log line, ``ended`` at exit."""
+
+    def __init__(self, marker: bytes) -> None:
+        self.marker = marker
+        self.output = b""
+        self.started: defer.Deferred[None] = defer.Deferred()
+        self.ended: defer.Deferred[Any] = defer.Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+        if self.marker in self.output and not self.started.called:
+            self.started.callback(None)
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: Any) -> None:
+        if not self.started.called:
+            self.started.errback(RuntimeError(self.output.decode(errors="replace")))
+        self.ended.callback(reason.value)
+
+
+class TwistdProcessTests(TestCase):
+    """Runs the real ``twistd -n sbc`` as a new user would."""
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_starts_logs_adjacencies_and_stops_on_sigterm(self) -> Any:
+        from twisted.internet import reactor
+
+        pki = lab_pki(self.mktemp())
+        collector = _Collector(b"started with")
+        args = [
+            TWISTD, "--pidfile=", "-n", "sbc", "--config", LAB_CONF,
+            "--certificate", pki["sbc"], "--private-key", pki["sbc-key"],
+            "--ca-certificates", pki["ca"],
+        ]  # fmt: skip
+        process = reactor.spawnProcess(  # type: ignore[attr-defined]
+            collector, TWISTD, args, env=dict(os.environ), path=REPO
+        )
+        yield collector.started
+        for name in (b"access", b"core-tls", b"trunk"):
+            self.assertIn(b"adjacency " + name, collector.output)
+        process.signalProcess(signal.SIGTERM)
+        ended = yield collector.ended
+        self.assertIsInstance(ended, error.ProcessDone)
+        self.assertIn(b"stopping", collector.output)
+
+    @defer.inlineCallbacks
+    def test_bad_config_exits_nonzero_with_line(self) -> Any:
+        from twisted.internet import reactor
+
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write("sbc lab\n sbe\n  bogus-command 1\n")
+        collector = _Collector(b"never printed")
+        args = [TWISTD, "--pidfile=", "-n", "sbc", "--config", path]
+        reactor.spawnProcess(  # type: ignore[attr-defined]
+            collector, TWISTD, args, env=dict(os.environ), path=REPO
+        )
+        ended = yield collector.ended
+        collector.started.addErrback(lambda _: None)
+        self.assertIsInstance(ended, error.ProcessTerminated)
+        self.assertEqual(ended.exitCode, 1)
+        self.assertIn(f"{path}:3:".encode(), collector.output)
