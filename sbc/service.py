@@ -21,7 +21,7 @@ from twisted.application.service import MultiService
 from twisted.logger import Logger
 
 from sbc.config import SbcConfig, validate
-from sbc.errors import ConfigError
+from sbc.transport.tls import TlsIdentity, load_tls_identity
 
 
 @attrs.frozen
@@ -37,19 +37,6 @@ class TlsFiles:
     private_key: str
     ca_certificates: str | None = None
 
-    def missing_files(self) -> list[str]:
-        """Return the configured paths that cannot be opened for reading."""
-        missing = []
-        for path in (self.certificate, self.private_key, self.ca_certificates):
-            if path is None:
-                continue
-            try:
-                with open(path, "rb"):
-                    pass
-            except OSError:
-                missing.append(path)
-        return missing
-
 
 class SbcService(MultiService):
     """One SBC: every adjacency of one ``sbc NAME`` configuration.
@@ -62,7 +49,7 @@ class SbcService(MultiService):
 
     log = Logger()
 
-    def __init__(self, config: SbcConfig, reactor: Any, tls: TlsFiles | None = None) -> None:
+    def __init__(self, config: SbcConfig, reactor: Any, tls: TlsIdentity | None = None) -> None:
         super().__init__()
         self.config = config
         self.reactor = reactor
@@ -76,17 +63,18 @@ class SbcService(MultiService):
         reactor: Any = None,
         tls: TlsFiles | None = None,
     ) -> SbcService:
-        """Validate ``config`` and build the service; raise ``ConfigError`` if it is refused."""
+        """Validate ``config``, load the TLS identity and build the service.
+
+        Raises ``ConfigError`` (naming the file and line) when the
+        configuration or a TLS file is refused; nothing is started then.
+        """
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
             reactor = default_reactor
         validate(config, certificate_configured=tls is not None)
-        if tls is not None:
-            missing = tls.missing_files()
-            if missing:
-                raise ConfigError(missing[0], 0, "cannot read TLS file")
-        return cls(config, reactor, tls)
+        identity = load_tls_identity(tls) if tls is not None else None
+        return cls(config, reactor, identity)
 
     def startService(self) -> None:
         super().startService()
@@ -97,9 +85,13 @@ class SbcService(MultiService):
                 state="attached" if adjacency.attached else "detached",
                 address=adjacency.signaling_address,
                 port=adjacency.port,
-                transport=describe_transport(adjacency),
-                security=describe_security(adjacency),
+                transport=adjacency.transport_display,
+                security=adjacency.security_display,
             )
+        self.reactor.callWhenRunning(self._ready)
+
+    def _ready(self) -> None:
+        # Logged once the reactor runs (signal handlers are installed by then).
         self.log.info(
             "sbc {name} started with {count} adjacencies",
             name=self.config.service_name,
@@ -109,19 +101,3 @@ class SbcService(MultiService):
     def stopService(self) -> Any:
         self.log.info("sbc {name} stopping", name=self.config.service_name)
         return super().stopService()
-
-
-def describe_transport(adjacency: Any) -> str:
-    """The transport line of ``show ... adjacencies``: TLS, UDP, TCP or UDP+TCP."""
-    if adjacency.security_inbound.value == "trusted-encrypted":
-        return "TLS"
-    return {"udp": "UDP", "tcp": "TCP", "udp-tcp": "UDP+TCP"}[adjacency.transport]
-
-
-def describe_security(adjacency: Any) -> str:
-    """The Security line of ``show ... adjacencies`` (behaviour.md §9)."""
-    inbound = adjacency.security_inbound.display
-    outbound = adjacency.security_outbound.display
-    if inbound == outbound:
-        return str(inbound)
-    return f"inbound {inbound}, outbound {outbound}"

@@ -42,8 +42,9 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if not self["config"]:
             raise usage.UsageError("--config is required")
-        if bool(self["certificate"]) != bool(self["private-key"]):
-            raise usage.UsageError("--certificate and --private-key go together")
+        tls = (self["certificate"], self["private-key"], self["ca-certificates"])
+        if any(tls) and not all(tls):
+            raise usage.UsageError("--certificate, --private-key and --ca-certificates go together")
 
     def tls_files(self) -> TlsFiles | None:
         """The TLS identity named on the command line, if any."""

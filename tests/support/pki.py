@@ -9,6 +9,7 @@ from sbc.labpki import write_lab_pki
 
 def lab_pki(directory: str) -> dict[str, str]:
     """Write the lab PKI into ``directory`` and return the paths by stem."""
+    directory = os.path.abspath(directory)
     write_lab_pki(directory)
     paths = {}
     for stem in ("ca", "sbc", "peer", "client"):

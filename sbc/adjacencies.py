@@ -1,0 +1,117 @@
+"""Which listeners the adjacencies need, and which adjacency a message belongs to.
+
+Pure functions over the configuration model (behaviour.md §2): several
+adjacencies may share one listening socket; an inbound message belongs to the
+attached adjacency whose listener it arrived on and whose ``remote-address``
+matches its source, the most specific prefix winning. An adjacency without
+``remote-address`` accepts any source, below every explicit prefix.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+
+import attrs
+
+from sbc.config import AdjacencyConfig, Security
+
+UDP = "UDP"
+TCP = "TCP"
+TLS = "TLS"
+
+
+@attrs.frozen(order=True)
+class ListenerKey:
+    """One listening socket: local address, port and transport (UDP, TCP or TLS)."""
+
+    address: str
+    port: int
+    transport: str
+
+    def __str__(self) -> str:
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{self.transport} {host}:{self.port}"
+
+
+def listener_transports(adjacency: AdjacencyConfig) -> tuple[str, ...]:
+    """The transports an adjacency listens on: TLS when inbound is trusted-encrypted."""
+    if adjacency.security_inbound is Security.TRUSTED_ENCRYPTED:
+        return (TLS,)
+    return {"udp": (UDP,), "tcp": (TCP,), "udp-tcp": (UDP, TCP)}[adjacency.transport]
+
+
+def listener_keys(adjacency: AdjacencyConfig) -> tuple[ListenerKey, ...]:
+    """Every listener ``adjacency`` needs."""
+    address = str(adjacency.signaling_address)
+    return tuple(
+        ListenerKey(address, adjacency.port, transport)
+        for transport in listener_transports(adjacency)
+    )
+
+
+@attrs.frozen
+class _Candidate:
+    adjacency: AdjacencyConfig
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+
+
+class AdjacencyTable:
+    """Listeners and source classification for a set of attached adjacencies.
+
+    Build a new table whenever the attached set changes; lookups are cheap
+    (one dict lookup plus a scan of the adjacencies sharing that listener).
+    """
+
+    def __init__(self, adjacencies: Iterable[AdjacencyConfig]) -> None:
+        self._by_listener: dict[ListenerKey, list[_Candidate]] = {}
+        self._by_name: dict[str, AdjacencyConfig] = {}
+        for adjacency in adjacencies:
+            if not adjacency.attached:
+                continue
+            self._by_name[adjacency.name] = adjacency
+            candidate = _Candidate(adjacency, tuple(adjacency.remote_addresses))
+            for key in listener_keys(adjacency):
+                self._by_listener.setdefault(key, []).append(candidate)
+
+    @property
+    def listeners(self) -> list[ListenerKey]:
+        """Every listener needed by an attached adjacency, in a stable order."""
+        return sorted(self._by_listener)
+
+    def adjacencies_on(self, key: ListenerKey) -> list[AdjacencyConfig]:
+        """The attached adjacencies sharing listener ``key``."""
+        return [c.adjacency for c in self._by_listener.get(key, ())]
+
+    def get(self, name: str) -> AdjacencyConfig | None:
+        """The attached adjacency called ``name``, if any."""
+        return self._by_name.get(name)
+
+    def classify(self, key: ListenerKey, source_ip: str) -> AdjacencyConfig | None:
+        """The adjacency a message from ``source_ip`` on listener ``key`` belongs to.
+
+        ``None`` when no attached adjacency on that listener accepts the
+        source: the caller drops and counts the message.
+        """
+        candidates = self._by_listener.get(key)
+        if not candidates:
+            return None
+        try:
+            source = ipaddress.ip_address(source_ip.strip("[]"))
+        except ValueError:
+            return None
+        best: AdjacencyConfig | None = None
+        best_length = -2
+        for candidate in candidates:
+            if not candidate.networks:
+                if best_length < -1:
+                    best, best_length = candidate.adjacency, -1
+                continue
+            for network in candidate.networks:
+                if (
+                    network.version == source.version
+                    and source in network
+                    and network.prefixlen > best_length
+                ):
+                    best, best_length = candidate.adjacency, network.prefixlen
+        return best

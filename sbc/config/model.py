@@ -1,0 +1,363 @@
+"""The frozen, typed configuration model.
+
+Everything the rest of sbc learns from the configuration is read from these
+objects; live objects are built from them and never stored in them. The
+model is produced by :func:`sbc.config.parse_config` (or a
+:class:`sbc.config.ConfigBuilder`) and turned back into text by
+:func:`sbc.config.render_config`.
+
+Line numbers (``line`` and ``setting_lines``) only serve error messages: they
+take no part in equality, so a model parsed from a file equals the same model
+built in code.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from collections.abc import Iterable, Iterator, Mapping
+from typing import TypeVar
+
+import attrs
+
+__all__ = [
+    "DEFAULT_PORT",
+    "DEFAULT_ROUTING_POLICY",
+    "DEFAULT_TLS_PORT",
+    "Action",
+    "AdjacencyConfig",
+    "CallPolicySet",
+    "FrozenMap",
+    "IPAddress",
+    "IPNetwork",
+    "RoutingEntry",
+    "RoutingTable",
+    "SbcConfig",
+    "Security",
+    "TableKind",
+    "Transport",
+]
+
+DEFAULT_PORT = 5060
+"""Port of a plain (untrusted or trusted-unencrypted) adjacency."""
+DEFAULT_TLS_PORT = 5061
+"""Port of a trusted-encrypted (SIP over TLS) adjacency."""
+DEFAULT_ROUTING_POLICY = "default"
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class Security(enum.StrEnum):
+    """Security level of one side (inbound or outbound) of an adjacency."""
+
+    UNTRUSTED = "untrusted"
+    TRUSTED_ENCRYPTED = "trusted-encrypted"
+    TRUSTED_UNENCRYPTED = "trusted-unencrypted"
+
+    @property
+    def display(self) -> str:
+        """The form used by show commands, e.g. ``Trusted-Encrypted``."""
+        return "-".join(part.capitalize() for part in self.value.split("-"))
+
+    @property
+    def trusted(self) -> bool:
+        """True for both trusted levels."""
+        return self is not Security.UNTRUSTED
+
+    @property
+    def encrypted(self) -> bool:
+        """True when the side runs SIP over TLS."""
+        return self is Security.TRUSTED_ENCRYPTED
+
+
+class Transport(enum.StrEnum):
+    """Transports of a non-encrypted adjacency."""
+
+    UDP = "udp"
+    TCP = "tcp"
+    UDP_TCP = "udp-tcp"
+
+    @property
+    def udp(self) -> bool:
+        """True when UDP is used."""
+        return self is not Transport.TCP
+
+    @property
+    def tcp(self) -> bool:
+        """True when TCP is used."""
+        return self is not Transport.UDP
+
+
+class TableKind(enum.StrEnum):
+    """The four kinds of routing table; the value is the configuration keyword."""
+
+    SRC_ADJACENCY = "rtg-src-adjacency-table"
+    DST_DOMAIN = "rtg-dst-domain-table"
+    DST_ADDRESS = "rtg-dst-address-table"
+    ROUND_ROBIN = "rtg-round-robin-table"
+
+    @property
+    def match_command(self) -> str | None:
+        """The entry command that sets the match key, None for round-robin."""
+        return _MATCH_COMMANDS[self]
+
+
+_MATCH_COMMANDS: dict[TableKind, str | None] = {
+    TableKind.SRC_ADJACENCY: "match-adjacency",
+    TableKind.DST_DOMAIN: "match-domain",
+    TableKind.DST_ADDRESS: "match-address",
+    TableKind.ROUND_ROBIN: None,
+}
+
+
+class Action(enum.StrEnum):
+    """What a routing entry does once it matched."""
+
+    COMPLETE = "complete"
+    NEXT_TABLE = "next-table"
+
+
+class FrozenMap(Mapping[K, V]):
+    """An immutable, hashable mapping that keeps insertion order.
+
+    Equality is that of mappings (order does not matter).
+    """
+
+    __slots__ = ("_data",)
+
+    def __init__(self, items: Mapping[K, V] | Iterable[tuple[K, V]] = ()) -> None:
+        if isinstance(items, Mapping):
+            self._data: dict[K, V] = dict(items.items())
+        else:
+            self._data = dict(items)
+
+    def __getitem__(self, key: K) -> V:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self._data.items()))
+
+    def __repr__(self) -> str:
+        return f"FrozenMap({self._data!r})"
+
+
+def _lines(value: Mapping[str, int] | Iterable[tuple[str, int]] = ()) -> FrozenMap[str, int]:
+    return value if isinstance(value, FrozenMap) else FrozenMap(value)
+
+
+def _address(value: IPAddress | str) -> IPAddress:
+    return ipaddress.ip_address(value)
+
+
+def _networks(values: Iterable[IPNetwork | str]) -> tuple[IPNetwork, ...]:
+    return tuple(ipaddress.ip_network(v) for v in values)
+
+
+@attrs.frozen
+class AdjacencyConfig:
+    """One ``adjacency sip NAME`` block (behaviour.md §2).
+
+    ``signaling_port`` and ``signaling_peer_port`` are what was configured
+    (None when absent); :attr:`port` and :attr:`peer_port` give the values in
+    effect.
+    """
+
+    name: str
+    signaling_address: IPAddress = attrs.field(converter=_address)
+    signaling_port: int | None = None
+    transport: Transport = attrs.field(default=Transport.UDP_TCP, converter=Transport)
+    remote_addresses: tuple[IPNetwork, ...] = attrs.field(default=(), converter=_networks)
+    signaling_peer: str | None = None
+    signaling_peer_port: int | None = None
+    security_inbound: Security = attrs.field(default=Security.UNTRUSTED, converter=Security)
+    security_outbound: Security = attrs.field(default=Security.UNTRUSTED, converter=Security)
+    attached: bool = False
+    line: int = attrs.field(default=0, eq=False, repr=False)
+    setting_lines: FrozenMap[str, int] = attrs.field(
+        factory=FrozenMap, converter=_lines, eq=False, repr=False
+    )
+
+    @property
+    def port(self) -> int:
+        """Local port in effect: 5061 when inbound is trusted-encrypted, else 5060."""
+        if self.signaling_port is not None:
+            return self.signaling_port
+        return DEFAULT_TLS_PORT if self.security_inbound.encrypted else DEFAULT_PORT
+
+    @property
+    def peer_port(self) -> int:
+        """Next-hop port in effect: 5061 when outbound is trusted-encrypted, else 5060."""
+        if self.signaling_peer_port is not None:
+            return self.signaling_peer_port
+        return DEFAULT_TLS_PORT if self.security_outbound.encrypted else DEFAULT_PORT
+
+    @property
+    def listens_tls(self) -> bool:
+        """True when the adjacency's listener speaks SIP over TLS."""
+        return self.security_inbound.encrypted
+
+    @property
+    def sends_tls(self) -> bool:
+        """True when requests sent out of the adjacency use TLS."""
+        return self.security_outbound.encrypted
+
+    @property
+    def security_display(self) -> str:
+        """``Trusted-Encrypted``, or ``inbound X, outbound Y`` when the sides differ."""
+        if self.security_inbound is self.security_outbound:
+            return self.security_inbound.display
+        return f"inbound {self.security_inbound.display}, outbound {self.security_outbound.display}"
+
+    @property
+    def transport_display(self) -> str:
+        """``TLS``, ``UDP``, ``TCP`` or ``UDP+TCP`` for the listener."""
+        if self.listens_tls:
+            return "TLS"
+        return {
+            Transport.UDP: "UDP",
+            Transport.TCP: "TCP",
+            Transport.UDP_TCP: "UDP+TCP",
+        }[self.transport]
+
+
+@attrs.frozen
+class RoutingEntry:
+    """One ``entry N`` of a routing table.
+
+    ``match`` is the key the table compares (an adjacency name, a domain or a
+    digit prefix, by table kind; None in a round-robin table). With
+    ``action`` complete, ``dst_adjacency`` is a candidate; with next-table the
+    walk continues in ``next_table``.
+    """
+
+    number: int
+    match: str | None = None
+    dst_adjacency: str | None = None
+    action: Action = attrs.field(default=Action.COMPLETE, converter=Action)
+    next_table: str | None = None
+    line: int = attrs.field(default=0, eq=False, repr=False)
+    setting_lines: FrozenMap[str, int] = attrs.field(
+        factory=FrozenMap, converter=_lines, eq=False, repr=False
+    )
+
+    def __attrs_post_init__(self) -> None:
+        if (self.action is Action.NEXT_TABLE) != (self.next_table is not None):
+            raise ValueError("next_table is set exactly when action is next-table")
+
+
+def _entries(values: Iterable[RoutingEntry]) -> tuple[RoutingEntry, ...]:
+    return tuple(sorted(values, key=lambda e: e.number))
+
+
+@attrs.frozen
+class RoutingTable:
+    """A routing table of a call-policy-set; entries are kept sorted by number."""
+
+    kind: TableKind = attrs.field(converter=TableKind)
+    entries: tuple[RoutingEntry, ...] = attrs.field(default=(), converter=_entries)
+    line: int = attrs.field(default=0, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        numbers = [e.number for e in self.entries]
+        if len(set(numbers)) != len(numbers):
+            raise ValueError("entry numbers must be unique")
+        if self.kind.match_command is None and any(e.match is not None for e in self.entries):
+            raise ValueError(f"entries of a {self.kind} have no match")
+
+    def entry(self, number: int) -> RoutingEntry:
+        """The entry with this number; KeyError when absent."""
+        for e in self.entries:
+            if e.number == number:
+                return e
+        raise KeyError(number)
+
+
+def _tables(
+    value: Mapping[str, RoutingTable] | Iterable[tuple[str, RoutingTable]] = (),
+) -> FrozenMap[str, RoutingTable]:
+    return value if isinstance(value, FrozenMap) else FrozenMap(value)
+
+
+@attrs.frozen
+class CallPolicySet:
+    """A ``call-policy-set N``: named routing tables and the one to start from."""
+
+    first_call_routing_table: str | None = None
+    tables: FrozenMap[str, RoutingTable] = attrs.field(factory=FrozenMap, converter=_tables)
+    line: int = attrs.field(default=0, eq=False, repr=False)
+    setting_lines: FrozenMap[str, int] = attrs.field(
+        factory=FrozenMap, converter=_lines, eq=False, repr=False
+    )
+
+
+def _policy_sets(
+    value: Mapping[int, CallPolicySet] | Iterable[tuple[int, CallPolicySet]] = (),
+) -> FrozenMap[int, CallPolicySet]:
+    return value if isinstance(value, FrozenMap) else FrozenMap(value)
+
+
+def _domains(values: Iterable[str]) -> tuple[str, ...]:
+    return tuple(values)
+
+
+def _adjacencies(values: Iterable[AdjacencyConfig]) -> tuple[AdjacencyConfig, ...]:
+    return tuple(values)
+
+
+@attrs.frozen
+class SbcConfig:
+    """The whole configuration: one ``sbc NAME`` service and its ``sbe``.
+
+    ``adjacencies`` keep configuration order. ``source`` is the file the
+    model came from (for error messages; not part of equality).
+    """
+
+    service_name: str
+    local_domains: tuple[str, ...] = attrs.field(default=(), converter=_domains)
+    adjacencies: tuple[AdjacencyConfig, ...] = attrs.field(default=(), converter=_adjacencies)
+    call_policy_sets: FrozenMap[int, CallPolicySet] = attrs.field(
+        factory=FrozenMap, converter=_policy_sets
+    )
+    active_call_policy_set: int | None = None
+    routing_policy: str = DEFAULT_ROUTING_POLICY
+    source: str = attrs.field(default="<string>", eq=False, repr=False)
+    line: int = attrs.field(default=0, eq=False, repr=False)
+    setting_lines: FrozenMap[str, int] = attrs.field(
+        factory=FrozenMap, converter=_lines, eq=False, repr=False
+    )
+
+    def adjacency(self, name: str) -> AdjacencyConfig:
+        """The adjacency called ``name``; KeyError when there is none."""
+        for adj in self.adjacencies:
+            if adj.name == name:
+                return adj
+        raise KeyError(name)
+
+    def get_adjacency(self, name: str) -> AdjacencyConfig | None:
+        """The adjacency called ``name``, or None."""
+        for adj in self.adjacencies:
+            if adj.name == name:
+                return adj
+        return None
+
+    @property
+    def adjacencies_by_name(self) -> FrozenMap[str, AdjacencyConfig]:
+        """Adjacencies keyed by name, in configuration order."""
+        return FrozenMap((adj.name, adj) for adj in self.adjacencies)
+
+    @property
+    def active_policy_set(self) -> CallPolicySet | None:
+        """The active call-policy-set, or None (no active set, or an unknown number)."""
+        if self.active_call_policy_set is None:
+            return None
+        return self.call_policy_sets.get(self.active_call_policy_set)

@@ -1,0 +1,915 @@
+"""Tests for sbc.config.parser: the language, the mode stack, the builder API."""
+
+from __future__ import annotations
+
+import ipaddress
+import textwrap
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from sbc.config import (
+    ROOT,
+    Action,
+    AdjacencyConfig,
+    ConfigBuilder,
+    Frame,
+    Mode,
+    ModeKind,
+    SbcConfig,
+    Security,
+    TableKind,
+    Transport,
+    apply_command,
+    commands_for,
+    load_config,
+    parse_config,
+    split_words,
+    tokenize,
+)
+from sbc.errors import ConfigError
+
+HEAD = "sbc s\nsbe\nadjacency sip a\nsignaling-address ipv4 127.0.0.1\n"
+"""Four lines that leave the interpreter in adjacency mode of 'a'."""
+
+
+def parse(text: str) -> SbcConfig:
+    return parse_config(textwrap.dedent(text), "test.conf")
+
+
+class ParseErrorMixin(SynchronousTestCase):
+    def refused(self, text: str) -> ConfigError:
+        """Parse ``text``, assert it is refused, return the error."""
+        return self.assertRaises(ConfigError, parse_config, textwrap.dedent(text), "test.conf")
+
+    def assertRefused(self, text: str, line: int, *fragments: str) -> ConfigError:
+        err = self.refused(text)
+        self.assertEqual(err.path, "test.conf")
+        self.assertEqual(err.line, line, str(err))
+        for fragment in fragments:
+            self.assertIn(fragment, err.message)
+        prefix = f"test.conf:{line}: " if line else "test.conf: "
+        self.assertTrue(str(err).startswith(prefix), str(err))
+        return err
+
+
+class LexerTests(SynchronousTestCase):
+    def test_split_words(self) -> None:
+        self.assertEqual(split_words("  adjacency   sip\tcore  "), ["adjacency", "sip", "core"])
+        self.assertEqual(split_words("   "), [])
+
+    def test_tokenize_skips_blank_and_comment_lines(self) -> None:
+        lines = list(tokenize("! head\n\nsbc x\n   ! indented comment\n sbe\n\t\n"))
+        self.assertEqual(
+            [(ln.number, ln.words) for ln in lines], [(3, ("sbc", "x")), (5, ("sbe",))]
+        )
+        self.assertEqual(lines[1].indent, 1)
+
+    def test_tokenize_counts_crlf_lines(self) -> None:
+        lines = list(tokenize("sbc x\r\n\r\nsbe\r\n"))
+        self.assertEqual(
+            [(ln.number, ln.words) for ln in lines], [(1, ("sbc", "x")), (3, ("sbe",))]
+        )
+
+
+class BehaviourExampleTests(SynchronousTestCase):
+    """The example of behaviour.md §9, word for word."""
+
+    text = """\
+        sbc mysbc
+         sbe
+          local-domain example.com
+          adjacency sip access
+           signaling-address ipv4 127.0.0.1
+           signaling-port 5060
+           remote-address ipv4 127.0.0.0/8
+           security untrusted
+           attach
+          adjacency sip core
+           signaling-address ipv4 127.0.0.1
+           signaling-peer core.example.net
+           security trusted-encrypted
+           attach
+          call-policy-set 1
+           first-call-routing-table main
+           rtg-src-adjacency-table main
+            entry 1
+             match-adjacency access
+             dst-adjacency core
+             action complete
+          active-call-policy-set 1
+          routing-policy default
+        """
+
+    def test_model(self) -> None:
+        cfg = parse(self.text)
+        self.assertEqual(cfg.service_name, "mysbc")
+        self.assertEqual(cfg.local_domains, ("example.com",))
+        self.assertEqual([a.name for a in cfg.adjacencies], ["access", "core"])
+        access, core = cfg.adjacencies
+        self.assertEqual(access.signaling_address, ipaddress.IPv4Address("127.0.0.1"))
+        self.assertEqual(access.signaling_port, 5060)
+        self.assertEqual(access.remote_addresses, (ipaddress.IPv4Network("127.0.0.0/8"),))
+        self.assertIs(access.security_inbound, Security.UNTRUSTED)
+        self.assertTrue(access.attached)
+        self.assertEqual(core.signaling_peer, "core.example.net")
+        self.assertIsNone(core.signaling_port)
+        self.assertEqual(core.port, 5061)
+        self.assertEqual(core.peer_port, 5061)
+        self.assertIs(core.security_inbound, Security.TRUSTED_ENCRYPTED)
+        self.assertIs(core.security_outbound, Security.TRUSTED_ENCRYPTED)
+        cps = cfg.call_policy_sets[1]
+        self.assertEqual(cps.first_call_routing_table, "main")
+        table = cps.tables["main"]
+        self.assertIs(table.kind, TableKind.SRC_ADJACENCY)
+        (entry,) = table.entries
+        self.assertEqual(
+            (entry.number, entry.match, entry.dst_adjacency, entry.action, entry.next_table),
+            (1, "access", "core", Action.COMPLETE, None),
+        )
+        self.assertEqual(cfg.active_call_policy_set, 1)
+        self.assertEqual(cfg.routing_policy, "default")
+        self.assertIs(cfg.active_policy_set, cps)
+
+    def test_indentation_is_optional(self) -> None:
+        flat = "\n".join(line.strip() for line in textwrap.dedent(self.text).splitlines())
+        self.assertEqual(parse_config(flat), parse(self.text))
+
+    def test_wrong_indentation_is_ignored(self) -> None:
+        shuffled = "\n".join(
+            ("    " * (i % 3)) + line.strip()
+            for i, line in enumerate(textwrap.dedent(self.text).splitlines())
+        )
+        self.assertEqual(parse_config(shuffled), parse(self.text))
+
+    def test_line_numbers_are_kept(self) -> None:
+        cfg = parse(self.text)
+        self.assertEqual(cfg.line, 1)
+        self.assertEqual([a.line for a in cfg.adjacencies], [4, 10])
+        self.assertEqual(cfg.call_policy_sets[1].line, 15)
+        self.assertEqual(cfg.call_policy_sets[1].tables["main"].line, 17)
+        self.assertEqual(cfg.call_policy_sets[1].tables["main"].entries[0].line, 18)
+        self.assertEqual(cfg.adjacencies[1].setting_lines["security inbound"], 13)
+        self.assertEqual(cfg.setting_lines["active-call-policy-set"], 22)
+        self.assertEqual(cfg.setting_lines["routing-policy"], 23)
+        self.assertEqual(cfg.source, "test.conf")
+
+
+class SeedStepsTests(ParseErrorMixin):
+    """The seed's configuration steps 2-5 and 7, as configuration lines."""
+
+    def test_steps(self) -> None:
+        cfg = parse(
+            """\
+            sbc mysbc
+            sbe
+            adjacency sip test
+            signaling-address ipv4 10.1.0.2
+            security trusted-encrypted
+            exit
+            """
+        )
+        adj = cfg.adjacency("test")
+        self.assertIs(adj.security_inbound, Security.TRUSTED_ENCRYPTED)
+        self.assertIs(adj.security_outbound, Security.TRUSTED_ENCRYPTED)
+        self.assertEqual(adj.port, 5061)
+        self.assertFalse(adj.attached)
+
+    def test_exec_steps_are_not_config_lines(self) -> None:
+        for word in ("configure", "commit", "show services sbc mysbc sbe adjacencies"):
+            err = self.assertRefused(f"{word}\n", 1, "CLI command")
+            self.assertIn(word.split()[0], err.message)
+
+
+class CommentAndBlankTests(ParseErrorMixin):
+    def test_comments_and_blanks(self) -> None:
+        cfg = parse(
+            """\
+            ! a comment
+
+            sbc s
+             !
+             ! another
+             sbe
+
+              local-domain x.test
+            """
+        )
+        self.assertEqual(cfg.local_domains, ("x.test",))
+
+    def test_bang_inside_a_line_is_not_a_comment(self) -> None:
+        self.assertRefused("sbc s ! name\n", 1, "too many words")
+
+    def test_empty_config(self) -> None:
+        self.assertRefused("! nothing\n", 0, "no 'sbc NAME' service")
+
+    def test_sbc_without_sbe(self) -> None:
+        cfg = parse("sbc only\n")
+        self.assertEqual(cfg, SbcConfig("only"))
+
+
+class AdjacencyCommandTests(ParseErrorMixin):
+    def adj(self, *lines: str) -> AdjacencyConfig:
+        return parse(HEAD + "\n".join(lines) + "\n").adjacency("a")
+
+    def test_defaults(self) -> None:
+        adj = parse(HEAD).adjacency("a")
+        self.assertIsNone(adj.signaling_port)
+        self.assertEqual(adj.port, 5060)
+        self.assertIs(adj.transport, Transport.UDP_TCP)
+        self.assertEqual(adj.remote_addresses, ())
+        self.assertIsNone(adj.signaling_peer)
+        self.assertIsNone(adj.signaling_peer_port)
+        self.assertEqual(adj.peer_port, 5060)
+        self.assertIs(adj.security_inbound, Security.UNTRUSTED)
+        self.assertIs(adj.security_outbound, Security.UNTRUSTED)
+        self.assertFalse(adj.attached)
+
+    def test_signaling_address_ipv6(self) -> None:
+        cfg = parse("sbc s\nsbe\nadjacency sip a\nsignaling-address ipv6 ::1\n")
+        self.assertEqual(cfg.adjacency("a").signaling_address, ipaddress.IPv6Address("::1"))
+
+    def test_signaling_address_last_wins(self) -> None:
+        adj = self.adj("signaling-address ipv4 10.0.0.1")
+        self.assertEqual(adj.signaling_address, ipaddress.IPv4Address("10.0.0.1"))
+
+    def test_signaling_address_errors(self) -> None:
+        base = "sbc s\nsbe\nadjacency sip a\n"
+        self.assertRefused(base + "signaling-address ipv4 300.1.1.1\n", 4, "bad IPv4 address")
+        self.assertRefused(base + "signaling-address ipv4 ::1\n", 4, "IPv6 address")
+        self.assertRefused(base + "signaling-address ipv6 10.0.0.1\n", 4, "bad IPv6 address")
+        self.assertRefused(base + "signaling-address ipv5 10.0.0.1\n", 4, "ipv4 or ipv6")
+        self.assertRefused(base + "signaling-address ipv4\n", 4, "incomplete command")
+        self.assertRefused(base + "signaling-address ipv4 1.2.3.4 x\n", 4, "too many words")
+
+    def test_missing_signaling_address(self) -> None:
+        self.assertRefused(
+            "sbc s\nsbe\nadjacency sip a\nattach\nadjacency sip b\n",
+            3,
+            "adjacency 'a' has no signaling-address",
+        )
+
+    def test_no_signaling_address(self) -> None:
+        self.assertRefused(HEAD + "no signaling-address\n", 3, "no signaling-address")
+
+    def test_signaling_port(self) -> None:
+        self.assertEqual(self.adj("signaling-port 5070").signaling_port, 5070)
+        self.assertIsNone(self.adj("signaling-port 5070", "no signaling-port").signaling_port)
+
+    def test_bad_ports(self) -> None:
+        for bad in ("0", "65536", "abc", "-1", "50 60"):
+            self.assertRefused(HEAD + f"signaling-port {bad}\n", 5)
+        self.assertRefused(HEAD + "signaling-port 70000\n", 5, "bad port '70000'", "1 to 65535")
+        self.assertRefused(HEAD + "signaling-peer-port 0\n", 5, "bad port '0'")
+
+    def test_transport(self) -> None:
+        for word, value in (("udp", Transport.UDP), ("tcp", Transport.TCP)):
+            self.assertIs(self.adj(f"transport {word}").transport, value)
+        self.assertIs(self.adj("transport tcp", "no transport").transport, Transport.UDP_TCP)
+        self.assertRefused(HEAD + "transport sctp\n", 5, "bad transport 'sctp'")
+
+    def test_remote_address_repeatable(self) -> None:
+        adj = self.adj(
+            "remote-address ipv4 10.0.0.0/8",
+            "remote-address ipv4 192.168.1.0/24",
+            "remote-address ipv4 10.0.0.0/8",
+        )
+        self.assertEqual(
+            adj.remote_addresses,
+            (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("192.168.1.0/24")),
+        )
+
+    def test_remote_address_bare_address_is_a_host_prefix(self) -> None:
+        adj = self.adj("remote-address ipv4 10.1.2.3")
+        self.assertEqual(adj.remote_addresses, (ipaddress.ip_network("10.1.2.3/32"),))
+
+    def test_remote_address_ipv6(self) -> None:
+        cfg = parse(
+            "sbc s\nsbe\nadjacency sip a\nsignaling-address ipv6 ::1\n"
+            "remote-address ipv6 2001:db8::/32\n"
+        )
+        self.assertEqual(
+            cfg.adjacency("a").remote_addresses, (ipaddress.ip_network("2001:db8::/32"),)
+        )
+
+    def test_no_remote_address(self) -> None:
+        adj = self.adj(
+            "remote-address ipv4 10.0.0.0/8",
+            "remote-address ipv4 192.168.1.0/24",
+            "no remote-address ipv4 10.0.0.0/8",
+        )
+        self.assertEqual(adj.remote_addresses, (ipaddress.ip_network("192.168.1.0/24"),))
+        adj = self.adj("remote-address ipv4 10.0.0.0/8", "no remote-address")
+        self.assertEqual(adj.remote_addresses, ())
+        self.assertRefused(
+            HEAD + "no remote-address ipv4 10.0.0.0/8\n", 5, "remote-address 10.0.0.0/8 is not"
+        )
+
+    def test_bad_prefixes(self) -> None:
+        self.assertRefused(
+            HEAD + "remote-address ipv4 10.0.0.1/8\n", 5, "host bits are set", "10.0.0.0/8"
+        )
+        self.assertRefused(HEAD + "remote-address ipv4 10.0.0.0/33\n", 5, "bad prefix")
+        self.assertRefused(HEAD + "remote-address ipv4 2001:db8::/32\n", 5, "not an IPv4 prefix")
+        self.assertRefused(HEAD + "remote-address ipv6 10.0.0.0/8\n", 5, "not an IPv6 prefix")
+        self.assertRefused(HEAD + "remote-address ipv4 ten/8\n", 5, "bad prefix 'ten/8'")
+        self.assertRefused(HEAD + "remote-address 10.0.0.0/8\n", 5, "incomplete command")
+
+    def test_signaling_peer(self) -> None:
+        self.assertEqual(
+            self.adj("signaling-peer peer.example.net").signaling_peer, "peer.example.net"
+        )
+        self.assertEqual(self.adj("signaling-peer 192.0.2.1").signaling_peer, "192.0.2.1")
+        self.assertEqual(self.adj("signaling-peer 2001:db8::1").signaling_peer, "2001:db8::1")
+        self.assertIsNone(self.adj("signaling-peer p.test", "no signaling-peer").signaling_peer)
+        for bad in ("a..b", "-x.test", "x_y.test", "1.2.3.400", "a" * 64 + ".test"):
+            self.assertRefused(HEAD + f"signaling-peer {bad}\n", 5, "bad signaling-peer")
+
+    def test_signaling_peer_port(self) -> None:
+        adj = self.adj("signaling-peer-port 5071")
+        self.assertEqual(adj.signaling_peer_port, 5071)
+        self.assertEqual(adj.peer_port, 5071)
+        adj = self.adj("signaling-peer-port 5071", "no signaling-peer-port")
+        self.assertIsNone(adj.signaling_peer_port)
+
+    def test_security_both(self) -> None:
+        for word in ("untrusted", "trusted-encrypted", "trusted-unencrypted"):
+            adj = self.adj(f"security {word}")
+            self.assertEqual(adj.security_inbound, word)
+            self.assertEqual(adj.security_outbound, word)
+
+    def test_security_one_side(self) -> None:
+        adj = self.adj("security inbound trusted-encrypted")
+        self.assertIs(adj.security_inbound, Security.TRUSTED_ENCRYPTED)
+        self.assertIs(adj.security_outbound, Security.UNTRUSTED)
+        self.assertEqual(adj.port, 5061)
+        self.assertEqual(adj.peer_port, 5060)
+        adj = self.adj("security trusted-unencrypted", "security outbound trusted-encrypted")
+        self.assertIs(adj.security_inbound, Security.TRUSTED_UNENCRYPTED)
+        self.assertIs(adj.security_outbound, Security.TRUSTED_ENCRYPTED)
+        self.assertEqual(adj.port, 5060)
+        self.assertEqual(adj.peer_port, 5061)
+
+    def test_no_security(self) -> None:
+        adj = self.adj("security trusted-encrypted", "no security")
+        self.assertIs(adj.security_inbound, Security.UNTRUSTED)
+        self.assertIs(adj.security_outbound, Security.UNTRUSTED)
+        adj = self.adj("security trusted-encrypted", "no security outbound")
+        self.assertIs(adj.security_inbound, Security.TRUSTED_ENCRYPTED)
+        self.assertIs(adj.security_outbound, Security.UNTRUSTED)
+        adj = self.adj("security trusted-encrypted", "no security inbound trusted-encrypted")
+        self.assertIs(adj.security_inbound, Security.UNTRUSTED)
+        self.assertIs(adj.security_outbound, Security.TRUSTED_ENCRYPTED)
+
+    def test_security_errors(self) -> None:
+        self.assertRefused(HEAD + "security secure\n", 5, "bad security type 'secure'")
+        self.assertRefused(HEAD + "security inbound\n", 5, "incomplete command")
+        self.assertRefused(HEAD + "security\n", 5, "incomplete command")
+        self.assertRefused(HEAD + "security sideways untrusted\n", 5, "too many words")
+
+    def test_attach(self) -> None:
+        self.assertTrue(self.adj("attach").attached)
+        self.assertFalse(self.adj("attach", "no attach").attached)
+        self.assertRefused(HEAD + "attach now\n", 5, "too many words", "usage: attach")
+
+    def test_adjacency_errors(self) -> None:
+        self.assertRefused("sbc s\nsbe\nadjacency h323 a\n", 3, "only 'adjacency sip NAME'")
+        self.assertRefused("sbc s\nsbe\nadjacency sip\n", 3, "incomplete command")
+        self.assertRefused("sbc s\nsbe\nadjacency sip bad/name\n", 3, "bad adjacency name")
+
+    def test_duplicate_adjacency(self) -> None:
+        self.assertRefused(
+            HEAD + "adjacency sip b\nsignaling-address ipv4 127.0.0.2\nadjacency sip a\n",
+            7,
+            "duplicate adjacency 'a'",
+            "line 3",
+        )
+
+    def test_no_adjacency(self) -> None:
+        cfg = parse(HEAD + "no adjacency sip a\n")
+        self.assertEqual(cfg.adjacencies, ())
+        self.assertRefused(HEAD + "no adjacency sip b\n", 5, "adjacency 'b' is not configured")
+
+    def test_redefinition_after_no(self) -> None:
+        cfg = parse(
+            HEAD + "attach\nno adjacency sip a\nadjacency sip a\nsignaling-address ipv4 10.0.0.9\n"
+        )
+        self.assertFalse(cfg.adjacency("a").attached)
+        self.assertEqual(cfg.adjacency("a").line, 7)
+
+    def test_adjacency_order_kept(self) -> None:
+        text = "sbc s\nsbe\n" + "".join(
+            f"adjacency sip {n}\nsignaling-address ipv4 127.0.0.{i}\n"
+            for i, n in enumerate(["zeta", "alpha", "mid"], start=1)
+        )
+        self.assertEqual([a.name for a in parse(text).adjacencies], ["zeta", "alpha", "mid"])
+
+
+class SbeCommandTests(ParseErrorMixin):
+    def test_local_domains(self) -> None:
+        cfg = parse("sbc s\nsbe\nlocal-domain b.test\nlocal-domain a.test\nlocal-domain b.test\n")
+        self.assertEqual(cfg.local_domains, ("b.test", "a.test"))
+        cfg = parse(
+            "sbc s\nsbe\nlocal-domain b.test\nlocal-domain a.test\nno local-domain b.test\n"
+        )
+        self.assertEqual(cfg.local_domains, ("a.test",))
+        self.assertRefused("sbc s\nsbe\nno local-domain b.test\n", 3, "not configured")
+        self.assertRefused("sbc s\nsbe\nlocal-domain bad..domain\n", 3, "bad domain")
+
+    def test_second_service(self) -> None:
+        self.assertRefused("sbc one\nsbe\nsbc two\n", 3, "only one sbc service", "'one'", "line 1")
+
+    def test_same_service_again(self) -> None:
+        cfg = parse("sbc one\nsbe\nlocal-domain a.test\nsbc one\nsbe\nlocal-domain b.test\n")
+        self.assertEqual(cfg.local_domains, ("a.test", "b.test"))
+
+    def test_no_sbc(self) -> None:
+        self.assertRefused("sbc one\nsbe\nlocal-domain a.test\nno sbc one\n", 0, "no 'sbc NAME'")
+        cfg = parse("sbc one\nno sbc one\nsbc two\n")
+        self.assertEqual(cfg.service_name, "two")
+        self.assertRefused("sbc one\nno sbc two\n", 2, "sbc service 'two' is not configured")
+
+    def test_no_sbe(self) -> None:
+        cfg = parse(HEAD + "exit\nlocal-domain a.test\nexit\nno sbe\n")
+        self.assertEqual(cfg, SbcConfig("s"))
+
+    def test_active_call_policy_set(self) -> None:
+        cfg = parse("sbc s\nsbe\nactive-call-policy-set 7\n")
+        self.assertEqual(cfg.active_call_policy_set, 7)
+        cfg = parse("sbc s\nsbe\nactive-call-policy-set 7\nno active-call-policy-set\n")
+        self.assertIsNone(cfg.active_call_policy_set)
+        for bad in ("0", "x", "2147483648"):
+            self.assertRefused(
+                f"sbc s\nsbe\nactive-call-policy-set {bad}\n", 3, "bad call-policy-set number"
+            )
+
+    def test_routing_policy(self) -> None:
+        self.assertEqual(parse("sbc s\nsbe\n").routing_policy, "default")
+        cfg = parse("sbc s\nsbe\nrouting-policy round-robin\n")
+        self.assertEqual(cfg.routing_policy, "round-robin")
+        cfg = parse("sbc s\nsbe\nrouting-policy round-robin\nno routing-policy\n")
+        self.assertEqual(cfg.routing_policy, "default")
+        self.assertRefused("sbc s\nsbe\nrouting-policy\n", 3, "incomplete command")
+
+
+ROUTING = """\
+sbc s
+sbe
+adjacency sip a
+signaling-address ipv4 127.0.0.1
+adjacency sip b
+signaling-address ipv4 127.0.0.2
+call-policy-set 1
+first-call-routing-table src
+"""
+"""Leaves the interpreter in call-policy-set 1 (line 8)."""
+
+
+class RoutingCommandTests(ParseErrorMixin):
+    def test_every_table_kind(self) -> None:
+        cfg = parse(
+            ROUTING
+            + textwrap.dedent(
+                """\
+                rtg-src-adjacency-table src
+                 entry 1
+                  match-adjacency a
+                  action next-table dom
+                rtg-dst-domain-table dom
+                 entry 1
+                  match-domain example.com
+                  action next-table num
+                rtg-dst-address-table num
+                 entry 10
+                  match-address +4420
+                  action next-table rr
+                 entry 5
+                  match-address 44
+                  dst-adjacency a
+                  action complete
+                rtg-round-robin-table rr
+                 entry 1
+                  dst-adjacency a
+                  action complete
+                 entry 2
+                  dst-adjacency b
+                  action complete
+                """
+            )
+        )
+        tables = cfg.call_policy_sets[1].tables
+        self.assertEqual(list(tables), ["src", "dom", "num", "rr"])
+        self.assertEqual(
+            [t.kind for t in tables.values()],
+            [
+                TableKind.SRC_ADJACENCY,
+                TableKind.DST_DOMAIN,
+                TableKind.DST_ADDRESS,
+                TableKind.ROUND_ROBIN,
+            ],
+        )
+        self.assertEqual(tables["src"].entries[0].next_table, "dom")
+        self.assertIs(tables["src"].entries[0].action, Action.NEXT_TABLE)
+        self.assertEqual(tables["dom"].entries[0].match, "example.com")
+        self.assertEqual([e.number for e in tables["num"].entries], [5, 10])
+        self.assertEqual([e.match for e in tables["num"].entries], ["44", "+4420"])
+        self.assertEqual([e.dst_adjacency for e in tables["rr"].entries], ["a", "b"])
+        self.assertEqual([e.match for e in tables["rr"].entries], [None, None])
+
+    def test_match_command_must_fit_the_table(self) -> None:
+        err = self.assertRefused(
+            ROUTING + "rtg-src-adjacency-table src\nentry 1\nmatch-domain x.test\n",
+            11,
+            "'match-domain' is not valid in mode config-sbc-sbe-rtgpolicy-rtgtable-entry",
+            "rtg-dst-domain-table",
+        )
+        self.assertNotIn("unknown command", err.message)
+        self.assertRefused(
+            ROUTING + "rtg-round-robin-table rr\nentry 1\nmatch-address 12\n",
+            11,
+            "'match-address' is not valid",
+        )
+
+    def test_bad_match_values(self) -> None:
+        self.assertRefused(
+            ROUTING + "rtg-dst-address-table n\nentry 1\nmatch-address 12a\n",
+            11,
+            "bad digit prefix",
+        )
+        self.assertRefused(
+            ROUTING + "rtg-dst-domain-table n\nentry 1\nmatch-domain a..b\n", 11, "bad domain"
+        )
+        self.assertRefused(
+            ROUTING + "rtg-src-adjacency-table n\nentry 1\nmatch-adjacency a/b\n",
+            11,
+            "bad adjacency name",
+        )
+
+    def test_no_match_dst_action(self) -> None:
+        cfg = parse(
+            ROUTING
+            + "rtg-src-adjacency-table src\nentry 1\nmatch-adjacency a\ndst-adjacency b\n"
+            + "action next-table src\nno match-adjacency\nno dst-adjacency\nno action\n"
+            + "action complete\n"
+        )
+        entry = cfg.call_policy_sets[1].tables["src"].entries[0]
+        self.assertEqual(
+            (entry.match, entry.dst_adjacency, entry.action, entry.next_table),
+            (None, None, "complete", None),
+        )
+
+    def test_action_errors(self) -> None:
+        base = ROUTING + "rtg-src-adjacency-table src\nentry 1\n"
+        self.assertRefused(base + "action\n", 11, "incomplete command")
+        self.assertRefused(base + "action next-table\n", 11, "incomplete command")
+        self.assertRefused(base + "action drop\n", 11, "bad action 'drop'")
+        self.assertRefused(base + "action complete now\n", 11, "too many words")
+
+    def test_entry_without_action(self) -> None:
+        self.assertRefused(
+            ROUTING
+            + "rtg-src-adjacency-table src\nentry 1\nmatch-adjacency a\nentry 2\naction complete\n",
+            10,
+            "entry 1 of table 'src' has no action",
+        )
+
+    def test_entries_sorted_and_no_entry(self) -> None:
+        cfg = parse(
+            ROUTING
+            + "rtg-round-robin-table src\nentry 3\naction complete\nentry 1\naction complete\n"
+            + "entry 2\naction complete\nno entry 3\n"
+        )
+        self.assertEqual([e.number for e in cfg.call_policy_sets[1].tables["src"].entries], [1, 2])
+        self.assertRefused(
+            ROUTING + "rtg-round-robin-table src\nno entry 3\n",
+            10,
+            "entry 3 of table 'src' is not configured",
+        )
+
+    def test_duplicates(self) -> None:
+        self.assertRefused(
+            ROUTING + "rtg-round-robin-table src\nentry 1\naction complete\nentry 1\n",
+            12,
+            "duplicate entry 1",
+            "line 10",
+        )
+        self.assertRefused(
+            ROUTING + "rtg-round-robin-table src\nrtg-round-robin-table src\n",
+            10,
+            "duplicate table 'src'",
+        )
+        self.assertRefused(
+            ROUTING + "rtg-round-robin-table src\nrtg-dst-domain-table src\n",
+            10,
+            "already a rtg-round-robin-table",
+        )
+        self.assertRefused(
+            ROUTING + "call-policy-set 1\n", 9, "duplicate call-policy-set 1", "line 7"
+        )
+
+    def test_no_table_and_no_set(self) -> None:
+        cfg = parse(
+            ROUTING
+            + "rtg-round-robin-table t\nno rtg-round-robin-table t\nno first-call-routing-table\n"
+        )
+        self.assertEqual(cfg.call_policy_sets[1].tables, {})
+        self.assertIsNone(cfg.call_policy_sets[1].first_call_routing_table)
+        self.assertRefused(
+            ROUTING + "rtg-round-robin-table t\nno rtg-dst-domain-table t\n", 10, "not configured"
+        )
+        cfg = parse(ROUTING + "no call-policy-set 1\n")
+        self.assertEqual(cfg.call_policy_sets, {})
+        self.assertRefused(
+            ROUTING + "no call-policy-set 2\n", 9, "call-policy-set 2 is not configured"
+        )
+
+    def test_bad_entry_number(self) -> None:
+        self.assertRefused(
+            ROUTING + "rtg-round-robin-table t\nentry zero\n", 10, "bad entry number 'zero'"
+        )
+
+
+class ModeStackTests(ParseErrorMixin):
+    def test_command_pops_to_the_accepting_mode(self) -> None:
+        # 'local-domain' after an entry pops entry, table, call-policy-set.
+        cfg = parse(
+            ROUTING
+            + "rtg-round-robin-table t\nentry 1\ndst-adjacency a\naction complete\n"
+            + "local-domain x.test\nadjacency sip c\nsignaling-address ipv4 127.0.0.3\n"
+        )
+        self.assertEqual(cfg.local_domains, ("x.test",))
+        self.assertEqual([a.name for a in cfg.adjacencies], ["a", "b", "c"])
+
+    def test_setting_after_pop_goes_to_the_new_block(self) -> None:
+        cfg = parse(HEAD + "adjacency sip b\nsignaling-address ipv4 127.0.0.2\nattach\n")
+        self.assertFalse(cfg.adjacency("a").attached)
+        self.assertTrue(cfg.adjacency("b").attached)
+
+    def test_exit(self) -> None:
+        cfg = parse(HEAD + "exit\nlocal-domain x.test\nexit\nexit\nexit\nexit\nsbc s\n")
+        self.assertEqual(cfg.local_domains, ("x.test",))
+
+    def test_exit_then_setting_of_the_left_mode_is_refused(self) -> None:
+        self.assertRefused(
+            HEAD + "exit\nattach\n",
+            6,
+            "'attach' is not valid in mode config-sbc-sbe",
+            "adjacency sip mode",
+        )
+
+    def test_end(self) -> None:
+        self.assertRefused(HEAD + "end\nattach\n", 6, "not valid in mode config:")
+        self.assertRefused(HEAD + "exit now\n", 5, "too many words")
+
+    def test_unknown_command_names_word_and_mode(self) -> None:
+        err = self.assertRefused(HEAD + "signalling-address ipv4 1.2.3.4\n", 5)
+        self.assertEqual(
+            err.message, "unknown command 'signalling-address' in mode config-sbc-sbe-adj-sip"
+        )
+        self.assertEqual(
+            str(err),
+            "test.conf:5: unknown command 'signalling-address' in mode config-sbc-sbe-adj-sip",
+        )
+        self.assertRefused("frobnicate\n", 1, "unknown command 'frobnicate' in mode config")
+        self.assertRefused("sbc s\nsbe\nno frob\n", 3, "unknown command 'no frob'")
+        self.assertRefused("sbc s\nno\n", 2, "'no' must be followed")
+
+    def test_command_of_a_mode_never_entered(self) -> None:
+        self.assertRefused(
+            "sbc s\nsbe\nsignaling-port 5060\n",
+            3,
+            "'signaling-port' is not valid",
+            "adjacency sip mode",
+        )
+        self.assertRefused("sbe\n", 1, "'sbe' is not valid in mode config", "sbc mode")
+
+    def test_bad_arguments_do_not_pop(self) -> None:
+        # 'entry' is known in table mode: bad arguments are reported there.
+        self.assertRefused(
+            ROUTING + "rtg-round-robin-table t\nentry 1\nentry x\n", 11, "bad entry number"
+        )
+
+
+class BuilderApiTests(SynchronousTestCase):
+    def run_lines(self, builder: ConfigBuilder, *lines: str) -> Mode:
+        mode = ROOT
+        for number, line in enumerate(lines, start=1):
+            mode = apply_command(builder, mode, split_words(line), number)
+        return mode
+
+    def test_modes_and_prompts(self) -> None:
+        b = ConfigBuilder("<cli>")
+        mode = ROOT
+        self.assertEqual(mode.prompt, "config")
+        prompts = []
+        for line in [
+            "sbc s",
+            "sbe",
+            "adjacency sip a",
+            "exit",
+            "call-policy-set 1",
+            "rtg-dst-domain-table t",
+            "entry 1",
+        ]:
+            mode = b.apply(mode, split_words(line), 0)
+            prompts.append(mode.prompt)
+        self.assertEqual(
+            prompts,
+            [
+                "config-sbc",
+                "config-sbc-sbe",
+                "config-sbc-sbe-adj-sip",
+                "config-sbc-sbe",
+                "config-sbc-sbe-rtgpolicy",
+                "config-sbc-sbe-rtgpolicy-rtgtable",
+                "config-sbc-sbe-rtgpolicy-rtgtable-entry",
+            ],
+        )
+        self.assertEqual(mode.top, Frame(ModeKind.ENTRY, number=1, table_kind=TableKind.DST_DOMAIN))
+        self.assertEqual(mode.find(ModeKind.ROUTING_TABLE).name, "t")
+        self.assertEqual(b.apply(mode, ["end"], 0), ROOT)
+        self.assertEqual(b.apply(ROOT, ["exit"], 0), ROOT)
+        self.assertEqual(b.apply(mode, [], 0), mode)
+
+    def test_cli_builder_reenters_blocks(self) -> None:
+        b = ConfigBuilder("<cli>")
+        self.run_lines(
+            b,
+            "sbc s",
+            "sbe",
+            "adjacency sip a",
+            "signaling-address ipv4 127.0.0.1",
+            "adjacency sip a",
+            "attach",
+        )
+        self.assertTrue(b.freeze().adjacency("a").attached)
+
+    def test_failed_command_changes_nothing(self) -> None:
+        b = ConfigBuilder("<cli>")
+        mode = self.run_lines(
+            b, "sbc s", "sbe", "adjacency sip a", "signaling-address ipv4 127.0.0.1"
+        )
+        before = b.freeze()
+        for bad in (
+            "signaling-port 99999",
+            "security inbound bogus",
+            "remote-address ipv4 10.0.0.1/8",
+            "adjacency sip a b",
+            "sbc other",
+            "bogus",
+        ):
+            with self.assertRaises(ConfigError) as caught:
+                b.apply(mode, split_words(bad), 42)
+            self.assertEqual(caught.exception.path, "<cli>")
+            self.assertEqual(caught.exception.line, 42)
+        self.assertEqual(b.freeze(), before)
+
+    def test_from_config_round_trip(self) -> None:
+        cfg = parse(BehaviourExampleTests.text)
+        b = ConfigBuilder.from_config(cfg)
+        self.assertEqual(b.freeze(), cfg)
+        mode = b.apply(ROOT, ["sbc", "mysbc"], 1)
+        mode = b.apply(mode, ["sbe"], 2)
+        mode = b.apply(mode, ["adjacency", "sip", "core"], 3)
+        b.apply(mode, ["no", "attach"], 4)
+        self.assertFalse(b.freeze().adjacency("core").attached)
+        self.assertTrue(cfg.adjacency("core").attached)
+
+    def test_mode_of_a_removed_block(self) -> None:
+        # A CLI session that aborts its candidate may still hold a mode inside a block
+        # the fresh candidate lacks: commands there are refused, not applied elsewhere.
+        paths = {
+            "attach": ["sbc s", "sbe", "adjacency sip a"],
+            "first-call-routing-table t": ["sbc s", "sbe", "call-policy-set 1"],
+            "entry 1": ["sbc s", "sbe", "call-policy-set 1", "rtg-round-robin-table t"],
+            "action complete": [
+                "sbc s",
+                "sbe",
+                "call-policy-set 1",
+                "rtg-round-robin-table t",
+                "entry 1",
+            ],
+        }
+        for command, path in paths.items():
+            mode = self.run_lines(ConfigBuilder(), *path)
+            fresh = ConfigBuilder("<cli>")
+            fresh.apply(ROOT, ["sbc", "s"], 1)
+            err = self.assertRaises(ConfigError, fresh.apply, mode, split_words(command), 5)
+            self.assertIn("no longer exists", err.message)
+            self.assertEqual(err.line, 5)
+        self.assertRaises(KeyError, ROOT.find, ModeKind.SBE)
+
+    def test_from_config_keeps_line_numbers(self) -> None:
+        cfg = parse(BehaviourExampleTests.text)
+        again = ConfigBuilder.from_config(cfg).freeze()
+        self.assertEqual(again.setting_lines, cfg.setting_lines)
+        self.assertEqual(again.setting_lines["local-domain example.com"], 3)
+        self.assertEqual(
+            [a.setting_lines for a in again.adjacencies], [a.setting_lines for a in cfg.adjacencies]
+        )
+        self.assertEqual(again.call_policy_sets[1].tables["main"].entries[0].line, 18)
+
+    def test_copy_is_independent(self) -> None:
+        b = ConfigBuilder("<cli>")
+        self.run_lines(b, "sbc s", "sbe", "local-domain a.test")
+        c = b.copy()
+        c.apply(
+            ROOT.push(Frame(ModeKind.SBC, name="s")).push(Frame(ModeKind.SBE)),
+            ["local-domain", "b.test"],
+            9,
+        )
+        self.assertEqual(b.freeze().local_domains, ("a.test",))
+        self.assertEqual(c.freeze().local_domains, ("a.test", "b.test"))
+
+    def test_commands_for(self) -> None:
+        def keywords(mode_lines: list[str]) -> set[str]:
+            b = ConfigBuilder()
+            mode = ROOT
+            for line in mode_lines:
+                mode = b.apply(mode, split_words(line), 0)
+            return {h.keyword for h in commands_for(mode)}
+
+        self.assertEqual(keywords([]), {"sbc", "exit", "end"})
+        self.assertEqual(keywords(["sbc s"]), {"sbe", "exit", "end"})
+        self.assertEqual(
+            keywords(["sbc s", "sbe"]),
+            {
+                "local-domain",
+                "adjacency",
+                "call-policy-set",
+                "active-call-policy-set",
+                "routing-policy",
+                "exit",
+                "end",
+            },
+        )
+        self.assertEqual(
+            keywords(["sbc s", "sbe", "adjacency sip a"]),
+            {
+                "signaling-address",
+                "signaling-port",
+                "transport",
+                "remote-address",
+                "signaling-peer",
+                "signaling-peer-port",
+                "security",
+                "attach",
+                "exit",
+                "end",
+            },
+        )
+        self.assertEqual(
+            keywords(["sbc s", "sbe", "call-policy-set 1"]),
+            {"first-call-routing-table", *(str(k) for k in TableKind), "exit", "end"},
+        )
+        cps = ["sbc s", "sbe", "call-policy-set 1"]
+        self.assertEqual(keywords([*cps, "rtg-src-adjacency-table t"]), {"entry", "exit", "end"})
+        entry_base = {"dst-adjacency", "action", "exit", "end"}
+        for kind, match in (
+            ("rtg-src-adjacency-table", {"match-adjacency"}),
+            ("rtg-dst-domain-table", {"match-domain"}),
+            ("rtg-dst-address-table", {"match-address"}),
+            ("rtg-round-robin-table", set()),
+        ):
+            self.assertEqual(keywords([*cps, f"{kind} t", "entry 1"]), entry_base | match)
+
+    def test_help_text(self) -> None:
+        mode = (
+            ROOT.push(Frame(ModeKind.SBC, name="s"))
+            .push(Frame(ModeKind.SBE))
+            .push(Frame(ModeKind.ADJACENCY, name="a"))
+        )
+        helps = {h.keyword: h for h in commands_for(mode)}
+        self.assertIn("trusted-encrypted", helps["security"].syntax)
+        self.assertEqual(helps["attach"].no_syntax, "no attach")
+        self.assertTrue(all(h.description for h in helps.values()))
+
+
+class LoadConfigTests(SynchronousTestCase):
+    def test_load(self) -> None:
+        path = self.mktemp()
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("sbc s\n sbe\n  local-domain a.test\n")
+        cfg = load_config(path)
+        self.assertEqual(cfg.local_domains, ("a.test",))
+        self.assertEqual(cfg.source, path)
+
+    def test_errors_name_the_file(self) -> None:
+        path = self.mktemp()
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("sbc s\n sbe\n  bogus\n")
+        err = self.assertRaises(ConfigError, load_config, path)
+        self.assertEqual((err.path, err.line), (path, 3))
+
+    def test_missing_file(self) -> None:
+        path = self.mktemp()
+        err = self.assertRaises(ConfigError, load_config, path)
+        self.assertEqual((err.path, err.line), (path, 0))
+        self.assertIn("cannot read", err.message)
+
+    def test_not_utf8(self) -> None:
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(b"sbc s\nsbe\nlocal-domain \xff.test\n")
+        err = self.assertRaises(ConfigError, load_config, path)
+        self.assertEqual(err.line, 3)
+        self.assertIn("UTF-8", err.message)

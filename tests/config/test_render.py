@@ -1,0 +1,206 @@
+"""Tests for sbc.config.render: canonical text and parse(render(m)) == m."""
+
+from __future__ import annotations
+
+import ipaddress
+import textwrap
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from sbc.config import (
+    Action,
+    AdjacencyConfig,
+    CallPolicySet,
+    RoutingEntry,
+    RoutingTable,
+    SbcConfig,
+    Security,
+    TableKind,
+    Transport,
+    parse_config,
+    render_config,
+)
+
+names = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,12}", fullmatch=True)
+labels = st.from_regex(r"[a-z0-9]([a-z0-9\-]{0,8}[a-z0-9])?", fullmatch=True)
+hostnames = st.lists(labels, min_size=1, max_size=3).map(lambda ls: ".".join([*ls, "test"]))
+hosts = st.one_of(hostnames, st.ip_addresses().map(str))
+ports = st.integers(1, 65535)
+securities = st.sampled_from(Security)
+
+
+@st.composite
+def networks(draw: st.DrawFn) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    address = draw(st.ip_addresses())
+    length = draw(st.integers(0, address.max_prefixlen))
+    return ipaddress.ip_network(f"{address}/{length}", strict=False)
+
+
+@st.composite
+def adjacencies(draw: st.DrawFn, name: str) -> AdjacencyConfig:
+    return AdjacencyConfig(
+        name=name,
+        signaling_address=draw(st.ip_addresses()),
+        signaling_port=draw(st.none() | ports),
+        transport=draw(st.sampled_from(Transport)),
+        remote_addresses=draw(st.lists(networks(), max_size=3, unique=True)),
+        signaling_peer=draw(st.none() | hosts),
+        signaling_peer_port=draw(st.none() | ports),
+        security_inbound=draw(securities),
+        security_outbound=draw(securities),
+        attached=draw(st.booleans()),
+    )
+
+
+def match_values(kind: TableKind) -> st.SearchStrategy[str | None]:
+    if kind is TableKind.SRC_ADJACENCY:
+        return st.none() | names
+    if kind is TableKind.DST_DOMAIN:
+        return st.none() | hosts
+    if kind is TableKind.DST_ADDRESS:
+        return st.none() | st.from_regex(r"\+?[0-9]{1,12}", fullmatch=True)
+    return st.none()
+
+
+@st.composite
+def tables(draw: st.DrawFn, table_names: list[str]) -> RoutingTable:
+    kind = draw(st.sampled_from(TableKind))
+    numbers = draw(st.lists(st.integers(1, 2**31 - 1), max_size=4, unique=True))
+    entries = []
+    for number in numbers:
+        next_table = draw(st.none() | st.sampled_from(table_names))
+        entries.append(
+            RoutingEntry(
+                number=number,
+                match=draw(match_values(kind)),
+                dst_adjacency=draw(st.none() | names),
+                action=Action.COMPLETE if next_table is None else Action.NEXT_TABLE,
+                next_table=next_table,
+            )
+        )
+    return RoutingTable(kind, tuple(entries))
+
+
+@st.composite
+def policy_sets(draw: st.DrawFn) -> CallPolicySet:
+    table_names = draw(st.lists(names, min_size=1, max_size=3, unique=True))
+    return CallPolicySet(
+        first_call_routing_table=draw(st.none() | names),
+        tables={name: draw(tables(table_names)) for name in table_names},
+    )
+
+
+@st.composite
+def configs(draw: st.DrawFn) -> SbcConfig:
+    adjacency_names = draw(st.lists(names, max_size=4, unique=True))
+    return SbcConfig(
+        service_name=draw(names),
+        local_domains=draw(st.lists(hosts, max_size=3, unique=True)),
+        adjacencies=[draw(adjacencies(name)) for name in adjacency_names],
+        call_policy_sets=draw(
+            st.dictionaries(st.integers(1, 2**31 - 1), policy_sets(), max_size=2)
+        ),
+        active_call_policy_set=draw(st.none() | st.integers(1, 2**31 - 1)),
+        routing_policy=draw(names),
+    )
+
+
+class RoundTripTests(SynchronousTestCase):
+    @settings(max_examples=300, deadline=None)
+    @given(configs())
+    def test_parse_render_round_trip(self, cfg: SbcConfig) -> None:
+        text = render_config(cfg)
+        self.assertEqual(parse_config(text), cfg, text)
+
+    @settings(max_examples=100, deadline=None)
+    @given(configs())
+    def test_render_is_a_fixed_point(self, cfg: SbcConfig) -> None:
+        text = render_config(cfg)
+        self.assertEqual(render_config(parse_config(text)), text)
+
+    @settings(max_examples=100, deadline=None)
+    @given(configs())
+    def test_flattened_render_parses_the_same(self, cfg: SbcConfig) -> None:
+        flat = "\n".join(line.strip() for line in render_config(cfg).splitlines())
+        self.assertEqual(parse_config(flat), cfg)
+
+
+class CanonicalTextTests(SynchronousTestCase):
+    def test_canonical_form(self) -> None:
+        cfg = parse_config(
+            textwrap.dedent(
+                """\
+                sbc mysbc
+                sbe
+                routing-policy round-robin
+                active-call-policy-set 1
+                adjacency sip core
+                attach
+                security outbound trusted-encrypted
+                signaling-peer core.example.net
+                signaling-peer-port 5071
+                remote-address ipv6 2001:db8::/32
+                transport tcp
+                signaling-port 5070
+                signaling-address ipv6 2001:db8::1
+                local-domain example.com
+                call-policy-set 1
+                rtg-dst-address-table num
+                entry 2
+                action complete
+                dst-adjacency core
+                match-address 44
+                entry 1
+                action next-table num
+                first-call-routing-table num
+                """
+            )
+        )
+        self.assertEqual(
+            render_config(cfg),
+            textwrap.dedent(
+                """\
+                sbc mysbc
+                 sbe
+                  local-domain example.com
+                  adjacency sip core
+                   signaling-address ipv6 2001:db8::1
+                   signaling-port 5070
+                   transport tcp
+                   remote-address ipv6 2001:db8::/32
+                   signaling-peer core.example.net
+                   signaling-peer-port 5071
+                   security inbound untrusted
+                   security outbound trusted-encrypted
+                   attach
+                  !
+                  call-policy-set 1
+                   first-call-routing-table num
+                   rtg-dst-address-table num
+                    entry 1
+                     action next-table num
+                    !
+                    entry 2
+                     match-address 44
+                     dst-adjacency core
+                     action complete
+                    !
+                   !
+                  !
+                  active-call-policy-set 1
+                  routing-policy round-robin
+                 !
+                !
+                """
+            ),
+        )
+
+    def test_defaults_left_out(self) -> None:
+        cfg = SbcConfig("s", adjacencies=[AdjacencyConfig("a", ipaddress.ip_address("10.0.0.1"))])
+        self.assertEqual(
+            render_config(cfg),
+            "sbc s\n sbe\n  adjacency sip a\n   signaling-address ipv4 10.0.0.1\n"
+            "   security untrusted\n  !\n  routing-policy default\n !\n!\n",
+        )
