@@ -1,0 +1,155 @@
+"""The security rules of encrypted SIP signaling, all in one place.
+
+A reviewer can read the SBC's whole admission and routing security policy in
+this file. Each rule is a pure function; the call logic applies them in this
+order:
+
+1. :func:`caller_is_trusted` and :func:`requires_secure_target` mark the inbound
+   request (UAS side, behaviour.md §4).
+2. :func:`admit` rejects an untrusted caller asking for a SIPS target
+   (403 + Warning 380) before any routing happens.
+3. :func:`may_send_out_of` filters the routing candidates (behaviour.md §6);
+   it is applied again to whatever a routing policy returns, so a policy can
+   reorder or narrow the candidates but never weaken the rules.
+   :func:`no_route` is the response when nothing is left.
+4. :func:`outbound_scheme` keeps the scheme of the Request-URI on the
+   outbound leg (UAC side, §5).
+5. :func:`check_redirect` and :func:`check_target_refresh` stop a 3xx or a
+   target refresh from moving a call across the secure / insecure line.
+6. :func:`check_registration` applies RFC 5630 §5.2 to REGISTER.
+7. :func:`from_domain_matches` ties a TLS peer's certificate to the domain
+   its requests claim to come from (RFC 5922); a mismatch is dropped silently.
+
+What the SBC does not detect (the seed says so): a trusted proxy that
+redirects a secure call to an insecure target and sends it back through the
+SBC. The two legs look like two different calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from sbc.config import AdjacencyConfig, Security
+from sbc.errors import SipError
+from sbc.identity import PeerIdentities, identity_matches
+
+SIPS_NOT_ALLOWED = (380, "SIPS Not Allowed")
+"""RFC 5630 §9 warn-code: the request needed SIPS but SIPS cannot be used."""
+SIPS_REQUIRED = (381, "SIPS Required")
+"""RFC 5630 §9 warn-code: the request needs SIPS but a SIP target was given."""
+
+_SECURE_CAPABLE = frozenset({Security.TRUSTED_ENCRYPTED, Security.TRUSTED_UNENCRYPTED})
+_INSECURE_CAPABLE = frozenset({Security.UNTRUSTED, Security.TRUSTED_UNENCRYPTED})
+
+
+def caller_is_trusted(inbound: AdjacencyConfig) -> bool:
+    """Requests arriving over a trusted adjacency (either kind) are trusted."""
+    return inbound.security_inbound is not Security.UNTRUSTED
+
+
+def requires_secure_target(scheme: str) -> bool:
+    """A request for a SIPS URI requires outbound security; a SIP (or tel) URI does not."""
+    return scheme.lower() == "sips"
+
+
+def admit(caller_trusted: bool, secure_target: bool) -> None:
+    """UAS side: reject an untrusted caller asking for a secure target.
+
+    Raises ``SipError(403)`` with Warning 380; every other combination is
+    passed on to routing.
+    """
+    if secure_target and not caller_trusted:
+        raise SipError(403, "Forbidden", warning=SIPS_NOT_ALLOWED)
+
+
+def may_send_out_of(adjacency: AdjacencyConfig, secure_target: bool) -> bool:
+    """May a call with this target security leave through ``adjacency``?
+
+    Only attached adjacencies are considered. A secure call may use a
+    trusted (encrypted or unencrypted) outbound side; an insecure call an
+    untrusted or trusted-unencrypted one.
+    """
+    if not adjacency.attached:
+        return False
+    allowed = _SECURE_CAPABLE if secure_target else _INSECURE_CAPABLE
+    return adjacency.security_outbound in allowed
+
+
+def permitted_candidates(
+    candidates: Iterable[AdjacencyConfig], secure_target: bool
+) -> list[AdjacencyConfig]:
+    """The candidates that :func:`may_send_out_of` allows, in their order."""
+    return [a for a in candidates if may_send_out_of(a, secure_target)]
+
+
+def no_route(secure_target: bool) -> SipError:
+    """The error when no candidate is left: 480, with Warning 380 for a secure call."""
+    if secure_target:
+        return SipError(480, "Temporarily Unavailable", warning=SIPS_NOT_ALLOWED)
+    return SipError(480, "Temporarily Unavailable")
+
+
+def secure_destinations(
+    inbound: AdjacencyConfig, scheme: str, candidates: Iterable[AdjacencyConfig]
+) -> list[AdjacencyConfig]:
+    """Steps 1-3 together: mark, admit, filter.
+
+    Returns the candidates a call may use, in order, or raises the
+    ``SipError`` to answer with (403 + 380, or 480 with or without 380).
+    """
+    secure = requires_secure_target(scheme)
+    admit(caller_is_trusted(inbound), secure)
+    allowed = permitted_candidates(candidates, secure)
+    if not allowed:
+        raise no_route(secure)
+    return allowed
+
+
+def outbound_scheme(inbound_scheme: str) -> str:
+    """The outbound Request-URI keeps the inbound scheme: sips stays sips, sip stays sip."""
+    return inbound_scheme.lower()
+
+
+def check_redirect(contact_schemes: Sequence[str], secure_target: bool) -> SipError | None:
+    """A 3xx's Contacts must not move the call across the secure line.
+
+    Returns the error that brings the call down (the redirect is then not
+    followed at all), or ``None`` when every Contact may be tried.
+    """
+    schemes = [s.lower() for s in contact_schemes]
+    if secure_target and any(s != "sips" for s in schemes):
+        return SipError(480, "Temporarily Unavailable", warning=SIPS_NOT_ALLOWED)
+    # An untrusted caller's call is never secure (admit() refused it), so the
+    # rule "no SIPS Contact for an untrusted caller" is covered here too.
+    if not secure_target and "sips" in schemes:
+        return SipError(480, "Temporarily Unavailable", warning=SIPS_REQUIRED)
+    return None
+
+
+def check_target_refresh(old_scheme: str, new_scheme: str) -> SipError | None:
+    """A target refresh may not change the remote target's scheme (400, then BYE both legs)."""
+    if old_scheme.lower() != new_scheme.lower():
+        return SipError(400, "Bad Request - target refresh changes the URI scheme")
+    return None
+
+
+def check_registration(aor_scheme: str, contact_schemes: Sequence[str]) -> SipError | None:
+    """RFC 5630 §5.2: a SIPS address-of-record registers only SIPS Contacts.
+
+    ``contact_schemes`` excludes the ``*`` wildcard. Returns the 400 to send
+    (and no binding changes) or ``None``.
+    """
+    if aor_scheme.lower() == "sips" and any(s.lower() != "sips" for s in contact_schemes):
+        return SipError(400, "Bad Request - SIPS AOR needs SIPS Contacts")
+    return None
+
+
+def from_domain_matches(identities: PeerIdentities | None, from_host: str) -> bool:
+    """Does a TLS peer's certificate vouch for the domain in the request's From?
+
+    ``identities`` is ``None`` on plain transports, where there is nothing to
+    check. On TLS a mismatch means the request is dropped without a response.
+    """
+    if identities is None:
+        return True
+    return identity_matches(identities, from_host)
