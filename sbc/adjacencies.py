@@ -15,6 +15,7 @@ from collections.abc import Iterable
 import attrs
 
 from sbc.config import AdjacencyConfig, Security
+from sbc.identity import PeerIdentities
 
 UDP = "UDP"
 TCP = "TCP"
@@ -73,6 +74,17 @@ class AdjacencyTable:
             candidate = _Candidate(adjacency, tuple(adjacency.remote_addresses))
             for key in listener_keys(adjacency):
                 self._by_listener.setdefault(key, []).append(candidate)
+        self._addresses = frozenset(str(a.signaling_address) for a in self._by_name.values())
+
+    @property
+    def attached(self) -> list[AdjacencyConfig]:
+        """The attached adjacencies, in configuration order."""
+        return list(self._by_name.values())
+
+    @property
+    def addresses(self) -> frozenset[str]:
+        """The SBC's own signaling addresses (text form, IPv6 without brackets)."""
+        return self._addresses
 
     @property
     def listeners(self) -> list[ListenerKey]:
@@ -115,3 +127,17 @@ class AdjacencyTable:
                 ):
                     best, best_length = candidate.adjacency, network.prefixlen
         return best
+
+
+@attrs.frozen
+class InboundContext:
+    """What the transport knows about one inbound message, handed to the SIP stack.
+
+    ``adjacency`` is the classified adjacency's name, ``listener`` the socket
+    it arrived on, ``peer_identities`` the verified TLS identities of the
+    peer (``None`` on plain transports).
+    """
+
+    adjacency: str
+    listener: ListenerKey
+    peer_identities: PeerIdentities | None = None

@@ -1,0 +1,313 @@
+"""The sans-I/O SIP stack: bytes in, bytes out, time as an argument.
+
+:class:`SipStack` sits between the transport (which frames bytes and knows
+connections) and the transaction user (the SBC's call logic). It parses each
+message once, applies the transport rules of RFC 3261 §18 and RFC 3581
+(``received`` / ``rport``), runs the transaction layer, and turns every
+:class:`~sbc.errors.SipError` into a response: this module is the ONE place
+where an error becomes a SIP response.
+
+The edge feeds it with :meth:`SipStack.receive`, keeps one timer armed for
+:meth:`SipStack.next_deadline` and calls :meth:`SipStack.advance` when it
+fires; it carries out the returned :class:`Transmit` outputs and counts the
+:class:`Dropped` ones.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Callable
+from typing import Protocol, TypeAlias
+
+import attrs
+
+from sbc.errors import ParseError, SipError
+from sbc.sip.message import Request, Response, parse_message, response_to
+from sbc.sip.timers import TimerSettings
+from sbc.sip.transaction import (
+    ClientTransaction,
+    DeliverRequest,
+    DeliverResponse,
+    IllegalTransitionError,
+    Send,
+    ServerTransaction,
+    StrayResponse,
+    Terminated,
+    TransactionKey,
+    TransactionLayer,
+    TransactionTimeout,
+    TransportError,
+)
+from sbc.sip.transaction import Output as TransactionOutput
+
+MAGIC_COOKIE = "z9hG4bK"
+
+
+@attrs.frozen
+class Flow:
+    """Where a message came from, or goes to.
+
+    ``local`` is our address and port (the listener's, or the outbound
+    socket's), ``remote`` the peer's. ``connection_id`` names the stream
+    connection (TCP/TLS); it is ``None`` for UDP and for a destination that
+    has no connection yet.
+    """
+
+    transport: str
+    local: tuple[str, int]
+    remote: tuple[str, int]
+    connection_id: int | None = None
+
+    @property
+    def reliable(self) -> bool:
+        """True for stream transports (no retransmissions, §17)."""
+        return self.transport != "UDP"
+
+
+@attrs.frozen
+class Transmit:
+    """Send ``data`` on ``flow``; report a failure with :meth:`SipStack.transport_error`."""
+
+    flow: Flow
+    data: bytes
+    transaction_key: TransactionKey | None = None
+
+
+@attrs.frozen
+class Dropped:
+    """A message was dropped; the edge counts it by adjacency and ``reason``."""
+
+    flow: Flow
+    reason: str
+    context: object = None
+
+
+StackOutput: TypeAlias = Transmit | Dropped
+
+
+class TransactionUser(Protocol):
+    """What the stack hands messages to: the SBC's call logic.
+
+    Every method returns the stack outputs it produced (through
+    :meth:`SipStack.respond` and :meth:`SipStack.send_request`). Raising a
+    :class:`~sbc.errors.SipError` from :meth:`request_received` answers the
+    request with that error's response.
+    """
+
+    def screen(self, request: Request, flow: Flow, context: object) -> str | None:
+        """Before any transaction exists: a drop reason, or ``None`` to go on."""
+
+    def request_received(
+        self,
+        request: Request,
+        transaction: ServerTransaction | None,
+        flow: Flow,
+        context: object,
+        now: float,
+    ) -> list[StackOutput]:
+        """A new request (``transaction`` is ``None`` for an ACK to a 2xx)."""
+
+    def response_received(
+        self, response: Response, transaction: ClientTransaction, now: float
+    ) -> list[StackOutput]:
+        """A response to a request the TU sent."""
+
+    def transaction_failed(
+        self, transaction: ClientTransaction | ServerTransaction, reason: str, now: float
+    ) -> list[StackOutput]:
+        """``reason`` is ``"timeout"`` or ``"transport"``."""
+
+
+def response_flow(request: Request, flow: Flow) -> Flow:
+    """Where the response to ``request`` (received on ``flow``) goes: §18.2.2, RFC 3581.
+
+    Stream transports answer on the same connection; should it be gone, the
+    edge connects to ``remote`` (the source address and the sent-by port).
+    On UDP the answer goes to the source address, and to the source port
+    when the client asked for ``rport``, else to the sent-by port.
+    """
+    via = request.top_via
+    if via.has_param("rport") and not flow.reliable:
+        return flow
+    port = via.port or (5061 if via.transport == "TLS" else 5060)
+    if port == flow.remote[1]:
+        return flow
+    return Flow(flow.transport, flow.local, (flow.remote[0], port), flow.connection_id)
+
+
+def note_source(request: Request, flow: Flow) -> None:
+    """§18.2.1 and RFC 3581: record the real source in the top Via when it differs."""
+    via = request.top_via
+    source_host, source_port = flow.remote
+    wants_rport = via.has_param("rport")
+    if not wants_rport and via.host.strip("[]") == source_host:
+        return
+    updated = via.with_param("received", source_host)
+    if wants_rport:
+        updated = updated.with_param("rport", str(source_port))
+    vias = request.vias
+    vias[0] = updated
+    request.headers.set("Via", ", ".join(v.serialize() for v in vias))
+
+
+class SipStack:
+    """Parse, match to transactions, hand to the TU, and answer errors.
+
+    ``agent`` names the SBC in Warning headers (RFC 3261 §20.43 warn-agent)
+    when the flow's local address is not what should be shown.
+    """
+
+    def __init__(
+        self,
+        tu: TransactionUser,
+        timers: TimerSettings | None = None,
+        agent: Callable[[Flow], str] | None = None,
+    ) -> None:
+        self.tu = tu
+        self.transactions = TransactionLayer(timers)
+        self._agent = agent or (lambda flow: flow.local[0])
+        self._branch_prefix = MAGIC_COOKIE + os.urandom(6).hex()
+        self._branch_counter = itertools.count(1)
+
+    # -- from the transport ---------------------------------------------------
+
+    def receive(
+        self, data: bytes, flow: Flow, now: float, context: object = None
+    ) -> list[StackOutput]:
+        """One complete message from ``flow`` (a datagram or one framed stream message)."""
+        try:
+            message = parse_message(data)
+            if isinstance(message, Response):
+                return self._receive_response(message, flow, now, context)
+            return self._receive_request(message, flow, now, context)
+        except ParseError as error:
+            return self._answer_parse_error(error, flow, context)
+
+    def advance(self, now: float) -> list[StackOutput]:
+        """Fire the timers that are due at ``now``."""
+        return self._run(self.transactions.advance(now), now)
+
+    def next_deadline(self) -> float | None:
+        """Absolute time at which :meth:`advance` must next be called, or ``None``."""
+        return self.transactions.next_deadline()
+
+    def transport_error(self, key: TransactionKey, now: float) -> list[StackOutput]:
+        """The edge could not send a message of transaction ``key``."""
+        return self._run(self.transactions.transport_error(key, now), now)
+
+    # -- from the TU ----------------------------------------------------------
+
+    def respond(
+        self, transaction: ServerTransaction, response: Response, now: float
+    ) -> list[StackOutput]:
+        """Send ``response`` in ``transaction`` (its flow was chosen when it arrived)."""
+        return self._run(self.transactions.send_response(transaction, response, now), now)
+
+    def reject(
+        self, transaction: ServerTransaction, error: SipError, flow: Flow, now: float
+    ) -> list[StackOutput]:
+        """Answer ``transaction`` with the response for ``error``."""
+        return self.respond(transaction, self.error_response(transaction.request, error, flow), now)
+
+    def send_request(
+        self, request: Request, flow: Flow, now: float
+    ) -> tuple[ClientTransaction, list[StackOutput]]:
+        """Start a client transaction sending ``request`` to ``flow``."""
+        transaction, outputs = self.transactions.client_request(
+            request, flow.reliable, now, peer=flow
+        )
+        return transaction, self._run(outputs, now)
+
+    def send_stateless(self, message: Request | Response, flow: Flow) -> list[StackOutput]:
+        """Send outside any transaction (an ACK for a 2xx, a 2xx retransmission)."""
+        return [Transmit(flow, message.serialize())]
+
+    def new_branch(self) -> str:
+        """A fresh RFC 3261 branch parameter (magic cookie + unique part)."""
+        return f"{self._branch_prefix}.{next(self._branch_counter)}"
+
+    def error_response(self, request: Request, error: SipError, flow: Flow) -> Response:
+        """The response for ``error``: status, reason and Warning (RFC 5630 §9)."""
+        response = response_to(request, error.status, error.reason)
+        if error.warning is not None:
+            code, text = error.warning
+            response.headers.add("Warning", f'{code} {self._agent(flow)} "{text}"')
+        return response
+
+    # -- internals ------------------------------------------------------------
+
+    def _receive_request(
+        self, request: Request, flow: Flow, now: float, context: object
+    ) -> list[StackOutput]:
+        reason = self.tu.screen(request, flow, context)
+        if reason is not None:
+            return [Dropped(flow, reason, context)]
+        note_source(request, flow)
+        outputs = self.transactions.receive_request(
+            request, flow.reliable, now, peer=response_flow(request, flow)
+        )
+        return self._run(outputs, now, flow, context)
+
+    def _receive_response(
+        self, response: Response, flow: Flow, now: float, context: object
+    ) -> list[StackOutput]:
+        outputs = self.transactions.receive_response(response, now)
+        return self._run(outputs, now, flow, context)
+
+    def _answer_parse_error(
+        self, error: ParseError, flow: Flow, context: object
+    ) -> list[StackOutput]:
+        request = error.request
+        if request is None:
+            return [Dropped(flow, "unparseable", context)]
+        try:
+            response = self.error_response(request, error, flow)
+            destination = response_flow(request, flow)
+        except ParseError:
+            return [Dropped(flow, "unparseable", context)]
+        return [Transmit(destination, response.serialize()), Dropped(flow, "malformed", context)]
+
+    def _run(
+        self,
+        outputs: list[TransactionOutput],
+        now: float,
+        flow: Flow | None = None,
+        context: object = None,
+    ) -> list[StackOutput]:
+        """Turn transaction-layer outputs into stack outputs, calling the TU as needed."""
+        result: list[StackOutput] = []
+        for output in outputs:
+            if isinstance(output, Send):
+                peer = output.transaction.peer
+                assert isinstance(peer, Flow)
+                result.append(Transmit(peer, output.message.serialize(), output.transaction.key))
+            elif isinstance(output, DeliverRequest):
+                result.extend(self._deliver(output, flow, now, context))
+            elif isinstance(output, DeliverResponse):
+                result.extend(self.tu.response_received(output.response, output.transaction, now))
+            elif isinstance(output, TransactionTimeout):
+                result.extend(self.tu.transaction_failed(output.transaction, "timeout", now))
+            elif isinstance(output, TransportError):
+                result.extend(self.tu.transaction_failed(output.transaction, "transport", now))
+            elif isinstance(output, StrayResponse):
+                if flow is not None:
+                    result.append(Dropped(flow, "stray-response", context))
+            elif isinstance(output, Terminated):
+                pass
+        return result
+
+    def _deliver(
+        self, output: DeliverRequest, flow: Flow | None, now: float, context: object
+    ) -> list[StackOutput]:
+        transaction = output.transaction
+        assert flow is not None
+        try:
+            return self.tu.request_received(output.request, transaction, flow, context, now)
+        except SipError as error:
+            if transaction is None:  # an ACK: never answered
+                return [Dropped(flow, "bad-ack", context)]
+            try:
+                return self.reject(transaction, error, flow, now)
+            except IllegalTransitionError:
+                return []
