@@ -1,0 +1,220 @@
+"""The sans-I/O stack: parsing, §18 transport rules, error responses, transactions."""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from sbc.errors import SipError
+from sbc.sip import parse_message, response_to
+from sbc.sip.message import Request, Response
+from sbc.sip.stack import Dropped, Flow, SipStack, StackOutput, Transmit
+from sbc.sip.transaction import ClientTransaction, ServerTransaction
+
+UDP = Flow("UDP", ("127.0.0.1", 5060), ("127.0.0.2", 40000))
+TCP = Flow("TCP", ("127.0.0.1", 5060), ("127.0.0.2", 40001), connection_id=7)
+
+
+def options(
+    via: str = "SIP/2.0/UDP 127.0.0.2:5070;branch=z9hG4bK-1",
+    extra: str = "",
+    version: str = "SIP/2.0",
+    cseq: str = "1 OPTIONS",
+) -> bytes:
+    return (
+        f"OPTIONS sip:127.0.0.1 {version}\r\n"
+        f"Via: {via}\r\n"
+        "Max-Forwards: 70\r\n"
+        "From: <sip:a@lab.test>;tag=f1\r\n"
+        "To: <sip:127.0.0.1>\r\n"
+        "Call-ID: c1@127.0.0.2\r\n"
+        f"CSeq: {cseq}\r\n"
+        f"{extra}"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+class RecordingUser:
+    """A transaction user that records calls and answers with a programmable status."""
+
+    def __init__(self) -> None:
+        self.stack: SipStack
+        self.requests: list[tuple[Request, ServerTransaction | None, Flow, object]] = []
+        self.responses: list[Response] = []
+        self.failures: list[str] = []
+        self.answer: int | SipError | None = 200
+        self.drop: str | None = None
+
+    def screen(self, request: Request, flow: Flow, context: object) -> str | None:
+        return self.drop
+
+    def request_received(
+        self,
+        request: Request,
+        transaction: ServerTransaction | None,
+        flow: Flow,
+        context: object,
+        now: float,
+    ) -> list[StackOutput]:
+        self.requests.append((request, transaction, flow, context))
+        if isinstance(self.answer, SipError):
+            raise self.answer
+        if self.answer is None or transaction is None:
+            return []
+        return self.stack.respond(transaction, response_to(request, self.answer), now)
+
+    def response_received(
+        self, response: Response, transaction: ClientTransaction, now: float
+    ) -> list[StackOutput]:
+        self.responses.append(response)
+        return []
+
+    def transaction_failed(
+        self, transaction: ClientTransaction | ServerTransaction, reason: str, now: float
+    ) -> list[StackOutput]:
+        self.failures.append(reason)
+        return []
+
+
+def make_stack() -> tuple[SipStack, RecordingUser]:
+    user = RecordingUser()
+    stack = SipStack(user)
+    user.stack = stack
+    return stack, user
+
+
+def sent(outputs: list[StackOutput]) -> list[tuple[Flow, Response | Request]]:
+    return [(o.flow, parse_message(o.data)) for o in outputs if isinstance(o, Transmit)]
+
+
+class ReceiveTests(SynchronousTestCase):
+    def test_request_answered_on_sent_by_port(self) -> None:
+        """§18.2.2 on UDP without rport: source address, the Via's sent-by port."""
+        stack, user = make_stack()
+        [(flow, response)] = sent(stack.receive(options(), UDP, 0.0, context="ctx"))
+        self.assertEqual(flow.remote, ("127.0.0.2", 5070))
+        assert isinstance(response, Response)
+        self.assertEqual(response.status, 200)
+        self.assertEqual(user.requests[0][3], "ctx")
+
+    def test_rport_answers_to_source_port_and_records_it(self) -> None:
+        """RFC 3581: received and rport filled in, answer to the packet's source."""
+        stack, _ = make_stack()
+        data = options(via="SIP/2.0/UDP 10.9.9.9:5070;rport;branch=z9hG4bK-2")
+        [(flow, response)] = sent(stack.receive(data, UDP, 0.0))
+        self.assertEqual(flow, UDP)
+        via = response.top_via
+        self.assertEqual(via.param("received"), "127.0.0.2")
+        self.assertEqual(via.param("rport"), "40000")
+
+    def test_received_added_when_host_differs(self) -> None:
+        stack, _ = make_stack()
+        data = options(via="SIP/2.0/UDP phone.lab.test:5070;branch=z9hG4bK-3")
+        [(_, response)] = sent(stack.receive(data, UDP, 0.0))
+        self.assertEqual(response.top_via.param("received"), "127.0.0.2")
+
+    def test_stream_answer_on_same_connection(self) -> None:
+        stack, _ = make_stack()
+        data = options(via="SIP/2.0/TCP 127.0.0.2:5070;branch=z9hG4bK-4")
+        [(flow, _)] = sent(stack.receive(data, TCP, 0.0))
+        self.assertEqual(flow.connection_id, 7)
+        self.assertEqual(flow.remote, ("127.0.0.2", 5070))  # fallback if the connection is gone
+
+    def test_retransmission_gets_the_same_response_without_the_tu(self) -> None:
+        stack, user = make_stack()
+        first = sent(stack.receive(options(), UDP, 0.0))
+        again = sent(stack.receive(options(), UDP, 0.1))
+        self.assertEqual(len(user.requests), 1)
+        self.assertEqual(first[0][1].serialize(), again[0][1].serialize())
+
+    def test_screened_request_dropped_silently(self) -> None:
+        stack, user = make_stack()
+        user.drop = "tls-identity-mismatch"
+        outputs = stack.receive(options(), UDP, 0.0, context="ctx")
+        self.assertEqual(outputs, [Dropped(UDP, "tls-identity-mismatch", "ctx")])
+        self.assertEqual(user.requests, [])
+        self.assertEqual(len(stack.transactions), 0)
+
+    def test_transactions_removed_after_timer_j(self) -> None:
+        stack, _ = make_stack()
+        stack.receive(options(), UDP, 0.0)
+        deadline = stack.next_deadline()
+        assert deadline is not None
+        self.assertEqual(deadline, 32.0)  # Timer J = 64*T1 on UDP
+        stack.advance(deadline)
+        self.assertEqual(len(stack.transactions), 0)
+        self.assertIsNone(stack.next_deadline())
+
+
+class ErrorResponseTests(SynchronousTestCase):
+    def status_of(self, data: bytes) -> list[int]:
+        stack, _ = make_stack()
+        return [r.status for _, r in sent(stack.receive(data, UDP, 0.0)) if isinstance(r, Response)]
+
+    def test_cseq_method_mismatch_gets_400(self) -> None:
+        self.assertEqual(self.status_of(options(cseq="1 INVITE")), [400])
+
+    def test_unsupported_version_gets_505(self) -> None:
+        self.assertEqual(self.status_of(options(version="SIP/3.0")), [505])
+
+    def test_unanswerable_junk_dropped_and_counted(self) -> None:
+        stack, _ = make_stack()
+        outputs = stack.receive(b"\x00\x01garbage", UDP, 0.0)
+        self.assertEqual(outputs, [Dropped(UDP, "unparseable", None)])
+
+    def test_malformed_answered_and_counted(self) -> None:
+        stack, _ = make_stack()
+        outputs = stack.receive(options(cseq="1 INVITE"), UDP, 0.0)
+        self.assertEqual([type(o) for o in outputs], [Transmit, Dropped])
+
+    def test_sip_error_from_tu_becomes_response_with_warning(self) -> None:
+        stack, user = make_stack()
+        user.answer = SipError(403, "Forbidden", warning=(380, "SIPS Not Allowed"))
+        [(_, response)] = sent(stack.receive(options(), UDP, 0.0))
+        assert isinstance(response, Response)
+        self.assertEqual((response.status, response.reason), (403, "Forbidden"))
+        [warning] = response.warnings
+        self.assertEqual(
+            (warning.code, warning.agent, warning.text), (380, "127.0.0.1", "SIPS Not Allowed")
+        )
+
+    def test_stray_response_dropped(self) -> None:
+        stack, _ = make_stack()
+        request = parse_message(options())
+        assert isinstance(request, Request)
+        data = response_to(request, 200).serialize()
+        self.assertEqual(stack.receive(data, UDP, 0.0), [Dropped(UDP, "stray-response", None)])
+
+
+class ClientSideTests(SynchronousTestCase):
+    def test_request_retransmitted_then_times_out(self) -> None:
+        stack, user = make_stack()
+        request = parse_message(
+            options(via=f"SIP/2.0/UDP 127.0.0.1:5060;branch={stack.new_branch()}")
+        )
+        assert isinstance(request, Request)
+        destination = Flow("UDP", ("127.0.0.1", 5060), ("127.0.0.3", 5060))
+        _, outputs = stack.send_request(request, destination, 0.0)
+        self.assertEqual([o.flow for o in outputs if isinstance(o, Transmit)], [destination])
+        retransmits = 0
+        while (deadline := stack.next_deadline()) is not None:
+            retransmits += len([o for o in stack.advance(deadline) if isinstance(o, Transmit)])
+        self.assertEqual(user.failures, ["timeout"])
+        self.assertGreater(retransmits, 5)  # Timer E on UDP: 0.5, 1, 2, 4, 4, ...
+        self.assertEqual(len(stack.transactions), 0)
+
+    def test_response_delivered_to_tu(self) -> None:
+        stack, user = make_stack()
+        request = parse_message(
+            options(via=f"SIP/2.0/UDP 127.0.0.1:5060;branch={stack.new_branch()}")
+        )
+        assert isinstance(request, Request)
+        destination = Flow("UDP", ("127.0.0.1", 5060), ("127.0.0.3", 5060))
+        stack.send_request(request, destination, 0.0)
+        stack.receive(response_to(request, 200).serialize(), destination, 0.1)
+        self.assertEqual([r.status for r in user.responses], [200])
+
+    def test_branches_are_unique_and_rfc3261(self) -> None:
+        stack, _ = make_stack()
+        branches = {stack.new_branch() for _ in range(1000)}
+        self.assertEqual(len(branches), 1000)
+        self.assertTrue(all(b.startswith("z9hG4bK") for b in branches))

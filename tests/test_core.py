@@ -1,0 +1,117 @@
+"""SbcCore, the transaction user: local answers, TLS From check, admission, filter."""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from sbc.adjacencies import AdjacencyTable, InboundContext, ListenerKey
+from sbc.config import parse_config
+from sbc.core import SbcCore
+from sbc.identity import PeerIdentities
+from sbc.sip import parse_message
+from sbc.sip.message import Response
+from sbc.sip.stack import Dropped, Flow, SipStack, Transmit
+
+CONFIG = """
+sbc t
+ sbe
+  adjacency sip access
+   signaling-address ipv4 127.0.0.1
+   signaling-port 5060
+   security untrusted
+   attach
+  adjacency sip tls
+   signaling-address ipv4 127.0.0.1
+   signaling-port 5061
+   security trusted-encrypted
+   attach
+  adjacency sip plain-out
+   signaling-address ipv4 127.0.0.1
+   signaling-port 5062
+   transport tcp
+   security untrusted
+   attach
+"""
+
+FLOW = Flow("UDP", ("127.0.0.1", 5060), ("127.0.0.2", 5070))
+ACCESS = InboundContext("access", ListenerKey("127.0.0.1", 5060, "UDP"))
+TLS_PEER = PeerIdentities(sip_domains=("lab.test",))
+TLS = InboundContext("tls", ListenerKey("127.0.0.1", 5061, "TLS"), TLS_PEER)
+
+
+def request(
+    method: str = "OPTIONS",
+    uri: str = "sip:127.0.0.1",
+    from_host: str = "lab.test",
+    max_forwards: int = 70,
+) -> bytes:
+    return (
+        f"{method} {uri} SIP/2.0\r\n"
+        "Via: SIP/2.0/UDP 127.0.0.2:5070;branch=z9hG4bK-core\r\n"
+        f"Max-Forwards: {max_forwards}\r\n"
+        f"From: <sip:alice@{from_host}>;tag=1\r\n"
+        f"To: <{uri}>\r\n"
+        "Call-ID: core-1\r\n"
+        f"CSeq: 1 {method}\r\n"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+class CoreTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        table = AdjacencyTable(parse_config(CONFIG).adjacencies)
+        self.core = SbcCore(lambda: table)
+        self.stack = SipStack(self.core)
+        self.core.stack = self.stack
+
+    def answer(self, data: bytes, context: InboundContext = ACCESS) -> Response | None:
+        outputs = self.stack.receive(data, FLOW, 0.0, context)
+        responses = [parse_message(o.data) for o in outputs if isinstance(o, Transmit)]
+        finals = [r for r in responses if isinstance(r, Response) and r.status >= 200]
+        return finals[-1] if finals else None
+
+    def test_options_to_sbc_answered_200(self) -> None:
+        response = self.answer(request())
+        assert response is not None
+        self.assertEqual(response.status, 200)
+        self.assertIn("INVITE", response.headers.get("Allow") or "")
+        self.assertIsNotNone(response.headers.get("Supported"))
+        self.assertEqual(response.headers.get("Accept"), "application/sdp")
+
+    def test_other_method_to_sbc_gets_405_with_allow(self) -> None:
+        response = self.answer(request("INFO"))
+        assert response is not None
+        self.assertEqual(response.status, 405)
+        self.assertIn("OPTIONS", response.headers.get("Allow") or "")
+
+    def test_tls_peer_must_match_from_domain(self) -> None:
+        outputs = self.stack.receive(request(from_host="evil.test"), FLOW, 0.0, TLS)
+        self.assertEqual(outputs, [Dropped(FLOW, "tls-identity-mismatch", TLS)])
+        response = self.answer(request(from_host="lab.test"), TLS)
+        assert response is not None
+        self.assertEqual(response.status, 200)
+
+    def test_sips_from_untrusted_gets_403_380(self) -> None:
+        response = self.answer(request("INVITE", "sips:bob@lab.test"))
+        assert response is not None
+        self.assertEqual(response.status, 403)
+        [warning] = response.warnings
+        self.assertEqual((warning.code, warning.text), (380, "SIPS Not Allowed"))
+
+    def test_secure_call_without_secure_route_gets_480_380(self) -> None:
+        """From the TLS adjacency, the only other candidates are untrusted: 480 + 380."""
+        response = self.answer(request("INVITE", "sips:bob@lab.test"), TLS)
+        assert response is not None
+        self.assertEqual(response.status, 480)
+        self.assertEqual([w.code for w in response.warnings], [380])
+
+    def test_max_forwards_zero_gets_483(self) -> None:
+        response = self.answer(request("INVITE", "sip:bob@lab.test", max_forwards=0))
+        assert response is not None
+        self.assertEqual(response.status, 483)
+
+    def test_routable_call_is_not_relayed_yet(self) -> None:
+        """Until the B2BUA lands, a call that passes every check gets 501."""
+        response = self.answer(request("INVITE", "sip:bob@lab.test"))
+        assert response is not None
+        self.assertEqual(response.status, 501)
