@@ -28,6 +28,9 @@ __all__ = [
     "Via",
     "Warning",
     "canonical_name",
+    "is_token",
+    "parse_uint",
+    "quote",
     "split_list",
 ]
 
@@ -169,7 +172,6 @@ for _short, _canon in _COMPACT.items():
     _CANON[_short] = _CANON[_short.upper()] = _canon
 del _short, _canon, _spelling
 
-_KNOWN: Final[frozenset[str]] = frozenset(_CANON.values())
 _NON_LIST: Final[frozenset[str]] = frozenset(_SINGLE)
 
 _TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]++")
