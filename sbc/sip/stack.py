@@ -49,15 +49,19 @@ class Flow:
     """Where a message came from, or goes to.
 
     ``local`` is our address and port (the listener's, or the outbound
-    socket's), ``remote`` the peer's. ``connection_id`` names the stream
+    socket's), ``remote`` the peer's: an IP address, or a host name the
+    edge resolves without blocking. ``connection_id`` names the stream
     connection (TCP/TLS); it is ``None`` for UDP and for a destination that
-    has no connection yet.
+    has no connection yet. ``server_name`` is, for outbound TLS, the name the
+    peer's certificate must match and the SNI to send (the ``signaling-peer``
+    or the Request-URI host, RFC 5922 §7.3); ``None`` means ``remote``'s host.
     """
 
     transport: str
     local: tuple[str, int]
     remote: tuple[str, int]
     connection_id: int | None = None
+    server_name: str | None = None
 
     @property
     def reliable(self) -> bool:
