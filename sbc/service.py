@@ -19,8 +19,13 @@ from typing import Any
 import attrs
 from twisted.application.service import MultiService
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
+from sbc.adjacencies import AdjacencyTable
 from sbc.config import SbcConfig, validate
+from sbc.core import SbcCore
+from sbc.sip.stack import SipStack
+from sbc.transport.runtime import SipRuntime
 from sbc.transport.tls import TlsIdentity, load_tls_identity
 
 
@@ -55,6 +60,16 @@ class SbcService(MultiService):
         self.reactor = reactor
         self.tls = tls
         self.setName(f"sbc {config.service_name}")
+        self.core = SbcCore(lambda: self.runtime.table)
+        self.stack = SipStack(self.core)
+        self.core.stack = self.stack
+        self.runtime = SipRuntime(
+            reactor,
+            self.stack,
+            AdjacencyTable(config.adjacencies),
+            limits=config.limits,
+            tls=tls,
+        )
 
     @classmethod
     def from_config(
@@ -88,16 +103,27 @@ class SbcService(MultiService):
                 transport=adjacency.transport_display,
                 security=adjacency.security_display,
             )
-        self.reactor.callWhenRunning(self._ready)
+        self.started = self.runtime.start()
+        self.started.addCallbacks(self._listening, self._listen_failed)
 
-    def _ready(self) -> None:
+    def _listening(self, _: object) -> None:
         # Logged once the reactor runs (signal handlers are installed by then).
-        self.log.info(
+        self.reactor.callWhenRunning(
+            self.log.info,
             "sbc {name} started with {count} adjacencies",
             name=self.config.service_name,
             count=len(self.config.adjacencies),
         )
 
+    def _listen_failed(self, failure: Failure) -> None:
+        self.log.critical(
+            "sbc {name} cannot open its listeners: {error}",
+            name=self.config.service_name,
+            error=failure.getErrorMessage(),
+        )
+        self.reactor.callWhenRunning(self.reactor.stop)
+
     def stopService(self) -> Any:
         self.log.info("sbc {name} stopping", name=self.config.service_name)
-        return super().stopService()
+        super().stopService()
+        return self.runtime.stop()

@@ -19,6 +19,7 @@ from sbc import tap
 from sbc.errors import ConfigError
 from sbc.service import SbcService
 from tests.support.pki import lab_pki
+from tests.transport.fakes import Reactor
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAB_CONF = os.path.join(REPO, "examples", "lab.conf")
@@ -35,8 +36,12 @@ class OptionsTests(SynchronousTestCase):
     def test_config_required(self) -> None:
         self.assertRaises(usage.UsageError, options)
 
-    def test_certificate_needs_key(self) -> None:
+    def test_tls_options_go_together(self) -> None:
         self.assertRaises(usage.UsageError, options, "--config", LAB_CONF, "--certificate", "c.pem")
+        self.assertRaises(
+            usage.UsageError, options, "--config", LAB_CONF, "--certificate", "c.pem",
+            "--private-key", "k.pem",
+        )  # fmt: skip
 
     def test_tls_files(self) -> None:
         parsed = options(
@@ -65,8 +70,8 @@ class BuildServiceTests(SynchronousTestCase):
         ]  # fmt: skip
 
     def test_lab_config_builds_against_memory_reactor(self) -> None:
-        """The example config builds a service; starting it logs every adjacency."""
-        reactor = MemoryReactorClock()
+        """The example config builds a service; starting it opens every listener."""
+        reactor = Reactor()
         service = tap.build_service(options("--config", LAB_CONF, *self.tls_args), reactor)
         self.assertIsInstance(service, SbcService)
         self.assertIs(service.reactor, reactor)
@@ -76,6 +81,15 @@ class BuildServiceTests(SynchronousTestCase):
         names = [e["name"] for e in events if "name" in e and "security" in e]
         self.assertTrue(any("started with" in e["log_format"] for e in events))
         self.assertEqual(names, [a.name for a in service.config.adjacencies])
+        self.assertEqual(
+            sorted(str(key) for key in service.runtime.listening),
+            [
+                "TCP 127.0.0.1:5060",
+                "TCP 127.0.0.1:5062",
+                "TLS 127.0.0.1:5061",
+                "UDP 127.0.0.1:5060",
+            ],
+        )
         self.assertTrue(service.running)
         service.stopService()
         self.assertFalse(service.running)

@@ -24,12 +24,15 @@ __all__ = [
     "DEFAULT_PORT",
     "DEFAULT_ROUTING_POLICY",
     "DEFAULT_TLS_PORT",
+    "LIMIT_SETTINGS",
     "Action",
     "AdjacencyConfig",
     "CallPolicySet",
     "FrozenMap",
     "IPAddress",
     "IPNetwork",
+    "LimitSetting",
+    "Limits",
     "RoutingEntry",
     "RoutingTable",
     "SbcConfig",
@@ -315,10 +318,143 @@ def _adjacencies(values: Iterable[AdjacencyConfig]) -> tuple[AdjacencyConfig, ..
 
 
 @attrs.frozen
+class LimitSetting:
+    """One command of the ``limits`` block: its keyword, model attribute, default and range."""
+
+    keyword: str
+    attribute: str
+    default: int
+    low: int
+    high: int
+    unit: str
+    description: str
+
+
+LIMIT_SETTINGS: tuple[LimitSetting, ...] = (
+    LimitSetting(
+        "max-message-size",
+        "max_message_size",
+        65536,
+        1024,
+        16777216,
+        "bytes",
+        "Largest SIP message accepted (a larger request is answered 513 when possible)",
+    ),
+    LimitSetting(
+        "max-connections-per-adjacency",
+        "max_connections_per_adjacency",
+        1024,
+        1,
+        1000000,
+        "connections",
+        "Inbound TCP/TLS connections open at once on one adjacency; more are refused",
+    ),
+    LimitSetting(
+        "max-connections-per-source",
+        "max_connections_per_source",
+        32,
+        1,
+        1000000,
+        "connections",
+        "Inbound TCP/TLS connections open at once from one source address; more are refused",
+    ),
+    LimitSetting(
+        "tls-handshake-timeout",
+        "tls_handshake_timeout",
+        10,
+        1,
+        3600,
+        "seconds",
+        "Time a TLS peer has to complete its handshake",
+    ),
+    LimitSetting(
+        "tcp-idle-timeout",
+        "tcp_idle_timeout",
+        300,
+        1,
+        86400,
+        "seconds",
+        "Inbound TCP/TLS connection closed after this long without a message or keep-alive",
+    ),
+    LimitSetting(
+        "partial-message-timeout",
+        "partial_message_timeout",
+        30,
+        1,
+        3600,
+        "seconds",
+        "Time a peer has to finish a message it started sending on TCP/TLS",
+    ),
+    LimitSetting(
+        "outbound-idle-timeout",
+        "outbound_idle_timeout",
+        120,
+        1,
+        86400,
+        "seconds",
+        "Outbound TCP/TLS connection closed after this long without traffic",
+    ),
+    LimitSetting(
+        "outbound-connect-timeout",
+        "outbound_connect_timeout",
+        10,
+        1,
+        300,
+        "seconds",
+        "Time to establish an outbound TCP connection",
+    ),
+)
+"""Every ``limits`` setting, in canonical (render) order."""
+
+_LIMIT_DEFAULTS = {setting.attribute: setting.default for setting in LIMIT_SETTINGS}
+
+
+@attrs.frozen
+class Limits:
+    """The ``limits`` block of ``sbe``: transport guards (behaviour.md §3).
+
+    Every field has the default of :data:`LIMIT_SETTINGS`, so a
+    configuration without the block gets sane limits. Sizes are in bytes,
+    timeouts in seconds.
+    """
+
+    max_message_size: int = _LIMIT_DEFAULTS["max_message_size"]
+    max_connections_per_adjacency: int = _LIMIT_DEFAULTS["max_connections_per_adjacency"]
+    max_connections_per_source: int = _LIMIT_DEFAULTS["max_connections_per_source"]
+    tls_handshake_timeout: int = _LIMIT_DEFAULTS["tls_handshake_timeout"]
+    tcp_idle_timeout: int = _LIMIT_DEFAULTS["tcp_idle_timeout"]
+    partial_message_timeout: int = _LIMIT_DEFAULTS["partial_message_timeout"]
+    outbound_idle_timeout: int = _LIMIT_DEFAULTS["outbound_idle_timeout"]
+    outbound_connect_timeout: int = _LIMIT_DEFAULTS["outbound_connect_timeout"]
+    line: int = attrs.field(default=0, eq=False, repr=False)
+    setting_lines: FrozenMap[str, int] = attrs.field(
+        factory=FrozenMap, converter=_lines, eq=False, repr=False
+    )
+
+    def __attrs_post_init__(self) -> None:
+        for setting in LIMIT_SETTINGS:
+            value = getattr(self, setting.attribute)
+            if not setting.low <= value <= setting.high:
+                raise ValueError(
+                    f"{setting.keyword} {value} is out of range {setting.low}..{setting.high}"
+                )
+
+    @property
+    def changed(self) -> dict[str, int]:
+        """The settings that differ from their default, keyword -> value, in canonical order."""
+        return {
+            s.keyword: getattr(self, s.attribute)
+            for s in LIMIT_SETTINGS
+            if getattr(self, s.attribute) != s.default
+        }
+
+
+@attrs.frozen
 class SbcConfig:
     """The whole configuration: one ``sbc NAME`` service and its ``sbe``.
 
-    ``adjacencies`` keep configuration order. ``source`` is the file the
+    ``adjacencies`` keep configuration order; ``limits`` are the transport
+    guards (all defaults when the file has no ``limits`` block). ``source`` is the file the
     model came from (for error messages; not part of equality).
     """
 
@@ -330,6 +466,7 @@ class SbcConfig:
     )
     active_call_policy_set: int | None = None
     routing_policy: str = DEFAULT_ROUTING_POLICY
+    limits: Limits = attrs.field(factory=Limits)
     source: str = attrs.field(default="<string>", eq=False, repr=False)
     line: int = attrs.field(default=0, eq=False, repr=False)
     setting_lines: FrozenMap[str, int] = attrs.field(

@@ -30,11 +30,14 @@ import attrs
 
 from sbc.config.model import (
     DEFAULT_ROUTING_POLICY,
+    LIMIT_SETTINGS,
     Action,
     AdjacencyConfig,
     CallPolicySet,
     IPAddress,
     IPNetwork,
+    Limits,
+    LimitSetting,
     RoutingEntry,
     RoutingTable,
     SbcConfig,
@@ -104,6 +107,7 @@ class ModeKind(enum.Enum):
     CALL_POLICY_SET = "config-sbc-sbe-rtgpolicy"
     ROUTING_TABLE = "config-sbc-sbe-rtgpolicy-rtgtable"
     ENTRY = "config-sbc-sbe-rtgpolicy-rtgtable-entry"
+    LIMITS = "config-sbc-sbe-limits"
 
 
 _MODE_DESCRIPTION = {
@@ -114,6 +118,7 @@ _MODE_DESCRIPTION = {
     ModeKind.CALL_POLICY_SET: "call-policy-set mode",
     ModeKind.ROUTING_TABLE: "routing table mode",
     ModeKind.ENTRY: "entry mode",
+    ModeKind.LIMITS: "limits mode",
 }
 
 
@@ -428,6 +433,15 @@ class ConfigBuilder:
         self.active_call_policy_set: int | None = None
         self.routing_policy = DEFAULT_ROUTING_POLICY
         self.setting_lines: dict[str, int] = {}
+        # limits: attribute -> value for the settings given; keyword -> line
+        self.limits: dict[str, int] = {}
+        self.limits_line = 0
+        self.limits_lines: dict[str, int] = {}
+
+    def _clear_limits(self) -> None:
+        self.limits = {}
+        self.limits_line = 0
+        self.limits_lines = {}
 
     def _clear_sbe(self) -> None:
         self.local_domains = {}
@@ -436,6 +450,7 @@ class ConfigBuilder:
         self.active_call_policy_set = None
         self.routing_policy = DEFAULT_ROUTING_POLICY
         self.setting_lines = {}
+        self._clear_limits()
 
     def _clear(self) -> None:
         self._clear_sbe()
@@ -493,6 +508,12 @@ class ConfigBuilder:
             b.call_policy_sets[number] = draft
         b.active_call_policy_set = cfg.active_call_policy_set
         b.routing_policy = cfg.routing_policy
+        for setting in LIMIT_SETTINGS:
+            value = getattr(cfg.limits, setting.attribute)
+            if value != setting.default:
+                b.limits[setting.attribute] = value
+        b.limits_line = cfg.limits.line
+        b.limits_lines = dict(cfg.limits.setting_lines)
         b.setting_lines = {
             k: v for k, v in cfg.setting_lines.items() if not k.startswith("local-domain ")
         }
@@ -657,6 +678,11 @@ class ConfigBuilder:
             call_policy_sets=policy_sets,
             active_call_policy_set=self.active_call_policy_set,
             routing_policy=self.routing_policy,
+            limits=Limits(
+                **self.limits,
+                line=self.limits_line,
+                setting_lines=self.limits_lines,
+            ),
             source=self.path,
             line=self.service_line,
             setting_lines={
@@ -845,6 +871,51 @@ def _routing_policy(
     b.routing_policy = _name(args[0], "routing-policy name")
     b.setting_lines["routing-policy"] = line
     return mode
+
+
+@_command(
+    ModeKind.SBE,
+    "limits",
+    "Enter the transport limits (message size, connections, timeouts)",
+    "no limits",
+)
+def _limits(b: ConfigBuilder, mode: Mode, args: Sequence[str], line: int, negate: bool) -> Mode:
+    _arity(args, "no limits" if negate else "limits", 0)
+    if negate:
+        b._clear_limits()
+        return mode
+    if not b.limits_line:
+        b.limits_line = line
+    return mode.push(Frame(ModeKind.LIMITS))
+
+
+# ---------------------------------------------------------------- limits mode
+
+
+def _limit_handler(setting: LimitSetting) -> _Handler:
+    syntax = f"{setting.keyword} N"
+
+    def handler(b: ConfigBuilder, mode: Mode, args: Sequence[str], line: int, negate: bool) -> Mode:
+        if negate:
+            _arity(args, f"no {setting.keyword} [N]", 0, 1)
+            b.limits.pop(setting.attribute, None)
+            b.limits_lines.pop(setting.keyword, None)
+            return mode
+        _arity(args, syntax, 1)
+        b.limits[setting.attribute] = _number(args[0], setting.keyword, setting.low, setting.high)
+        b.limits_lines[setting.keyword] = line
+        return mode
+
+    return handler
+
+
+for _setting in LIMIT_SETTINGS:
+    _command(
+        ModeKind.LIMITS,
+        f"{_setting.keyword} N",
+        f"{_setting.description} ({_setting.unit}, default {_setting.default})",
+        f"no {_setting.keyword}",
+    )(_limit_handler(_setting))
 
 
 # ---------------------------------------------------------------- adjacency mode

@@ -3,7 +3,8 @@
 The output is what ``show running-config`` prints and what a commit saves:
 one space of indentation per mode level, a ``!`` line closing each block,
 settings in a fixed order, defaults left out (except ``security`` and
-``routing-policy``, which are always shown). ``parse_config(render_config(m))
+``routing-policy``, which are always shown; the ``limits`` block appears only
+when a limit differs from its default). ``parse_config(render_config(m))
 == m`` for every model.
 """
 
@@ -78,5 +79,10 @@ def render_config(cfg: SbcConfig) -> str:
     if cfg.active_call_policy_set is not None:
         sbe.append(f"active-call-policy-set {cfg.active_call_policy_set}")
     sbe.append(f"routing-policy {cfg.routing_policy}")
+    changed = cfg.limits.changed
+    if changed:
+        sbe.append("limits")
+        sbe.extend(f" {keyword} {value}" for keyword, value in changed.items())
+        sbe.append("!")
     lines = [f"sbc {cfg.service_name}", " sbe", *("  " + line for line in sbe), " !", "!"]
     return "\n".join(lines) + "\n"

@@ -128,6 +128,7 @@ class DocumentationTests(SynchronousTestCase):
             ["sbc s", "sbe", "call-policy-set 1"],
             *(["sbc s", "sbe", "call-policy-set 1", f"{kind} t", "entry 1"] for kind in TableKind),
             ["sbc s", "sbe", "call-policy-set 1", "rtg-round-robin-table t"],
+            ["sbc s", "sbe", "limits"],
         ]
         for path in paths:
             builder = ConfigBuilder()

@@ -8,10 +8,12 @@ import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
 from sbc.config import (
+    LIMIT_SETTINGS,
     Action,
     AdjacencyConfig,
     CallPolicySet,
     FrozenMap,
+    Limits,
     RoutingEntry,
     RoutingTable,
     SbcConfig,
@@ -188,3 +190,42 @@ class SbcConfigTests(SynchronousTestCase):
         two = SbcConfig("s", call_policy_sets={1: cps}, source="x.conf", line=4)
         self.assertEqual(one, two)
         self.assertEqual(len({one, two}), 1)
+
+
+class LimitsTests(SynchronousTestCase):
+    def test_defaults(self) -> None:
+        limits = Limits()
+        self.assertEqual(limits.max_message_size, 65536)
+        self.assertEqual(limits.max_connections_per_adjacency, 1024)
+        self.assertEqual(limits.max_connections_per_source, 32)
+        self.assertEqual(limits.tls_handshake_timeout, 10)
+        self.assertEqual(limits.tcp_idle_timeout, 300)
+        self.assertEqual(limits.partial_message_timeout, 30)
+        self.assertEqual(limits.outbound_idle_timeout, 120)
+        self.assertEqual(limits.outbound_connect_timeout, 10)
+        self.assertEqual(limits.changed, {})
+
+    def test_config_without_block_has_defaults(self) -> None:
+        self.assertEqual(SbcConfig("s").limits, Limits())
+
+    def test_settings_table_matches_fields(self) -> None:
+        fields = [f.name for f in attrs.fields(Limits) if f.eq]
+        self.assertEqual([s.attribute for s in LIMIT_SETTINGS], fields)
+        for setting in LIMIT_SETTINGS:
+            self.assertEqual(getattr(Limits(), setting.attribute), setting.default)
+            self.assertLessEqual(setting.low, setting.default)
+            self.assertLessEqual(setting.default, setting.high)
+
+    def test_out_of_range_refused(self) -> None:
+        self.assertRaises(ValueError, Limits, max_message_size=10)
+        self.assertRaises(ValueError, Limits, tcp_idle_timeout=0)
+
+    def test_changed_in_canonical_order(self) -> None:
+        limits = Limits(outbound_idle_timeout=5, max_connections_per_source=2)
+        self.assertEqual(
+            list(limits.changed.items()),
+            [("max-connections-per-source", 2), ("outbound-idle-timeout", 5)],
+        )
+
+    def test_lines_not_part_of_equality(self) -> None:
+        self.assertEqual(Limits(line=4, setting_lines={"tcp-idle-timeout": 5}), Limits())

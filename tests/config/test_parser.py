@@ -13,6 +13,7 @@ from sbc.config import (
     AdjacencyConfig,
     ConfigBuilder,
     Frame,
+    Limits,
     Mode,
     ModeKind,
     SbcConfig,
@@ -838,6 +839,22 @@ class BuilderApiTests(SynchronousTestCase):
                 "call-policy-set",
                 "active-call-policy-set",
                 "routing-policy",
+                "limits",
+                "exit",
+                "end",
+            },
+        )
+        self.assertEqual(
+            keywords(["sbc s", "sbe", "limits"]),
+            {
+                "max-message-size",
+                "max-connections-per-adjacency",
+                "max-connections-per-source",
+                "tls-handshake-timeout",
+                "tcp-idle-timeout",
+                "partial-message-timeout",
+                "outbound-idle-timeout",
+                "outbound-connect-timeout",
                 "exit",
                 "end",
             },
@@ -913,3 +930,98 @@ class LoadConfigTests(SynchronousTestCase):
         err = self.assertRaises(ConfigError, load_config, path)
         self.assertEqual(err.line, 3)
         self.assertIn("UTF-8", err.message)
+
+
+class LimitsCommandTests(ParseErrorMixin):
+    def test_block(self) -> None:
+        cfg = parse(
+            """\
+            sbc s
+             sbe
+              limits
+               max-message-size 4096
+               max-connections-per-adjacency 10
+               max-connections-per-source 2
+               tls-handshake-timeout 3
+               tcp-idle-timeout 60
+               partial-message-timeout 5
+               outbound-idle-timeout 30
+               outbound-connect-timeout 4
+            """
+        )
+        self.assertEqual(
+            cfg.limits,
+            Limits(
+                max_message_size=4096,
+                max_connections_per_adjacency=10,
+                max_connections_per_source=2,
+                tls_handshake_timeout=3,
+                tcp_idle_timeout=60,
+                partial_message_timeout=5,
+                outbound_idle_timeout=30,
+                outbound_connect_timeout=4,
+            ),
+        )
+        self.assertEqual(cfg.limits.line, 3)
+        self.assertEqual(cfg.limits.setting_lines["tcp-idle-timeout"], 8)
+
+    def test_missing_block_gives_defaults(self) -> None:
+        self.assertEqual(parse("sbc s\nsbe\n").limits, Limits())
+
+    def test_block_then_adjacency_without_indentation(self) -> None:
+        cfg = parse(
+            HEAD.replace("adjacency sip a\n", "limits\ntcp-idle-timeout 7\nadjacency sip a\n")
+        )
+        self.assertEqual(cfg.limits.tcp_idle_timeout, 7)
+        self.assertEqual([a.name for a in cfg.adjacencies], ["a"])
+
+    def test_out_of_range(self) -> None:
+        self.assertRefused(
+            "sbc s\nsbe\nlimits\nmax-message-size 100\n",
+            4,
+            "bad max-message-size '100': expected a number from 1024 to 16777216",
+        )
+        self.assertRefused(
+            "sbc s\nsbe\nlimits\ntcp-idle-timeout 0\n", 4, "bad tcp-idle-timeout '0'"
+        )
+        self.assertRefused("sbc s\nsbe\nlimits\ntcp-idle-timeout x\n", 4, "bad tcp-idle-timeout")
+
+    def test_arity(self) -> None:
+        self.assertRefused(
+            "sbc s\nsbe\nlimits\ntcp-idle-timeout\n",
+            4,
+            "incomplete command: usage: tcp-idle-timeout N",
+        )
+        self.assertRefused("sbc s\nsbe\nlimits 3\n", 3, "too many words: usage: limits")
+
+    def test_limit_outside_limits_mode(self) -> None:
+        self.assertRefused(
+            "sbc s\nsbe\ntcp-idle-timeout 5\n", 3, "'tcp-idle-timeout' is not valid", "limits mode"
+        )
+
+    def test_no_setting_restores_default(self) -> None:
+        cfg = parse("sbc s\nsbe\nlimits\ntcp-idle-timeout 5\nno tcp-idle-timeout\n")
+        self.assertEqual(cfg.limits, Limits())
+        self.assertNotIn("tcp-idle-timeout", cfg.limits.setting_lines)
+
+    def test_no_limits_restores_all(self) -> None:
+        cfg = parse(
+            "sbc s\nsbe\nlimits\ntcp-idle-timeout 5\nmax-message-size 2000\nexit\nno limits\n"
+        )
+        self.assertEqual(cfg.limits, Limits())
+
+    def test_no_sbe_clears_limits(self) -> None:
+        cfg = parse("sbc s\nsbe\nlimits\ntcp-idle-timeout 5\nexit\nexit\nno sbe\n")
+        self.assertEqual(cfg.limits, Limits())
+
+    def test_cli_builder_keeps_limits(self) -> None:
+        running = parse("sbc s\nsbe\nlimits\ntcp-idle-timeout 5\n")
+        builder = ConfigBuilder.from_config(running)
+        mode = ROOT
+        for line in ("sbc s", "sbe", "limits", "max-message-size 2048"):
+            mode = builder.apply(mode, split_words(line), 0)
+        self.assertEqual(mode.kind, ModeKind.LIMITS)
+        self.assertEqual(mode.prompt, "config-sbc-sbe-limits")
+        candidate = builder.freeze()
+        self.assertEqual(candidate.limits, Limits(tcp_idle_timeout=5, max_message_size=2048))
+        self.assertEqual(ConfigBuilder.from_config(running).freeze(), running)

@@ -10,9 +10,11 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from sbc.config import (
+    LIMIT_SETTINGS,
     Action,
     AdjacencyConfig,
     CallPolicySet,
+    Limits,
     RoutingEntry,
     RoutingTable,
     SbcConfig,
@@ -93,6 +95,15 @@ def policy_sets(draw: st.DrawFn) -> CallPolicySet:
 
 
 @st.composite
+def limits(draw: st.DrawFn) -> Limits:
+    values = {
+        setting.attribute: draw(st.just(setting.default) | st.integers(setting.low, setting.high))
+        for setting in LIMIT_SETTINGS
+    }
+    return Limits(**values)
+
+
+@st.composite
 def configs(draw: st.DrawFn) -> SbcConfig:
     adjacency_names = draw(st.lists(names, max_size=4, unique=True))
     return SbcConfig(
@@ -104,6 +115,7 @@ def configs(draw: st.DrawFn) -> SbcConfig:
         ),
         active_call_policy_set=draw(st.none() | st.integers(1, 2**31 - 1)),
         routing_policy=draw(names),
+        limits=draw(limits()),
     )
 
 
@@ -204,3 +216,28 @@ class CanonicalTextTests(SynchronousTestCase):
             "sbc s\n sbe\n  adjacency sip a\n   signaling-address ipv4 10.0.0.1\n"
             "   security untrusted\n  !\n  routing-policy default\n !\n!\n",
         )
+
+
+class LimitsRenderTests(SynchronousTestCase):
+    def test_default_limits_left_out(self) -> None:
+        self.assertNotIn("limits", render_config(SbcConfig("s")))
+
+    def test_changed_limits_only(self) -> None:
+        cfg = SbcConfig("s", limits=Limits(tcp_idle_timeout=60, max_message_size=4096))
+        self.assertEqual(
+            render_config(cfg),
+            textwrap.dedent(
+                """\
+                sbc s
+                 sbe
+                  routing-policy default
+                  limits
+                   max-message-size 4096
+                   tcp-idle-timeout 60
+                  !
+                 !
+                !
+                """
+            ),
+        )
+        self.assertEqual(parse_config(render_config(cfg)), cfg)

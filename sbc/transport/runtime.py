@@ -1,0 +1,657 @@
+"""The I/O edge around one sans-I/O SIP stack: listeners, connections, the timer.
+
+:class:`SipRuntime` owns everything that touches the reactor for an SBC:
+
+- one listener per :class:`~sbc.adjacencies.ListenerKey` of the attached
+  adjacencies (adjacencies sharing address, port and transport share it):
+  UDP with ``reactor.listenUDP`` (:mod:`sbc.transport.udp`), TCP and TLS as
+  strports endpoint descriptions (``tcp:PORT:interface=ADDR``) listening with
+  a :class:`~sbc.transport.stream.StreamFactory`, wrapped for TLS in
+  ``TLSMemoryBIOFactory(server creator, False, factory)``;
+- the inbound connections, the outbound :class:`~sbc.transport.pool.ConnectionPool`
+  and the connection limits;
+- classification of every inbound message (:meth:`AdjacencyTable.classify`
+  on listener and source; stream connections are classified once, when they
+  are accepted), with an :class:`~sbc.adjacencies.InboundContext` handed to
+  the stack with each message;
+- the stack's outputs: :class:`~sbc.sip.stack.Transmit` is written on its
+  flow (UDP listener socket; the connection it names; else a pooled or new
+  outbound connection, RFC 3261 §18.2.2 / RFC 5923), :class:`~sbc.sip.stack.Dropped`
+  is counted and logged;
+- exactly one armed ``callLater`` per stack, at ``stack.next_deadline()``,
+  re-armed after every batch of outputs; it calls ``stack.advance`` with
+  ``reactor.seconds()``;
+- per-adjacency :class:`~sbc.counters.Counters` and rate-limited log lines
+  (at most one per counter name per ``log_interval`` seconds of reactor time).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred, FirstError, fail, gatherResults, succeed
+from twisted.internet.endpoints import quoteStringArgument, serverFromString
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IListeningPort,
+    IOpenSSLServerConnectionCreator,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from sbc.adjacencies import TCP, TLS, UDP, AdjacencyTable, InboundContext, ListenerKey
+from sbc.config import Limits
+from sbc.counters import Counters
+from sbc.identity import ip_literal
+from sbc.sip.stack import Dropped, Flow, StackOutput, Transmit
+from sbc.sip.transaction import TransactionKey
+from sbc.transport.pool import ConnectionPool, NoTlsIdentityError, PoolKey, client_endpoint
+from sbc.transport.stream import OutboundFactory, StreamConnection, StreamFactory
+from sbc.transport.tls import TlsIdentity, server_context_factory
+from sbc.transport.udp import UdpListener
+
+__all__ = ["EndpointFactory", "RateLimitedLog", "SipRuntime", "SipStackLike"]
+
+
+class SipStackLike(Protocol):
+    """The part of :class:`sbc.sip.stack.SipStack` the runtime drives.
+
+    ``connection_closed(connection_id, now)`` is called too when the stack
+    has it (stack-api.md).
+    """
+
+    def receive(
+        self, data: bytes, flow: Flow, now: float, context: object = None
+    ) -> list[StackOutput]: ...
+
+    def advance(self, now: float) -> list[StackOutput]: ...
+
+    def next_deadline(self) -> float | None: ...
+
+    def transport_error(self, key: TransactionKey, now: float) -> list[StackOutput]: ...
+
+
+EndpointFactory = Callable[[Any, PoolKey, "TlsIdentity | None", float], IStreamClientEndpoint]
+"""``(reactor, key, tls, connect timeout) -> endpoint`` (default :func:`client_endpoint`)."""
+
+
+class RateLimitedLog:
+    """At most one log line per key every ``interval`` seconds of ``clock`` time.
+
+    Lines held back are counted and the next line for the key says how many.
+    """
+
+    def __init__(self, log: Logger, clock: IReactorTime, interval: float) -> None:
+        self.log = log
+        self.clock = clock
+        self.interval = interval
+        self._last: dict[str, float] = {}
+        self._held: Counter[str] = Counter()
+
+    def emit(self, key: str, format: str, **fields: Any) -> bool:
+        """Log ``format`` with ``fields`` unless ``key`` was logged too recently."""
+        now = self.clock.seconds()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            self._held[key] += 1
+            return False
+        self._last[key] = now
+        held = self._held.pop(key, 0)
+        if held:
+            format += " ({held} similar lines suppressed)"
+        self.log.warn(format, rate_key=key, held=held, **fields)
+        return True
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class _CurrentIdentityCreator:
+    """Server connections made with the runtime's identity at handshake time (crypto reload)."""
+
+    def __init__(self, runtime: SipRuntime) -> None:
+        self._runtime = runtime
+
+    def serverConnectionForTLS(self, tlsProtocol: TLSMemoryBIOProtocol) -> Any:
+        identity = self._runtime.tls
+        if identity is None:
+            raise NoTlsIdentityError("no certificate is configured")
+        return server_context_factory(identity).serverConnectionForTLS(tlsProtocol)
+
+
+def _address_text(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class SipRuntime:
+    """Listeners, connections and the stack timer of one SBC (see the module docstring).
+
+    ``reactor`` provides IReactorTime, IReactorTCP and IReactorUDP (a
+    ``MemoryReactorClock`` with a ``listenUDP`` in tests); ``stack`` is the
+    :class:`~sbc.sip.stack.SipStack`; ``table`` the attached adjacencies.
+    ``tls`` is the SBC's identity (needed by TLS listeners and outbound TLS).
+    ``endpoint_factory`` builds outbound endpoints (tests replace it).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        stack: SipStackLike,
+        table: AdjacencyTable,
+        *,
+        limits: Limits | None = None,
+        tls: TlsIdentity | None = None,
+        counters: Counters | None = None,
+        endpoint_factory: EndpointFactory = client_endpoint,
+        log_interval: float = 10.0,
+        log: Logger | None = None,
+    ) -> None:
+        self.reactor = reactor
+        self.stack = stack
+        self.table = table
+        self._limits = limits if limits is not None else Limits()
+        self.tls = tls
+        self.counters = counters if counters is not None else Counters()
+        self.endpoint_factory = endpoint_factory
+        if log is not None:
+            self.log = log
+        self.ratelog = RateLimitedLog(self.log, reactor, log_interval)
+        self.pool = ConnectionPool(self._connect)
+        self.running = False
+        self._ids = itertools.count(1)
+        self._ports: dict[ListenerKey, IListeningPort] = {}
+        self._opening: dict[ListenerKey, list[Deferred[None]]] = {}
+        self._udp: dict[ListenerKey, UdpListener] = {}
+        self._connections: dict[int, StreamConnection] = {}
+        self._per_adjacency: Counter[str] = Counter()
+        self._per_source: Counter[str] = Counter()
+        self._timer: IDelayedCall | None = None
+        self._timer_at: float | None = None
+
+    # -- public API -----------------------------------------------------------
+
+    @property
+    def clock(self) -> IReactorTime:
+        """The reactor, as the time source."""
+        return self.reactor
+
+    @property
+    def limits(self) -> Limits:
+        """The limits in force; new connections and messages use the current value."""
+        return self._limits
+
+    @property
+    def listening(self) -> dict[ListenerKey, IListeningPort]:
+        """The open listeners."""
+        return dict(self._ports)
+
+    @property
+    def connections(self) -> dict[int, StreamConnection]:
+        """Every open stream connection (inbound and outbound) by connection id."""
+        return dict(self._connections)
+
+    def start(self) -> Deferred[None]:
+        """Open the listeners of the attached adjacencies and arm the stack timer.
+
+        Fires when every listener is open; fails with the first error (e.g.
+        ``CannotListenError``); listeners that did open stay open until
+        :meth:`stop`.
+        """
+        self.running = True
+        result = self._sync_listeners()
+        self._rearm()
+        return result
+
+    def stop(self) -> Deferred[None]:
+        """Close listeners and connections, disarm the timer; fires when the ports are closed."""
+        self.running = False
+        self._cancel_timer()
+        closing = [self._stop_listening(key) for key in list(self._ports)]
+        for connection in list(self._connections.values()):
+            connection.close(abort=True)
+        self.pool.close_all()
+        return _gather(closing)
+
+    def apply(self, table: AdjacencyTable, limits: Limits | None = None) -> Deferred[None]:
+        """Switch to a new attached set (attach / no attach, a commit).
+
+        Listeners no longer needed are closed and new ones opened; inbound
+        connections whose adjacency was detached (or whose source now
+        belongs to another adjacency) and outbound connections of detached
+        adjacencies are closed. ``limits``, when given, apply to new
+        connections and messages.
+        """
+        self.table = table
+        if limits is not None:
+            self._limits = limits
+        for connection in list(self._connections.values()):
+            reason = self._stale(connection)
+            if reason is not None:
+                connection.close(reason)
+        if not self.running:
+            return succeed(None)
+        return self._sync_listeners()
+
+    def set_tls_identity(self, identity: TlsIdentity) -> None:
+        """Use ``identity`` for every new handshake (``crypto reload``)."""
+        self.tls = identity
+
+    def process(self, outputs: Iterable[object]) -> None:
+        """Carry out stack outputs (also for outputs the TU produced on its own), then re-arm."""
+        for output in outputs:
+            if isinstance(output, Transmit):
+                self._transmit(output)
+            elif isinstance(output, Dropped):
+                self._dropped(output)
+            else:
+                self.log.error("unknown stack output {output!r} ignored", output=output)
+        self._rearm()
+
+    # -- hosts of the protocols (stream.StreamHost, udp.DatagramHost) ---------
+
+    def next_connection_id(self) -> int:
+        return next(self._ids)
+
+    def classify(self, listener: ListenerKey, source_ip: str) -> str | None:
+        adjacency = self.table.classify(listener, source_ip)
+        return None if adjacency is None else adjacency.name
+
+    def count(self, adjacency: str | None, counter: str, by: int = 1) -> None:
+        self.counters.increment(adjacency, counter, by)
+
+    def event(self, adjacency: str | None, counter: str, message: str, **fields: Any) -> None:
+        self.counters.increment(adjacency, counter)
+        self.ratelog.emit(counter, message, adjacency=adjacency, **fields)
+
+    def datagram_message(
+        self, listener: UdpListener, adjacency: str, data: bytes, source: tuple[str, int]
+    ) -> None:
+        key = listener.listener
+        flow = Flow(UDP, (key.address, key.port), source)
+        self._deliver(data, flow, InboundContext(adjacency, key, None))
+
+    def stream_opened(self, connection: StreamConnection) -> bool:
+        if connection.outbound:
+            self._register(connection)
+            self.count(connection.adjacency, "connections-opened")
+            return True
+        source = connection.remote[0]
+        listener = connection.listener
+        adjacency = self.classify(listener, source)
+        where = {"listener": str(listener), "remote": _address_text(connection.remote)}
+        if adjacency is None:
+            self.event(
+                None,
+                "connections-refused:no-adjacency",
+                "{listener}: connection from {remote} matches no attached adjacency, refused",
+                **where,
+            )
+            return False
+        limits = self._limits
+        if self._per_adjacency[adjacency] >= limits.max_connections_per_adjacency:
+            self.event(
+                adjacency,
+                "connections-refused:max-per-adjacency",
+                "{listener}: connection from {remote} refused: adjacency {adjacency} has "
+                "{limit} connections (max-connections-per-adjacency)",
+                limit=limits.max_connections_per_adjacency,
+                **where,
+            )
+            return False
+        if self._per_source[source] >= limits.max_connections_per_source:
+            self.event(
+                adjacency,
+                "connections-refused:max-per-source",
+                "{listener}: connection from {remote} refused: the source has {limit} "
+                "connections (max-connections-per-source)",
+                limit=limits.max_connections_per_source,
+                **where,
+            )
+            return False
+        connection.adjacency = adjacency
+        self._register(connection)
+        self.count(adjacency, "connections-accepted")
+        return True
+
+    def stream_ready(self, connection: StreamConnection) -> None:
+        pass  # outbound waiters are told by the connection itself
+
+    def stream_message(self, connection: StreamConnection, data: bytes) -> None:
+        flow = Flow(
+            connection.transport_name,
+            connection.local,
+            connection.remote,
+            connection.connection_id,
+        )
+        if connection.adjacency is None:
+            self.event(
+                None,
+                "drops:no-adjacency",
+                "{transport} {remote}: message on a connection of no attached adjacency, dropped",
+                transport=connection.transport_name,
+                remote=_address_text(connection.remote),
+            )
+            return
+        context = InboundContext(
+            connection.adjacency, connection.listener, connection.peer_identities
+        )
+        self._deliver(data, flow, context)
+
+    def stream_closed(self, connection: StreamConnection, reason: Failure) -> None:
+        if self._connections.pop(connection.connection_id, None) is None:
+            return
+        if not connection.outbound and connection.adjacency is not None:
+            self._decrement(self._per_adjacency, connection.adjacency)
+            self._decrement(self._per_source, connection.remote[0])
+        self.pool.remove(connection)
+        self.count(connection.adjacency, "connections-closed")
+        closed = getattr(self.stack, "connection_closed", None)
+        if closed is not None:
+            self.process(closed(connection.connection_id, self.reactor.seconds()))
+
+    # -- internals: listeners -------------------------------------------------
+
+    def _sync_listeners(self) -> Deferred[None]:
+        wanted = set(self.table.listeners)
+        results: list[Deferred[None]] = []
+        for key in list(self._ports):
+            if key not in wanted:
+                results.append(self._stop_listening(key))
+        for key in sorted(wanted):
+            if key in self._ports:
+                continue
+            results.append(self._listen(key))
+        return _gather(results)
+
+    def _listen(self, key: ListenerKey) -> Deferred[None]:
+        """Open listener ``key`` (or join the attempt in progress); fires when it is open."""
+        waiter: Deferred[None] = Deferred()
+        waiters = self._opening.get(key)
+        if waiters is not None:
+            waiters.append(waiter)
+            return waiter
+        self._opening[key] = [waiter]
+        try:
+            if key.transport == UDP:
+                protocol = UdpListener(self, key)
+                port = self.reactor.listenUDP(
+                    key.port, protocol, interface=key.address, maxPacketSize=65535
+                )
+                self._udp[key] = protocol
+                started: Deferred[IListeningPort] = succeed(port)
+            else:
+                factory: Any = StreamFactory(self, key)
+                if key.transport == TLS:
+                    if self.tls is None:
+                        raise NoTlsIdentityError(f"{key}: TLS listener without a certificate")
+                    factory = TLSMemoryBIOFactory(
+                        _CurrentIdentityCreator(self), False, factory, clock=self.reactor
+                    )
+                description = f"tcp:{key.port}:interface={quoteStringArgument(key.address)}"
+                started = serverFromString(self.reactor, description).listen(factory)
+        except Exception:
+            started = fail()
+
+        def opened(port: IListeningPort) -> None:
+            waiters = self._opening.pop(key, [])
+            if not self.running or key not in set(self.table.listeners):
+                self._udp.pop(key, None)
+                _stopped(port)
+            else:
+                self._ports[key] = port
+                self.log.info("listening on {listener}", listener=str(key))
+            for waiter in waiters:
+                waiter.callback(None)
+
+        def failed(failure: Failure) -> None:
+            waiters = self._opening.pop(key, [])
+            self._udp.pop(key, None)
+            self.event(
+                None,
+                "listen-failures",
+                "cannot listen on {listener}: {why}",
+                listener=str(key),
+                why=failure.getErrorMessage(),
+            )
+            for waiter in waiters:
+                waiter.errback(failure)
+
+        started.addCallbacks(opened, failed)
+        return waiter
+
+    def _stop_listening(self, key: ListenerKey) -> Deferred[None]:
+        port = self._ports.pop(key)
+        self._udp.pop(key, None)
+        self.log.info("stopped listening on {listener}", listener=str(key))
+        return _stopped(port)
+
+    # -- internals: connections ---------------------------------------------
+
+    def _register(self, connection: StreamConnection) -> None:
+        self._connections[connection.connection_id] = connection
+        if not connection.outbound and connection.adjacency is not None:
+            self._per_adjacency[connection.adjacency] += 1
+            self._per_source[connection.remote[0]] += 1
+
+    @staticmethod
+    def _decrement(counter: Counter[str], key: str) -> None:
+        counter[key] -= 1
+        if counter[key] <= 0:
+            del counter[key]
+
+    def _stale(self, connection: StreamConnection) -> str | None:
+        """Why ``connection`` must close under the current table, or None."""
+        adjacency = connection.adjacency
+        if adjacency is not None and self.table.get(adjacency) is None:
+            return "connections-closed:detached"
+        if connection.outbound:
+            return None
+        if self.classify(connection.listener, connection.remote[0]) != adjacency:
+            return "connections-closed:reconfigured"
+        return None
+
+    def _adjacency_for(self, transport: str, local: tuple[str, int], remote_ip: str) -> str | None:
+        """The adjacency a flow belongs to: classification as if a message came in on it."""
+        for candidate in dict.fromkeys((transport, TCP, TLS, UDP)):
+            found = self.classify(ListenerKey(local[0], local[1], candidate), remote_ip)
+            if found is not None:
+                return found
+        for adjacency in self.table.attached:
+            if (
+                str(adjacency.signaling_address) == local[0]
+                and adjacency.port == local[1]
+                and adjacency.sends_tls == (transport == TLS)
+            ):
+                return adjacency.name
+        return None
+
+    def _connect(self, key: PoolKey) -> Deferred[StreamConnection]:
+        adjacency = self._adjacency_for(key.transport, key.local, key.remote[0])
+        listener = ListenerKey(key.local[0], key.local[1], key.transport)
+        factory = OutboundFactory(self, key, listener, adjacency)
+        endpoint = self.endpoint_factory(
+            self.reactor, key, self.tls, self._limits.outbound_connect_timeout
+        )
+        attempt: Deferred[Any] = endpoint.connect(factory)
+
+        def connected(connection: StreamConnection) -> Deferred[StreamConnection]:
+            return connection.when_ready()
+
+        def failed(failure: Failure) -> Failure:
+            self.event(
+                adjacency,
+                "connect-failures",
+                "{transport} connection to {remote} failed: {why}",
+                transport=key.transport,
+                remote=_address_text(key.remote),
+                why=failure.getErrorMessage(),
+            )
+            return failure
+
+        attempt.addCallback(connected)
+        attempt.addErrback(failed)
+        return attempt
+
+    # -- internals: the stack -------------------------------------------------
+
+    def _deliver(self, data: bytes, flow: Flow, context: InboundContext) -> None:
+        self.count(context.adjacency, "messages-received")
+        try:
+            outputs = self.stack.receive(data, flow, self.reactor.seconds(), context)
+        except Exception:
+            self.count(context.adjacency, "stack-errors")
+            self.log.failure("the SIP stack failed on a message from {remote}", remote=flow.remote)
+            self._rearm()
+            return
+        self.process(outputs)
+
+    def _transmit(self, output: Transmit) -> None:
+        flow = output.flow
+        if flow.transport == UDP:
+            self._transmit_udp(output)
+            return
+        if flow.transport not in (TCP, TLS):
+            self._transmit_failed(output, f"unknown transport {flow.transport!r}")
+            return
+        if flow.connection_id is not None:
+            connection = self._connections.get(flow.connection_id)
+            if connection is not None and connection.send(output.data):
+                self.count(connection.adjacency, "messages-sent")
+                return
+        expected: str | None = None
+        if flow.transport == TLS:
+            expected = flow.server_name or flow.remote[0]
+        key = PoolKey(flow.transport, flow.local, flow.remote, expected)
+        if self.pool.find(key) is not None:
+            self.count(
+                self._adjacency_for(key.transport, key.local, key.remote[0]), "connections-reused"
+            )
+        waiter = self.pool.get(key)
+
+        def write(connection: StreamConnection) -> None:
+            if connection.send(output.data):
+                self.count(connection.adjacency, "messages-sent")
+            else:
+                self._transmit_failed(output, "connection closed")
+
+        def failed(failure: Failure) -> None:
+            self._transmit_failed(output, failure.getErrorMessage())
+
+        waiter.addCallbacks(write, failed)
+
+    def _transmit_udp(self, output: Transmit) -> None:
+        flow = output.flow
+        listener = self._udp.get(ListenerKey(flow.local[0], flow.local[1], UDP))
+        if listener is None:
+            self._transmit_failed(output, f"no UDP listener on {_address_text(flow.local)}")
+            return
+        host, port = flow.remote
+        adjacency = self._adjacency_for(UDP, flow.local, host)
+        if ip_literal(host) is not None:
+            if listener.send(output.data, (host.strip("[]"), port)):
+                self.count(adjacency, "messages-sent")
+            else:
+                self._transmit_failed(output, "the UDP socket refused the datagram")
+            return
+        resolving: Deferred[str] = self.reactor.resolve(host)
+
+        def resolved(address: str) -> None:
+            if listener.send(output.data, (address, port)):
+                self.count(adjacency, "messages-sent")
+            else:
+                self._transmit_failed(output, "the UDP socket refused the datagram")
+
+        def failed(failure: Failure) -> None:
+            self._transmit_failed(output, f"cannot resolve {host}: {failure.getErrorMessage()}")
+
+        resolving.addCallbacks(resolved, failed)
+
+    def _transmit_failed(self, output: Transmit, why: str) -> None:
+        flow = output.flow
+        self.event(
+            self._adjacency_for(flow.transport, flow.local, flow.remote[0]),
+            "transmit-failures",
+            "cannot send to {transport} {remote}: {why}",
+            transport=flow.transport,
+            remote=_address_text(flow.remote),
+            why=why,
+        )
+        key = output.transaction_key
+        if key is not None:
+            self.process(self.stack.transport_error(key, self.reactor.seconds()))
+
+    def _dropped(self, output: Dropped) -> None:
+        flow = output.flow
+        context = output.context
+        if isinstance(context, InboundContext):
+            adjacency: str | None = context.adjacency
+        else:
+            adjacency = self._adjacency_for(flow.transport, flow.local, flow.remote[0])
+        self.event(
+            adjacency,
+            f"drops:{output.reason}",
+            "{transport} {remote}: message dropped ({reason})",
+            transport=flow.transport,
+            remote=_address_text(flow.remote),
+            reason=output.reason,
+        )
+
+    def _rearm(self) -> None:
+        """Keep exactly one timer armed at the stack's next deadline."""
+        if not self.running:
+            return
+        deadline = self.stack.next_deadline()
+        timer = self._timer
+        if timer is not None and timer.active():
+            if deadline == self._timer_at:
+                return
+            timer.cancel()
+        self._timer = None
+        self._timer_at = None
+        if deadline is None:
+            return
+        delay = max(0.0, deadline - self.reactor.seconds())
+        self._timer = self.reactor.callLater(delay, self._fire)
+        self._timer_at = deadline
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.process(self.stack.advance(self.reactor.seconds()))
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self._timer_at = None
+
+
+def _stopped(port: IListeningPort) -> Deferred[None]:
+    result = port.stopListening()
+    if isinstance(result, Deferred):
+        return result.addCallback(lambda _: None)
+    return succeed(None)
+
+
+def _gather(ds: list[Deferred[None]]) -> Deferred[None]:
+    """Fires with None when all of ``ds`` have; fails with the first failure itself."""
+    if not ds:
+        return succeed(None)
+
+    def unwrap(failure: Failure) -> Failure:
+        error = failure.value
+        if isinstance(error, FirstError):
+            sub: Failure = error.subFailure
+            return sub
+        return failure
+
+    gathered = gatherResults(ds, consumeErrors=True)
+    return gathered.addCallbacks(lambda _: None, unwrap)

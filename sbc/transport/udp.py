@@ -1,0 +1,129 @@
+"""SIP over UDP: one :class:`UdpListener` per UDP listener (address, port).
+
+Twisted has no UDP endpoint, so the runtime opens it with
+``reactor.listenUDP``. Each datagram is one message (RFC 3261 §18.3). In
+order, a datagram:
+
+1. from a source no attached adjacency on this listener accepts is dropped
+   (``drops:no-adjacency``, logged with a rate limit);
+2. that starts with a TLS record header (0x16 0x03) is dropped
+   (``drops:tls-on-plain``);
+3. made of CRLFs only (a keep-alive some clients send over UDP) is ignored
+   (``keepalives``);
+4. larger than ``max-message-size`` is answered 513 Message Too Large when it
+   holds a readable request, else dropped (``drops:too-large``);
+5. otherwise goes to the host (the runtime, then the SIP stack) with the
+   adjacency it was classified to.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from twisted.internet.protocol import DatagramProtocol
+
+from sbc.adjacencies import ListenerKey
+from sbc.config import Limits
+from sbc.errors import ParseError
+from sbc.sip.message import Request, parse_message, response_to
+from sbc.transport.stream import error_answer, starts_like_tls
+
+__all__ = ["DatagramHost", "UdpListener"]
+
+
+class DatagramHost(Protocol):
+    """What a :class:`UdpListener` needs from the runtime."""
+
+    @property
+    def limits(self) -> Limits:
+        """The limits in force."""
+
+    def classify(self, listener: ListenerKey, source_ip: str) -> str | None:
+        """The name of the adjacency a message from ``source_ip`` belongs to, or None."""
+
+    def event(self, adjacency: str | None, counter: str, message: str, **fields: Any) -> None:
+        """Count ``counter`` for ``adjacency`` and log ``message`` (rate-limited)."""
+
+    def count(self, adjacency: str | None, counter: str, by: int = 1) -> None:
+        """Count without logging."""
+
+    def datagram_message(
+        self, listener: UdpListener, adjacency: str, data: bytes, source: tuple[str, int]
+    ) -> None:
+        """A datagram that passed the guards, from ``source``, for ``adjacency``."""
+
+
+def _text(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class UdpListener(DatagramProtocol):
+    """The protocol of one UDP listener; see the module docstring."""
+
+    def __init__(self, host: DatagramHost, listener: ListenerKey) -> None:
+        self.host = host
+        self.listener = listener
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        source = (str(addr[0]), int(addr[1]))
+        adjacency = self.host.classify(self.listener, source[0])
+        if adjacency is None:
+            self.host.event(
+                None,
+                "drops:no-adjacency",
+                "{listener}: datagram from {source} matches no attached adjacency, dropped",
+                listener=str(self.listener),
+                source=_text(source),
+            )
+            return
+        if starts_like_tls(datagram):
+            self.host.event(
+                adjacency,
+                "drops:tls-on-plain",
+                "{listener}: TLS record in a datagram from {source}, dropped",
+                listener=str(self.listener),
+                source=_text(source),
+            )
+            return
+        if not datagram.strip(b"\r\n"):
+            self.host.count(adjacency, "keepalives")
+            return
+        if len(datagram) > self.host.limits.max_message_size:
+            self._too_large(adjacency, datagram, source)
+            return
+        self.host.datagram_message(self, adjacency, datagram, source)
+
+    def _too_large(self, adjacency: str, datagram: bytes, source: tuple[str, int]) -> None:
+        answer: bytes | None = None
+        try:
+            message = parse_message(datagram)
+        except ParseError as error:
+            answer = error_answer(ParseError("Message Too Large", 513, error.request))
+        else:
+            if isinstance(message, Request):
+                try:
+                    answer = response_to(message, 513, "Message Too Large").serialize()
+                except ParseError:
+                    answer = None
+        if answer is not None:
+            self.send(answer, source)
+        self.host.event(
+            adjacency,
+            "drops:too-large",
+            "{listener}: {size}-byte datagram from {source} over max-message-size; {outcome}",
+            listener=str(self.listener),
+            size=len(datagram),
+            source=_text(source),
+            outcome="answered 513" if answer is not None else "dropped",
+        )
+
+    def send(self, data: bytes, remote: tuple[str, int]) -> bool:
+        """Write one datagram to ``remote``; False when the socket is closed or refuses it."""
+        if self.transport is None:
+            return False
+        try:
+            self.transport.write(data, remote)
+        except Exception:
+            return False
+        return True
