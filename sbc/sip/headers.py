@@ -200,15 +200,23 @@ _qvalue_match = re.compile(r"0(?:\.[0-9]{0,3}+)?+|1(?:\.0{0,3}+)?+").fullmatch
 _cseq_match = re.compile(r"([0-9]{1,10}+)[ \t]++([A-Za-z0-9\-.!%*_+`'~]++)").fullmatch
 # The common name-addr forms in one linear pass: an optional display name
 # (a quoted-string without escapes, or tokens and blanks), "<" URI ">", rest.
+# One generic-param of token characters, as _few_params_match reads them.
+_FEW_PARAM = r"([A-Za-z0-9\-.!%*_+`'~]++)(?:=([A-Za-z0-9\-.!%*_+`'~:\[\]]++))?+"
+# The text after ">" or the host: either up to two (name-addr) or three (Via)
+# simple parameters up to the end (groups a, av[, b, bv[, c, cv]]), or else
+# everything that is left (last group) for the general parameter parser. The
+# first branch is tried once at a fixed place and cannot backtrack into itself.
+_NA_TAIL = rf"(?:;{_FEW_PARAM}(?:;{_FEW_PARAM})?+\Z|(.*))"
+_VIA_TAIL = rf"(?:;(?:{_FEW_PARAM}(?:;{_FEW_PARAM})?+(?:;{_FEW_PARAM})?+\Z|(.*)))?+"
 _name_addr_fast_match = re.compile(
     r"(?:\"([^\"\\]*+)\"[ \t]*+|([A-Za-z0-9\-.!%*_+`'~ \t]*+))"
-    r"<([A-Za-z][A-Za-z0-9+\-.]*+:[!#-;=?-~]*+)>(.*)",
+    r"<([A-Za-z][A-Za-z0-9+\-.]*+:[!#-;=?-~]*+)>" + _NA_TAIL,
     re.DOTALL,
 ).fullmatch
 # The common Via form in one linear pass: SIP/2.0/transport host[:port][;params]
 _via_fast_match = re.compile(
     r"SIP/2\.0/([A-Za-z]++) ([A-Za-z0-9.\-]++|\[[0-9A-Fa-f:.]++\])(?::([0-9]{1,5}+))?+"
-    r"(?:;(.*))?+",
+    + _VIA_TAIL,
     re.DOTALL,
 ).fullmatch
 
@@ -524,25 +532,7 @@ class Via:
     @classmethod
     def parse(cls, text: str) -> Via:
         """Parse one via-parm (not a comma list); ParseError when malformed."""
-        s = text.strip(" \t")
-        m = _via_fast_match(s)
-        if m is None:
-            return cls._parse_slow(s)
-        transport, host, port_text, ptext = m.groups()
-        via = cls.__new__(cls)
-        via._protocol = "SIP/2.0"
-        via._transport = transport.upper()
-        via._host = host
-        if port_text is None:
-            via._port = None
-        else:
-            port = int(port_text)
-            if port > 65535:
-                raise ParseError("Port out of range in Via header")
-            via._port = port
-        via._params = () if ptext is None else _parse_params(ptext, "Via")
-        via._raw = s
-        return via
+        return _parse_via(text.strip(" \t"))
 
     @classmethod
     def _parse_slow(cls, s: str) -> Via:
@@ -735,30 +725,7 @@ class NameAddr:
     @classmethod
     def parse(cls, text: str, what: str = "address") -> NameAddr:
         """Parse one name-addr / addr-spec with params; ParseError naming *what*."""
-        s = text.strip(" \t")
-        m = _name_addr_fast_match(s)
-        if m is not None:
-            quoted, plain, uri_text, after = m.groups()
-            na = cls.__new__(cls)
-            if quoted is not None:
-                na._display_name = quoted
-            else:
-                plain = plain.rstrip(" \t")
-                na._display_name = plain or None
-            na._uri = None
-            na._uri_text = uri_text
-            na._raw = s
-            na._star = False
-            if after:
-                if after[0] != ";":
-                    after = after.lstrip(" \t")
-                    if after[:1] != ";":
-                        raise ParseError(f"Malformed {what} header")
-                na._params = _parse_params(after[1:], what)
-            else:
-                na._params = ()
-            return na
-        return cls._parse_slow(s, what)
+        return _parse_name_addr(text.strip(" \t"), what)
 
     @classmethod
     def _parse_slow(cls, s: str, what: str) -> NameAddr:
@@ -953,17 +920,7 @@ class CSeq:
     @classmethod
     def parse(cls, text: str) -> CSeq:
         """Parse ``1*DIGIT LWS Method``; ParseError when malformed."""
-        m = _cseq_match(text.strip(" \t"))
-        if m is None:
-            raise ParseError("Malformed CSeq header")
-        num, method = m.groups()
-        seq = int(num)
-        if seq > 2**32 - 1:
-            raise ParseError("CSeq value out of range")
-        cseq = cls.__new__(cls)
-        cseq._seq = seq
-        cseq._method = method
-        return cseq
+        return _parse_cseq(text.strip(" \t"))
 
     def serialize(self) -> str:
         """``"<seq> <method>"``."""
@@ -1047,6 +1004,103 @@ class Warning:
 
     def __repr__(self) -> str:
         return f"Warning({self._code!r}, {self._agent!r}, {self._text!r})"
+
+
+# ---------------------------------------------------------------------------
+# Parsers of stripped values (shared by the classmethods and the message parser)
+# ---------------------------------------------------------------------------
+
+
+def _parse_via(s: str) -> Via:
+    """Via.parse of a value already stripped of surrounding blanks."""
+    m = _via_fast_match(s)
+    if m is None:
+        return Via._parse_slow(s)
+    transport, host, port_text, a, av, b, bv, c, cv, rest = m.groups()
+    via = _new_via(Via)
+    via._protocol = "SIP/2.0"
+    via._transport = transport if transport.isupper() else transport.upper()
+    via._host = host
+    if port_text is None:
+        via._port = None
+    else:
+        port = int(port_text)
+        if port > 65535:
+            raise ParseError("Port out of range in Via header")
+        via._port = port
+    if a is not None:
+        if b is None:
+            via._params = ((a, av),)
+        elif c is None:
+            via._params = ((a, av), (b, bv))
+        else:
+            via._params = ((a, av), (b, bv), (c, cv))
+    elif rest is None:
+        via._params = ()
+    else:
+        via._params = _parse_params(rest, "Via")
+    via._raw = s
+    return via
+
+
+def _parse_name_addr(s: str, what: str) -> NameAddr:
+    """NameAddr.parse of a value already stripped of surrounding blanks."""
+    m = _name_addr_fast_match(s)
+    if m is None:
+        return NameAddr._parse_slow(s, what)
+    quoted, plain, uri_text, a, av, b, bv, after = m.groups()
+    na = _new_name_addr(NameAddr)
+    if quoted is not None:
+        na._display_name = quoted
+    elif plain:
+        na._display_name = plain.rstrip(" \t") or None
+    else:
+        na._display_name = None
+    na._uri = None
+    na._uri_text = uri_text
+    na._raw = s
+    na._star = False
+    if a is not None:
+        na._params = ((a, av),) if b is None else ((a, av), (b, bv))
+    elif after:
+        if after[0] != ";":
+            after = after.lstrip(" \t")
+            if after[:1] != ";":
+                raise ParseError(f"Malformed {what} header")
+        na._params = _parse_params(after[1:], what)
+    else:
+        na._params = ()
+    return na
+
+
+def _parse_cseq(s: str) -> CSeq:
+    """CSeq.parse of a value already stripped of surrounding blanks."""
+    num, _, method = s.partition(" ")
+    if (
+        num.isdigit()
+        and num.isascii()
+        and len(num) <= 10
+        and method.isalpha()
+        and method.isascii()
+    ):
+        seq = int(num)
+    else:
+        m = _cseq_match(s)
+        if m is None:
+            raise ParseError("Malformed CSeq header")
+        num, method = m.groups()
+        seq = int(num)
+    if seq > 2**32 - 1:
+        raise ParseError("CSeq value out of range")
+    cseq = _new_cseq(CSeq)
+    cseq._seq = seq
+    cseq._method = method
+    return cseq
+
+
+_new_via = Via.__new__
+_new_name_addr = NameAddr.__new__
+_new_cseq = CSeq.__new__
 
 
 # ---------------------------------------------------------------------------

@@ -251,6 +251,8 @@ class SipStack:
         outputs = self.transactions.receive_request(
             request, flow.reliable, now, peer=response_flow(request, flow)
         )
+        # A 100 Trying leaves before the TU runs, so it never follows a final answer.
+        outputs.sort(key=lambda output: not isinstance(output, Send))
         return self._run(outputs, now, flow, context)
 
     def _receive_response(

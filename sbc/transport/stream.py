@@ -461,6 +461,8 @@ class StreamConnection(TwistedProtocol):
 class StreamFactory(Factory):
     """The protocol factory of one TCP or TLS listener (TLS: wrap it in TLSMemoryBIOFactory)."""
 
+    noisy = False  # the runtime logs listeners itself
+
     def __init__(self, host: StreamHost, listener: ListenerKey) -> None:
         self.host = host
         self.listener = listener

@@ -61,6 +61,8 @@ def _text(address: tuple[str, int]) -> str:
 class UdpListener(DatagramProtocol):
     """The protocol of one UDP listener; see the module docstring."""
 
+    noisy = False  # the runtime logs listeners itself
+
     def __init__(self, host: DatagramHost, listener: ListenerKey) -> None:
         self.host = host
         self.listener = listener
