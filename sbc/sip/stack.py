@@ -196,6 +196,14 @@ class SipStack:
         """Absolute time at which :meth:`advance` must next be called, or ``None``."""
         return self.transactions.next_deadline()
 
+    def transactions_by_state(self) -> dict[str, int]:
+        """Live transactions counted by machine and state, e.g. ``"INVITE_SERVER PROCEEDING"``."""
+        counts: dict[str, int] = {}
+        for transaction in self.transactions:
+            name = f"{transaction.machine.name} {transaction.state.name}"
+            counts[name] = counts.get(name, 0) + 1
+        return counts
+
     def transport_error(self, key: TransactionKey, now: float) -> list[StackOutput]:
         """The edge could not send a message of transaction ``key``."""
         return self._run(self.transactions.transport_error(key, now), now)

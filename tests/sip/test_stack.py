@@ -134,6 +134,17 @@ class ReceiveTests(SynchronousTestCase):
         self.assertEqual(user.requests, [])
         self.assertEqual(len(stack.transactions), 0)
 
+    def test_transactions_counted_by_state(self) -> None:
+        stack, user = make_stack()
+        user.answer = None  # the TU has not answered yet
+        invite = options(cseq="1 INVITE").replace(b"OPTIONS sip", b"INVITE sip")
+        stack.receive(invite, UDP, 0.0)
+        stack.receive(options(via="SIP/2.0/UDP 127.0.0.2:5070;branch=z9hG4bK-9"), UDP, 0.0)
+        self.assertEqual(
+            stack.transactions_by_state(),
+            {"INVITE_SERVER PROCEEDING": 1, "NON_INVITE_SERVER TRYING": 1},
+        )
+
     def test_transactions_removed_after_timer_j(self) -> None:
         stack, _ = make_stack()
         stack.receive(options(), UDP, 0.0)
