@@ -18,6 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from sbc import tap
 from sbc.errors import ConfigError
 from sbc.service import SbcService
+from tests.support.peers import free_port
 from tests.support.pki import lab_pki
 from tests.transport.fakes import Reactor
 
@@ -182,9 +183,19 @@ class TwistdProcessTests(TestCase):
         from twisted.internet import reactor
 
         pki = lab_pki(self.mktemp())
+        # The example config as shipped, moved to free ports so a running
+        # `make run` (or anything else on 5060-5062) does not get in the way.
+        config = os.path.abspath(self.mktemp())
+        with open(LAB_CONF) as f:
+            text = f.read()
+        for port in ("5060", "5061", "5062", "5070", "5071"):
+            text = text.replace(f" {port}\n", f" {free_port()}\n")
+        self.assertNotIn(" 5060\n", text)
+        with open(config, "w") as f:
+            f.write(text)
         collector = _Collector(b"started with")
         args = [
-            TWISTD, "--pidfile=", "-n", "sbc", "--config", LAB_CONF,
+            TWISTD, "--pidfile=", "-n", "sbc", "--config", config,
             "--certificate", pki["sbc"], "--private-key", pki["sbc-key"],
             "--ca-certificates", pki["ca"],
         ]  # fmt: skip
