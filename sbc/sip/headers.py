@@ -215,8 +215,7 @@ _name_addr_fast_match = re.compile(
 ).fullmatch
 # The common Via form in one linear pass: SIP/2.0/transport host[:port][;params]
 _via_fast_match = re.compile(
-    r"SIP/2\.0/([A-Za-z]++) ([A-Za-z0-9.\-]++|\[[0-9A-Fa-f:.]++\])(?::([0-9]{1,5}+))?+"
-    + _VIA_TAIL,
+    r"SIP/2\.0/([A-Za-z]++) ([A-Za-z0-9.\-]++|\[[0-9A-Fa-f:.]++\])(?::([0-9]{1,5}+))?+" + _VIA_TAIL,
     re.DOTALL,
 ).fullmatch
 
@@ -1076,13 +1075,7 @@ def _parse_name_addr(s: str, what: str) -> NameAddr:
 def _parse_cseq(s: str) -> CSeq:
     """CSeq.parse of a value already stripped of surrounding blanks."""
     num, _, method = s.partition(" ")
-    if (
-        num.isdigit()
-        and num.isascii()
-        and len(num) <= 10
-        and method.isalpha()
-        and method.isascii()
-    ):
+    if num.isdigit() and num.isascii() and len(num) <= 10 and method.isalpha() and method.isascii():
         seq = int(num)
     else:
         m = _cseq_match(s)

@@ -35,6 +35,7 @@ import hashlib
 import re
 import secrets
 from collections.abc import Callable, Iterable, Mapping
+from itertools import repeat as _repeat
 from typing import Any, Final
 
 from sbc.errors import ParseError
@@ -47,6 +48,9 @@ from sbc.sip.headers import (
     Via,
     Warning,
     _canon_checked,
+    _parse_cseq,
+    _parse_name_addr,
+    _parse_via,
     _split,
     _split_top,
     is_token,
@@ -149,6 +153,7 @@ _status_match = re.compile(r"[1-6][0-9][0-9]").fullmatch
 # full parse happens on first use of Request.uri.
 _ruri_match = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*+:[!#-;=?-~]++").fullmatch
 _fmt_line = "{}: {}".format
+_partition = str.partition
 # canonical spellings only: a hit means the line is written canonically
 _exact_get = {c: c for c in _CANON.values()}.get
 
@@ -176,8 +181,10 @@ def _single(names: list[str], values: list[str], canon: str) -> str:
 
 
 def _top_via(value: str) -> Via:
+    if "," not in value:
+        return _parse_via(value)
     first = _split_top(value, ",")[0] if '"' in value or "<" in value else value.partition(",")[0]
-    return Via.parse(first)
+    return _parse_via(first.strip(" \t"))
 
 
 def _parse_call_id(value: str) -> str:
@@ -633,8 +640,9 @@ def _parse(data: bytes, head_only: bool) -> Request | Response:
     problems: list[str] = []
     exact = _exact_get
     folds: dict[int, list[str]] | None = None
-    for line in lines[1:]:
-        name, sep, value = line.partition(": ")
+    it = iter(lines)
+    first = next(it)
+    for name, sep, value in map(_partition, it, _repeat(": ")):
         canon = exact(name)
         if canon is not None and sep:
             v = value.strip(" \t")
@@ -643,6 +651,7 @@ def _parse(data: bytes, head_only: bool) -> Request | Response:
             names_append(canon)
             values_append(v)
             continue
+        line = name + sep + value
         c = line[:1]
         if c == " " or c == "\t":  # folded line (§7.3.1)
             normalized = False
@@ -684,7 +693,6 @@ def _parse(data: bytes, head_only: bool) -> Request | Response:
     headers._values = values
     headers._pristine = True
 
-    first = lines[0]
     fatal: str | None = None
     if first.startswith("SIP/") or (first[:1] in ("s", "S") and first[:4].upper() == "SIP/"):
         msg: Request | Response = _finish_response(first, headers, problems)
@@ -714,8 +722,8 @@ def _parse(data: bytes, head_only: bool) -> Request | Response:
         normalized = False
     if "Max-Forwards" in names:
         mf = values[names.index("Max-Forwards")]
-        if mf.isdigit() and mf.isascii() and len(mf) <= 10 and int(mf) <= 255:
-            cache["Max-Forwards"] = int(mf)
+        if mf.isdigit() and mf.isascii() and len(mf) <= 10 and (n := int(mf)) <= 255:
+            cache["Max-Forwards"] = n
         else:
             reason = reason or "Malformed Max-Forwards header"
     else:
@@ -805,21 +813,18 @@ def _finish_request(
     try:
         if "Via" not in names:
             raise ParseError("Missing Via header")
-        via = values[index("Via")]
-        top = Via.parse(
-            _split_top(via, ",")[0] if '"' in via or "<" in via else via.partition(",")[0]
-        )
+        top = _top_via(values[index("Via")])
         if count("From") != 1 or count("To") != 1 or count("Call-ID") != 1 or count("CSeq") != 1:
             _single(names, values, "From")
             _single(names, values, "To")
             _single(names, values, "Call-ID")
             _single(names, values, "CSeq")
-        fr = NameAddr.parse(values[index("From")], "From")
-        to = NameAddr.parse(values[index("To")], "To")
+        fr = _parse_name_addr(values[index("From")], "From")
+        to = _parse_name_addr(values[index("To")], "To")
         cid = values[index("Call-ID")]
         if not _call_id_match(cid):
             raise ParseError("Malformed Call-ID header")
-        cseq = CSeq.parse(values[index("CSeq")])
+        cseq = _parse_cseq(values[index("CSeq")])
     except ParseError as err:
         fatal = err.reason
         headers._cache = {}
@@ -855,19 +860,18 @@ def _finish_response(first: str, headers: Headers, problems: list[str]) -> Respo
     index = names.index
     if "Via" not in names:
         raise ParseError("Missing Via header")
-    via = values[index("Via")]
-    top = Via.parse(_split_top(via, ",")[0] if '"' in via or "<" in via else via.partition(",")[0])
+    top = _top_via(values[index("Via")])
     if count("From") != 1 or count("To") != 1 or count("Call-ID") != 1 or count("CSeq") != 1:
         _single(names, values, "From")
         _single(names, values, "To")
         _single(names, values, "Call-ID")
         _single(names, values, "CSeq")
-    fr = NameAddr.parse(values[index("From")], "From")
-    to = NameAddr.parse(values[index("To")], "To")
+    fr = _parse_name_addr(values[index("From")], "From")
+    to = _parse_name_addr(values[index("To")], "To")
     cid = values[index("Call-ID")]
     if not _call_id_match(cid):
         raise ParseError("Malformed Call-ID header")
-    cseq = CSeq.parse(values[index("CSeq")])
+    cseq = _parse_cseq(values[index("CSeq")])
     headers._cache = {"Via^": top, "From": fr, "To": to, "Call-ID": cid, "CSeq": cseq}
     resp = Response.__new__(Response)
     resp.status = int(code)

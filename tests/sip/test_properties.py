@@ -46,6 +46,7 @@ UNRESERVED = ALNUM + "-_.!~*'()"
 USER = UNRESERVED + "&=+$,;?/"
 BARE_USER = UNRESERVED + "&=+$"
 PASSWORD = UNRESERVED + "&=+$,"
+BARE_PASSWORD = UNRESERVED + "&=+$"  # §20: a URI with , ; or ? must stand inside <>
 PARAM = UNRESERVED + "[]/:&+$"
 HEADER_VALUE = UNRESERVED + "[]/?:+$"
 WORD = ALNUM + "-.!%*_+`'~()<>:\\\"/[]?{}"
@@ -173,7 +174,12 @@ def uris(bare: bool = False, with_headers: bool = False) -> st.SearchStrategy[Ur
         _render_uri,
         st.sampled_from(["sip", "sips"]),
         optional(escapable(BARE_USER if bare else USER, 1, 10)),
-        st.one_of(st.just(None), st.just(None), st.just(None), escapable(PASSWORD, 1, 6)),
+        st.one_of(
+            st.just(None),
+            st.just(None),
+            st.just(None),
+            escapable(BARE_PASSWORD if bare else PASSWORD, 1, 6),
+        ),
         host,
         port,
         st.just(()) if bare else uri_params,

@@ -1,0 +1,1 @@
+"""Tests for sbc.routing, sbc.interfaces and the sbc.plugins package."""
