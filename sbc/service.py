@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 from sbc.adjacencies import AdjacencyTable
 from sbc.config import SbcConfig, validate
 from sbc.core import SbcCore
+from sbc.routing import available_policies
 from sbc.sip.stack import SipStack
 from sbc.transport.runtime import SipRuntime
 from sbc.transport.tls import TlsIdentity, load_tls_identity
@@ -87,7 +88,11 @@ class SbcService(MultiService):
             from twisted.internet import reactor as default_reactor
 
             reactor = default_reactor
-        validate(config, certificate_configured=tls is not None)
+        validate(
+            config,
+            certificate_configured=tls is not None,
+            routing_policies=tuple(available_policies()),
+        )
         identity = load_tls_identity(tls) if tls is not None else None
         return cls(config, reactor, identity)
 
