@@ -8,24 +8,36 @@ It applies, in order:
 2. requests addressed to the SBC itself (Request-URI host is one of its
    signaling addresses, no user part): OPTIONS is answered 200;
 3. Max-Forwards 0 on a request to forward: 483;
-4. the seed's admission rule and the outbound security filter
-   (:mod:`sbc.security`): 403 + Warning 380, or 480.
+4. the seed's admission rule (:mod:`sbc.security`): an untrusted request
+   to a SIPS Request-URI, or a REGISTER for a SIPS AOR, gets 403 + Warning 380;
+5. dispatch: ACK and CANCEL to the B2BUA; in-dialog requests (To tag
+   present) to their call; REGISTER for a ``local-domain`` to the
+   :class:`~sbc.registrar.Registrar`; every other request outside a dialog
+   to the B2BUA (:class:`~sbc.b2bua.CallManager`), which routes it (to the
+   registered contacts for an AOR in a local domain, else through the
+   router) and relays it on a new outbound leg.
 
-Relaying calls (the B2BUA) is not there yet: a request that passes every
-check is answered ``501 Not Implemented``. That is the next piece of work.
+The B2BUA keeps timers of its own (2xx retransmission, RFC 3261 §13.3.1.4):
+whoever drives the stack must also call :meth:`SbcCore.advance` at
+:meth:`SbcCore.next_deadline`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from sbc import security
 from sbc.adjacencies import AdjacencyTable, InboundContext
+from sbc.b2bua import CallManager, HuntPolicy, RouterFunction, Target
 from sbc.config import AdjacencyConfig
 from sbc.errors import SipError
+from sbc.registrar import Registrar, aor_key
+from sbc.routing import Router
+from sbc.routing.policies import DefaultPolicy
 from sbc.sip.message import Request, Response, response_to
 from sbc.sip.stack import Flow, SipStack, StackOutput
 from sbc.sip.transaction import ClientTransaction, ServerTransaction
+from sbc.sip.uri import URI
 
 ALLOW = (
     "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, UPDATE, INFO, PRACK, MESSAGE, REFER, NOTIFY, "
@@ -39,14 +51,57 @@ class SbcCore:
     """The transaction user behind the stack; see the module docstring.
 
     ``table`` is a callable returning the current :class:`AdjacencyTable`, so
-    a commit can swap the table without rebuilding the core. Set
-    :attr:`stack` before feeding the stack any message.
+    a commit can swap the table without rebuilding the core. ``router`` is
+    :meth:`sbc.routing.Router.route` (or anything with its signature); the
+    default routes to every other attached adjacency with the default
+    policy. ``local_domains`` (or a callable returning them) are the
+    registrar's domains. Set :attr:`stack` before feeding the stack any
+    message.
     """
 
-    stack: SipStack
-
-    def __init__(self, table: Callable[[], AdjacencyTable]) -> None:
+    def __init__(
+        self,
+        table: Callable[[], AdjacencyTable],
+        router: RouterFunction | None = None,
+        local_domains: Iterable[str] | Callable[[], Iterable[str]] = (),
+        hunting: HuntPolicy | None = None,
+        registrar: Registrar | None = None,
+    ) -> None:
         self._table = table
+        if router is None:
+            router = Router(None, DefaultPolicy()).route
+        self._local_domains = local_domains
+        self.registrar = registrar or Registrar()
+        self.calls = CallManager(table, router, hunting, self._locate)
+        self._stack: SipStack | None = None
+
+    @property
+    def stack(self) -> SipStack:
+        """The stack this core is the transaction user of."""
+        assert self._stack is not None, "set SbcCore.stack first"
+        return self._stack
+
+    @stack.setter
+    def stack(self, stack: SipStack) -> None:
+        self._stack = stack
+        self.calls.stack = stack
+
+    @property
+    def local_domains(self) -> frozenset[str]:
+        """The registrar's domains, lower-cased."""
+        domains = self._local_domains
+        values = domains() if callable(domains) else domains
+        return frozenset(d.lower() for d in values)
+
+    # -- time -----------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`advance` must next be called (the B2BUA's own timers)."""
+        return self.calls.next_deadline()
+
+    def advance(self, now: float) -> list[StackOutput]:
+        """Run the B2BUA timers due at ``now``."""
+        return self.calls.advance(now)
 
     # -- TransactionUser ------------------------------------------------------
 
@@ -64,30 +119,54 @@ class SbcCore:
         context: object,
         now: float,
     ) -> list[StackOutput]:
-        if transaction is None or request.method == "ACK":
-            return []  # an ACK for a 2xx: the B2BUA will consume it
-        if self._addressed_to_sbc(request):
+        method = request.method
+        if method == "ACK":
+            return self.calls.ack(request, now)
+        if transaction is None:
+            return []
+        if method == "CANCEL":
+            return self.calls.cancel(request, transaction, flow, now)
+        if request.to.tag is not None:
+            return self.calls.in_dialog(request, transaction, flow, now)
+        local_register = method == "REGISTER" and self._is_local(request.to.uri)
+        if not local_register and self._addressed_to_sbc(request):
             return self._answer_locally(request, transaction, flow, now)
         max_forwards = request.max_forwards
-        if max_forwards is not None and max_forwards <= 0:
+        if max_forwards is not None and max_forwards <= 0 and not local_register:
             raise SipError(483, "Too Many Hops")
         inbound = self._inbound_adjacency(context)
-        table = self._table()
-        candidates = [a for a in table.attached if a.name != inbound.name]
-        security.secure_destinations(inbound, request.uri.scheme, candidates)
-        raise SipError(501, "Not Implemented - call relaying is not available yet")
+        secure = security.requires_secure_target(request.uri.scheme)
+        if method == "REGISTER":
+            secure = secure or security.requires_secure_target(request.to.uri.scheme)
+        security.admit(security.caller_is_trusted(inbound), secure)
+        if local_register:
+            source = transaction.peer if isinstance(transaction.peer, Flow) else flow
+            response = self.registrar.register(request, source, inbound.name, now)
+            return self.stack.respond(transaction, response, now)
+        return self.calls.new_request(request, transaction, flow, inbound, now)
 
     def response_received(
         self, response: Response, transaction: ClientTransaction, now: float
     ) -> list[StackOutput]:
-        return []
+        return self.calls.response(response, transaction, now)
 
     def transaction_failed(
         self, transaction: ClientTransaction | ServerTransaction, reason: str, now: float
     ) -> list[StackOutput]:
-        return []
+        return self.calls.failure(transaction, reason, now)
 
     # -- helpers --------------------------------------------------------------
+
+    def _is_local(self, uri: URI) -> bool:
+        return uri.scheme in ("sip", "sips") and uri.host.lower() in self.local_domains
+
+    def _locate(self, uri: URI, now: float) -> list[Target] | None:
+        """Registered contacts for an AOR in a local domain; ``None`` for other URIs."""
+        if uri.user is None or not self._is_local(uri):
+            return None
+        return [
+            Target(b.adjacency, b.contact, b.flow) for b in self.registrar.lookup(aor_key(uri), now)
+        ]
 
     def _inbound_adjacency(self, context: object) -> AdjacencyConfig:
         if isinstance(context, InboundContext):

@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 from sbc.adjacencies import AdjacencyTable
 from sbc.config import SbcConfig, validate
 from sbc.core import SbcCore
-from sbc.routing import available_policies
+from sbc.routing import Router, available_policies
 from sbc.sip.stack import SipStack
 from sbc.transport.runtime import SipRuntime
 from sbc.transport.tls import TlsIdentity, load_tls_identity
@@ -61,7 +61,12 @@ class SbcService(MultiService):
         self.reactor = reactor
         self.tls = tls
         self.setName(f"sbc {config.service_name}")
-        self.core = SbcCore(lambda: self.runtime.table)
+        self.router = Router.from_config(config)
+        self.core = SbcCore(
+            lambda: self.runtime.table,
+            lambda key, table, active: self.router.route(key, table, active),
+            local_domains=lambda: self.config.local_domains,
+        )
         self.stack = SipStack(self.core)
         self.core.stack = self.stack
         self.runtime = SipRuntime(

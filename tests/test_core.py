@@ -8,8 +8,9 @@ from sbc.adjacencies import AdjacencyTable, InboundContext, ListenerKey
 from sbc.config import parse_config
 from sbc.core import SbcCore
 from sbc.identity import PeerIdentities
+from sbc.routing import Destination, RouteKey, RoutingDecision
 from sbc.sip import parse_message
-from sbc.sip.message import Response
+from sbc.sip.message import Request, Response
 from sbc.sip.stack import Dropped, Flow, SipStack, Transmit
 
 CONFIG = """
@@ -110,8 +111,41 @@ class CoreTests(SynchronousTestCase):
         assert response is not None
         self.assertEqual(response.status, 483)
 
-    def test_routable_call_is_not_relayed_yet(self) -> None:
-        """Until the B2BUA lands, a call that passes every check gets 501."""
-        response = self.answer(request("INVITE", "sip:bob@lab.test"))
+    def test_routable_call_is_relayed(self) -> None:
+        """A call that passes every check leaves on a new leg (default routing)."""
+        outputs = self.stack.receive(request("INVITE", "sip:bob@lab.test"), FLOW, 0.0, ACCESS)
+        sent = [(o.flow, parse_message(o.data)) for o in outputs if isinstance(o, Transmit)]
+        responses = [m.status for _, m in sent if isinstance(m, Response)]
+        self.assertEqual(responses, [100])
+        [(flow, relayed)] = [(f, m) for f, m in sent if isinstance(m, Request)]
+        self.assertEqual(flow, Flow("TCP", ("127.0.0.1", 5062), ("lab.test", 5060)))
+        self.assertEqual(relayed.method, "INVITE")
+        self.assertNotEqual(relayed.call_id, "core-1")
+        self.assertEqual(self.core.calls.active_calls("plain-out"), 1)
+
+    def test_ack_and_in_dialog_without_dialog(self) -> None:
+        """A stray ACK is absorbed; an in-dialog request for no dialog gets 481."""
+        ack = request("ACK", "sip:bob@lab.test").replace(
+            b"To: <sip:bob@lab.test>", b"To: <sip:bob@lab.test>;tag=x"
+        )
+        self.assertEqual(self.stack.receive(ack, FLOW, 0.0, ACCESS), [])
+        bye = request("BYE", "sip:bob@lab.test").replace(
+            b"To: <sip:bob@lab.test>", b"To: <sip:bob@lab.test>;tag=x"
+        )
+        response = self.answer(bye)
         assert response is not None
-        self.assertEqual(response.status, 501)
+        self.assertEqual(response.status, 481)
+
+    def test_router_is_called_with_the_route_key(self) -> None:
+        keys: list[RouteKey] = []
+
+        def router(key: RouteKey, table: AdjacencyTable, active: object) -> RoutingDecision:
+            keys.append(key)
+            return RoutingDecision((Destination("plain-out"),), ("test",))
+
+        table = AdjacencyTable(parse_config(CONFIG).adjacencies)
+        core = SbcCore(lambda: table, router)
+        stack = SipStack(core)
+        core.stack = stack
+        stack.receive(request("INVITE", "sip:bob@lab.test"), FLOW, 0.0, ACCESS)
+        self.assertEqual(keys, [RouteKey("access", "lab.test", "bob", False)])

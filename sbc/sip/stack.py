@@ -122,6 +122,12 @@ class TransactionUser(Protocol):
     ) -> list[StackOutput]:
         """``reason`` is ``"timeout"`` or ``"transport"``."""
 
+    def next_deadline(self) -> float | None:
+        """When the TU's own timers (2xx retransmission, ...) next need :meth:`advance`."""
+
+    def advance(self, now: float) -> list[StackOutput]:
+        """Run the TU's timers due at ``now``."""
+
 
 def response_flow(request: Request, flow: Flow) -> Flow:
     """Where the response to ``request`` (received on ``flow``) goes: §18.2.2, RFC 3581.
@@ -189,12 +195,22 @@ class SipStack:
             return self._answer_parse_error(error, flow, context)
 
     def advance(self, now: float) -> list[StackOutput]:
-        """Fire the timers that are due at ``now``."""
-        return self._run(self.transactions.advance(now), now)
+        """Fire the timers (transactions' and the TU's) that are due at ``now``."""
+        outputs = self._run(self.transactions.advance(now), now)
+        deadline = self.tu.next_deadline()
+        if deadline is not None and deadline <= now:
+            outputs.extend(self.tu.advance(now))
+        return outputs
 
     def next_deadline(self) -> float | None:
         """Absolute time at which :meth:`advance` must next be called, or ``None``."""
-        return self.transactions.next_deadline()
+        ours = self.transactions.next_deadline()
+        theirs = self.tu.next_deadline()
+        if ours is None:
+            return theirs
+        if theirs is None:
+            return ours
+        return min(ours, theirs)
 
     def transactions_by_state(self) -> dict[str, int]:
         """Live transactions counted by machine and state, e.g. ``"INVITE_SERVER PROCEEDING"``."""

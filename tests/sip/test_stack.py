@@ -74,6 +74,17 @@ class RecordingUser:
         self.failures.append(reason)
         return []
 
+    timer_at: float | None = None
+    fired: list[float] = []
+
+    def next_deadline(self) -> float | None:
+        return self.timer_at
+
+    def advance(self, now: float) -> list[StackOutput]:
+        self.fired = [*self.fired, now]
+        self.timer_at = None
+        return []
+
 
 def make_stack() -> tuple[SipStack, RecordingUser]:
     user = RecordingUser()
@@ -144,6 +155,18 @@ class ReceiveTests(SynchronousTestCase):
             stack.transactions_by_state(),
             {"INVITE_SERVER PROCEEDING": 1, "NON_INVITE_SERVER TRYING": 1},
         )
+
+    def test_tu_timers_share_the_one_deadline(self) -> None:
+        """The stack's deadline is the earlier of its transactions' and the TU's."""
+        stack, user = make_stack()
+        stack.receive(options(), UDP, 0.0)  # Timer J at 32 s
+        user.timer_at = 4.0
+        self.assertEqual(stack.next_deadline(), 4.0)
+        stack.advance(3.9)
+        self.assertEqual(user.fired, [])
+        stack.advance(4.0)
+        self.assertEqual(user.fired, [4.0])
+        self.assertEqual(stack.next_deadline(), 32.0)
 
     def test_transactions_removed_after_timer_j(self) -> None:
         stack, _ = make_stack()

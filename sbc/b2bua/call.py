@@ -1,0 +1,872 @@
+"""One call through the B2BUA: an A-leg, the B-legs tried in turn, a hunt list.
+
+The inbound leg (the *A-leg*) ends at the SBC, which is its UAS; each
+outbound attempt is a *B-leg* the SBC originates as a UAC with its own
+Call-ID, From tag, CSeq, Via and Contact (behaviour.md §1). The two legs
+share nothing that reveals topology: only the Request-URI / From / To
+addresses, the end-to-end headers and the body (SDP, unchanged) cross.
+
+Legs are symmetric once the call is set up: an in-dialog request received on
+one leg is relayed on the other (:class:`Relay`), with the other leg's
+Call-ID, tags, CSeq, remote target and route set. Which side is which only
+matters while the call is being set up (hunting, 3xx recursion, CANCEL).
+
+Choices made here (documented in behaviour terms):
+
+* **ACK for 2xx**: each leg ACKs its own 2xx. The SBC relays a 2xx to the
+  other side at once and sends the ACK on the leg that answered when the
+  ACK arrives from the side it relayed the 2xx to, with that ACK's body
+  (so a late offer/answer in the ACK crosses). A 2xx retransmitted by the
+  answering peer after that gets the same ACK again.
+* **2xx retransmission** (RFC 3261 §13.3.1.4, RFC 6026): the 2xx the SBC
+  sends as UAS is retransmitted on UDP every T1, doubling to T2, until its
+  ACK arrives; with no ACK after 64*T1 the call is brought down with a BYE
+  on both legs (reliable transports: no retransmission, same timeout).
+* **Hunting**: a candidate that fails with a transport error, a TLS
+  failure, a timeout, or a final response whose code is in
+  :attr:`HuntPolicy.continue_on` (default 408 and 503) is skipped for the
+  next one. Any other final response (every other 4xx, 5xx, 6xx) ends
+  hunting and is relayed to the caller. 3xx responses are recursed on
+  (:mod:`sbc.security` decides whether a redirect may be followed). When
+  every candidate failed the caller gets the last 408/503 received, or
+  503 when none was.
+* **In-dialog destination**: requests on a leg go to the flow its peer
+  talks from (the A-leg's request source, the B-leg's destination),
+  symmetric signaling as SBCs do behind NAT; the Request-URI is the
+  remote target and Route the leg's route set.
+"""
+
+from __future__ import annotations
+
+import enum
+import secrets
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+import attrs
+
+from sbc import security
+from sbc.config import AdjacencyConfig, Transport
+from sbc.errors import SipError
+from sbc.sip.headers import CSeq, Headers, NameAddr, Via
+from sbc.sip.message import Request, Response, response_to
+from sbc.sip.stack import Flow, StackOutput
+from sbc.sip.transaction import (
+    ClientTransaction,
+    IllegalTransitionError,
+    ServerTransaction,
+    build_cancel,
+)
+from sbc.sip.uri import URI
+
+if TYPE_CHECKING:
+    from sbc.b2bua.manager import CallManager
+
+__all__ = [
+    "DEFAULT_CONTINUE_ON",
+    "Call",
+    "CallState",
+    "HuntPolicy",
+    "Leg",
+    "Relay",
+    "Target",
+    "contact_for",
+    "outbound_flow",
+]
+
+#: Final response codes that make hunting go on to the next candidate.
+DEFAULT_CONTINUE_ON: frozenset[int] = frozenset({408, 503})
+
+#: Headers never copied from one leg to the other: they describe one hop or
+#: one dialog (topology hiding, behaviour.md §1), or are rebuilt per leg.
+HOP_HEADERS: frozenset[str] = frozenset(
+    h.lower()
+    for h in (
+        "Via",
+        "Route",
+        "Record-Route",
+        "Contact",
+        "Call-ID",
+        "From",
+        "To",
+        "CSeq",
+        "Max-Forwards",
+        "Content-Length",
+        "Path",
+        "Service-Route",
+        "RAck",
+        "Warning",
+    )
+)
+
+#: Methods whose Contact sets or refreshes the remote target (§12, RFC 3311).
+TARGET_REFRESH = frozenset({"INVITE", "UPDATE"})
+#: Methods (and their 2xx) that carry a Contact of ours.
+WITH_CONTACT = frozenset({"INVITE", "UPDATE", "SUBSCRIBE", "NOTIFY", "REFER"})
+#: Redirect recursion depth: more 3xx than this in one call end hunting.
+MAX_REDIRECTS = 5
+
+
+def new_tag() -> str:
+    """A fresh, unguessable tag (RFC 3261 §19.3)."""
+    return secrets.token_hex(6)
+
+
+def new_call_id(host: str) -> str:
+    """A fresh, globally unique Call-ID naming only the SBC's own address."""
+    return f"{secrets.token_hex(12)}@{host.strip('[]')}"
+
+
+def _host_text(address: str) -> str:
+    return f"[{address}]" if ":" in address and not address.startswith("[") else address
+
+
+def outbound_flow(adjacency: AdjacencyConfig, uri: URI) -> Flow:
+    """Where a request out of ``adjacency`` to ``uri`` goes (behaviour.md §2, §3).
+
+    TLS when the adjacency's outbound security is trusted-encrypted, TCP
+    when it is ``transport tcp``, else UDP. The next hop is the
+    ``signaling-peer`` when configured, else the Request-URI's host and
+    port. For TLS, :attr:`Flow.server_name` is the name the certificate
+    must match: the signaling peer, else the URI host (RFC 5922 §7.3).
+    """
+    if adjacency.sends_tls:
+        transport = "TLS"
+    elif adjacency.transport is Transport.TCP:
+        transport = "TCP"
+    else:
+        transport = "UDP"
+    local = (str(adjacency.signaling_address), adjacency.port)
+    if adjacency.signaling_peer is not None:
+        remote = (adjacency.signaling_peer, adjacency.peer_port)
+    else:
+        default_port = 5061 if transport == "TLS" else 5060
+        remote = (uri.host.strip("[]"), uri.port or default_port)
+    server_name = remote[0] if transport == "TLS" else None
+    return Flow(transport, local, remote, None, server_name)
+
+
+def contact_for(flow: Flow, user: str | None = None) -> NameAddr:
+    """Our Contact on a leg that uses ``flow``: sips and ``transport=tls`` on TLS."""
+    host, port = flow.local
+    if flow.transport == "TLS":
+        params: tuple[tuple[str, str | None], ...] = (("transport", "tls"),)
+        scheme = "sips"
+    elif flow.transport == "TCP":
+        params, scheme = (("transport", "tcp"),), "sip"
+    else:
+        params, scheme = (), "sip"
+    return NameAddr(None, URI(scheme, user, None, _host_text(host), port, params))
+
+
+def _via(flow: Flow, branch: str) -> Via:
+    host, port = flow.local
+    return Via(flow.transport, _host_text(host), port, (("branch", branch), ("rport", None)))
+
+
+def copy_end_to_end(source: Request | Response, headers: Headers) -> None:
+    """Copy the headers of ``source`` that are not per-hop or per-dialog."""
+    for name, value in source.headers:
+        if name.lower() not in HOP_HEADERS:
+            headers.add(name, value)
+
+
+@attrs.frozen
+class Target:
+    """One hunt candidate: an outbound adjacency and the Request-URI to use.
+
+    ``flow`` is set for a registered contact (the flow it registered from);
+    otherwise :func:`outbound_flow` decides.
+    """
+
+    adjacency: str
+    uri: URI
+    flow: Flow | None = None
+
+
+@attrs.frozen
+class HuntPolicy:
+    """Which final responses make hunting try the next candidate."""
+
+    continue_on: frozenset[int] = DEFAULT_CONTINUE_ON
+
+    def continues(self, status: int) -> bool:
+        """True when ``status`` from one candidate means: try the next."""
+        return status in self.continue_on
+
+
+class CallState(enum.Enum):
+    """Where a call is: being routed/hunted, answered (ACK awaited), up, over."""
+
+    PROCEEDING = "proceeding"
+    ANSWERED = "answered"
+    CONFIRMED = "confirmed"
+    ENDED = "ended"
+
+
+class Leg:
+    """One side of a call: a dialog (early or confirmed) with one peer.
+
+    ``local`` is our address (with our tag), ``remote`` the peer's (its tag
+    in ``remote_tag`` once known). ``flow`` is where requests to the peer go.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        call_id: str,
+        local: NameAddr,
+        remote: NameAddr,
+        flow: Flow,
+        adjacency: str,
+        local_cseq: int,
+    ) -> None:
+        self.name = name
+        self.call_id = call_id
+        self.local = local
+        self.remote = remote
+        self.remote_tag: str | None = remote.tag
+        self.flow = flow
+        self.adjacency = adjacency
+        self.contact = contact_for(flow)
+        self.local_cseq = local_cseq
+        self.remote_cseq: int | None = None
+        self.invite_cseq = local_cseq
+        self.remote_target: URI | None = None
+        self.route_set: list[NameAddr] = []
+        self.confirmed = False
+        # ACKs this leg's UAC side sent for a 2xx, by CSeq number (resent on 2xx retransmissions)
+        self.acks: dict[int, Request] = {}
+        # 2xx this leg's UAS side sent and not yet ACKed, by CSeq number
+        self.unacked: dict[int, PendingAck] = {}
+
+    @property
+    def local_tag(self) -> str:
+        """Our tag on this leg."""
+        tag = self.local.tag
+        assert tag is not None
+        return tag
+
+    @property
+    def dialog_key(self) -> tuple[str, str]:
+        """How a request from the peer finds this leg: (Call-ID, our tag)."""
+        return (self.call_id, self.local_tag)
+
+    def next_cseq(self) -> int:
+        """The CSeq number of the next request we send on this leg."""
+        self.local_cseq += 1
+        return self.local_cseq
+
+    def request(self, method: str, cseq: int, branch: str, max_forwards: int = 70) -> Request:
+        """A request in this leg's dialog (§12.2.1.1), without body."""
+        assert self.remote_target is not None
+        remote = self.remote if self.remote_tag is None else self.remote.with_tag(self.remote_tag)
+        headers = Headers()
+        headers.add("Via", _via(self.flow, branch))
+        headers.add("Max-Forwards", max_forwards)
+        for route in self.route_set:
+            headers.add("Route", route)
+        headers.add("From", self.local)
+        headers.add("To", remote)
+        headers.add("Call-ID", self.call_id)
+        headers.add("CSeq", CSeq(cseq, method))
+        if method in WITH_CONTACT:
+            headers.add("Contact", self.contact)
+        return Request(method, self.remote_target, headers)
+
+    def learn_target(self, message: Request | Response) -> None:
+        """Take the remote target from the message's Contact, when it has one."""
+        contacts = [c for c in message.contacts if not c.is_star]
+        if contacts:
+            self.remote_target = contacts[0].uri
+
+
+@attrs.define
+class PendingAck:
+    """A 2xx sent as UAS on a leg, retransmitted until its ACK (§13.3.1.4)."""
+
+    response: Response
+    flow: Flow
+    interval: float
+    give_up_at: float
+    other_cseq: int | None
+    cancel_timers: Callable[[], None] = lambda: None
+
+
+@attrs.define(eq=False)
+class Relay:
+    """A request received on ``source`` (server transaction) and sent on ``target``."""
+
+    call: Call
+    source: Leg
+    target: Leg
+    server: ServerTransaction
+    client: ClientTransaction | None = None
+    answered: bool = False
+    ends_call: bool = False
+
+    def on_response(self, response: Response, now: float) -> list[StackOutput]:
+        """Relay a response of the other leg back to the source."""
+        return self.call.relay_response(self, response, now)
+
+    def on_failure(self, reason: str, now: float) -> list[StackOutput]:
+        """The other leg did not answer: 408 (or, for a BYE, 200: the call is over)."""
+        return self.call.relay_failed(self, reason, now)
+
+
+class Call:
+    """A-leg + B-legs + hunt list; see the module docstring for the behaviour.
+
+    ``manager`` is the :class:`~sbc.b2bua.manager.CallManager` (stack,
+    routing, tables, timers). ``inbound`` is the A-leg's adjacency and
+    ``secure`` whether the call requires outbound security (SIPS).
+    """
+
+    def __init__(
+        self,
+        manager: CallManager,
+        request: Request,
+        transaction: ServerTransaction,
+        flow: Flow,
+        inbound: AdjacencyConfig,
+        now: float,
+    ) -> None:
+        self.manager = manager
+        self.id = manager.next_call_id()
+        self.method = request.method
+        self.request = request
+        self.transaction = transaction
+        self.inbound = inbound
+        self.secure = security.requires_secure_target(request.uri.scheme)
+        self.started_at = now
+        self.state = CallState.PROCEEDING
+        a_flow = transaction.peer if isinstance(transaction.peer, Flow) else flow
+        self.a = Leg(
+            "A",
+            request.call_id,
+            request.to.with_tag(new_tag()),
+            request.from_,
+            a_flow,
+            inbound.name,
+            secrets.randbelow(2**16) + 1,
+        )
+        self.a.remote_cseq = request.cseq.seq
+        self.a.invite_cseq = request.cseq.seq
+        self.a.learn_target(request)
+        self.a.route_set = request.record_routes
+        self.b: Leg | None = None
+        self.b_transaction: ClientTransaction | None = None
+        self.hunt: deque[Target] = deque()
+        self.tried: set[tuple[str, str]] = set()
+        self.redirects = 0
+        self.answered = False  # a final response went to the A-leg
+        self.b_provisional = False  # the current B INVITE got a 1xx (CANCEL allowed)
+        self.cancel_pending = False
+        self.cancel_sent = False
+        self.last_failure: Response | None = None
+        self.relays: set[Relay] = set()
+        self.reinvite: Relay | None = None
+        max_forwards = request.max_forwards
+        self.max_forwards = 70 if max_forwards is None else max(0, max_forwards - 1)
+
+    # -- set-up: routing and hunting ------------------------------------------
+
+    @property
+    def dialog(self) -> bool:
+        """True for an INVITE call (two dialogs); False for a relayed OPTIONS/MESSAGE..."""
+        return self.method == "INVITE"
+
+    @property
+    def adjacencies(self) -> set[str]:
+        """The adjacencies this call uses (for ``active_calls``)."""
+        names = {self.a.adjacency}
+        if self.b is not None:
+            names.add(self.b.adjacency)
+        return names
+
+    def start(self, targets: Iterable[Target], now: float) -> list[StackOutput]:
+        """Hunt through ``targets`` in order."""
+        self.hunt.extend(targets)
+        return self._try_next(now)
+
+    def _try_next(self, now: float) -> list[StackOutput]:
+        manager = self.manager
+        while self.hunt:
+            target = self.hunt.popleft()
+            adjacency = manager.table().get(target.adjacency)
+            # the routing policy's choice is re-checked against the security rules
+            if adjacency is None or not security.may_send_out_of(adjacency, self.secure):
+                manager.count(target.adjacency, "hunt-refused")
+                continue
+            key = (target.adjacency, target.uri.serialize())
+            if key in self.tried:
+                continue
+            self.tried.add(key)
+            return self._send_b(target, adjacency, now)
+        return self._exhausted(now)
+
+    def _send_b(self, target: Target, adjacency: AdjacencyConfig, now: float) -> list[StackOutput]:
+        manager = self.manager
+        self._drop_b()
+        flow = target.flow or outbound_flow(adjacency, target.uri)
+        original = self.request
+        leg = Leg(
+            "B",
+            new_call_id(flow.local[0]),
+            NameAddr(original.from_.display_name, original.from_.uri, {"tag": new_tag()}),
+            NameAddr(original.to.display_name, original.to.uri),
+            flow,
+            adjacency.name,
+            secrets.randbelow(2**16) + 1,
+        )
+        leg.remote_target = target.uri
+        leg.invite_cseq = leg.local_cseq
+        request = leg.request(self.method, leg.local_cseq, manager.stack.new_branch())
+        request.headers.set("Max-Forwards", self.max_forwards)
+        copy_end_to_end(original, request.headers)
+        request.body = original.body
+        self.b = leg
+        self.b_provisional = False
+        self.cancel_sent = False
+        transaction, outputs = manager.stack.send_request(request, flow, now)
+        self.b_transaction = transaction
+        manager.bind_client(transaction, self)
+        if self.dialog:
+            manager.bind_dialog(self, leg)
+        manager.count(adjacency.name, "attempts")
+        return outputs
+
+    def _drop_b(self) -> None:
+        if self.b is not None:
+            self.manager.unbind_dialog(self.b)
+        if self.b_transaction is not None:
+            self.manager.unbind_client(self.b_transaction)
+        self.b = None
+        self.b_transaction = None
+
+    def _exhausted(self, now: float) -> list[StackOutput]:
+        self._drop_b()
+        failure = self.last_failure
+        if failure is not None:
+            outputs = self._answer_a(failure, now)
+        else:
+            outputs = self._reject_a(SipError(503, "Service Unavailable"), now)
+        self.manager.count(self.a.adjacency, "calls-failed")
+        return outputs + self.end(now)
+
+    # -- responses on the B INVITE --------------------------------------------
+
+    def on_response(self, response: Response, now: float) -> list[StackOutput]:
+        """A response to the current B-leg request (INVITE, or OPTIONS/MESSAGE...)."""
+        status = response.status
+        leg = self.b
+        if status >= 200 and self.b_transaction is not None:
+            # 2xx retransmissions reach the call through its dialog (CallManager)
+            self.manager.unbind_client(self.b_transaction)
+            self.b_transaction = None
+        if self.state is CallState.ENDED or leg is None:
+            return self._late_final(response, now)
+        if status < 200:
+            return self._on_provisional(leg, response, now)
+        if status < 300:
+            return self._on_success(leg, response, now)
+        if self.cancel_pending or self.answered:
+            return self.end(now)
+        if status < 400:
+            return self._on_redirect(response, now)
+        if self.manager.hunting.continues(status):
+            self.last_failure = response
+            self.manager.count(leg.adjacency, f"hunt-skip:{status}")
+            return self._try_next(now)
+        self.manager.count(leg.adjacency, f"calls-rejected:{status}")
+        return self._answer_a(response, now) + self.end(now)
+
+    def on_failure(self, reason: str, now: float) -> list[StackOutput]:
+        """The B-leg request timed out or could not be sent: hunt on."""
+        leg = self.b
+        self.b_transaction = None
+        if self.state is CallState.ENDED or leg is None:
+            self._drop_b()
+            self.maybe_forget()
+            return []
+        self.manager.count(leg.adjacency, f"hunt-skip:{reason}")
+        if self.cancel_pending or self.answered:
+            return self.end(now)
+        return self._try_next(now)
+
+    def _on_provisional(self, leg: Leg, response: Response, now: float) -> list[StackOutput]:
+        outputs: list[StackOutput] = []
+        self.b_provisional = True
+        if self.cancel_pending and self.b_transaction is not None:
+            return self._cancel_b(now)
+        if not self.dialog or response.status == 100 or self.answered:
+            return outputs
+        if response.to.tag is not None:
+            leg.remote_tag = response.to.tag
+            leg.learn_target(response)
+            leg.route_set = list(reversed(response.record_routes))
+        return self._answer_a(response, now)
+
+    def _on_success(self, leg: Leg, response: Response, now: float) -> list[StackOutput]:
+        manager = self.manager
+        if not self.dialog:
+            manager.count(leg.adjacency, "requests-relayed")
+            return self._answer_a(response, now) + self.end(now)
+        leg.remote_tag = response.to.tag
+        leg.route_set = list(reversed(response.record_routes))
+        contacts = [c for c in response.contacts if not c.is_star]
+        leg.confirmed = True
+        if self.cancel_pending or self.answered or not contacts:
+            # the caller gave up meanwhile (or the 2xx is unusable): ACK it, then BYE
+            if contacts:
+                leg.learn_target(response)
+            else:
+                leg.remote_target = leg.remote_target or self.request.uri
+            return self._ack(leg, leg.invite_cseq, b"", None) + self._bye(leg, now) + self.end(now)
+        new_scheme = contacts[0].uri.scheme
+        error = security.check_redirect([new_scheme], self.secure)
+        leg.learn_target(response)
+        if error is not None:
+            manager.count(leg.adjacency, "target-refresh-refused")
+            outputs = self._ack(leg, leg.invite_cseq, b"", None) + self._bye(leg, now)
+            return outputs + self._reject_a(error, now) + self.end(now)
+        manager.count(leg.adjacency, "calls-answered")
+        return self._answer_a(response, now)
+
+    def _on_redirect(self, response: Response, now: float) -> list[StackOutput]:
+        leg = self.b
+        assert leg is not None
+        contacts = [c for c in response.contacts if not c.is_star]
+        error = security.check_redirect([c.uri.scheme for c in contacts], self.secure)
+        if error is not None:
+            self.manager.count(leg.adjacency, "redirects-refused")
+            self._drop_b()
+            return self._reject_a(error, now) + self.end(now)
+        self.redirects += 1
+        if self.redirects > MAX_REDIRECTS or not contacts:
+            self.last_failure = None
+            return self._try_next(now)
+        ordered = sorted(
+            enumerate(contacts), key=lambda ic: (-(ic[1].q if ic[1].q is not None else 1.0), ic[0])
+        )
+        new_targets: list[Target] = []
+        for _, contact in ordered:
+            uri = contact.uri.replace(headers=())
+            try:
+                new_targets.extend(self.manager.targets_for(self, uri, now))
+            except SipError:
+                continue  # no route for this Contact: try the others
+        self.manager.count(leg.adjacency, "redirects-followed")
+        self.hunt.extendleft(reversed(new_targets))
+        return self._try_next(now)
+
+    def _late_final(self, response: Response, now: float) -> list[StackOutput]:
+        """A final response on the B-leg of a call already over: ACK and BYE a 2xx."""
+        if response.status < 200:
+            if self.cancel_pending and self.b_transaction is not None:
+                return self._cancel_b(now)
+            return []
+        leg = self.b
+        self._drop_b()
+        self.maybe_forget()
+        if leg is None or not self.dialog or response.status >= 300:
+            return []
+        leg.remote_tag = response.to.tag
+        leg.route_set = list(reversed(response.record_routes))
+        leg.learn_target(response)
+        return self._ack(leg, leg.invite_cseq, b"", None) + self._bye(leg, now)
+
+    # -- answering the A-leg --------------------------------------------------
+
+    def _answer_a(self, source: Response, now: float) -> list[StackOutput]:
+        """Relay ``source`` (from the B-leg) to the A-leg's INVITE transaction."""
+        if self.answered:
+            return []
+        response = self.translate(source, self.request, self.a)
+        return self._respond_a(response, now)
+
+    def _reject_a(self, error: SipError, now: float) -> list[StackOutput]:
+        if self.answered:
+            return []
+        stack = self.manager.stack
+        response = stack.error_response(self.request, error, self.a.flow)
+        return self._respond_a(response, now)
+
+    def _respond_a(self, response: Response, now: float) -> list[StackOutput]:
+        if response.status >= 200:
+            self.answered = True
+        outputs = self.manager.stack.respond(self.transaction, response, now)
+        if 200 <= response.status < 300 and self.dialog:
+            self.state = CallState.ANSWERED
+            self.a.confirmed = True
+            b_cseq = self.b.invite_cseq if self.b is not None else None
+            flow = self.transaction.peer if isinstance(self.transaction.peer, Flow) else self.a.flow
+            outputs += self.manager.await_ack(self, self.a, response, b_cseq, flow, now)
+        return outputs
+
+    def translate(self, source: Response, request: Request, leg: Leg) -> Response:
+        """``source`` (a response from one leg) as a response to ``request`` on ``leg``."""
+        response = response_to(request, source.status, source.reason, to_tag=leg.local_tag)
+        copy_end_to_end(source, response.headers)
+        method = request.method
+        if method in WITH_CONTACT and source.status < 300 and source.status > 100:
+            if method == "INVITE" and request.to.tag is None:
+                for record_route in leg.route_set:
+                    response.headers.add("Record-Route", record_route)
+            response.headers.add("Contact", leg.contact)
+        response.body = source.body
+        return response
+
+    # -- CANCEL ----------------------------------------------------------------
+
+    def cancel(self, now: float) -> list[StackOutput]:
+        """The caller cancelled: 487 to its INVITE, CANCEL on the B-leg."""
+        if self.answered:
+            return []
+        outputs = self._reject_a(SipError(487, "Request Terminated"), now)
+        self.manager.count(self.a.adjacency, "calls-cancelled")
+        self.cancel_pending = True
+        self.hunt.clear()
+        if self.b_transaction is None:
+            return outputs + self.end(now)
+        if self.b_provisional:
+            outputs += self._cancel_b(now)
+        return outputs
+
+    def _cancel_b(self, now: float) -> list[StackOutput]:
+        transaction = self.b_transaction
+        leg = self.b
+        if transaction is None or leg is None or self.cancel_sent:
+            return []
+        cancel = build_cancel(transaction.request)
+        _, outputs = self.manager.stack.send_request(cancel, leg.flow, now)
+        self.cancel_sent = True  # one CANCEL is enough
+        return outputs
+
+    # -- ACK --------------------------------------------------------------------
+
+    def on_ack(self, leg: Leg, ack: Request, now: float) -> list[StackOutput]:
+        """The peer on ``leg`` ACKed a 2xx we sent: ACK the other leg's 2xx."""
+        pending = leg.unacked.pop(ack.cseq.seq, None)
+        if pending is None:
+            return []
+        pending.cancel_timers()
+        if self.state is CallState.ANSWERED and leg is self.a:
+            self.state = CallState.CONFIRMED
+        other = self.other(leg)
+        if other is None or pending.other_cseq is None or self.state is CallState.ENDED:
+            return []
+        return self._ack(other, pending.other_cseq, ack.body, ack.content_type)
+
+    def _ack(self, leg: Leg, cseq: int, body: bytes, content_type: str | None) -> list[StackOutput]:
+        ack = leg.request("ACK", cseq, self.manager.stack.new_branch())
+        if content_type is not None and body:
+            ack.headers.add("Content-Type", content_type)
+        ack.body = body
+        leg.acks[cseq] = ack
+        return self.manager.stack.send_stateless(ack, leg.flow)
+
+    def resend_ack(self, leg: Leg, response: Response) -> list[StackOutput]:
+        ack = leg.acks.get(response.cseq.seq)
+        if ack is None:
+            return []
+        return self.manager.stack.send_stateless(ack, leg.flow)
+
+    def ack_timeout(self, leg: Leg, now: float) -> list[StackOutput]:
+        """No ACK for our 2xx after 64*T1: bring the call down (BYE both legs)."""
+        self.manager.count(leg.adjacency, "ack-timeouts")
+        return self.terminate(now)
+
+    # -- in-dialog requests --------------------------------------------------
+
+    def other(self, leg: Leg) -> Leg | None:
+        """The leg facing ``leg``."""
+        return self.b if leg is self.a else self.a
+
+    def in_dialog(
+        self, leg: Leg, request: Request, transaction: ServerTransaction, now: float
+    ) -> list[StackOutput]:
+        """Relay an in-dialog request received on ``leg`` to the other leg."""
+        stack = self.manager.stack
+        method = request.method
+        other = self.other(leg)
+        if other is None or other.remote_target is None or other.remote_tag is None:
+            raise SipError(481, "Call/Transaction Does Not Exist")
+        seq = request.cseq.seq
+        if leg.remote_cseq is not None and seq < leg.remote_cseq:
+            raise SipError(500, "Server Internal Error - CSeq out of order")
+        leg.remote_cseq = seq
+        if method == "INVITE" and self.reinvite is not None:
+            raise SipError(491, "Request Pending")
+        if method in TARGET_REFRESH:
+            contacts = [c for c in request.contacts if not c.is_star]
+            if contacts:
+                old = leg.remote_target.scheme if leg.remote_target else self.request.uri.scheme
+                error = security.check_target_refresh(old, contacts[0].uri.scheme)
+                if error is not None:
+                    self.manager.count(leg.adjacency, "target-refresh-refused")
+                    outputs = stack.reject(transaction, error, leg.flow, now)
+                    return outputs + self.terminate(now)
+                leg.remote_target = contacts[0].uri
+        cseq = other.next_cseq()
+        if method == "INVITE":
+            other.invite_cseq = cseq
+        relayed = other.request(method, cseq, stack.new_branch(), self._max_forwards(request))
+        copy_end_to_end(request, relayed.headers)
+        rack = request.headers.get("RAck")
+        if rack is not None and method == "PRACK":
+            parts = rack.split()
+            if len(parts) == 3:
+                relayed.headers.add("RAck", f"{parts[0]} {other.invite_cseq} {parts[2]}")
+        relayed.body = request.body
+        relay = Relay(self, leg, other, transaction, ends_call=method == "BYE")
+        client, outputs = stack.send_request(relayed, other.flow, now)
+        relay.client = client
+        self.relays.add(relay)
+        self.manager.bind_client(client, relay)
+        self.manager.bind_server(transaction, relay)
+        if method == "INVITE":
+            self.reinvite = relay
+        if method == "BYE":
+            self.manager.count(leg.adjacency, "calls-ended")
+            outputs += self.end(now, keep_relays=True)
+        return outputs
+
+    @staticmethod
+    def _max_forwards(request: Request) -> int:
+        value = request.max_forwards
+        return 70 if value is None else max(0, value - 1)
+
+    def relay_response(self, relay: Relay, response: Response, now: float) -> list[StackOutput]:
+        """A response on the other leg to a relayed request: relay it back."""
+        status = response.status
+        stack = self.manager.stack
+        target = relay.target
+        if status >= 200:
+            self._forget(relay)  # 2xx retransmissions come back through the dialog
+        if relay.answered:
+            return []
+        if status == 100:
+            return []
+        method = relay.server.request.method
+        if 200 <= status < 300 and method in TARGET_REFRESH:
+            contacts = [c for c in response.contacts if not c.is_star]
+            if contacts and target.remote_target is not None:
+                error = security.check_target_refresh(
+                    target.remote_target.scheme, contacts[0].uri.scheme
+                )
+                if error is not None:
+                    self.manager.count(target.adjacency, "target-refresh-refused")
+                    relay.answered = True
+                    outputs: list[StackOutput] = []
+                    if method == "INVITE":
+                        outputs += self._ack(target, response.cseq.seq, b"", None)
+                    outputs += stack.reject(relay.server, error, relay.source.flow, now)
+                    return outputs + self.terminate(now)
+                target.remote_target = contacts[0].uri
+        translated = self.translate(response, relay.server.request, relay.source)
+        if status >= 200:
+            relay.answered = True
+        try:
+            outputs = stack.respond(relay.server, translated, now)
+        except IllegalTransitionError:  # the source transaction is over (e.g. it timed out)
+            outputs = []
+        if 200 <= status < 300 and method == "INVITE" and self.state is not CallState.ENDED:
+            flow = relay.server.peer if isinstance(relay.server.peer, Flow) else relay.source.flow
+            outputs += self.manager.await_ack(
+                self, relay.source, translated, response.cseq.seq, flow, now
+            )
+        return outputs
+
+    def relay_failed(self, relay: Relay, reason: str, now: float) -> list[StackOutput]:
+        """The relayed request got no answer: 408 to the source (200 for a BYE)."""
+        self._forget(relay)
+        if relay.answered:
+            return []
+        relay.answered = True
+        stack = self.manager.stack
+        request = relay.server.request
+        if request.method == "BYE":
+            response = response_to(request, 200, to_tag=relay.source.local_tag)
+            return stack.respond(relay.server, response, now)
+        error = SipError(408, "Request Timeout")
+        return stack.reject(relay.server, error, relay.source.flow, now)
+
+    def _forget(self, relay: Relay) -> None:
+        self.relays.discard(relay)
+        if relay.client is not None:
+            self.manager.unbind_client(relay.client)
+        self.manager.unbind_server(relay.server)
+        if self.reinvite is relay:
+            self.reinvite = None
+        self.maybe_forget()
+
+    def maybe_forget(self) -> None:
+        """Leave the call table once the call is over and nothing refers to it."""
+        if self.state is CallState.ENDED and not self.relays and self.b_transaction is None:
+            self.manager.forget(self)
+
+    def cancel_relay(self, relay: Relay, now: float) -> list[StackOutput]:
+        """A CANCEL for a relayed re-INVITE: 487 to it, CANCEL on the other leg."""
+        if relay.answered or relay.client is None:
+            return []
+        relay.answered = True
+        stack = self.manager.stack
+        outputs = stack.reject(
+            relay.server, SipError(487, "Request Terminated"), relay.source.flow, now
+        )
+        _, sent = stack.send_request(build_cancel(relay.client.request), relay.target.flow, now)
+        return outputs + sent
+
+    # -- the end ----------------------------------------------------------------
+
+    def _bye(self, leg: Leg, now: float) -> list[StackOutput]:
+        if leg.remote_target is None or leg.remote_tag is None:
+            return []
+        bye = leg.request("BYE", leg.next_cseq(), self.manager.stack.new_branch())
+        _, outputs = self.manager.stack.send_request(bye, leg.flow, now)
+        return outputs
+
+    def terminate(self, now: float) -> list[StackOutput]:
+        """Bring the call down: final response or CANCEL where set-up is pending, BYE elsewhere."""
+        if self.state is CallState.ENDED:
+            return []
+        outputs: list[StackOutput] = []
+        if not self.answered:
+            outputs += self._reject_a(SipError(480, "Temporarily Unavailable"), now)
+        elif self.a.confirmed:
+            outputs += self._bye(self.a, now)
+        b = self.b
+        if b is not None and b.confirmed:
+            outputs += self._bye(b, now)
+        elif self.b_transaction is not None:
+            self.cancel_pending = True
+            if self.b_provisional:
+                outputs += self._cancel_b(now)
+            self.manager.count(self.a.adjacency, "calls-released")
+            return outputs + self.end(now, keep_b=True)
+        self.manager.count(self.a.adjacency, "calls-released")
+        return outputs + self.end(now)
+
+    def end(self, now: float, keep_relays: bool = False, keep_b: bool = False) -> list[StackOutput]:
+        """Leave every table (a pending B INVITE or relays may keep it findable)."""
+        if self.state is CallState.ENDED:
+            return []
+        self.state = CallState.ENDED
+        self.hunt.clear()
+        for leg in (self.a, self.b):
+            if leg is not None:
+                for pending in leg.unacked.values():
+                    pending.cancel_timers()
+                leg.unacked.clear()
+                self.manager.unbind_dialog(leg)
+        if not keep_b and self.b_transaction is not None:
+            self.manager.unbind_client(self.b_transaction)
+            self.b_transaction = None
+        if not keep_relays:
+            for relay in list(self.relays):
+                self._forget(relay)
+        self.manager.unbind_server(self.transaction)
+        self.maybe_forget()
+        return []

@@ -1,0 +1,321 @@
+"""The B2BUA's tables: calls, dialogs, transactions in flight, timers and counters.
+
+:class:`CallManager` is what :class:`~sbc.core.SbcCore` hands requests and
+responses to once a request is admitted. It holds no global state: every
+table is an attribute, and everything a call does goes through the
+:class:`~sbc.sip.stack.SipStack` it is given. Time is an argument: the
+manager's own timers (2xx retransmission and the ACK wait of RFC 3261
+§13.3.1.4) run when :meth:`CallManager.advance` is called, at
+:meth:`CallManager.next_deadline` at the latest.
+
+Tables, all empty once every call is over (tests check it):
+
+* ``calls``: call id -> :class:`~sbc.b2bua.call.Call`,
+* ``dialogs``: (Call-ID, our tag) -> (call, leg), for in-dialog requests, ACKs
+  and 2xx retransmissions,
+* ``clients``: client transaction key -> the call (B-leg INVITE, OPTIONS...)
+  or :class:`~sbc.b2bua.call.Relay` waiting for its responses,
+* ``servers``: server transaction key -> the call or relay a CANCEL may name.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Callable
+
+import attrs
+
+from sbc import security
+from sbc.adjacencies import AdjacencyTable
+from sbc.b2bua.call import Call, CallState, HuntPolicy, Leg, PendingAck, Relay, Target
+from sbc.config import AdjacencyConfig
+from sbc.counters import Counters
+from sbc.errors import SipError
+from sbc.routing import RouteKey, RoutingDecision
+from sbc.sip.message import Request, Response, response_to
+from sbc.sip.stack import Flow, SipStack, StackOutput
+from sbc.sip.transaction import ClientTransaction, ServerTransaction, TransactionKey
+from sbc.sip.uri import URI
+
+__all__ = ["CallManager", "Locator", "RouterFunction", "TimerHandle"]
+
+#: The routing API (sbc.routing.Router.route has this signature).
+RouterFunction = Callable[[RouteKey, AdjacencyTable, Callable[[str], int]], RoutingDecision]
+#: Registered contacts for a URI in a local domain (``None``: not a local domain).
+Locator = Callable[[URI, float], "list[Target] | None"]
+
+Handler = Call | Relay
+
+
+class TimerHandle:
+    """A scheduled callback; :meth:`cancel` stops it."""
+
+    __slots__ = ("at", "callback", "cancelled")
+
+    def __init__(self, at: float, callback: Callable[[float], list[StackOutput]]) -> None:
+        self.at = at
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        """Do not run."""
+        self.cancelled = True
+
+
+class CallManager:
+    """The table of calls and the entry points the core calls; see the module docstring."""
+
+    stack: SipStack
+
+    def __init__(
+        self,
+        table: Callable[[], AdjacencyTable],
+        router: RouterFunction,
+        hunting: HuntPolicy | None = None,
+        locate: Locator | None = None,
+        counters: Counters | None = None,
+    ) -> None:
+        self.table = table
+        self.router = router
+        self.hunting = hunting or HuntPolicy()
+        self.locate = locate
+        self.counters = counters if counters is not None else Counters()
+        self.calls: dict[int, Call] = {}
+        self.dialogs: dict[tuple[str, str], tuple[Call, Leg]] = {}
+        self.clients: dict[TransactionKey, Handler] = {}
+        self.servers: dict[TransactionKey, Handler] = {}
+        self._timers: list[tuple[float, int, TimerHandle]] = []
+        self._seq = itertools.count()
+        self._call_ids = itertools.count(1)
+
+    # -- queries ----------------------------------------------------------------
+
+    def active_calls(self, adjacency: str) -> int:
+        """How many live calls use ``adjacency`` (either leg)."""
+        return sum(
+            1
+            for call in self.calls.values()
+            if call.state is not CallState.ENDED and adjacency in call.adjacencies
+        )
+
+    @property
+    def idle(self) -> bool:
+        """True when no call, dialog, transaction or timer is left."""
+        return not (
+            self.calls or self.dialogs or self.clients or self.servers or self.next_deadline()
+        )
+
+    def count(self, adjacency: str | None, name: str) -> None:
+        """Count an outcome (``calls-answered``, ``hunt-skip:503``...) for ``adjacency``."""
+        self.counters.increment(adjacency, name)
+
+    def next_call_id(self) -> int:
+        """A number naming a new call in ``calls``."""
+        return next(self._call_ids)
+
+    # -- entry points from the core ---------------------------------------------
+
+    def new_request(
+        self,
+        request: Request,
+        transaction: ServerTransaction,
+        flow: Flow,
+        inbound: AdjacencyConfig,
+        now: float,
+    ) -> list[StackOutput]:
+        """An admitted out-of-dialog request: route it and start hunting.
+
+        Raises the routing's ``SipError`` (480...) before any state is kept.
+        """
+        call = Call(self, request, transaction, flow, inbound, now)
+        targets = self.targets_for(call, request.uri, now)
+        self.calls[call.id] = call
+        self.count(inbound.name, "calls-started" if call.dialog else "requests-started")
+        if call.dialog:
+            self.bind_server(transaction, call)
+            self.bind_dialog(call, call.a)
+        return call.start(targets, now)
+
+    def targets_for(self, call: Call, uri: URI, now: float) -> list[Target]:
+        """The hunt candidates for ``uri`` (registered contacts, or routing)."""
+        if self.locate is not None:
+            located = self.locate(uri, now)
+            if located is not None:
+                table = self.table()
+                allowed = []
+                for target in located:
+                    adjacency = table.get(target.adjacency)
+                    if adjacency is None or not security.may_send_out_of(adjacency, call.secure):
+                        continue
+                    if target.uri.scheme != uri.scheme:  # the scheme is kept (behaviour §5)
+                        continue
+                    allowed.append(target)
+                if not allowed:
+                    raise security.no_route(call.secure)
+                return allowed
+        key = RouteKey.from_uri(call.inbound.name, uri)
+        if key.secure != call.secure:
+            key = attrs.evolve(key, secure=call.secure)
+        decision = self.router(key, self.table(), self.active_calls)
+        scheme = security.outbound_scheme(uri.scheme)
+        target_uri = uri if uri.scheme == scheme else uri.with_scheme(scheme)
+        return [Target(d.adjacency, target_uri) for d in decision.destinations]
+
+    def in_dialog(
+        self, request: Request, transaction: ServerTransaction, flow: Flow, now: float
+    ) -> list[StackOutput]:
+        """A request with a To tag: relay it within its call, or 481."""
+        found = self.dialogs.get((request.call_id, request.to.tag or ""))
+        if found is None:
+            raise SipError(481, "Call/Transaction Does Not Exist")
+        call, leg = found
+        return call.in_dialog(leg, request, transaction, now)
+
+    def ack(self, request: Request, now: float) -> list[StackOutput]:
+        """An ACK for a 2xx: it ends that 2xx's retransmissions and is relayed as an ACK."""
+        found = self.dialogs.get((request.call_id, request.to.tag or ""))
+        if found is None:
+            return []
+        call, leg = found
+        return call.on_ack(leg, request, now)
+
+    def cancel(
+        self, request: Request, transaction: ServerTransaction, flow: Flow, now: float
+    ) -> list[StackOutput]:
+        """CANCEL: 200 by its own transaction, then 487 to the INVITE and CANCEL onward."""
+        invite = self.stack.transactions.find_cancelled(request)
+        if invite is None:
+            raise SipError(481, "Call/Transaction Does Not Exist")
+        outputs = self.stack.respond(transaction, response_to(request, 200), now)
+        handler = self.servers.get(invite.key)
+        if isinstance(handler, Call):
+            outputs += handler.cancel(now)
+        elif isinstance(handler, Relay):
+            outputs += handler.call.cancel_relay(handler, now)
+        return outputs
+
+    def response(
+        self, response: Response, transaction: ClientTransaction, now: float
+    ) -> list[StackOutput]:
+        """A response to something a call sent."""
+        handler = self.clients.get(transaction.key)
+        if handler is not None:
+            return handler.on_response(response, now)
+        if 200 <= response.status < 300 and response.cseq.method == "INVITE":
+            # a retransmitted 2xx: ACK it again (if its ACK was sent already)
+            found = self.dialogs.get((response.call_id, response.from_.tag or ""))
+            if found is not None:
+                call, leg = found
+                return call.resend_ack(leg, response)
+        return []
+
+    def failure(
+        self, transaction: ClientTransaction | ServerTransaction, reason: str, now: float
+    ) -> list[StackOutput]:
+        """A client transaction timed out or hit a transport error."""
+        handler = self.clients.pop(transaction.key, None)
+        if handler is None:
+            return []
+        return handler.on_failure(reason, now)
+
+    # -- tables -------------------------------------------------------------------
+
+    def bind_client(self, transaction: ClientTransaction, handler: Handler) -> None:
+        """Responses to ``transaction`` go to ``handler``."""
+        self.clients[transaction.key] = handler
+
+    def unbind_client(self, transaction: ClientTransaction) -> None:
+        """Forget ``transaction`` (its final response arrived, or the call is over)."""
+        self.clients.pop(transaction.key, None)
+
+    def bind_server(self, transaction: ServerTransaction, handler: Handler) -> None:
+        """A CANCEL naming ``transaction`` goes to ``handler``."""
+        self.servers[transaction.key] = handler
+
+    def unbind_server(self, transaction: ServerTransaction) -> None:
+        """``transaction`` can no longer be cancelled through us."""
+        self.servers.pop(transaction.key, None)
+
+    def bind_dialog(self, call: Call, leg: Leg) -> None:
+        """Requests with ``leg``'s Call-ID and our tag go to ``call``."""
+        self.dialogs[leg.dialog_key] = (call, leg)
+
+    def unbind_dialog(self, leg: Leg) -> None:
+        """Forget ``leg``'s dialog."""
+        found = self.dialogs.get(leg.dialog_key)
+        if found is not None and found[1] is leg:
+            del self.dialogs[leg.dialog_key]
+
+    def forget(self, call: Call) -> None:
+        """Drop ``call`` from the call table (idempotent)."""
+        self.calls.pop(call.id, None)
+
+    # -- 2xx retransmission (RFC 3261 §13.3.1.4, RFC 6026) ------------------------
+
+    def await_ack(
+        self,
+        call: Call,
+        leg: Leg,
+        response: Response,
+        other_cseq: int | None,
+        flow: Flow,
+        now: float,
+    ) -> list[StackOutput]:
+        """Retransmit ``response`` (a 2xx we sent on ``leg``) until its ACK arrives."""
+        settings = self.stack.transactions.settings
+        pending = PendingAck(response, flow, settings.t1, now + 64 * settings.t1, other_cseq)
+        cseq = response.cseq.seq
+        handles: list[TimerHandle] = []
+
+        def cancel_all() -> None:
+            for handle in handles:
+                handle.cancel()
+
+        def retransmit(at: float) -> list[StackOutput]:
+            if leg.unacked.get(cseq) is not pending:
+                return []
+            pending.interval = min(2 * pending.interval, settings.t2)
+            next_at = at + pending.interval
+            if next_at < pending.give_up_at:
+                handles.append(self.schedule(next_at, retransmit))
+            return self.stack.send_stateless(pending.response, pending.flow)
+
+        def give_up(at: float) -> list[StackOutput]:
+            if leg.unacked.pop(cseq, None) is not pending:
+                return []
+            cancel_all()
+            return call.ack_timeout(leg, at)
+
+        pending.cancel_timers = cancel_all
+        leg.unacked[cseq] = pending
+        if not flow.reliable:
+            handles.append(self.schedule(now + settings.t1, retransmit))
+        handles.append(self.schedule(pending.give_up_at, give_up))
+        return []
+
+    # -- timers -------------------------------------------------------------------
+
+    def schedule(self, at: float, callback: Callable[[float], list[StackOutput]]) -> TimerHandle:
+        """Run ``callback(now)`` from :meth:`advance` once ``now >= at``."""
+        handle = TimerHandle(at, callback)
+        heapq.heappush(self._timers, (at, next(self._seq), handle))
+        return handle
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`advance` must next be called, or ``None``."""
+        timers = self._timers
+        while timers and timers[0][2].cancelled:
+            heapq.heappop(timers)
+        return timers[0][0] if timers else None
+
+    def advance(self, now: float) -> list[StackOutput]:
+        """Run every timer due at ``now``."""
+        outputs: list[StackOutput] = []
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            _, _, handle = heapq.heappop(timers)
+            if not handle.cancelled:
+                handle.cancelled = True
+                outputs += handle.callback(now)
+        return outputs

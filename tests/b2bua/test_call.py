@@ -1,0 +1,676 @@
+"""The B2BUA driven through a real SipStack + SbcCore: bytes in, Transmit out, virtual time."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from sbc.adjacencies import AdjacencyTable, InboundContext, ListenerKey
+from sbc.b2bua import HuntPolicy, outbound_flow
+from sbc.config import parse_config
+from sbc.core import SbcCore
+from sbc.errors import SipError
+from sbc.routing import Destination, RouteKey, RoutingDecision
+from sbc.sip import parse_message
+from sbc.sip.message import Request, Response, response_to
+from sbc.sip.stack import Flow, SipStack, StackOutput, Transmit
+from sbc.sip.uri import parse_uri
+
+CONFIG = """
+sbc t
+ sbe
+  local-domain example.com
+  adjacency sip access
+   signaling-address ipv4 127.0.0.1
+   signaling-port 5060
+   remote-address ipv4 127.0.0.2/32
+   security untrusted
+   attach
+  adjacency sip trusted
+   signaling-address ipv4 127.0.0.1
+   signaling-port 5060
+   remote-address ipv4 127.0.0.3/32
+   security trusted-unencrypted
+   attach
+  adjacency sip core
+   signaling-address ipv4 127.0.0.1
+   signaling-port 5062
+   signaling-peer 10.0.0.5
+   security untrusted
+   attach
+  adjacency sip core2
+   signaling-address ipv4 127.0.0.1
+   signaling-port 5064
+   signaling-peer 10.0.0.6
+   security untrusted
+   attach
+  adjacency sip tls
+   signaling-address ipv4 127.0.0.1
+   signaling-port 5061
+   signaling-peer peer.lab.test
+   security trusted-encrypted
+   attach
+  adjacency sip tcp-out
+   signaling-address ipv4 127.0.0.1
+   signaling-port 5066
+   transport tcp
+   security untrusted
+   attach
+"""
+
+SDP = b"v=0\r\no=- 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\n"
+A_FLOW = Flow("UDP", ("127.0.0.1", 5060), ("127.0.0.2", 5070))
+T_FLOW = Flow("UDP", ("127.0.0.1", 5060), ("127.0.0.3", 5070))
+B_FLOW = Flow("UDP", ("127.0.0.1", 5062), ("10.0.0.5", 5060))
+B2_FLOW = Flow("UDP", ("127.0.0.1", 5064), ("10.0.0.6", 5060))
+ACCESS = InboundContext("access", ListenerKey("127.0.0.1", 5060, "UDP"))
+TRUSTED = InboundContext("trusted", ListenerKey("127.0.0.1", 5060, "UDP"))
+CORE = InboundContext("core", ListenerKey("127.0.0.1", 5062, "UDP"))
+CORE2 = InboundContext("core2", ListenerKey("127.0.0.1", 5064, "UDP"))
+
+
+class StandInRouter:
+    """The routing API's signature, returning fixed destinations per domain."""
+
+    def __init__(self, routes: dict[str, Sequence[str]]) -> None:
+        self.routes = routes
+        self.keys: list[RouteKey] = []
+
+    def __call__(
+        self, key: RouteKey, adjacencies: AdjacencyTable, active_calls: object
+    ) -> RoutingDecision:
+        self.keys.append(key)
+        names = self.routes.get(key.destination_domain, ())
+        if not names:
+            raise SipError(480, "Temporarily Unavailable")
+        return RoutingDecision(tuple(Destination(n) for n in names), ("stand-in",))
+
+
+def invite(
+    uri: str = "sip:bob@remote.test",
+    call_id: str = "a-call-1",
+    branch: str = "z9hG4bKa1",
+    method: str = "INVITE",
+    cseq: int = 1,
+    to_tag: str | None = None,
+    contact: str = "sip:alice@127.0.0.2:5070",
+    via_host: str = "127.0.0.2",
+    body: bytes = SDP,
+) -> Request:
+    """A request from the caller (127.0.0.2)."""
+    to = f"<{uri}>" + (f";tag={to_tag}" if to_tag else "")
+    data = (
+        f"{method} {uri} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP {via_host}:5070;branch={branch};rport\r\n"
+        "Max-Forwards: 70\r\n"
+        '"Alice" <sip:alice@lab.test>;tag=atag\r\n'.replace('"Alice"', 'From: "Alice"')
+        + f"To: {to}\r\n"
+        f"Call-ID: {call_id}\r\n"
+        f"CSeq: {cseq} {method}\r\n"
+        f"Contact: <{contact}>\r\n"
+        "User-Agent: caller-phone\r\n"
+        + ("Content-Type: application/sdp\r\n" if body else "")
+        + f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    request = parse_message(data)
+    assert isinstance(request, Request)
+    return request
+
+
+def answer(
+    request: Request,
+    status: int,
+    tag: str = "btag",
+    contact: str | None = "sip:bob@10.0.0.5:5060",
+    body: bytes = b"",
+) -> Response:
+    """A response from a callee to ``request``."""
+    response = response_to(request, status, to_tag=tag)
+    if contact is not None:
+        response.headers.add("Contact", f"<{contact}>")
+    if body:
+        response.headers.add("Content-Type", "application/sdp")
+        response.body = body
+    return response
+
+
+class Net:
+    """SbcCore + SipStack with a clock and a log of what was sent where."""
+
+    def __init__(
+        self, routes: dict[str, Sequence[str]] | None = None, hunting: HuntPolicy | None = None
+    ) -> None:
+        self.config = parse_config(CONFIG)
+        table = AdjacencyTable(self.config.adjacencies)
+        self.table = table
+        self.router = StandInRouter(routes or {"remote.test": ["core", "core2"]})
+        self.core = SbcCore(lambda: table, self.router, self.config.local_domains, hunting)
+        self.stack = SipStack(self.core)
+        self.core.stack = self.stack
+        self.now = 0.0
+        self.log: list[tuple[Flow, Request | Response]] = []
+
+    def _collect(self, outputs: list[StackOutput]) -> list[tuple[Flow, Request | Response]]:
+        sent = [(o.flow, parse_message(o.data)) for o in outputs if isinstance(o, Transmit)]
+        self.log.extend(sent)
+        return sent
+
+    def feed(
+        self, message: Request | Response, flow: Flow, context: InboundContext
+    ) -> list[tuple[Flow, Request | Response]]:
+        return self._collect(self.stack.receive(message.serialize(), flow, self.now, context))
+
+    def tick(self, until: float) -> list[tuple[Flow, Request | Response]]:
+        """Advance virtual time to ``until``, firing stack and B2BUA timers on the way."""
+        outputs: list[StackOutput] = []
+        while True:
+            deadlines = [
+                d for d in (self.stack.next_deadline(), self.core.next_deadline()) if d is not None
+            ]
+            if not deadlines or min(deadlines) > until:
+                break
+            self.now = max(self.now, min(deadlines))
+            outputs += self.stack.advance(self.now)
+            outputs += self.core.advance(self.now)
+        self.now = until
+        return self._collect(outputs)
+
+    def settle(self) -> None:
+        """Let every timer run out (transactions linger for Timer D/J/K/L/M)."""
+        self.tick(self.now + 300)
+
+    @staticmethod
+    def requests(
+        sent: list[tuple[Flow, Request | Response]], method: str
+    ) -> list[tuple[Flow, Request]]:
+        return [(f, m) for f, m in sent if isinstance(m, Request) and m.method == method]
+
+    @staticmethod
+    def responses(sent: list[tuple[Flow, Request | Response]]) -> list[tuple[Flow, Response]]:
+        return [(f, m) for f, m in sent if isinstance(m, Response)]
+
+
+class CallTestCase(SynchronousTestCase):
+    """Shared steps: set up a call, answer it, check the tables."""
+
+    def setUp(self) -> None:
+        self.net = Net()
+
+    def assertIdle(self) -> None:
+        self.net.settle()
+        manager = self.net.core.calls
+        self.assertEqual(
+            (manager.calls, manager.dialogs, manager.clients, manager.servers), ({}, {}, {}, {})
+        )
+        self.assertIsNone(manager.next_deadline())
+        self.assertEqual(len(self.net.stack.transactions), 0)
+
+    def start(self, request: Request | None = None) -> tuple[Request, Request]:
+        """The caller's INVITE in; returns (caller INVITE, the B-leg INVITE)."""
+        request = request or invite()
+        sent = self.net.feed(request, A_FLOW, ACCESS)
+        [(flow, trying)] = self.net.responses(sent)
+        self.assertEqual((flow, trying.status), (A_FLOW, 100))
+        [(flow, outbound)] = self.net.requests(sent, "INVITE")
+        self.assertEqual(flow, B_FLOW)
+        return request, outbound
+
+    def establish(self) -> tuple[Request, Request, Response]:
+        """A full set-up up to the ACK; returns (A INVITE, B INVITE, the 200 A got)."""
+        a_invite, b_invite = self.start()
+        self.net.feed(answer(b_invite, 180), B_FLOW, CORE)
+        sent = self.net.feed(answer(b_invite, 200, body=SDP), B_FLOW, CORE)
+        [(_, ok)] = self.net.responses(sent)
+        self.assertEqual(ok.status, 200)
+        ack = invite(method="ACK", to_tag=ok.to.tag, branch="z9hG4bKack1", body=b"")
+        sent = self.net.feed(ack, A_FLOW, ACCESS)
+        [(flow, b_ack)] = self.net.requests(sent, "ACK")
+        self.assertEqual(flow, B_FLOW)
+        self.assertEqual(b_ack.cseq.seq, b_invite.cseq.seq)
+        return a_invite, b_invite, ok
+
+
+class BasicCallTests(CallTestCase):
+    def test_basic_call_with_topology_hiding(self) -> None:
+        a_invite, b_invite = self.start()
+        wire = b_invite.serialize()
+        # nothing of the caller's side crosses: Via, Contact, Call-ID, tags
+        for secret in (b"127.0.0.2", b"a-call-1", b"atag", b"z9hG4bKa1"):
+            self.assertNotIn(secret, wire)
+        self.assertNotEqual(b_invite.call_id, a_invite.call_id)
+        self.assertIsNone(b_invite.to.tag)
+        self.assertIsNotNone(b_invite.from_.tag)
+        self.assertEqual(len(b_invite.vias), 1)
+        self.assertEqual(b_invite.top_via.host, "127.0.0.1")
+        self.assertEqual(b_invite.top_via.port, 5062)
+        self.assertTrue(b_invite.top_via.branch.startswith("z9hG4bK"))
+        self.assertEqual(b_invite.contacts[0].uri.serialize(), "sip:127.0.0.1:5062")
+        self.assertEqual(b_invite.uri_text, "sip:bob@remote.test")
+        self.assertEqual(b_invite.max_forwards, 69)
+        self.assertEqual(b_invite.body, SDP)
+        self.assertEqual(b_invite.content_type, "application/sdp")
+        self.assertEqual(b_invite.headers.get("User-Agent"), "caller-phone")
+        self.assertEqual(b_invite.from_.uri, a_invite.from_.uri)
+
+        sent = self.net.feed(answer(b_invite, 100, contact=None), B_FLOW, CORE)
+        self.assertEqual(sent, [])  # the 100 is hop-by-hop
+        sent = self.net.feed(answer(b_invite, 180), B_FLOW, CORE)
+        [(flow, ringing)] = self.net.responses(sent)
+        self.assertEqual((flow, ringing.status), (A_FLOW, 180))
+        a_tag = ringing.to.tag
+        self.assertIsNotNone(a_tag)
+        sent = self.net.feed(answer(b_invite, 200, body=SDP), B_FLOW, CORE)
+        [(flow, ok)] = self.net.responses(sent)
+        self.assertEqual((flow, ok.status, ok.to.tag), (A_FLOW, 200, a_tag))
+        self.assertEqual(ok.call_id, "a-call-1")
+        self.assertEqual(ok.top_via.branch, "z9hG4bKa1")
+        self.assertEqual(ok.contacts[0].uri.serialize(), "sip:127.0.0.1:5060")
+        self.assertEqual(ok.body, SDP)
+        for secret in (b"10.0.0.5", b"btag", b_invite.call_id.encode()):
+            self.assertNotIn(secret, ok.serialize())
+            self.assertNotIn(secret, ringing.serialize())
+        self.assertEqual(self.net.core.calls.active_calls("core"), 1)
+
+        ack = invite(method="ACK", to_tag=a_tag, branch="z9hG4bKack1", body=b"")
+        sent = self.net.feed(ack, A_FLOW, ACCESS)
+        [(flow, b_ack)] = self.net.requests(sent, "ACK")
+        self.assertEqual(flow, B_FLOW)
+        self.assertEqual(
+            (b_ack.call_id, b_ack.from_.tag, b_ack.to.tag),
+            (b_invite.call_id, b_invite.from_.tag, "btag"),
+        )
+        self.assertEqual(b_ack.uri_text, "sip:bob@10.0.0.5:5060")
+
+        bye = invite(method="BYE", to_tag=a_tag, branch="z9hG4bKbye1", cseq=2, body=b"")
+        sent = self.net.feed(bye, A_FLOW, ACCESS)
+        [(flow, b_bye)] = self.net.requests(sent, "BYE")
+        self.assertEqual(flow, B_FLOW)
+        self.assertEqual((b_bye.call_id, b_bye.to.tag), (b_invite.call_id, "btag"))
+        self.assertNotIn(b"127.0.0.2", b_bye.serialize())
+        self.assertEqual(self.net.core.calls.active_calls("core"), 0)
+        sent = self.net.feed(answer(b_bye, 200, contact=None), B_FLOW, CORE)
+        [(flow, bye_ok)] = self.net.responses(sent)
+        self.assertEqual((flow, bye_ok.status, bye_ok.cseq.method), (A_FLOW, 200, "BYE"))
+        self.assertEqual(bye_ok.call_id, "a-call-1")
+        self.assertEqual(self.net.core.calls.counters.get("core", "calls-answered"), 1)
+        self.assertIdle()
+
+    def test_tables_empty_after_many_calls(self) -> None:
+        for n in range(5):
+            _a_invite, b_invite = self.start(invite(call_id=f"many-{n}", branch=f"z9hG4bKm{n}"))
+            sent = self.net.feed(answer(b_invite, 200, body=SDP), B_FLOW, CORE)
+            [(_, ok)] = self.net.responses(sent)
+            ack = invite(
+                method="ACK",
+                call_id=f"many-{n}",
+                to_tag=ok.to.tag,
+                branch=f"z9hG4bKmack{n}",
+                body=b"",
+            )
+            self.net.feed(ack, A_FLOW, ACCESS)
+            b_bye = Request(
+                "BYE",
+                "sip:127.0.0.1:5062",
+                [
+                    ("Via", f"SIP/2.0/UDP 10.0.0.5:5060;branch=z9hG4bKcb{n}"),
+                    ("Max-Forwards", 70),
+                    ("From", "<sip:bob@remote.test>;tag=btag"),
+                    ("To", f"<sip:alice@lab.test>;tag={b_invite.from_.tag}"),
+                    ("Call-ID", b_invite.call_id),
+                    ("CSeq", "5 BYE"),
+                ],
+            )
+            sent = self.net.feed(b_bye, B_FLOW, CORE)
+            [(_, a_bye)] = self.net.requests(sent, "BYE")
+            self.net.feed(answer(a_bye, 200, contact=None), A_FLOW, ACCESS)
+        self.assertEqual(self.net.core.calls.counters.get("access", "calls-started"), 5)
+        self.assertIdle()
+
+    def test_callee_bye_ends_both_legs(self) -> None:
+        _a_invite, b_invite, ok = self.establish()
+        b_bye = Request(
+            "BYE",
+            "sip:127.0.0.1:5062",
+            [
+                ("Via", "SIP/2.0/UDP 10.0.0.5:5060;branch=z9hG4bKcalleebye"),
+                ("Max-Forwards", 70),
+                ("From", "<sip:bob@remote.test>;tag=btag"),
+                ("To", f"<sip:alice@lab.test>;tag={b_invite.from_.tag}"),
+                ("Call-ID", b_invite.call_id),
+                ("CSeq", "7 BYE"),
+            ],
+        )
+        sent = self.net.feed(b_bye, B_FLOW, CORE)
+        [(flow, a_bye)] = self.net.requests(sent, "BYE")
+        self.assertEqual(flow, A_FLOW)
+        self.assertEqual(a_bye.uri_text, "sip:alice@127.0.0.2:5070")
+        self.assertEqual(a_bye.call_id, "a-call-1")
+        self.assertEqual((a_bye.from_.tag, a_bye.to.tag), (ok.to.tag, "atag"))
+        self.assertGreater(a_bye.cseq.seq, 0)
+        self.assertNotIn(b"10.0.0.5", a_bye.serialize())
+        sent = self.net.feed(answer(a_bye, 200, contact=None), A_FLOW, ACCESS)
+        [(flow, bye_ok)] = self.net.responses(sent)
+        self.assertEqual((flow, bye_ok.status, bye_ok.call_id), (B_FLOW, 200, b_invite.call_id))
+        self.assertIdle()
+
+    def test_486_is_relayed_and_ends_hunting(self) -> None:
+        _a_invite, b_invite = self.start()
+        sent = self.net.feed(answer(b_invite, 486, contact=None), B_FLOW, CORE)
+        self.assertEqual(self.net.requests(sent, "INVITE"), [])
+        acks = self.net.requests(sent, "ACK")
+        self.assertEqual([f for f, _ in acks], [B_FLOW])  # the transaction ACKs the 486
+        [(flow, busy)] = self.net.responses(sent)
+        self.assertEqual((flow, busy.status, busy.call_id), (A_FLOW, 486, "a-call-1"))
+        self.assertIdle()
+
+    def test_unknown_dialog_gets_481(self) -> None:
+        bye = invite(method="BYE", to_tag="nobody", branch="z9hG4bKx", body=b"")
+        [(_, response)] = self.net.responses(self.net.feed(bye, A_FLOW, ACCESS))
+        self.assertEqual(response.status, 481)
+        self.assertIdle()
+
+
+class AckTests(CallTestCase):
+    def test_2xx_retransmitted_until_ack(self) -> None:
+        _a_invite, b_invite = self.start()
+        self.net.feed(answer(b_invite, 200, body=SDP), B_FLOW, CORE)
+        again = self.net.tick(0.5)
+        self.assertEqual([m.status for _, m in self.net.responses(again)], [200])
+        again = self.net.tick(1.49)
+        self.assertEqual(again, [])  # next one after 2*T1
+        again = self.net.tick(1.5)
+        [(flow, ok)] = self.net.responses(again)
+        self.assertEqual((flow, ok.status), (A_FLOW, 200))
+        ack = invite(method="ACK", to_tag=ok.to.tag, branch="z9hG4bKack1", body=b"")
+        self.net.feed(ack, A_FLOW, ACCESS)
+        later = self.net.tick(10.0)
+        self.assertEqual(self.net.responses(later), [])
+        # B retransmits its 2xx: it gets the same ACK again
+        sent = self.net.feed(answer(b_invite, 200, body=SDP), B_FLOW, CORE)
+        [(flow, _b_ack)] = self.net.requests(sent, "ACK")
+        self.assertEqual(flow, B_FLOW)
+
+    def test_no_ack_brings_call_down(self) -> None:
+        _a_invite, b_invite = self.start()
+        self.net.feed(answer(b_invite, 200, body=SDP), B_FLOW, CORE)
+        sent = self.net.tick(40.0)
+        intervals = [m.status for _, m in self.net.responses(sent)]
+        # sent at 0.5 1.5 3.5 7.5 11.5 ... 31.5: T1 doubling to T2, until 64*T1
+        self.assertEqual(intervals.count(200), 10)
+        byes = {bye.top_via.branch: (f, bye) for f, bye in self.net.requests(sent, "BYE")}
+        byes_sent = sorted(f.remote for f, _ in byes.values())
+        self.assertEqual(byes_sent, sorted([A_FLOW.remote, B_FLOW.remote]))
+        self.assertEqual(self.net.core.calls.counters.get("access", "ack-timeouts"), 1)
+        for flow, bye in byes.values():
+            context = ACCESS if flow == A_FLOW else CORE
+            self.net.feed(answer(bye, 200, contact=None), flow, context)
+        self.assertIdle()
+
+
+class CancelTests(CallTestCase):
+    def test_caller_cancel(self) -> None:
+        _a_invite, b_invite = self.start()
+        self.net.feed(answer(b_invite, 180), B_FLOW, CORE)
+        cancel = invite(method="CANCEL", body=b"")
+        sent = self.net.feed(cancel, A_FLOW, ACCESS)
+        statuses = sorted((m.status, m.cseq.method) for _, m in self.net.responses(sent))
+        self.assertEqual(statuses, [(200, "CANCEL"), (487, "INVITE")])
+        [(flow, b_cancel)] = self.net.requests(sent, "CANCEL")
+        self.assertEqual(flow, B_FLOW)
+        self.assertEqual(b_cancel.top_via.branch, b_invite.top_via.branch)
+        self.assertEqual(b_cancel.call_id, b_invite.call_id)
+        self.net.feed(answer(b_cancel, 200, contact=None), B_FLOW, CORE)
+        sent = self.net.feed(answer(b_invite, 487, contact=None), B_FLOW, CORE)
+        self.assertEqual(self.net.responses(sent), [])  # nothing more to the caller
+        self.net.feed(invite(method="ACK", to_tag=None, body=b""), A_FLOW, ACCESS)
+        self.assertEqual(self.net.core.calls.counters.get("access", "calls-cancelled"), 1)
+        self.assertIdle()
+
+    def test_cancel_before_provisional_waits_for_it(self) -> None:
+        _a_invite, b_invite = self.start()
+        sent = self.net.feed(invite(method="CANCEL", body=b""), A_FLOW, ACCESS)
+        self.assertEqual(self.net.requests(sent, "CANCEL"), [])
+        sent = self.net.feed(answer(b_invite, 180), B_FLOW, CORE)
+        [(flow, b_cancel)] = self.net.requests(sent, "CANCEL")
+        self.assertEqual(self.net.responses(sent), [])
+        self.net.feed(answer(b_cancel, 200, contact=None), B_FLOW, CORE)
+        # the callee answered anyway: ACK and BYE it
+        sent = self.net.feed(answer(b_invite, 200, body=SDP), B_FLOW, CORE)
+        self.assertEqual(len(self.net.requests(sent, "ACK")), 1)
+        [(flow, bye)] = self.net.requests(sent, "BYE")
+        self.assertEqual(flow, B_FLOW)
+        self.net.feed(answer(bye, 200, contact=None), B_FLOW, CORE)
+        self.assertIdle()
+
+    def test_cancel_for_unknown_invite_gets_481(self) -> None:
+        cancel = invite(method="CANCEL", branch="z9hG4bKnothing", body=b"")
+        [(_, response)] = self.net.responses(self.net.feed(cancel, A_FLOW, ACCESS))
+        self.assertEqual(response.status, 481)
+
+
+class HuntingTests(CallTestCase):
+    def test_hunt_past_503(self) -> None:
+        _a_invite, b_invite = self.start()
+        sent = self.net.feed(answer(b_invite, 503, contact=None), B_FLOW, CORE)
+        [(flow, second)] = self.net.requests(sent, "INVITE")
+        self.assertEqual(flow, B2_FLOW)
+        self.assertNotEqual(second.call_id, b_invite.call_id)
+        self.assertEqual(self.net.responses(sent), [])
+        sent = self.net.feed(answer(second, 200, body=SDP), B2_FLOW, CORE2)
+        [(flow, ok)] = self.net.responses(sent)
+        self.assertEqual((flow, ok.status), (A_FLOW, 200))
+        self.assertEqual(self.net.core.calls.counters.get("core", "hunt-skip:503"), 1)
+        ack = invite(method="ACK", to_tag=ok.to.tag, branch="z9hG4bKack1", body=b"")
+        [(flow, _)] = self.net.requests(self.net.feed(ack, A_FLOW, ACCESS), "ACK")
+        self.assertEqual(flow, B2_FLOW)
+
+    def test_hunt_past_timeout(self) -> None:
+        _a_invite, _b_invite = self.start()
+        sent = self.net.tick(31.9)
+        self.assertEqual([f for f, _ in self.net.requests(sent, "INVITE")], [B_FLOW] * 6)
+        sent = self.net.tick(32.0)
+        [(flow, second)] = self.net.requests(sent, "INVITE")
+        self.assertEqual(flow, B2_FLOW)
+        sent = self.net.feed(answer(second, 486, contact=None), B2_FLOW, CORE2)
+        [(_, busy)] = self.net.responses(sent)
+        self.assertEqual(busy.status, 486)
+        self.assertIdle()
+
+    def test_hunt_past_transport_error(self) -> None:
+        sent = self.net.stack.receive(invite().serialize(), A_FLOW, 0.0, ACCESS)
+        [first] = [o for o in sent if isinstance(o, Transmit) and o.flow == B_FLOW]
+        assert first.transaction_key is not None
+        outputs = self.net.stack.transport_error(first.transaction_key, 0.1)
+        [second] = [o for o in outputs if isinstance(o, Transmit)]
+        self.assertEqual(second.flow, B2_FLOW)
+
+    def test_every_candidate_failed(self) -> None:
+        _a_invite, b_invite = self.start()
+        sent = self.net.feed(answer(b_invite, 503, contact=None), B_FLOW, CORE)
+        [(_, second)] = self.net.requests(sent, "INVITE")
+        sent = self.net.feed(answer(second, 408, contact=None), B2_FLOW, CORE2)
+        [(_, final)] = self.net.responses(sent)
+        self.assertEqual(final.status, 408)
+        self.assertIdle()
+
+    def test_custom_hunting_stops_on_503(self) -> None:
+        self.net = Net(hunting=HuntPolicy(frozenset({408})))
+        _a_invite, b_invite = self.start()
+        sent = self.net.feed(answer(b_invite, 503, contact=None), B_FLOW, CORE)
+        self.assertEqual(self.net.requests(sent, "INVITE"), [])
+        [(_, final)] = self.net.responses(sent)
+        self.assertEqual(final.status, 503)
+        self.assertIdle()
+
+    def test_no_route_gets_480(self) -> None:
+        sent = self.net.feed(invite("sip:bob@nowhere.test"), A_FLOW, ACCESS)
+        finals = [m.status for _, m in self.net.responses(sent) if m.status >= 200]
+        self.assertEqual(finals, [480])
+        self.assertIdle()
+
+
+class RedirectTests(CallTestCase):
+    def test_302_followed_through_routing(self) -> None:
+        self.net = Net({"remote.test": ["core"], "other.test": ["core2"]})
+        _a_invite, b_invite = self.start()
+        redirect = answer(b_invite, 302, contact="sip:carol@other.test")
+        sent = self.net.feed(redirect, B_FLOW, CORE)
+        [(flow, second)] = self.net.requests(sent, "INVITE")
+        self.assertEqual(flow, B2_FLOW)
+        self.assertEqual(second.uri_text, "sip:carol@other.test")
+        self.assertEqual(self.net.responses(sent), [])
+        self.assertEqual(self.net.router.keys[-1].destination_domain, "other.test")
+        sent = self.net.feed(answer(second, 404, contact=None), B2_FLOW, CORE2)
+        [(_, final)] = self.net.responses(sent)
+        self.assertEqual(final.status, 404)
+        self.assertIdle()
+
+    def test_redirect_contacts_in_q_order(self) -> None:
+        self.net = Net({"remote.test": ["core"], "low.test": ["core2"], "high.test": ["core2"]})
+        _a_invite, b_invite = self.start()
+        redirect = response_to(b_invite, 302, to_tag="r")
+        redirect.headers.add("Contact", "<sip:x@low.test>;q=0.1, <sip:y@high.test>;q=0.9")
+        sent = self.net.feed(redirect, B_FLOW, CORE)
+        [(_, second)] = self.net.requests(sent, "INVITE")
+        self.assertEqual(second.uri_text, "sip:y@high.test")
+        sent = self.net.feed(answer(second, 503, contact=None), B2_FLOW, CORE2)
+        [(_, third)] = self.net.requests(sent, "INVITE")
+        self.assertEqual(third.uri_text, "sip:x@low.test")
+
+    def test_sips_call_redirected_to_sip_gets_480_380(self) -> None:
+        self.net = Net({"remote.test": ["tls"]})
+        request = invite("sips:bob@remote.test", via_host="127.0.0.3")
+        sent = self.net.feed(request, T_FLOW, TRUSTED)
+        [(flow, b_invite)] = self.net.requests(sent, "INVITE")
+        self.assertEqual(flow.transport, "TLS")
+        tls_flow = flow
+        redirect = answer(b_invite, 302, contact="sip:carol@remote.test")
+        tls_context = InboundContext("tls", ListenerKey("127.0.0.1", 5061, "TLS"))
+        sent = self.net.feed(redirect, tls_flow, tls_context)
+        self.assertEqual(self.net.requests(sent, "INVITE"), [])
+        [(flow, final)] = self.net.responses(sent)
+        self.assertEqual((flow.remote, final.status), (T_FLOW.remote, 480))
+        self.assertEqual([(w.code, w.text) for w in final.warnings], [(380, "SIPS Not Allowed")])
+        self.assertIdle()
+
+    def test_sip_call_redirected_to_sips_gets_480_381(self) -> None:
+        _a_invite, b_invite = self.start()
+        redirect = answer(b_invite, 302, contact="sips:carol@remote.test")
+        sent = self.net.feed(redirect, B_FLOW, CORE)
+        self.assertEqual(self.net.requests(sent, "INVITE"), [])
+        [(_, final)] = self.net.responses(sent)
+        self.assertEqual(final.status, 480)
+        self.assertEqual([(w.code, w.text) for w in final.warnings], [(381, "SIPS Required")])
+        self.assertEqual(self.net.core.calls.counters.get("core", "redirects-refused"), 1)
+        self.assertIdle()
+
+
+class InDialogTests(CallTestCase):
+    def test_reinvite_is_relayed(self) -> None:
+        _a_invite, b_invite, ok = self.establish()
+        new_sdp = SDP.replace(b"192.0.2.10", b"192.0.2.11")
+        reinvite = invite(to_tag=ok.to.tag, branch="z9hG4bKre1", cseq=2, body=new_sdp)
+        sent = self.net.feed(reinvite, A_FLOW, ACCESS)
+        [(flow, b_re)] = self.net.requests(sent, "INVITE")
+        self.assertEqual(flow, B_FLOW)
+        self.assertEqual(
+            (b_re.call_id, b_re.from_.tag, b_re.to.tag),
+            (b_invite.call_id, b_invite.from_.tag, "btag"),
+        )
+        self.assertEqual(b_re.cseq.seq, b_invite.cseq.seq + 1)
+        self.assertEqual(b_re.uri_text, "sip:bob@10.0.0.5:5060")
+        self.assertEqual(b_re.body, new_sdp)
+        self.assertNotIn(b"127.0.0.2", b_re.serialize())
+        sent = self.net.feed(answer(b_re, 200, body=SDP), B_FLOW, CORE)
+        [(flow, re_ok)] = self.net.responses(sent)
+        self.assertEqual((flow, re_ok.status, re_ok.cseq.seq), (A_FLOW, 200, 2))
+        ack = invite(method="ACK", to_tag=ok.to.tag, branch="z9hG4bKreack", cseq=2, body=b"")
+        [(flow, b_ack)] = self.net.requests(self.net.feed(ack, A_FLOW, ACCESS), "ACK")
+        self.assertEqual((flow, b_ack.cseq.seq), (B_FLOW, b_re.cseq.seq))
+
+    def test_info_and_update_follow_the_dialog(self) -> None:
+        _a_invite, b_invite, ok = self.establish()
+        for n, method in enumerate(("INFO", "UPDATE", "MESSAGE"), start=2):
+            request = invite(method=method, to_tag=ok.to.tag, branch=f"z9hG4bKi{n}", cseq=n)
+            [(flow, relayed)] = self.net.requests(self.net.feed(request, A_FLOW, ACCESS), method)
+            self.assertEqual((flow, relayed.call_id), (B_FLOW, b_invite.call_id))
+            sent = self.net.feed(answer(relayed, 200, contact=None), B_FLOW, CORE)
+            [(_, response)] = self.net.responses(sent)
+            self.assertEqual((response.status, response.cseq.method), (200, method))
+
+    def test_target_refresh_changing_scheme_gets_400_and_byes(self) -> None:
+        _a_invite, _b_invite, ok = self.establish()
+        reinvite = invite(
+            to_tag=ok.to.tag, branch="z9hG4bKre2", cseq=2, contact="sips:alice@127.0.0.2:5071"
+        )
+        sent = self.net.feed(reinvite, A_FLOW, ACCESS)
+        finals = [(f, m.status) for f, m in self.net.responses(sent) if m.status >= 200]
+        self.assertEqual(finals, [(A_FLOW, 400)])
+        byes = self.net.requests(sent, "BYE")
+        self.assertEqual(sorted(f.remote for f, _ in byes), sorted([A_FLOW.remote, B_FLOW.remote]))
+        self.assertEqual(self.net.requests(sent, "INVITE"), [])
+        for flow, bye in byes:
+            context = ACCESS if flow == A_FLOW else CORE
+            self.net.feed(answer(bye, 200, contact=None), flow, context)
+        self.assertIdle()
+
+    def test_2xx_to_reinvite_changing_scheme_brings_call_down(self) -> None:
+        _a_invite, _b_invite, ok = self.establish()
+        reinvite = invite(to_tag=ok.to.tag, branch="z9hG4bKre3", cseq=2)
+        [(_, b_re)] = self.net.requests(self.net.feed(reinvite, A_FLOW, ACCESS), "INVITE")
+        sent = self.net.feed(answer(b_re, 200, contact="sips:bob@10.0.0.5"), B_FLOW, CORE)
+        finals = [m.status for _, m in self.net.responses(sent)]
+        self.assertEqual(finals, [400])
+        self.assertEqual(len(self.net.requests(sent, "BYE")), 2)
+        self.assertEqual(len(self.net.requests(sent, "ACK")), 1)
+
+
+class OutOfDialogTests(CallTestCase):
+    def test_options_routed_like_invite(self) -> None:
+        request = invite(method="OPTIONS", body=b"")
+        sent = self.net.feed(request, A_FLOW, ACCESS)
+        [(flow, options)] = self.net.requests(sent, "OPTIONS")
+        self.assertEqual(flow, B_FLOW)
+        self.assertNotIn(b"127.0.0.2", options.serialize())
+        sent = self.net.feed(answer(options, 200), B_FLOW, CORE)
+        [(flow, ok)] = self.net.responses(sent)
+        self.assertEqual((flow, ok.status), (A_FLOW, 200))
+        self.assertNotIn(b"10.0.0.5", ok.serialize())
+        self.assertIdle()
+
+    def test_message_hunts_past_timeout(self) -> None:
+        request = invite(method="MESSAGE", body=b"hello")
+        sent = self.net.feed(request, A_FLOW, ACCESS)
+        [(flow, _)] = self.net.requests(sent, "MESSAGE")
+        self.assertEqual(flow, B_FLOW)
+        sent = self.net.tick(32.0)
+        seconds = [f for f, _ in self.net.requests(sent, "MESSAGE") if f == B2_FLOW]
+        self.assertEqual(len(seconds), 1)
+
+
+class FlowTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.config = parse_config(CONFIG)
+
+    def test_tls_flow_uses_signaling_peer_as_server_name(self) -> None:
+        flow = outbound_flow(self.config.adjacency("tls"), parse_uri("sips:bob@remote.test"))
+        self.assertEqual(
+            flow, Flow("TLS", ("127.0.0.1", 5061), ("peer.lab.test", 5061), None, "peer.lab.test")
+        )
+
+    def test_plain_flow_goes_to_the_uri_without_peer(self) -> None:
+        flow = outbound_flow(self.config.adjacency("tcp-out"), parse_uri("sip:b@192.0.2.7:5080"))
+        self.assertEqual(flow, Flow("TCP", ("127.0.0.1", 5066), ("192.0.2.7", 5080)))
+        flow = outbound_flow(self.config.adjacency("core"), parse_uri("sip:b@192.0.2.7"))
+        self.assertEqual(flow, Flow("UDP", ("127.0.0.1", 5062), ("10.0.0.5", 5060)))
+
+    def test_secure_call_leaves_over_tls_with_sips_contact(self) -> None:
+        net = Net({"remote.test": ["tls"]})
+        request = invite("sips:bob@remote.test", via_host="127.0.0.3")
+        sent = net.feed(request, T_FLOW, TRUSTED)
+        [(flow, b_invite)] = net.requests(sent, "INVITE")
+        self.assertEqual((flow.transport, flow.server_name), ("TLS", "peer.lab.test"))
+        self.assertEqual(b_invite.uri_text, "sips:bob@remote.test")
+        self.assertEqual(b_invite.top_via.transport, "TLS")
+        self.assertEqual(b_invite.contacts[0].uri.serialize(), "sips:127.0.0.1:5061;transport=tls")
