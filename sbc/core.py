@@ -17,9 +17,10 @@ It applies, in order:
    registered contacts for an AOR in a local domain, else through the
    router) and relays it on a new outbound leg.
 
-The B2BUA keeps timers of its own (2xx retransmission, RFC 3261 §13.3.1.4):
-whoever drives the stack must also call :meth:`SbcCore.advance` at
-:meth:`SbcCore.next_deadline`.
+The B2BUA keeps timers of its own (2xx retransmission, RFC 3261 §13.3.1.4);
+the stack folds them into its single deadline (:meth:`SipStack.next_deadline`
+and :meth:`SipStack.advance` consult :meth:`SbcCore.next_deadline` and
+:meth:`SbcCore.advance`).
 """
 
 from __future__ import annotations
