@@ -56,6 +56,12 @@ $(BENCH_SITE)/sippy: | $(STAMP)
 bench-parse: $(STAMP) $(BENCH_SITE)/sippy
 	PYTHONPATH=$(BENCH_SITE) SIPLOG_LVL=WARN $(BIN)/python benchmarks/bench_parse.py
 
+# SIPp load against the real daemon (SBC on CPU 0, SIPp on CPU 1), sippy's B2BUA
+# on the same scenario; needs sipp (apt-get install sip-tester). About 4 minutes.
+.PHONY: bench-calls
+bench-calls: $(STAMP) $(BENCH_SITE)/sippy
+	PYTHONPATH=$(BENCH_SITE) SIPLOG_LVL=WARN $(BIN)/python benchmarks/bench_calls.py $(BENCH_CALLS_ARGS)
+
 bench: bench-parse
 
 clean:
