@@ -14,6 +14,9 @@ and attaches it to its own service tree::
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
 from typing import Any
 
 import attrs
@@ -21,9 +24,16 @@ from twisted.application.service import MultiService
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from sbc.adjacencies import AdjacencyTable
-from sbc.config import SbcConfig, validate
+from sbc.adjacencies import TCP, TLS, UDP, AdjacencyTable, ListenerKey
+from sbc.config import (
+    SECURITY_CHANGE_MESSAGE,
+    SbcConfig,
+    render_config,
+    security_changes_while_attached,
+    validate,
+)
 from sbc.core import SbcCore
+from sbc.errors import ConfigError
 from sbc.routing import Router, available_policies
 from sbc.sip.stack import SipStack
 from sbc.transport.runtime import SipRuntime
@@ -55,9 +65,19 @@ class SbcService(MultiService):
 
     log = Logger()
 
-    def __init__(self, config: SbcConfig, reactor: Any, tls: TlsIdentity | None = None) -> None:
+    def __init__(
+        self,
+        config: SbcConfig,
+        reactor: Any,
+        tls: TlsIdentity | None = None,
+        *,
+        config_path: str | None = None,
+        cli_endpoint: str | None = None,
+    ) -> None:
         super().__init__()
         self.config = config
+        #: The file a commit saves to (None: commits are not saved).
+        self.config_path = config_path
         self.reactor = reactor
         self.tls = tls
         self.setName(f"sbc {config.service_name}")
@@ -76,6 +96,10 @@ class SbcService(MultiService):
             limits=config.limits,
             tls=tls,
         )
+        if cli_endpoint is not None:
+            from sbc.cli.server import CliService
+
+            CliService(self, cli_endpoint).setServiceParent(self)
 
     @classmethod
     def from_config(
@@ -83,11 +107,16 @@ class SbcService(MultiService):
         config: SbcConfig,
         reactor: Any = None,
         tls: TlsFiles | None = None,
+        *,
+        config_path: str | None = None,
+        cli_endpoint: str | None = None,
     ) -> SbcService:
         """Validate ``config``, load the TLS identity and build the service.
 
         Raises ``ConfigError`` (naming the file and line) when the
         configuration or a TLS file is refused; nothing is started then.
+        ``config_path`` is where a CLI commit saves the configuration;
+        ``cli_endpoint`` (a strports description) starts the management CLI.
         """
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -99,7 +128,7 @@ class SbcService(MultiService):
             routing_policies=tuple(available_policies()),
         )
         identity = load_tls_identity(tls) if tls is not None else None
-        return cls(config, reactor, identity)
+        return cls(config, reactor, identity, config_path=config_path, cli_endpoint=cli_endpoint)
 
     def startService(self) -> None:
         super().startService()
@@ -137,3 +166,98 @@ class SbcService(MultiService):
         self.log.info("sbc {name} stopping", name=self.config.service_name)
         super().stopService()
         return self.runtime.stop()
+
+    # -- commit (the management CLI) -------------------------------------------
+
+    def apply_config(self, candidate: SbcConfig) -> list[str]:
+        """Validate, apply and save ``candidate`` whole; return the ``%`` error lines.
+
+        Refused (nothing changes) when the candidate is invalid, changes the
+        security of an attached adjacency, needs a listener that cannot be
+        opened, or cannot be saved. Otherwise the listeners follow the new
+        attached set (:meth:`SipRuntime.apply`), routing switches to a new
+        :class:`Router` at once, and the file is replaced atomically (the
+        previous one kept as ``FILE.bak``). Returns an empty list then.
+        """
+        try:
+            validate(
+                candidate,
+                certificate_configured=self.tls is not None,
+                routing_policies=tuple(available_policies()),
+            )
+            router = Router.from_config(candidate)
+        except ConfigError as error:
+            return [f"% {error.message}"]
+        refused = security_changes_while_attached(self.config, candidate)
+        if refused:
+            return [SECURITY_CHANGE_MESSAGE.format(name=name) for name in refused]
+        table = AdjacencyTable(candidate.adjacencies)
+        if self.running:
+            for key in sorted(set(table.listeners) - set(self.runtime.listening)):
+                problem = _cannot_listen(key)
+                if problem is not None:
+                    return [f"% cannot listen on {key}: {problem}"]
+        if self.config_path is not None:
+            try:
+                save_config(self.config_path, candidate)
+            except OSError as error:
+                return [f"% cannot save {self.config_path}: {error.strerror or error}"]
+        self.config = candidate
+        self.router = router
+        applied = self.runtime.apply(table, candidate.limits)
+        applied.addErrback(
+            lambda failure: self.log.error(
+                "commit: cannot open a listener: {error}", error=failure.getErrorMessage()
+            )
+        )
+        self.log.info(
+            "sbc {name}: configuration committed ({count} adjacencies)",
+            name=candidate.service_name,
+            count=len(candidate.adjacencies),
+        )
+        return []
+
+
+def _cannot_listen(key: ListenerKey) -> str | None:
+    """Why ``key`` cannot be bound right now (a probe socket, closed at once), or None."""
+    family = socket.AF_INET6 if ":" in key.address else socket.AF_INET
+    kind = socket.SOCK_DGRAM if key.transport == UDP else socket.SOCK_STREAM
+    probe = socket.socket(family, kind)
+    try:
+        if key.transport in (TLS, TCP):
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((key.address, key.port))
+    except OSError as error:
+        return error.strerror or str(error)
+    finally:
+        probe.close()
+    return None
+
+
+def save_config(path: str, config: SbcConfig) -> None:
+    """Write ``config`` to ``path`` atomically: temp file, fsync, rename; old one kept as .bak."""
+    directory = os.path.dirname(os.path.abspath(path))
+    temporary = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    text = render_config(config)
+    try:
+        with open(temporary, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        if os.path.exists(path):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path + ".bak")
+            os.link(path, path + ".bak")
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

@@ -63,7 +63,13 @@ class Options(usage.Options):
 def build_service(options: Options, reactor: Any = None) -> SbcService:
     """Load, validate and build the service; raise ``ConfigError`` on a bad config."""
     config = load_config(options["config"])
-    return SbcService.from_config(config, reactor=reactor, tls=options.tls_files())
+    return SbcService.from_config(
+        config,
+        reactor=reactor,
+        tls=options.tls_files(),
+        config_path=options["config"],
+        cli_endpoint=options.cli_endpoint(),
+    )
 
 
 def makeService(options: Options) -> IService:

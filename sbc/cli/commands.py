@@ -1,0 +1,487 @@
+"""The management CLI language: one :class:`Session` per connection (pure).
+
+A session holds the IOS-XR style mode stack and the candidate configuration.
+:meth:`Session.execute` takes one command line and returns ``(text, ok)``:
+the text to print (lines joined by newlines, no trailing prompt) and whether
+the command succeeded. Errors are one line starting with ``%``.
+
+Everything the session reads or changes in the running SBC goes through a
+small :class:`SbcBackend` (plain data in, error lines out), so this module
+never touches a reactor or a socket; :mod:`sbc.cli.server` adapts a running
+:class:`~sbc.service.SbcService` to it.
+
+Modes and prompts (behaviour.md §9)::
+
+    sbc#                                  exec
+    sbc(config)#                          configure
+    sbc(config-sbc)#                      sbc NAME
+    sbc(config-sbc-sbe)#                  sbe
+    sbc(config-sbc-sbe-adj-sip)#          adjacency sip NAME
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+import attrs
+
+from sbc.config import (
+    ROOT,
+    ConfigBuilder,
+    Mode,
+    ModeKind,
+    SbcConfig,
+    commands_for,
+    render_config,
+)
+from sbc.config.model import AdjacencyConfig
+from sbc.counters import UNCLASSIFIED
+from sbc.errors import ConfigError
+
+__all__ = [
+    "EXEC_PROMPT",
+    "CallInfo",
+    "RegistrationInfo",
+    "SbcBackend",
+    "Session",
+    "format_table",
+]
+
+EXEC_PROMPT = "sbc#"
+"""The exec-mode prompt; config modes read ``sbc(config...)#``."""
+
+
+@attrs.frozen
+class CallInfo:
+    """One live call, as ``show ... calls`` prints it."""
+
+    id: int
+    method: str
+    state: str
+    inbound: str
+    outbound: str | None
+    secure: bool
+    age: float
+    from_uri: str = ""
+    to_uri: str = ""
+
+
+@attrs.frozen
+class RegistrationInfo:
+    """One registered contact, as ``show ... registrations`` prints it."""
+
+    aor: str
+    contact: str
+    adjacency: str
+    expires_in: int
+
+
+class SbcBackend(Protocol):
+    """What a session needs from the running SBC (plain data in and out)."""
+
+    def running_config(self) -> SbcConfig:
+        """The configuration in force."""
+        ...
+
+    def commit(self, candidate: SbcConfig) -> list[str]:
+        """Validate and apply ``candidate`` whole; the ``%`` error lines, empty on success."""
+        ...
+
+    def counters(self) -> Mapping[str, Mapping[str, int]]:
+        """Counters ``{adjacency: {name: value}}`` (see :mod:`sbc.counters`)."""
+        ...
+
+    def calls(self) -> Sequence[CallInfo]:
+        """The live calls."""
+        ...
+
+    def registrations(self) -> Sequence[RegistrationInfo]:
+        """The live registrar bindings."""
+        ...
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """Left-aligned columns separated by two spaces, with a dashed rule under the headers."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+
+    return [line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)]
+
+
+def _host_port(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def _counter_lines(values: Mapping[str, int], indent: str) -> list[str]:
+    if not values:
+        return [f"{indent}(none)"]
+    width = max(len(name) for name in values)
+    return [f"{indent}{name.ljust(width)}  {value}" for name, value in values.items()]
+
+
+def describe_adjacency(
+    adj: AdjacencyConfig,
+    counters: Mapping[str, int] | None = None,
+    active_calls: int | None = None,
+) -> list[str]:
+    """The ``show ... adjacencies`` block of one adjacency; ``counters`` for ``detail``."""
+    if adj.signaling_peer is not None:
+        peer = _host_port(adj.signaling_peer, adj.peer_port)
+    else:
+        peer = f"(Request-URI host), port {adj.peer_port}"
+    remotes = ", ".join(str(n) for n in adj.remote_addresses) or "any"
+    lines = [
+        f"Adjacency: {adj.name} (SIP)",
+        f"  Status: {'Attached' if adj.attached else 'Detached'}",
+        f"  Signaling address: {_host_port(str(adj.signaling_address), adj.port)}",
+        f"  Transport: {adj.transport_display}",
+        f"  Security: {adj.security_display}",
+        f"  Signaling peer: {peer}",
+        f"  Remote addresses: {remotes}",
+    ]
+    if active_calls is not None:
+        lines.append(f"  Active calls: {active_calls}")
+    if counters is not None:
+        lines.append("  Counters:")
+        lines.extend(_counter_lines(counters, "    "))
+    return lines
+
+
+_EXEC_HELP = (
+    ("configure", "Enter configuration mode (edits go to a candidate configuration)"),
+    ("show", "Show running configuration, adjacencies, calls, registrations, statistics"),
+    ("exit", "Close this CLI session"),
+)
+_SESSION_HELP = (
+    ("abort", "Drop the uncommitted changes and return to exec mode"),
+    ("commit", "Validate the candidate configuration, apply it and save it"),
+    ("do", "Run an exec command (do show ...)"),
+    ("show", "show configuration [diff], or any exec show command"),
+)
+_SHOW_HELP = (
+    ("show running-config", "The configuration in force"),
+    ("show configuration [diff]", "The uncommitted candidate (config mode), or its diff"),
+    (
+        "show services sbc NAME sbe adjacencies [ADJ] [detail]",
+        "Adjacencies: status, address, transport, security (detail: counters)",
+    ),
+    ("show services sbc NAME sbe calls", "Live calls"),
+    ("show services sbc NAME sbe registrations", "Registered contacts"),
+    ("show services sbc NAME sbe statistics", "Counters of every adjacency"),
+)
+
+
+class _CliError(Exception):
+    """A refused command; printed as is when it starts with ``%``, else as ``% text``."""
+
+
+class Session:
+    """One CLI conversation: mode stack, candidate configuration, prompt.
+
+    ``mode`` is None in exec mode; in config mode ``builder`` holds the
+    candidate. :attr:`closed` turns true after ``exit`` in exec mode.
+    """
+
+    def __init__(self, backend: SbcBackend) -> None:
+        self.backend = backend
+        self.mode: Mode | None = None
+        self.builder: ConfigBuilder | None = None
+        self.dirty = False
+        self.closed = False
+        self._line = 0
+
+    # -- state ----------------------------------------------------------------
+
+    @property
+    def prompt(self) -> str:
+        """``sbc#`` in exec mode, ``sbc(config-...)#`` in config modes."""
+        if self.mode is None:
+            return EXEC_PROMPT
+        return f"sbc({self.mode.prompt})#"
+
+    @property
+    def in_config(self) -> bool:
+        """True in any configuration mode."""
+        return self.mode is not None
+
+    # -- the one entry point --------------------------------------------------
+
+    def execute(self, line: str) -> tuple[str, bool]:
+        """Run one command line; return ``(text to print, ok)``."""
+        words = line.split()
+        if not words or words[0].startswith("!"):
+            return "", True
+        try:
+            if words[-1].endswith("?"):
+                return "\n".join(self._help(words)), True
+            lines = self._config(words) if self.in_config else self._exec(words)
+        except _CliError as error:
+            text = str(error)
+            return (text if text.startswith("%") else f"% {text}"), False
+        return "\n".join(lines), True
+
+    # -- exec mode ------------------------------------------------------------
+
+    def _exec(self, words: list[str]) -> list[str]:
+        keyword = words[0]
+        if keyword == "configure":
+            if words[1:] not in ([], ["terminal"]):
+                raise _CliError("too many words: usage: configure")
+            self._enter_config()
+            return []
+        if keyword == "show":
+            return self._show(words[1:])
+        if keyword in ("exit", "quit", "logout"):
+            self.closed = True
+            return []
+        if keyword == "end":
+            return []
+        if keyword in ("commit", "abort"):
+            raise _CliError(f"'{keyword}' is only valid in configuration mode (type configure)")
+        raise _CliError(f"unknown command '{keyword}' in exec mode (type ? for the list)")
+
+    def _enter_config(self) -> None:
+        self.builder = ConfigBuilder.from_config(self.backend.running_config(), path="<cli>")
+        self.mode = ROOT
+        self.dirty = False
+
+    def _leave_config(self) -> list[str]:
+        lines = ["Uncommitted changes discarded."] if self.dirty else []
+        self.mode = None
+        self.builder = None
+        self.dirty = False
+        return lines
+
+    # -- config modes ---------------------------------------------------------
+
+    def _config(self, words: list[str]) -> list[str]:
+        assert self.mode is not None and self.builder is not None
+        keyword = words[0]
+        if keyword == "commit":
+            if len(words) > 1:
+                raise _CliError("too many words: usage: commit")
+            return self._commit()
+        if keyword == "abort":
+            if len(words) > 1:
+                raise _CliError("too many words: usage: abort")
+            self.dirty = False
+            self._leave_config()
+            return []
+        if keyword == "do":
+            if len(words) == 1:
+                raise _CliError("incomplete command: usage: do COMMAND")
+            if words[1] in ("configure", "exit", "quit", "logout"):
+                raise _CliError(f"'do {words[1]}' is not allowed in configuration mode")
+            return self._exec(words[1:])
+        if keyword == "show":
+            return self._show(words[1:])
+        if keyword == "end" and len(words) == 1:
+            return self._leave_config()
+        if keyword == "exit" and len(words) == 1 and self.mode.is_root:
+            return self._leave_config()
+        self._line += 1
+        try:
+            new_mode = self.builder.apply(self.mode, words, self._line)
+        except ConfigError as error:
+            raise _CliError(error.message) from None
+        if keyword not in ("exit", "end"):
+            self.dirty = True
+        self.mode = new_mode
+        return []
+
+    def _candidate(self) -> SbcConfig:
+        assert self.builder is not None
+        try:
+            return self.builder.freeze()
+        except ConfigError as error:
+            raise _CliError(error.message) from None
+
+    def _commit(self) -> list[str]:
+        assert self.builder is not None
+        candidate = self._candidate()
+        if candidate == self.backend.running_config():
+            self.dirty = False
+            return ["No configuration changes to commit."]
+        errors = self.backend.commit(candidate)
+        if errors:
+            raise _CliError("\n".join(e if e.startswith("%") else f"% {e}" for e in errors))
+        self.builder = ConfigBuilder.from_config(self.backend.running_config(), path="<cli>")
+        self.dirty = False
+        return []
+
+    # -- show -----------------------------------------------------------------
+
+    def _show(self, args: list[str]) -> list[str]:
+        if not args:
+            raise _CliError("incomplete command: usage: show running-config | show services ...")
+        what = args[0]
+        if what == "running-config":
+            if len(args) > 1:
+                raise _CliError("too many words: usage: show running-config")
+            return render_config(self.backend.running_config()).rstrip("\n").split("\n")
+        if what == "configuration":
+            return self._show_configuration(args[1:])
+        if what == "services":
+            return self._show_services(args[1:])
+        raise _CliError(f"unknown show command '{what}' (type show ? for the list)")
+
+    def _show_configuration(self, args: list[str]) -> list[str]:
+        if not self.in_config:
+            raise _CliError("'show configuration' is only valid in configuration mode")
+        if args not in ([], ["diff"]):
+            raise _CliError("bad command: usage: show configuration [diff]")
+        candidate = render_config(self._candidate()).rstrip("\n").split("\n")
+        if not args:
+            return candidate
+        running = render_config(self.backend.running_config()).rstrip("\n").split("\n")
+        diff = [line for line in difflib.ndiff(running, candidate) if line.startswith(("+ ", "- "))]
+        return diff or ["! no uncommitted changes"]
+
+    def _show_services(self, args: list[str]) -> list[str]:
+        usage = "usage: show services sbc NAME sbe adjacencies|calls|registrations|statistics"
+        if len(args) < 3 or args[0] != "sbc":
+            raise _CliError(f"incomplete command: {usage}")
+        running = self.backend.running_config()
+        if args[1] == "sbe" and args[2] != "sbe":
+            rest = args[2:]  # the seed's example leaves the service name out
+        else:
+            name = args[1]
+            if name != running.service_name:
+                raise _CliError(
+                    f"no sbc service '{name}' (the service is '{running.service_name}')"
+                )
+            if len(args) < 4 or args[2] != "sbe":
+                raise _CliError(f"incomplete command: {usage}")
+            rest = args[3:]
+        what, options = rest[0], rest[1:]
+        if what == "adjacencies":
+            return self._show_adjacencies(running, options)
+        if options:
+            raise _CliError(f"too many words: {usage}")
+        if what == "calls":
+            return self._show_calls()
+        if what == "registrations":
+            return self._show_registrations()
+        if what == "statistics":
+            return self._show_statistics(running)
+        raise _CliError(f"unknown show services item '{what}': {usage}")
+
+    def _show_adjacencies(self, running: SbcConfig, options: list[str]) -> list[str]:
+        detail = bool(options) and options[-1] == "detail"
+        names = options[:-1] if detail else options
+        if len(names) > 1:
+            raise _CliError("too many words: usage: ... sbe adjacencies [ADJ] [detail]")
+        adjacencies = list(running.adjacencies)
+        if names:
+            found = running.get_adjacency(names[0])
+            if found is None:
+                raise _CliError(f"no adjacency '{names[0]}'")
+            adjacencies = [found]
+        if not adjacencies:
+            return ["No adjacencies configured."]
+        counters = self.backend.counters() if detail else {}
+        active: dict[str, int] = {}
+        for call in self.backend.calls():
+            for name in {call.inbound, call.outbound}:
+                if name is not None:
+                    active[name] = active.get(name, 0) + 1
+        out: list[str] = []
+        for adj in adjacencies:
+            if out:
+                out.append("")
+            out.extend(
+                describe_adjacency(
+                    adj,
+                    dict(counters.get(adj.name, {})) if detail else None,
+                    active.get(adj.name, 0),
+                )
+            )
+        return out
+
+    def _show_calls(self) -> list[str]:
+        calls = sorted(self.backend.calls(), key=lambda c: c.id)
+        if not calls:
+            return ["No active calls."]
+        rows = [
+            [
+                str(c.id),
+                c.method,
+                c.state,
+                c.inbound,
+                c.outbound or "-",
+                "yes" if c.secure else "no",
+                f"{int(c.age)}s",
+                c.from_uri,
+                c.to_uri,
+            ]
+            for c in calls
+        ]
+        headers = ["ID", "Method", "State", "Inbound", "Outbound", "Secure", "Age", "From", "To"]
+        return [*format_table(headers, rows), f"{len(calls)} call(s)"]
+
+    def _show_registrations(self) -> list[str]:
+        bindings = sorted(self.backend.registrations(), key=lambda r: (r.aor, r.contact))
+        if not bindings:
+            return ["No registrations."]
+        rows = [[r.aor, r.contact, r.adjacency, f"{r.expires_in}s"] for r in bindings]
+        return [
+            *format_table(["AOR", "Contact", "Adjacency", "Expires"], rows),
+            f"{len(bindings)} binding(s)",
+        ]
+
+    def _show_statistics(self, running: SbcConfig) -> list[str]:
+        counters = self.backend.counters()
+        names = [adj.name for adj in running.adjacencies]
+        names += sorted(n for n in counters if n not in names and n != UNCLASSIFIED)
+        if UNCLASSIFIED in counters:
+            names.append(UNCLASSIFIED)
+        out: list[str] = []
+        for name in names:
+            if out:
+                out.append("")
+            out.append(f"Adjacency: {name}")
+            out.extend(_counter_lines(dict(counters.get(name, {})), "  "))
+        return out or ["No statistics."]
+
+    # -- help -----------------------------------------------------------------
+
+    def _help(self, words: list[str]) -> list[str]:
+        last = words[-1][:-1]
+        prefix = [*words[:-1], last] if last else words[:-1]
+        if self.mode is None:
+            entries = list(_EXEC_HELP)
+        else:
+            entries = [
+                (h.syntax, h.description)
+                for h in commands_for(self.mode)
+                if h.keyword not in ("exit", "end")
+            ]
+            entries += [*_SESSION_HELP, ("exit", "Leave this mode"), ("end", "Return to exec mode")]
+            if any(h.no_syntax for h in commands_for(self.mode)):
+                entries.append(("no COMMAND", "Undo a setting or remove a block"))
+        if prefix and prefix[0] in ("show", "do"):
+            entries = list(_SHOW_HELP)
+            if prefix[0] == "do":
+                prefix = prefix[1:]
+        elif prefix and prefix[0] == "no" and self.mode is not None:
+            entries = [(h.no_syntax, h.description) for h in commands_for(self.mode) if h.no_syntax]
+        if prefix and prefix[0] not in ("no",):
+            typed = " ".join(prefix)
+            matching = [
+                e for e in entries if e[0].startswith(typed) or typed.startswith(e[0].split()[0])
+            ]
+            entries = matching or entries
+        entries.sort(key=lambda e: e[0])
+        width = max(len(e[0]) for e in entries)
+        return [f"  {syntax.ljust(width)}  {text}" for syntax, text in entries]
+
+
+def mode_kind(session: Session) -> ModeKind | None:
+    """The kind of the session's innermost config mode (None in exec mode)."""
+    return None if session.mode is None else session.mode.kind

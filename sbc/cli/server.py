@@ -1,0 +1,265 @@
+"""The management endpoint: a line protocol on a strports endpoint.
+
+Each connection gets its own :class:`~sbc.cli.commands.Session`. The server
+sends the prompt (``sbc# ``, no newline) when the connection opens and after
+the output of every command; a client knows a reply is complete when the
+data ends with a prompt. ``exit`` in exec mode closes the connection.
+
+The default endpoint is a UNIX socket (``unix:PATH:mode=600``). A UNIX
+endpoint is refused when PATH exists and is not a stale socket (a socket
+nobody listens on, which is removed); the daemon then stops with a critical
+log line instead of running without its management interface.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import stat
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.protocols.basic import LineReceiver
+
+from sbc.b2bua.call import CallState
+from sbc.cli.commands import CallInfo, RegistrationInfo, SbcBackend, Session
+from sbc.config import SbcConfig
+
+if TYPE_CHECKING:
+    from sbc.service import SbcService
+
+__all__ = [
+    "CliFactory",
+    "CliProtocol",
+    "CliService",
+    "ServiceBackend",
+    "check_unix_path",
+    "unix_path",
+]
+
+
+class ServiceBackend:
+    """:class:`~sbc.cli.commands.SbcBackend` over a running :class:`SbcService`."""
+
+    def __init__(self, service: SbcService) -> None:
+        self.service = service
+
+    def running_config(self) -> SbcConfig:
+        return self.service.config
+
+    def commit(self, candidate: SbcConfig) -> list[str]:
+        return self.service.apply_config(candidate)
+
+    def counters(self) -> Mapping[str, Mapping[str, int]]:
+        merged: dict[str, dict[str, int]] = {}
+        sources = [self.service.runtime.counters, self.service.core.calls.counters]
+        for source in {id(s): s for s in sources}.values():
+            for adjacency, values in source.snapshot().items():
+                into = merged.setdefault(adjacency, {})
+                for name, value in values.items():
+                    into[name] = into.get(name, 0) + value
+        return {a: dict(sorted(v.items())) for a, v in sorted(merged.items())}
+
+    def calls(self) -> Sequence[CallInfo]:
+        now = self.service.reactor.seconds()
+        out = []
+        for call in list(self.service.core.calls.calls.values()):
+            if call.state is CallState.ENDED:
+                continue
+            out.append(
+                CallInfo(
+                    id=call.id,
+                    method=call.method,
+                    state=call.state.value,
+                    inbound=call.a.adjacency,
+                    outbound=call.b.adjacency if call.b is not None else None,
+                    secure=call.secure,
+                    age=max(0.0, now - call.started_at),
+                    from_uri=str(call.request.from_.uri),
+                    to_uri=str(call.request.uri),
+                )
+            )
+        return out
+
+    def registrations(self) -> Sequence[RegistrationInfo]:
+        now = self.service.reactor.seconds()
+        location: Any = self.service.core.registrar.location
+        try:
+            bindings = list(location)
+        except TypeError:  # a location service that cannot be listed
+            return []
+        return [
+            RegistrationInfo(b.aor, str(b.contact), b.adjacency, b.remaining(now))
+            for b in bindings
+            if b.remaining(now) > 0
+        ]
+
+
+class CliProtocol(LineReceiver):
+    """One management connection: lines in, output and a prompt out."""
+
+    delimiter = b"\n"
+    MAX_LENGTH = 8192
+
+    def __init__(self, backend: SbcBackend) -> None:
+        self.session = Session(backend)
+
+    def connectionMade(self) -> None:
+        self._prompt()
+
+    def _write(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def _close(self) -> None:
+        assert self.transport is not None
+        self.transport.loseConnection()
+
+    def _prompt(self) -> None:
+        self._write(self.session.prompt.encode() + b" ")
+
+    def lineReceived(self, line: bytes) -> None:
+        text, _ = self.session.execute(line.rstrip(b"\r").decode("utf-8", errors="replace"))
+        if text:
+            self._write(text.encode() + b"\n")
+        if self.session.closed:
+            self._close()
+            return
+        self._prompt()
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self._write(b"% command line too long\n")
+        self._close()
+
+
+class CliFactory(Factory):
+    """Builds a :class:`CliProtocol` (with a fresh session) per connection."""
+
+    def __init__(self, backend: SbcBackend) -> None:
+        self.backend = backend
+
+    def buildProtocol(self, addr: Any) -> CliProtocol:
+        protocol = CliProtocol(self.backend)
+        protocol.factory = self
+        return protocol
+
+
+def unix_path(description: str) -> str | None:
+    """The socket path of a ``unix:`` strports description, else None."""
+    if not description.startswith("unix:"):
+        return None
+    fields: list[str] = []
+    current = ""
+    escaped = False
+    for char in description[len("unix:") :]:
+        if escaped:
+            current += char
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == ":":
+            fields.append(current)
+            current = ""
+        else:
+            current += char
+    fields.append(current)
+    for field in fields:
+        if field.startswith("address="):
+            return field[len("address=") :]
+    positional = [f for f in fields if "=" not in f]
+    return positional[0] if positional else None
+
+
+def check_unix_path(path: str) -> str | None:
+    """Make ``path`` free for a new socket; return why it cannot be, or None.
+
+    A stale socket (nobody accepts on it) is removed; a live socket or any
+    other file is left alone and refused.
+    """
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        return f"cannot inspect {path}: {error.strerror}"
+    if not stat.S_ISSOCK(mode):
+        return f"{path} exists and is not a socket"
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except OSError as error:
+        if error.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+            return f"cannot check {path}: {error.strerror or error}"
+    else:
+        return f"{path} is in use (another sbc is running?)"
+    finally:
+        probe.close()
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as error:
+        return f"cannot remove the stale socket {path}: {error.strerror}"
+    return None
+
+
+class CliService(Service):
+    """Serves the management CLI of ``sbc`` on the strports ``description``.
+
+    A ``unix:`` description without ``mode=`` gets ``mode=600``. When the
+    endpoint cannot be opened the failure is logged as critical and the
+    reactor is stopped: the SBC does not run without its CLI.
+    """
+
+    log = Logger()
+
+    def __init__(self, sbc: SbcService, description: str) -> None:
+        if description.startswith("unix:") and ":mode=" not in description:
+            description += ":mode=600"
+        self.sbc = sbc
+        self.description = description
+        self.factory = CliFactory(ServiceBackend(sbc))
+        self.port: IListeningPort | None = None
+        self.setName("cli")
+
+    def startService(self) -> None:
+        super().startService()
+        reactor = self.sbc.reactor
+        path = unix_path(self.description)
+        problem = check_unix_path(path) if path is not None else None
+        if problem is not None:
+            self._refuse(problem)
+            return
+        d = serverFromString(reactor, self.description).listen(self.factory)
+        d.addCallbacks(self._listening, lambda f: self._refuse(f.getErrorMessage()))
+
+    def _listening(self, port: IListeningPort) -> None:
+        self.port = port
+        self.log.info("management CLI listening on {endpoint}", endpoint=self.description)
+
+    def _refuse(self, why: str) -> None:
+        self.log.critical(
+            "cannot open the management CLI endpoint {endpoint}: {why}",
+            endpoint=self.description,
+            why=why,
+        )
+        reactor = self.sbc.reactor
+        reactor.callWhenRunning(reactor.stop)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        port, self.port = self.port, None
+        if port is None:
+            return succeed(None)
+        result = port.stopListening()
+        if isinstance(result, Deferred):
+            return result.addCallback(lambda _: None)
+        return succeed(None)

@@ -1,0 +1,341 @@
+"""sbc.cli.commands: modes, prompts, candidate/commit/abort and show output (pure)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from sbc.cli.commands import CallInfo, RegistrationInfo, Session
+from sbc.config import (
+    SECURITY_CHANGE_MESSAGE,
+    SbcConfig,
+    parse_config,
+    security_changes_while_attached,
+    validate,
+)
+from sbc.errors import ConfigError
+
+RUNNING = """\
+sbc mysbc
+ sbe
+  adjacency sip core
+   signaling-address ipv4 127.0.0.1
+   signaling-port 5061
+   security trusted-encrypted
+   attach
+  adjacency sip test
+   signaling-address ipv4 10.1.0.2
+   signaling-port 5070
+"""
+
+
+class FakeBackend:
+    """Commits with the real checks; shows canned data."""
+
+    def __init__(self, text: str = RUNNING) -> None:
+        self.config = parse_config(text)
+        self.commits: list[SbcConfig] = []
+        self.counter_values: dict[str, dict[str, int]] = {}
+        self.call_list: list[CallInfo] = []
+        self.bindings: list[RegistrationInfo] = []
+
+    def running_config(self) -> SbcConfig:
+        return self.config
+
+    def commit(self, candidate: SbcConfig) -> list[str]:
+        try:
+            validate(candidate, certificate_configured=True)
+        except ConfigError as error:
+            return [f"% {error.message}"]
+        names = security_changes_while_attached(self.config, candidate)
+        if names:
+            return [SECURITY_CHANGE_MESSAGE.format(name=n) for n in names]
+        self.config = candidate
+        self.commits.append(candidate)
+        return []
+
+    def counters(self) -> Mapping[str, Mapping[str, int]]:
+        return self.counter_values
+
+    def calls(self) -> Sequence[CallInfo]:
+        return self.call_list
+
+    def registrations(self) -> Sequence[RegistrationInfo]:
+        return self.bindings
+
+
+def run(session: Session, *lines: str) -> list[tuple[str, str, bool]]:
+    """(prompt before, output, ok) of each line."""
+    out = []
+    for line in lines:
+        prompt = session.prompt
+        text, ok = session.execute(line)
+        out.append((prompt, text, ok))
+    return out
+
+
+class SeedStepsTests(SynchronousTestCase):
+    """The seed's 'Configuring Encrypted SIP Signaling' steps 1-8, verbatim."""
+
+    def test_steps_1_to_8(self) -> None:
+        backend = FakeBackend()
+        session = Session(backend)
+        steps = run(
+            session,
+            "configure",
+            "sbc mysbc",
+            "sbe",
+            "adjacency sip test",
+            "security trusted-encrypted",
+            "commit",
+            "exit",
+        )
+        prompts = [p for p, _, _ in steps]
+        self.assertEqual(
+            prompts,
+            [
+                "sbc#",
+                "sbc(config)#",
+                "sbc(config-sbc)#",
+                "sbc(config-sbc-sbe)#",
+                "sbc(config-sbc-sbe-adj-sip)#",
+                "sbc(config-sbc-sbe-adj-sip)#",
+                "sbc(config-sbc-sbe-adj-sip)#",
+            ],
+        )
+        self.assertTrue(all(ok for _, _, ok in steps), steps)
+        self.assertEqual(session.prompt, "sbc(config-sbc-sbe)#")
+        self.assertEqual(len(backend.commits), 1)
+        self.assertEqual(
+            str(backend.config.adjacency("test").security_inbound), "trusted-encrypted"
+        )
+        for _ in range(3):
+            session.execute("exit")
+        self.assertEqual(session.prompt, "sbc#")
+        text, ok = session.execute("show services sbc mysbc sbe adjacencies")
+        self.assertTrue(ok)
+        self.assertIn(
+            "Adjacency: core (SIP)\n"
+            "  Status: Attached\n"
+            "  Signaling address: 127.0.0.1:5061\n"
+            "  Transport: TLS\n"
+            "  Security: Trusted-Encrypted\n",
+            text,
+        )
+        self.assertIn(
+            "Adjacency: test (SIP)\n"
+            "  Status: Detached\n"
+            "  Signaling address: 10.1.0.2:5070\n"
+            "  Transport: TLS\n"
+            "  Security: Trusted-Encrypted\n",
+            text,
+        )
+
+    def test_show_without_service_name_as_in_the_seed_example(self) -> None:
+        text, ok = Session(FakeBackend()).execute("show services sbc sbe adjacencies")
+        self.assertTrue(ok)
+        self.assertIn("Signaling address: 10.1.0.2:5070", text)
+
+    def test_show_works_from_config_mode_and_with_do(self) -> None:
+        session = Session(FakeBackend())
+        run(session, "configure", "sbc mysbc", "sbe")
+        for line in ("show services sbc mysbc sbe adjacencies", "do show running-config"):
+            _, ok = session.execute(line)
+            self.assertTrue(ok, line)
+
+
+class ModeTests(SynchronousTestCase):
+    def test_routing_submodes_and_end(self) -> None:
+        session = Session(FakeBackend())
+        steps = run(
+            session,
+            "configure",
+            "sbc mysbc",
+            "sbe",
+            "call-policy-set 1",
+            "rtg-src-adjacency-table main",
+            "entry 1",
+            "end",
+        )
+        self.assertEqual(
+            [p for p, _, _ in steps][3:],
+            [
+                "sbc(config-sbc-sbe)#",
+                "sbc(config-sbc-sbe-rtgpolicy)#",
+                "sbc(config-sbc-sbe-rtgpolicy-rtgtable)#",
+                "sbc(config-sbc-sbe-rtgpolicy-rtgtable-entry)#",
+            ],
+        )
+        self.assertEqual(session.prompt, "sbc#")
+        self.assertEqual(steps[-1][1], "Uncommitted changes discarded.")
+
+    def test_exit_walks_up_and_closes_in_exec(self) -> None:
+        session = Session(FakeBackend())
+        run(session, "configure", "sbc mysbc", "sbe", "adjacency sip core")
+        prompts = []
+        for _ in range(4):
+            session.execute("exit")
+            prompts.append(session.prompt)
+        self.assertEqual(
+            prompts, ["sbc(config-sbc-sbe)#", "sbc(config-sbc)#", "sbc(config)#", "sbc#"]
+        )
+        self.assertFalse(session.closed)
+        session.execute("exit")
+        self.assertTrue(session.closed)
+
+    def test_unknown_command_is_one_percent_line(self) -> None:
+        session = Session(FakeBackend())
+        text, ok = session.execute("frobnicate")
+        self.assertFalse(ok)
+        self.assertTrue(text.startswith("% "))
+        self.assertNotIn("\n", text)
+        run(session, "configure", "sbc mysbc", "sbe", "adjacency sip core")
+        text, ok = session.execute("signaling-port 99999")
+        self.assertFalse(ok)
+        self.assertEqual(text, "% bad port '99999': expected a number from 1 to 65535")
+
+    def test_question_mark_lists_mode_commands(self) -> None:
+        session = Session(FakeBackend())
+        text, _ = session.execute("?")
+        self.assertIn("configure", text)
+        self.assertIn("show", text)
+        run(session, "configure", "sbc mysbc", "sbe", "adjacency sip core")
+        text, ok = session.execute("?")
+        self.assertTrue(ok)
+        for word in ("security", "signaling-address", "attach", "commit", "abort", "exit", "end"):
+            self.assertIn(word, text)
+        self.assertNotIn("call-policy-set", text)
+        text, _ = session.execute("security ?")
+        self.assertIn("security [inbound|outbound]", text)
+        self.assertNotIn("attach", text)
+        text, _ = session.execute("show ?")
+        self.assertIn("show services sbc NAME sbe adjacencies [ADJ] [detail]", text)
+
+
+class CommitTests(SynchronousTestCase):
+    def test_security_change_on_attached_adjacency_refused(self) -> None:
+        backend = FakeBackend()
+        session = Session(backend)
+        run(session, "configure", "sbc mysbc", "sbe", "adjacency sip core", "security untrusted")
+        text, ok = session.execute("commit")
+        self.assertFalse(ok)
+        self.assertEqual(
+            text, "% Security policy cannot be changed while adjacency core is attached"
+        )
+        self.assertEqual(backend.commits, [])
+        self.assertEqual(session.prompt, "sbc(config-sbc-sbe-adj-sip)#")
+
+    def test_failed_commit_says_why_in_one_line(self) -> None:
+        backend = FakeBackend()
+        session = Session(backend)
+        run(session, "configure", "sbc mysbc", "sbe", "adjacency sip new", "attach")
+        text, ok = session.execute("commit")
+        self.assertFalse(ok)
+        self.assertEqual(text, "% adjacency 'new' has no signaling-address")
+        run(session, "exit", "active-call-policy-set 7")
+        session.execute("no adjacency sip new")
+        text, ok = session.execute("commit")
+        self.assertFalse(ok)
+        self.assertEqual(text, "% active-call-policy-set 7: no call-policy-set 7 is configured")
+        self.assertEqual(backend.commits, [])
+
+    def test_abort_drops_candidate(self) -> None:
+        backend = FakeBackend()
+        session = Session(backend)
+        run(session, "configure", "sbc mysbc", "sbe", "local-domain example.com")
+        text, _ = session.execute("show configuration diff")
+        self.assertEqual(text, "+   local-domain example.com")
+        _, ok = session.execute("abort")
+        self.assertTrue(ok)
+        self.assertEqual(session.prompt, "sbc#")
+        self.assertEqual(backend.config.local_domains, ())
+        run(session, "configure")
+        text, _ = session.execute("show configuration diff")
+        self.assertEqual(text, "! no uncommitted changes")
+
+    def test_commit_applies_and_show_running_config(self) -> None:
+        backend = FakeBackend()
+        session = Session(backend)
+        run(session, "configure", "sbc mysbc", "sbe", "adjacency sip test", "attach")
+        text, ok = session.execute("show configuration")
+        self.assertTrue(ok)
+        self.assertIn(" attach", text.split("adjacency sip test")[1])
+        self.assertEqual(session.execute("commit"), ("", True))
+        self.assertTrue(backend.config.adjacency("test").attached)
+        self.assertEqual(session.execute("commit"), ("No configuration changes to commit.", True))
+        session.execute("end")
+        text, _ = session.execute("show running-config")
+        self.assertTrue(text.startswith("sbc mysbc\n sbe\n  adjacency sip core"))
+
+    def test_commit_outside_config_mode(self) -> None:
+        text, ok = Session(FakeBackend()).execute("commit")
+        self.assertFalse(ok)
+        self.assertTrue(text.startswith("% "))
+
+
+class ShowTests(SynchronousTestCase):
+    def test_mixed_security_line_and_detail_counters(self) -> None:
+        backend = FakeBackend(
+            "sbc s\n sbe\n  adjacency sip a\n   signaling-address ipv4 127.0.0.1\n"
+            "   security inbound trusted-unencrypted\n   security outbound untrusted\n"
+        )
+        backend.counter_values = {"a": {"handshakes": 3, "drops:no-adjacency": 12}}
+        text, ok = Session(backend).execute("show services sbc s sbe adjacencies a detail")
+        self.assertTrue(ok)
+        self.assertIn("  Security: inbound Trusted-Unencrypted, outbound Untrusted\n", text)
+        self.assertIn("  Counters:\n    handshakes          3\n    drops:no-adjacency  12", text)
+
+    def test_wrong_service_and_unknown_adjacency(self) -> None:
+        session = Session(FakeBackend())
+        text, ok = session.execute("show services sbc other sbe adjacencies")
+        self.assertEqual((text, ok), ("% no sbc service 'other' (the service is 'mysbc')", False))
+        text, ok = session.execute("show services sbc mysbc sbe adjacencies nope")
+        self.assertEqual((text, ok), ("% no adjacency 'nope'", False))
+
+    def test_calls_registrations_statistics(self) -> None:
+        backend = FakeBackend()
+        session = Session(backend)
+        self.assertEqual(
+            session.execute("show services sbc mysbc sbe calls"), ("No active calls.", True)
+        )
+        backend.call_list = [CallInfo(1, "INVITE", "confirmed", "test", "core", True, 12.5)]
+        text, _ = session.execute("show services sbc mysbc sbe calls")
+        lines = text.split("\n")
+        self.assertEqual(
+            lines[0].split(),
+            ["ID", "Method", "State", "Inbound", "Outbound", "Secure", "Age", "From", "To"],
+        )
+        self.assertEqual(
+            lines[2].split(), ["1", "INVITE", "confirmed", "test", "core", "yes", "12s"]
+        )
+        self.assertEqual(lines[-1], "1 call(s)")
+        backend.bindings = [
+            RegistrationInfo("alice@lab.test", "sip:alice@10.0.0.1:5060", "test", 3600)
+        ]
+        text, _ = session.execute("show services sbc mysbc sbe registrations")
+        self.assertEqual(
+            text.split("\n")[2].split(),
+            ["alice@lab.test", "sip:alice@10.0.0.1:5060", "test", "3600s"],
+        )
+        backend.counter_values = {
+            "core": {"handshakes": 2},
+            "(unclassified)": {"drops:no-adjacency": 1},
+        }
+        text, _ = session.execute("show services sbc mysbc sbe statistics")
+        self.assertEqual(
+            text,
+            "Adjacency: core\n  handshakes  2\n\nAdjacency: test\n  (none)\n\n"
+            "Adjacency: (unclassified)\n  drops:no-adjacency  1",
+        )
+
+
+class LayeringTests(SynchronousTestCase):
+    def test_commands_import_no_reactor_or_io(self) -> None:
+        from tests.test_layering import FORBIDDEN_FOR_POLICY, imported_by
+
+        loaded = imported_by("sbc.cli", "sbc.cli.commands")
+        bad = [
+            m for m in loaded if any(m == f or m.startswith(f + ".") for f in FORBIDDEN_FOR_POLICY)
+        ]
+        self.assertEqual(bad, [])

@@ -1,0 +1,142 @@
+"""sbc.cli.server: the line protocol, the service backend, commit and the socket path checks."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from sbc.cli.server import CliFactory, CliService, ServiceBackend, check_unix_path, unix_path
+from sbc.config import load_config, parse_config
+from sbc.service import SbcService
+from tests.cli.test_commands import RUNNING, FakeBackend
+from tests.transport.fakes import Reactor
+
+
+def connect(factory: CliFactory) -> tuple[object, StringTransport]:
+    protocol = factory.buildProtocol(None)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    return protocol, transport
+
+
+class ProtocolTests(SynchronousTestCase):
+    def test_prompt_output_prompt(self) -> None:
+        protocol, transport = connect(CliFactory(FakeBackend()))
+        self.assertEqual(transport.value(), b"sbc# ")
+        transport.clear()
+        protocol.dataReceived(b"configure\r\nsbc mysbc\n")  # type: ignore[attr-defined]
+        self.assertEqual(transport.value(), b"sbc(config)# sbc(config-sbc)# ")
+        transport.clear()
+        protocol.dataReceived(b"bogus\n")  # type: ignore[attr-defined]
+        self.assertTrue(transport.value().startswith(b"% "))
+        self.assertTrue(transport.value().endswith(b"\nsbc(config-sbc)# "))
+
+    def test_each_connection_has_its_own_session(self) -> None:
+        factory = CliFactory(FakeBackend())
+        first, t1 = connect(factory)
+        _, t2 = connect(factory)
+        first.dataReceived(b"configure\n")  # type: ignore[attr-defined]
+        self.assertTrue(t1.value().endswith(b"sbc(config)# "))
+        self.assertEqual(t2.value(), b"sbc# ")
+
+    def test_exit_in_exec_closes(self) -> None:
+        protocol, transport = connect(CliFactory(FakeBackend()))
+        protocol.dataReceived(b"exit\n")  # type: ignore[attr-defined]
+        self.assertTrue(transport.disconnecting)
+
+
+class ServiceCommitTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.path = os.path.abspath(self.mktemp())
+        with open(self.path, "w") as f:
+            f.write(RUNNING.replace("   security trusted-encrypted\n", ""))
+        self.reactor = Reactor()
+        self.service = SbcService.from_config(
+            load_config(self.path), reactor=self.reactor, config_path=self.path
+        )
+        self.backend = ServiceBackend(self.service)
+
+    def test_commit_saves_atomically_and_keeps_bak(self) -> None:
+        with open(self.path) as f:
+            before = f.read()
+        candidate = parse_config(
+            RUNNING.replace(
+                "   signaling-port 5070\n", "   signaling-port 5070\n   attach\n"
+            ).replace("   security trusted-encrypted\n", "")
+        )
+        old_router = self.service.router
+        self.assertEqual(self.backend.commit(candidate), [])
+        self.assertIs(self.service.config, candidate)
+        self.assertIsNot(self.service.router, old_router)
+        with open(self.path + ".bak") as f:
+            self.assertEqual(f.read(), before)
+        self.assertEqual(load_config(self.path), candidate)
+        self.assertEqual([a.name for a in self.service.runtime.table.attached], ["core", "test"])
+
+    def test_security_change_refused_and_nothing_changes(self) -> None:
+        before = self.service.config
+        candidate = parse_config(
+            RUNNING.replace("security trusted-encrypted", "security trusted-unencrypted")
+        )
+        self.assertEqual(
+            self.backend.commit(candidate),
+            ["% Security policy cannot be changed while adjacency core is attached"],
+        )
+        self.assertIs(self.service.config, before)
+        self.assertFalse(os.path.exists(self.path + ".bak"))
+
+    def test_tls_without_certificate_refused(self) -> None:
+        candidate = parse_config(
+            RUNNING.replace(
+                "   signaling-port 5070\n",
+                "   signaling-port 5070\n   security trusted-encrypted\n",
+            ).replace("   security trusted-encrypted\n   attach", "   attach", 1)
+        )
+        errors = self.backend.commit(candidate)
+        self.assertEqual(len(errors), 1)
+        self.assertIn("no certificate is configured", errors[0])
+
+    def test_counters_calls_registrations_empty(self) -> None:
+        self.service.runtime.counters.increment("core", "handshakes")
+        self.assertEqual(self.backend.counters(), {"core": {"handshakes": 1}})
+        self.assertEqual(list(self.backend.calls()), [])
+        self.assertEqual(list(self.backend.registrations()), [])
+
+
+class UnixPathTests(SynchronousTestCase):
+    def test_unix_path(self) -> None:
+        self.assertEqual(unix_path("unix:/run/sbc.cli:mode=600"), "/run/sbc.cli")
+        self.assertEqual(unix_path("unix:address=/a\\:b:mode=600"), "/a:b")
+        self.assertIsNone(unix_path("tcp:9999"))
+
+    def test_default_mode_600(self) -> None:
+        service = SbcService.from_config(parse_config("sbc s\n sbe\n"), reactor=Reactor())
+        self.assertEqual(
+            CliService(service, "unix:/x/sbc.cli").description, "unix:/x/sbc.cli:mode=600"
+        )
+
+    def test_regular_file_refused_stale_socket_removed(self) -> None:
+        directory = tempfile.mkdtemp(prefix="sbc-cli-test-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        path = os.path.join(directory, "sbc.cli")
+        self.assertIsNone(check_unix_path(path))
+        with open(path, "w") as f:
+            f.write("not a socket")
+        self.assertEqual(check_unix_path(path), f"{path} exists and is not a socket")
+        os.unlink(path)
+        stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        stale.bind(path)
+        stale.close()
+        self.assertIsNone(check_unix_path(path))
+        self.assertFalse(os.path.exists(path))
+        live = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        live.bind(path)
+        live.listen(1)
+        self.addCleanup(live.close)
+        self.assertIn("is in use", check_unix_path(path) or "")
+        self.assertTrue(os.path.exists(path))

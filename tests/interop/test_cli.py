@@ -1,0 +1,143 @@
+"""The management CLI against a real ``twistd -n sbc``, through the real ``sbc-cli``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import sys
+import tempfile
+from typing import Any
+
+from twisted.internet import defer
+from twisted.trial.unittest import TestCase
+
+from tests.interop.harness import (
+    HOST,
+    TWISTD,
+    AdjacencySpec,
+    get_reactor,
+    make_pki,
+    new_call_id,
+    open_udp,
+    sip_request,
+    start_sbc,
+    wait_listening,
+    within,
+)
+from tests.support.peers import ProcessResult, RunningProcess, free_port, run
+
+SBC_CLI = os.path.join(os.path.dirname(sys.executable), "sbc-cli")
+
+
+def cli_socket(child: RunningProcess) -> str:
+    """The UNIX socket path the harness passed with --cli."""
+    endpoint = child.args[child.args.index("--cli") + 1]
+    return endpoint[len("unix:") :].split(":")[0]
+
+
+class CliInteropTests(TestCase):
+    timeout = 90
+
+    def sbc_cli(self, path: str, *commands: str) -> defer.Deferred[ProcessResult]:
+        args = [SBC_CLI, "--socket", path]
+        for command in commands:
+            args += ["-c", command]
+        return within(run(get_reactor(), args, timeout=30.0), 40.0, "sbc-cli")
+
+    @defer.inlineCallbacks
+    def options(self, port: int) -> Any:
+        client = open_udp(self, port)
+        call_id = new_call_id()
+        request = sip_request(
+            uri=f"sip:{HOST}:{port}", via_transport="UDP", local_port=client.local_port,
+            call_id=call_id,
+        )  # fmt: skip
+        response = yield client.transact(request, call_id)
+        return response
+
+    @defer.inlineCallbacks
+    def test_configure_commit_show_refuse_abort_restart(self) -> Any:
+        pki = make_pki(self.mktemp())
+        sbc = yield start_sbc(
+            self, pki, (AdjacencySpec("access", "untrusted", "udp-tcp"),), service="mysbc"
+        )
+        path = cli_socket(sbc.child)
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        new_port = free_port()
+
+        # The seed's steps 1-8 (with the settings a new adjacency needs).
+        result = yield self.sbc_cli(
+            path,
+            "configure",
+            "sbc mysbc",
+            "sbe",
+            "adjacency sip test",
+            f"signaling-address ipv4 {HOST}",
+            f"signaling-port {new_port}",
+            "security trusted-unencrypted",
+            "attach",
+            "commit",
+            "exit",
+            "end",
+            "show services sbc mysbc sbe adjacencies",
+        )
+        self.assertEqual(result.exit_code, 0, result.text())
+        self.assertIn(
+            "Adjacency: test (SIP)\n"
+            "  Status: Attached\n"
+            f"  Signaling address: {HOST}:{new_port}\n"
+            "  Transport: UDP+TCP\n"
+            "  Security: Trusted-Unencrypted\n",
+            result.stdout.decode(),
+        )
+        response = yield self.options(new_port)
+        self.assertEqual(response.status, 200)
+
+        # A security change of an attached adjacency is refused whole.
+        result = yield self.sbc_cli(
+            path, "configure", "sbc mysbc", "sbe", "adjacency sip test", "security untrusted",
+            "commit",
+        )  # fmt: skip
+        self.assertEqual(result.exit_code, 1)
+        self.assertEqual(
+            result.stdout.decode().strip(),
+            "% Security policy cannot be changed while adjacency test is attached",
+        )
+
+        # abort drops the candidate.
+        result = yield self.sbc_cli(
+            path, "configure", "sbc mysbc", "sbe", "local-domain aborted.test", "abort",
+            "show running-config",
+        )  # fmt: skip
+        self.assertEqual(result.exit_code, 0, result.text())
+        self.assertNotIn("aborted.test", result.stdout.decode())
+        self.assertIn("security trusted-unencrypted", result.stdout.decode())
+
+        # The committed config was saved; a restarted daemon comes back with it.
+        with open(sbc.config_path) as f:
+            saved = f.read()
+        self.assertIn(f"signaling-port {new_port}", saved)
+        self.assertTrue(os.path.exists(sbc.config_path + ".bak"))
+        ended = sbc.child.output_contains(b"Server Shut Down.")
+        sbc.child.process.signalProcess("TERM")
+        yield within(ended, 15.0, "the SBC to stop")
+        cli_dir = tempfile.mkdtemp(prefix="sbc-interop-")
+        self.addCleanup(shutil.rmtree, cli_dir, True)
+        socket_path = os.path.join(cli_dir, "sbc.cli")
+        args = [
+            TWISTD, "--pidfile=", "-n", "sbc", "--config", sbc.config_path,
+            "--cli", f"unix:{socket_path}:mode=600",
+            "--certificate", pki.cert("sbc"), "--private-key", pki.key("sbc"),
+            "--ca-certificates", pki.cert("ca"),
+        ]  # fmt: skip
+        again = RunningProcess(get_reactor(), args, cwd=os.path.dirname(sbc.config_path))
+        self.addCleanup(lambda: again.stop())
+        yield within(again.output_contains(b"started with 2 adjacencies"), 30.0, "restart")
+        sbc.adjacencies["test"] = AdjacencySpec("test", "trusted-unencrypted", port=new_port)
+        yield wait_listening(sbc)
+        response = yield self.options(new_port)
+        self.assertEqual(response.status, 200)
+        result = yield self.sbc_cli(socket_path, "show services sbc mysbc sbe adjacencies test")
+        self.assertEqual(result.exit_code, 0, result.text())
+        self.assertIn("Status: Attached", result.stdout.decode())
