@@ -5,6 +5,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.sbc-installed
 PKI := examples/lab-pki
 CONFIG ?= examples/lab.conf
+# `make run` works on a copy, so commits from sbc-cli never rewrite the example.
+RUN_DIR := run
+RUN_CONFIG := $(RUN_DIR)/sbc.conf
 TRIAL_ARGS ?= tests
 
 .PHONY: run test lint typecheck trial bench-parse bench check-config clean
@@ -21,9 +24,14 @@ $(STAMP): $(BIN)/python setup.cfg pyproject.toml
 $(PKI)/ca.pem: | $(STAMP)
 	$(BIN)/sbc-lab-pki $(PKI)
 
-run: $(STAMP) $(PKI)/ca.pem
+$(RUN_CONFIG):
+	mkdir -p $(RUN_DIR)
+	cp $(CONFIG) $(RUN_CONFIG)
+
+run: $(STAMP) $(PKI)/ca.pem $(RUN_CONFIG)
 	@echo "sbc: lab PKI in $(PKI) is for testing only"
-	$(BIN)/twistd --pidfile= -n sbc --config $(CONFIG) \
+	@echo "sbc: running $(RUN_CONFIG) (a copy of $(CONFIG)); CLI: $(BIN)/sbc-cli --socket $(RUN_DIR)/sbc.cli"
+	$(BIN)/twistd --pidfile= -n sbc --config $(RUN_CONFIG) \
 		--certificate $(PKI)/sbc.pem --private-key $(PKI)/sbc.key \
 		--ca-certificates $(PKI)/ca.pem
 
