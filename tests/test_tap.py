@@ -231,3 +231,17 @@ class TwistdProcessTests(TestCase):
         self.assertIsInstance(ended, error.ProcessTerminated)
         self.assertEqual(ended.exitCode, 1)
         self.assertIn(f"{path}:3:".encode(), collector.output)
+
+
+class GarbageCollectorTests(SynchronousTestCase):
+    def test_tuning_freezes_startup_heap_and_raises_threshold(self) -> None:
+        import gc
+
+        from sbc.service import GC_THRESHOLDS, tune_garbage_collector
+
+        before = gc.get_threshold()
+        self.addCleanup(gc.set_threshold, *before)
+        self.addCleanup(gc.unfreeze)
+        tune_garbage_collector()
+        self.assertEqual(gc.get_threshold(), GC_THRESHOLDS)
+        self.assertGreater(gc.get_freeze_count(), 0)
