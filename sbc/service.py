@@ -195,6 +195,8 @@ class SbcService(MultiService):
         attached set (:meth:`SipRuntime.apply`), routing switches to a new
         :class:`Router` at once, and the file is replaced atomically (the
         previous one kept as ``FILE.bak``). Returns an empty list then.
+        Calls using an adjacency the commit detaches (or removes) are
+        released first (:meth:`CallManager.release_adjacency`).
         """
         try:
             validate(
@@ -219,8 +221,17 @@ class SbcService(MultiService):
                 save_config(self.config_path, candidate)
             except OSError as error:
                 return [f"% cannot save {self.config_path}: {error.strerror or error}"]
+        still_attached = {a.name for a in candidate.adjacencies if a.attached}
+        detached = [
+            a.name for a in self.config.adjacencies if a.attached and a.name not in still_attached
+        ]
         self.config = candidate
         self.router = router
+        # ``no attach`` releases the calls using the adjacency; their BYEs,
+        # responses and CANCELs leave before its listeners close.
+        now = self.reactor.seconds()
+        for name in detached:
+            self.runtime.process(self.core.calls.release_adjacency(name, now))
         applied = self.runtime.apply(table, candidate.limits)
         applied.addErrback(
             lambda failure: self.log.error(

@@ -38,6 +38,7 @@ Choices made here (documented in behaviour terms):
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import secrets
 from collections import deque
@@ -832,9 +833,39 @@ class Call:
         """Bring the call down: final response or CANCEL where set-up is pending, BYE elsewhere."""
         if self.state is CallState.ENDED:
             return []
+        self.manager.count(self.a.adjacency, "calls-released")
+        return self._bring_down(SipError(480, "Temporarily Unavailable"), now)
+
+    def release(self, adjacency: str, now: float) -> list[StackOutput]:
+        """``adjacency`` (one of this call's) is being detached: release the call.
+
+        Like :meth:`terminate` (BYE on both legs once answered, else a final
+        response to the caller and CANCEL on a proceeding B-leg), with
+        ``503 Service Unavailable - adjacency NAME detached`` as the final
+        response, also to an in-dialog request (re-INVITE...) still being
+        relayed. 503 rather than 487: the SBC, not the caller, ends the
+        set-up, and an upstream proxy may try elsewhere. Counted as
+        ``calls-released:detach`` on ``adjacency``. Messages on the leg of the
+        detached adjacency are sent best effort (its listener is closing).
+        """
+        if self.state is CallState.ENDED:
+            return []
+        self.manager.count(adjacency, "calls-released:detach")
+        error = SipError(503, f"Service Unavailable - adjacency {adjacency} detached")
+        stack = self.manager.stack
+        outputs: list[StackOutput] = []
+        for relay in list(self.relays):
+            if relay.answered:
+                continue
+            relay.answered = True
+            with contextlib.suppress(IllegalTransitionError):  # its transaction is over
+                outputs += stack.reject(relay.server, error, relay.source.flow, now)
+        return outputs + self._bring_down(error, now)
+
+    def _bring_down(self, error: SipError, now: float) -> list[StackOutput]:
         outputs: list[StackOutput] = []
         if not self.answered:
-            outputs += self._reject_a(SipError(480, "Temporarily Unavailable"), now)
+            outputs += self._reject_a(error, now)
         elif self.a.confirmed:
             outputs += self._bye(self.a, now)
         b = self.b
@@ -842,11 +873,9 @@ class Call:
             outputs += self._bye(b, now)
         elif self.b_transaction is not None:
             self.cancel_pending = True
-            if self.b_provisional:
+            if self.b_provisional and self.dialog:
                 outputs += self._cancel_b(now)
-            self.manager.count(self.a.adjacency, "calls-released")
             return outputs + self.end(now, keep_b=True)
-        self.manager.count(self.a.adjacency, "calls-released")
         return outputs + self.end(now)
 
     def end(self, now: float, keep_relays: bool = False, keep_b: bool = False) -> list[StackOutput]:

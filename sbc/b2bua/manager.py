@@ -219,6 +219,20 @@ class CallManager:
             return []
         return handler.on_failure(reason, now)
 
+    def release_adjacency(self, name: str, now: float) -> list[StackOutput]:
+        """Release every live call with a leg on adjacency ``name`` (``no attach``).
+
+        Answered calls get a BYE on both legs; calls being set up get a 503
+        to the caller and a CANCEL on a B-leg that is proceeding (see
+        :meth:`Call.release`). Each call is counted as
+        ``calls-released:detach`` on ``name``.
+        """
+        outputs: list[StackOutput] = []
+        for call in list(self.calls.values()):
+            if call.state is not CallState.ENDED and name in call.adjacencies:
+                outputs += call.release(name, now)
+        return outputs
+
     # -- tables -------------------------------------------------------------------
 
     def bind_client(self, transaction: ClientTransaction, handler: Handler) -> None:
