@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import signal
 import socket
 from typing import Any
 
@@ -34,11 +35,11 @@ from sbc.config import (
     validate,
 )
 from sbc.core import SbcCore
-from sbc.errors import ConfigError
+from sbc.errors import ConfigError, SbcError
 from sbc.routing import Router, available_policies
 from sbc.sip.stack import SipStack
 from sbc.transport.runtime import SipRuntime
-from sbc.transport.tls import TlsIdentity, load_tls_identity
+from sbc.transport.tls import TlsConfigError, TlsFilePaths, TlsIdentity, load_tls_identity
 
 
 @attrs.frozen
@@ -75,15 +76,21 @@ class SbcService(MultiService):
         config_path: str | None = None,
         cli_endpoint: str | None = None,
         tune_gc: bool = False,
+        reload_on_sighup: bool = False,
     ) -> None:
         super().__init__()
         self.config = config
         #: Tune the garbage collector once listening (a daemon owns its process).
         self.tune_gc = tune_gc
+        #: Install a SIGHUP handler that reloads the TLS identity (a daemon owns its signals).
+        self.reload_on_sighup = reload_on_sighup
+        self._previous_sighup: Any = None
         #: The file a commit saves to (None: commits are not saved).
         self.config_path = config_path
         self.reactor = reactor
         self.tls = tls
+        #: The PEM files ``crypto reload`` / SIGHUP read again (None: no TLS).
+        self.tls_files: TlsFilePaths | None = tls.files if tls is not None else None
         self.setName(f"sbc {config.service_name}")
         self.router = Router.from_config(config)
         self.core = SbcCore(
@@ -115,6 +122,7 @@ class SbcService(MultiService):
         config_path: str | None = None,
         cli_endpoint: str | None = None,
         tune_gc: bool = False,
+        reload_on_sighup: bool = False,
     ) -> SbcService:
         """Validate ``config``, load the TLS identity and build the service.
 
@@ -124,7 +132,10 @@ class SbcService(MultiService):
         ``cli_endpoint`` (a strports description) starts the management CLI.
         ``tune_gc`` tunes the process's garbage collector once listening
         (:func:`tune_garbage_collector`): for a process that is the SBC, as
-        under ``twistd sbc``; leave it off when embedding.
+        under ``twistd sbc``; leave it off when embedding. ``reload_on_sighup``
+        installs a SIGHUP handler that reloads the TLS identity
+        (:meth:`reload_tls`) while the service runs; also for ``twistd sbc``
+        only, since an embedding application owns its signals.
         """
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -143,10 +154,13 @@ class SbcService(MultiService):
             config_path=config_path,
             cli_endpoint=cli_endpoint,
             tune_gc=tune_gc,
+            reload_on_sighup=reload_on_sighup,
         )
 
     def startService(self) -> None:
         super().startService()
+        if self.reload_on_sighup:
+            self._install_sighup()
         for adjacency in self.config.adjacencies:
             self.log.info(
                 "adjacency {name}: {state}, {address}:{port} {transport}, security {security}",
@@ -181,8 +195,53 @@ class SbcService(MultiService):
 
     def stopService(self) -> Any:
         self.log.info("sbc {name} stopping", name=self.config.service_name)
+        self._restore_sighup()
         super().stopService()
         return self.runtime.stop()
+
+    # -- TLS identity reload (``crypto reload``, SIGHUP) -------------------------
+
+    def reload_tls(self) -> list[str]:
+        """Read the TLS files again and use them for new handshakes; the ``%`` error lines.
+
+        All or nothing: when a file is missing or bad, or the key does not
+        match the certificate, nothing changes and the one ``%`` line says
+        why. Established connections keep the identity they were made with.
+        Returns an empty list on success (:attr:`tls` is then the new identity).
+        """
+        if self.tls_files is None:
+            return ["% no TLS identity is configured"]
+        try:
+            identity = load_tls_identity(self.tls_files)
+        except TlsConfigError as error:
+            self.log.error("TLS identity not reloaded: {error}", error=str(error))
+            return [f"% TLS identity not reloaded: {error}"]
+        self.tls = identity
+        self.runtime.set_tls_identity(identity)
+        self.log.info("TLS identity reloaded: {identity}", identity=describe_tls_identity(identity))
+        return []
+
+    def _install_sighup(self) -> None:
+        try:
+            self._previous_sighup = signal.signal(signal.SIGHUP, self._sighup)
+        except (ValueError, OSError, AttributeError) as error:  # not the main thread
+            self.log.warn("SIGHUP reload not available: {error}", error=str(error))
+
+    def _restore_sighup(self) -> None:
+        previous, self._previous_sighup = self._previous_sighup, None
+        if previous is not None:
+            with contextlib.suppress(ValueError, OSError):
+                signal.signal(signal.SIGHUP, previous)
+
+    def _sighup(self, signum: int, frame: Any) -> None:
+        # A signal handler may run between any two bytecodes: hand over to the reactor.
+        self.reactor.callFromThread(self._reload_on_signal)
+
+    def _reload_on_signal(self) -> None:
+        self.log.info("SIGHUP: reloading the TLS identity")
+        errors = self.reload_tls()
+        if errors == ["% no TLS identity is configured"]:
+            self.log.info("SIGHUP: no TLS identity is configured, nothing to reload")
 
     # -- commit (the management CLI) -------------------------------------------
 
@@ -244,6 +303,16 @@ class SbcService(MultiService):
             count=len(candidate.adjacencies),
         )
         return []
+
+
+def describe_tls_identity(identity: TlsIdentity) -> str:
+    """One line for logs and the CLI: the certificate's subject and its names."""
+    subject = identity.certificate.subject.rfc4514_string() or "(empty subject)"
+    try:
+        names = identity.identities.describe()
+    except SbcError as error:  # names service_identity cannot parse
+        names = str(error)
+    return f"{subject} ({names})"
 
 
 def _cannot_listen(key: ListenerKey) -> str | None:

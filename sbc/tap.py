@@ -60,7 +60,9 @@ class Options(usage.Options):
         return "unix:" + os.path.join(directory, "sbc.cli") + ":mode=600"
 
 
-def build_service(options: Options, reactor: Any = None, tune_gc: bool = False) -> SbcService:
+def build_service(
+    options: Options, reactor: Any = None, tune_gc: bool = False, reload_on_sighup: bool = False
+) -> SbcService:
     """Load, validate and build the service; raise ``ConfigError`` on a bad config."""
     config = load_config(options["config"])
     return SbcService.from_config(
@@ -70,13 +72,15 @@ def build_service(options: Options, reactor: Any = None, tune_gc: bool = False) 
         config_path=options["config"],
         cli_endpoint=options.cli_endpoint(),
         tune_gc=tune_gc,
+        reload_on_sighup=reload_on_sighup,
     )
 
 
 def makeService(options: Options) -> IService:
     """Called by twistd: build the service or exit non-zero with ``file:line: problem``."""
     try:
-        service = build_service(options, tune_gc=True)  # the process is the SBC
+        # The process is the SBC: it owns the garbage collector and SIGHUP.
+        service = build_service(options, tune_gc=True, reload_on_sighup=True)
     except ConfigError as error:
         sys.stderr.write(f"sbc: {error}\n")
         raise SystemExit(1) from None

@@ -130,6 +130,16 @@ class BuildServiceTests(SynchronousTestCase):
         self.assertEqual(caught.exception.code, 0)
         self.assertIn("configuration OK", stdout.getvalue())
 
+    def test_only_the_daemon_reloads_on_sighup(self) -> None:
+        """makeService (twistd) asks for the SIGHUP reload; build_service alone does not."""
+        args = options("--config", LAB_CONF, *self.tls_args)
+        embedded = tap.build_service(args, Reactor())
+        self.assertFalse(embedded.reload_on_sighup)
+        daemon = tap.makeService(args)
+        assert isinstance(daemon, SbcService)
+        self.assertTrue(daemon.reload_on_sighup)
+        self.assertTrue(daemon.tune_gc)
+
 
 class PluginTests(SynchronousTestCase):
     def test_twistd_help_lists_sbc_and_its_options(self) -> None:

@@ -101,6 +101,10 @@ class SbcBackend(Protocol):
         """The live registrar bindings."""
         ...
 
+    def reload_tls(self) -> list[str]:
+        """Reload the TLS files: ``TLS identity reloaded: ...`` or the ``%`` error lines."""
+        ...
+
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     """Left-aligned columns separated by two spaces, with a dashed rule under the headers."""
@@ -155,6 +159,7 @@ def describe_adjacency(
 
 _EXEC_HELP = (
     ("configure", "Enter configuration mode (edits go to a candidate configuration)"),
+    ("crypto reload", "Reload the TLS certificate, key and CA files (new handshakes use them)"),
     ("show", "Show running configuration, adjacencies, calls, registrations, statistics"),
     ("exit", "Close this CLI session"),
 )
@@ -237,6 +242,10 @@ class Session:
             return []
         if keyword == "show":
             return self._show(words[1:])
+        if keyword == "crypto":
+            if words[1:] != ["reload"]:
+                raise _CliError("bad command: usage: crypto reload")
+            return self._crypto_reload()
         if keyword in ("exit", "quit", "logout"):
             self.closed = True
             return []
@@ -245,6 +254,12 @@ class Session:
         if keyword in ("commit", "abort"):
             raise _CliError(f"'{keyword}' is only valid in configuration mode (type configure)")
         raise _CliError(f"unknown command '{keyword}' in exec mode (type ? for the list)")
+
+    def _crypto_reload(self) -> list[str]:
+        lines = self.backend.reload_tls()
+        if any(line.startswith("%") for line in lines):
+            raise _CliError("\n".join(lines))
+        return lines
 
     def _enter_config(self) -> None:
         self.builder = ConfigBuilder.from_config(self.backend.running_config(), path="<cli>")

@@ -31,6 +31,7 @@ from twisted.protocols.basic import LineReceiver
 from sbc.b2bua.call import CallState
 from sbc.cli.commands import CallInfo, RegistrationInfo, SbcBackend, Session
 from sbc.config import SbcConfig
+from sbc.service import describe_tls_identity
 
 if TYPE_CHECKING:
     from sbc.service import SbcService
@@ -56,6 +57,12 @@ class ServiceBackend:
 
     def commit(self, candidate: SbcConfig) -> list[str]:
         return self.service.apply_config(candidate)
+
+    def reload_tls(self) -> list[str]:
+        errors = self.service.reload_tls()
+        if errors or self.service.tls is None:
+            return errors or ["% no TLS identity is configured"]
+        return [f"TLS identity reloaded: {describe_tls_identity(self.service.tls)}"]
 
     def counters(self) -> Mapping[str, Mapping[str, int]]:
         merged: dict[str, dict[str, int]] = {}

@@ -39,6 +39,8 @@ class FakeBackend:
         self.counter_values: dict[str, dict[str, int]] = {}
         self.call_list: list[CallInfo] = []
         self.bindings: list[RegistrationInfo] = []
+        self.reload_result = ["TLS identity reloaded: CN=sbc.lab.test (sip:sbc.lab.test)"]
+        self.reloads = 0
 
     def running_config(self) -> SbcConfig:
         return self.config
@@ -63,6 +65,10 @@ class FakeBackend:
 
     def registrations(self) -> Sequence[RegistrationInfo]:
         return self.bindings
+
+    def reload_tls(self) -> list[str]:
+        self.reloads += 1
+        return self.reload_result
 
 
 def run(session: Session, *lines: str) -> list[tuple[str, str, bool]]:
@@ -328,6 +334,39 @@ class ShowTests(SynchronousTestCase):
             "Adjacency: core\n  handshakes  2\n\nAdjacency: test\n  (none)\n\n"
             "Adjacency: (unclassified)\n  drops:no-adjacency  1",
         )
+
+
+class CryptoReloadTests(SynchronousTestCase):
+    def test_success_prints_the_new_identity(self) -> None:
+        backend = FakeBackend()
+        text, ok = Session(backend).execute("crypto reload")
+        self.assertTrue(ok)
+        self.assertEqual(text, "TLS identity reloaded: CN=sbc.lab.test (sip:sbc.lab.test)")
+        self.assertEqual(backend.reloads, 1)
+
+    def test_failure_is_the_percent_line(self) -> None:
+        backend = FakeBackend()
+        backend.reload_result = ["% TLS identity not reloaded: k.pem: not a PEM private key"]
+        text, ok = Session(backend).execute("crypto reload")
+        self.assertFalse(ok)
+        self.assertEqual(text, "% TLS identity not reloaded: k.pem: not a PEM private key")
+
+    def test_bad_syntax_does_not_reload(self) -> None:
+        backend = FakeBackend()
+        for line in ("crypto", "crypto reload now", "crypto restart"):
+            text, ok = Session(backend).execute(line)
+            self.assertFalse(ok)
+            self.assertEqual(text, "% bad command: usage: crypto reload")
+        self.assertEqual(backend.reloads, 0)
+
+    def test_listed_by_question_mark_and_usable_with_do(self) -> None:
+        session = Session(FakeBackend())
+        self.assertIn("crypto reload", session.execute("?")[0])
+        self.assertIn("crypto reload", session.execute("crypto ?")[0])
+        run(session, "configure")
+        text, ok = session.execute("do crypto reload")
+        self.assertTrue(ok)
+        self.assertTrue(text.startswith("TLS identity reloaded: "))
 
 
 class LayeringTests(SynchronousTestCase):

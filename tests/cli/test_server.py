@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import tempfile
+from typing import Any
 
 from twisted.internet.testing import StringTransport
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from sbc.cli.server import CliFactory, CliService, ServiceBackend, check_unix_path, unix_path
 from sbc.config import load_config, parse_config
-from sbc.service import SbcService
+from sbc.labpki import Identity, issue, make_ca
+from sbc.service import SbcService, TlsFiles
 from tests.cli.test_commands import RUNNING, FakeBackend
 from tests.transport.fakes import Reactor
 
@@ -140,3 +144,126 @@ class UnixPathTests(SynchronousTestCase):
         self.addCleanup(live.close)
         self.assertIn("is in use", check_unix_path(path) or "")
         self.assertTrue(os.path.exists(path))
+
+
+class ThreadedReactor(Reactor):
+    """The fake reactor plus ``callFromThread`` (queued; run with :meth:`run_queued`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.queued: list[tuple[Any, tuple[Any, ...]]] = []
+
+    def callFromThread(self, f: Any, *args: Any) -> None:
+        self.queued.append((f, args))
+
+    def run_queued(self) -> None:
+        queued, self.queued = self.queued, []
+        for f, args in queued:
+            f(*args)
+
+
+class CryptoReloadTests(SynchronousTestCase):
+    """``crypto reload`` / SIGHUP on a service built from a per-test lab PKI."""
+
+    def setUp(self) -> None:
+        self.directory = os.path.abspath(self.mktemp())
+        os.makedirs(self.directory)
+        self.ca = make_ca()
+        self.cert, self.key = issue(self.ca, "sbc.lab.test", sip_uris=["sip:sbc.lab.test"]).write(
+            self.directory, "sbc"
+        )
+        ca_path, _ = self.ca.write(self.directory, "ca")
+        self.reactor = ThreadedReactor()
+        self.files = TlsFiles(self.cert, self.key, ca_path)
+        self.service = SbcService.from_config(
+            parse_config(RUNNING), reactor=self.reactor, tls=self.files
+        )
+        self.backend = ServiceBackend(self.service)
+        self.before = self.service.runtime.tls
+        assert self.before is not None
+
+    def replace_leaf(self, common_name: str) -> Identity:
+        leaf = issue(self.ca, common_name, sip_uris=[f"sip:{common_name}"])
+        leaf.write(self.directory, "sbc")
+        return leaf
+
+    def test_good_reload_swaps_the_identity_for_new_handshakes(self) -> None:
+        leaf = self.replace_leaf("new.lab.test")
+        with capturedLogs() as events:
+            lines = self.backend.reload_tls()
+        self.assertEqual(lines, ["TLS identity reloaded: CN=new.lab.test (sip:new.lab.test)"])
+        identity = self.service.runtime.tls
+        assert identity is not None
+        self.assertIsNot(identity, self.before)
+        self.assertIs(self.service.tls, identity)
+        self.assertEqual(identity.certificate, leaf.certificate)
+        self.assertEqual(
+            [formatEvent(e) for e in events if "reloaded" in e.get("log_format", "")],
+            ["TLS identity reloaded: CN=new.lab.test (sip:new.lab.test)"],
+        )
+
+    def test_key_that_does_not_match_changes_nothing(self) -> None:
+        other = issue(self.ca, "other.lab.test")
+        with open(self.key, "wb") as f:
+            f.write(other.key_pem)
+        errors = self.service.reload_tls()
+        self.assertEqual(
+            errors,
+            [
+                f"% TLS identity not reloaded: {self.key}: private key does not match "
+                f"the certificate {self.cert}"
+            ],
+        )
+        self.assertIs(self.service.runtime.tls, self.before)
+        self.assertIs(self.service.tls, self.before)
+        self.assertEqual(self.backend.reload_tls(), errors)
+
+    def test_missing_file_changes_nothing(self) -> None:
+        os.unlink(self.cert)
+        errors = self.service.reload_tls()
+        self.assertEqual(len(errors), 1)
+        self.assertTrue(
+            errors[0].startswith(f"% TLS identity not reloaded: {self.cert}: cannot read"),
+            errors[0],
+        )
+        self.assertIs(self.service.runtime.tls, self.before)
+
+    def test_without_tls(self) -> None:
+        service = SbcService.from_config(
+            parse_config(RUNNING.replace("   security trusted-encrypted\n", "")),
+            reactor=Reactor(),
+        )
+        self.assertEqual(service.reload_tls(), ["% no TLS identity is configured"])
+        self.assertEqual(ServiceBackend(service).reload_tls(), ["% no TLS identity is configured"])
+
+    def test_sighup_handler_only_when_asked(self) -> None:
+        before = signal.getsignal(signal.SIGHUP)
+        self.service.startService()
+        self.addCleanup(self.service.stopService)
+        self.assertEqual(signal.getsignal(signal.SIGHUP), before)
+
+    def test_sighup_reloads_through_the_reactor(self) -> None:
+        before = signal.getsignal(signal.SIGHUP)
+        self.addCleanup(signal.signal, signal.SIGHUP, before)
+        service = SbcService.from_config(
+            parse_config(RUNNING), reactor=self.reactor, tls=self.files, reload_on_sighup=True
+        )
+        service.startService()
+        handler = signal.getsignal(signal.SIGHUP)
+        self.assertNotEqual(handler, before)
+        assert callable(handler)
+        leaf = self.replace_leaf("hup.lab.test")
+        handler(signal.SIGHUP, None)
+        self.assertIsNot(service.runtime.tls, None)
+        self.assertNotEqual(service.runtime.tls.certificate, leaf.certificate)  # type: ignore[union-attr]
+        with capturedLogs() as events:
+            self.reactor.run_queued()
+        identity = service.runtime.tls
+        assert identity is not None
+        self.assertEqual(identity.certificate, leaf.certificate)
+        self.assertIn(
+            "TLS identity reloaded: CN=hup.lab.test (sip:hup.lab.test)",
+            [formatEvent(e) for e in events],
+        )
+        service.stopService()
+        self.assertEqual(signal.getsignal(signal.SIGHUP), before)
