@@ -27,9 +27,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from sbc.adjacencies import TCP, TLS, UDP, AdjacencyTable, ListenerKey
+from sbc.commits import CommitHistory, CommitRecord, history_directory, summarize_changes
 from sbc.config import (
     SECURITY_CHANGE_MESSAGE,
     SbcConfig,
+    parse_config,
     render_config,
     security_changes_while_attached,
     validate,
@@ -56,6 +58,21 @@ class TlsFiles:
     ca_certificates: str | None = None
 
 
+@attrs.frozen
+class SshSettings:
+    """The management CLI over SSH (:mod:`sbc.cli.ssh`).
+
+    ``endpoint`` is a strports description (``tcp:2222:interface=127.0.0.1``);
+    ``authorized_keys`` names an OpenSSH ``authorized_keys`` file: the public
+    keys allowed to log in (public-key authentication only). ``host_key`` is
+    the server's private key file, generated (mode 0600) when it is missing.
+    """
+
+    endpoint: str
+    authorized_keys: str
+    host_key: str
+
+
 class SbcService(MultiService):
     """One SBC: every adjacency of one ``sbc NAME`` configuration.
 
@@ -75,6 +92,8 @@ class SbcService(MultiService):
         *,
         config_path: str | None = None,
         cli_endpoint: str | None = None,
+        ssh: SshSettings | None = None,
+        metrics_endpoint: str | None = None,
         tune_gc: bool = False,
         reload_on_sighup: bool = False,
     ) -> None:
@@ -85,8 +104,15 @@ class SbcService(MultiService):
         #: Install a SIGHUP handler that reloads the TLS identity (a daemon owns its signals).
         self.reload_on_sighup = reload_on_sighup
         self._previous_sighup: Any = None
+        #: Why the service gave up at start-up (a listener or endpoint it could not open).
+        self.fatal_error: str | None = None
         #: The file a commit saves to (None: commits are not saved).
         self.config_path = config_path
+        #: Every commit: ``show configuration commit list``, ``rollback configuration``.
+        self.commits = CommitHistory(
+            history_directory(config_path) if config_path is not None else None,
+            keep=config.limits.commit_history,
+        )
         self.reactor = reactor
         self.tls = tls
         #: The PEM files ``crypto reload`` / SIGHUP read again (None: no TLS).
@@ -111,6 +137,14 @@ class SbcService(MultiService):
             from sbc.cli.server import CliService
 
             CliService(self, cli_endpoint).setServiceParent(self)
+        if ssh is not None:
+            from sbc.cli.ssh import SshCliService
+
+            SshCliService(self, ssh).setServiceParent(self)
+        if metrics_endpoint is not None:
+            from sbc.metrics import MetricsService
+
+            MetricsService(self, metrics_endpoint).setServiceParent(self)
 
     @classmethod
     def from_config(
@@ -121,6 +155,8 @@ class SbcService(MultiService):
         *,
         config_path: str | None = None,
         cli_endpoint: str | None = None,
+        ssh: SshSettings | None = None,
+        metrics_endpoint: str | None = None,
         tune_gc: bool = False,
         reload_on_sighup: bool = False,
     ) -> SbcService:
@@ -129,7 +165,9 @@ class SbcService(MultiService):
         Raises ``ConfigError`` (naming the file and line) when the
         configuration or a TLS file is refused; nothing is started then.
         ``config_path`` is where a CLI commit saves the configuration;
-        ``cli_endpoint`` (a strports description) starts the management CLI.
+        ``cli_endpoint`` (a strports description) starts the management CLI,
+        ``ssh`` serves the same CLI over SSH, ``metrics_endpoint`` (strports)
+        serves Prometheus metrics over HTTP.
         ``tune_gc`` tunes the process's garbage collector once listening
         (:func:`tune_garbage_collector`): for a process that is the SBC, as
         under ``twistd sbc``; leave it off when embedding. ``reload_on_sighup``
@@ -153,6 +191,8 @@ class SbcService(MultiService):
             identity,
             config_path=config_path,
             cli_endpoint=cli_endpoint,
+            ssh=ssh,
+            metrics_endpoint=metrics_endpoint,
             tune_gc=tune_gc,
             reload_on_sighup=reload_on_sighup,
         )
@@ -186,12 +226,38 @@ class SbcService(MultiService):
         )
 
     def _listen_failed(self, failure: Failure) -> None:
-        self.log.critical(
-            "sbc {name} cannot open its listeners: {error}",
-            name=self.config.service_name,
-            error=failure.getErrorMessage(),
+        self.fail(
+            f"sbc {self.config.service_name} cannot open its listeners: {failure.getErrorMessage()}"
         )
+
+    def fail(self, why: str) -> None:
+        """Give up at start-up: log ``why`` as critical, record it and stop the reactor.
+
+        The SBC does not run without its listeners or its management
+        endpoints; ``twistd sbc`` then exits with status 1.
+        """
+        if self.fatal_error is None:
+            self.fatal_error = why
+        self.log.critical("{why}", why=why)
         self.reactor.callWhenRunning(self.reactor.stop)
+
+    def preflight(self) -> list[str]:
+        """What would stop the service from starting, checked before the reactor runs.
+
+        Each attached listener is probed with a socket bound and closed at
+        once, and a UNIX management socket path must be free (a stale socket
+        is removed). One line per problem; empty when all is well.
+        """
+        problems = []
+        for key in sorted(AdjacencyTable(self.config.adjacencies).listeners):
+            problem = _cannot_listen(key)
+            if problem is not None:
+                problems.append(f"cannot listen on {key}: {problem}")
+        for child in self:
+            check = getattr(child, "preflight", None)
+            if check is not None:
+                problems.extend(check())
+        return problems
 
     def stopService(self) -> Any:
         self.log.info("sbc {name} stopping", name=self.config.service_name)
@@ -245,18 +311,36 @@ class SbcService(MultiService):
 
     # -- commit (the management CLI) -------------------------------------------
 
-    def apply_config(self, candidate: SbcConfig) -> list[str]:
+    def apply_config(
+        self, candidate: SbcConfig, *, user: str = "", client: str = "", comment: str = ""
+    ) -> list[str]:
         """Validate, apply and save ``candidate`` whole; return the ``%`` error lines.
 
         Refused (nothing changes) when the candidate is invalid, changes the
         security of an attached adjacency, needs a listener that cannot be
-        opened, or cannot be saved. Otherwise the listeners follow the new
-        attached set (:meth:`SipRuntime.apply`), routing switches to a new
+        opened, or cannot be saved. Otherwise the commit is recorded in
+        :attr:`commits` (``user``, ``client`` and ``comment`` go into the
+        record), the listeners follow the new attached set
+        (:meth:`SipRuntime.apply`), routing switches to a new
         :class:`Router` at once, and the file is replaced atomically (the
         previous one kept as ``FILE.bak``). Returns an empty list then.
         Calls using an adjacency the commit detaches (or removes) are
         released first (:meth:`CallManager.release_adjacency`).
         """
+        errors = self._apply_config(candidate, user=user, client=client, comment=comment)
+        if errors:
+            self.log.info(
+                "commit by {user} ({client}) refused: {reason}",
+                event="config.refused",
+                user=user or "-",
+                client=client or "-",
+                reason=" ".join(e.lstrip("% ") for e in errors),
+            )
+        return errors
+
+    def _apply_config(
+        self, candidate: SbcConfig, *, user: str, client: str, comment: str
+    ) -> list[str]:
         try:
             validate(
                 candidate,
@@ -275,14 +359,28 @@ class SbcService(MultiService):
                 problem = _cannot_listen(key)
                 if problem is not None:
                     return [f"% cannot listen on {key}: {problem}"]
+        before = self.config
+        self.commits.keep = candidate.limits.commit_history
+        try:
+            record = self.commits.record(
+                render_config(before),
+                render_config(candidate),
+                now=self.reactor.seconds(),
+                user=user,
+                client=client,
+                comment=comment,
+            )
+        except OSError as error:
+            return [f"% cannot record the commit: {error.strerror or error}"]
         if self.config_path is not None:
             try:
                 save_config(self.config_path, candidate)
             except OSError as error:
+                self.commits.discard(record.id)
                 return [f"% cannot save {self.config_path}: {error.strerror or error}"]
         still_attached = {a.name for a in candidate.adjacencies if a.attached}
         detached = [
-            a.name for a in self.config.adjacencies if a.attached and a.name not in still_attached
+            a.name for a in before.adjacencies if a.attached and a.name not in still_attached
         ]
         self.config = candidate
         self.router = router
@@ -297,12 +395,59 @@ class SbcService(MultiService):
                 "commit: cannot open a listener: {error}", error=failure.getErrorMessage()
             )
         )
+        changes = summarize_changes(before, candidate)
         self.log.info(
-            "sbc {name}: configuration committed ({count} adjacencies)",
-            name=candidate.service_name,
-            count=len(candidate.adjacencies),
+            "commit {commit_id} by {user} ({client}): {summary}",
+            event="config.committed",
+            commit_id=record.id,
+            user=user or "-",
+            client=client or "-",
+            comment=comment,
+            changes=changes,
+            summary="; ".join(changes) or "no effective change",
         )
         return []
+
+    def rollback(
+        self,
+        *,
+        last: int | None = None,
+        to: int | None = None,
+        user: str = "",
+        client: str = "",
+    ) -> list[str]:
+        """``rollback configuration last N`` / ``to ID``: the output or ``%`` error lines.
+
+        ``last=N`` returns to the configuration before the last N commits;
+        ``to=ID`` to the configuration right after commit ID. The rollback
+        is applied like any commit (:meth:`apply_config`: the same checks,
+        so it is refused whole, for instance, when it would change the
+        security of an attached adjacency) and becomes a new commit.
+        """
+        record: CommitRecord | None
+        if last is not None:
+            record = self.commits.last(last)
+            if record is None:
+                kept = len(self.commits.records)
+                return [f"% cannot roll back {last} commit(s): only {kept} in the history"]
+            text, label = record.before, f"rollback configuration last {last}"
+        elif to is not None:
+            record = self.commits.get(to)
+            if record is None:
+                return [f"% no commit {to} in the history (show configuration commit list)"]
+            text, label = record.after, f"rollback configuration to {to}"
+        else:
+            raise TypeError("rollback needs last= or to=")
+        try:
+            target = parse_config(text, path=f"<commit {record.id}>")
+        except ConfigError as error:
+            return [f"% commit {record.id} cannot be restored: {error}"]
+        if target == self.config:
+            return ["No configuration changes: the running configuration is already that one."]
+        errors = self.apply_config(target, user=user, client=client, comment=label)
+        if errors:
+            return errors
+        return [f"Configuration rolled back ({label}): commit {self.commits.records[-1].id}."]
 
 
 def describe_tls_identity(identity: TlsIdentity) -> str:

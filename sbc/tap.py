@@ -11,7 +11,7 @@ from twisted.python import usage
 
 from sbc.config import load_config
 from sbc.errors import ConfigError
-from sbc.service import SbcService, TlsFiles
+from sbc.service import SbcService, SshSettings, TlsFiles
 
 
 class Options(usage.Options):
@@ -31,6 +31,38 @@ class Options(usage.Options):
             None,
             "Management CLI endpoint (strports); default: UNIX socket sbc.cli beside the config.",
         ],
+        [
+            "ssh",
+            None,
+            None,
+            "Also serve the CLI over SSH on this endpoint (strports, e.g. "
+            "tcp:2222:interface=127.0.0.1); public-key authentication only.",
+        ],
+        [
+            "ssh-keys",
+            None,
+            None,
+            "authorized_keys file: the public keys allowed to log in over SSH.",
+        ],
+        [
+            "ssh-host-key",
+            None,
+            None,
+            "SSH host private key; default: ssh_host_key beside the config, generated if missing.",
+        ],
+        [
+            "metrics",
+            None,
+            None,
+            "Serve Prometheus metrics over HTTP on this endpoint (strports, e.g. "
+            "tcp:9460:interface=127.0.0.1); scrape path /metrics.",
+        ],
+        [
+            "log-json",
+            None,
+            None,
+            "Also write every log event as one JSON object per line to this file ('-': stdout).",
+        ],
         ["certificate", None, None, "PEM file with the SBC's certificate (and intermediates)."],
         ["private-key", None, None, "PEM file with the private key of --certificate."],
         ["ca-certificates", None, None, "PEM file with the CA certificates trusted for peers."],
@@ -45,6 +77,8 @@ class Options(usage.Options):
         tls = (self["certificate"], self["private-key"], self["ca-certificates"])
         if any(tls) and not all(tls):
             raise usage.UsageError("--certificate, --private-key and --ca-certificates go together")
+        if bool(self["ssh"]) != bool(self["ssh-keys"]):
+            raise usage.UsageError("--ssh and --ssh-keys go together")
 
     def tls_files(self) -> TlsFiles | None:
         """The TLS identity named on the command line, if any."""
@@ -59,6 +93,15 @@ class Options(usage.Options):
         directory = os.path.dirname(os.path.abspath(self["config"]))
         return "unix:" + os.path.join(directory, "sbc.cli") + ":mode=600"
 
+    def ssh_settings(self) -> SshSettings | None:
+        """The SSH CLI settings, if --ssh was given."""
+        if not self["ssh"]:
+            return None
+        host_key = self["ssh-host-key"] or os.path.join(
+            os.path.dirname(os.path.abspath(self["config"])), "ssh_host_key"
+        )
+        return SshSettings(str(self["ssh"]), str(self["ssh-keys"]), str(host_key))
+
 
 def build_service(
     options: Options, reactor: Any = None, tune_gc: bool = False, reload_on_sighup: bool = False
@@ -71,6 +114,8 @@ def build_service(
         tls=options.tls_files(),
         config_path=options["config"],
         cli_endpoint=options.cli_endpoint(),
+        ssh=options.ssh_settings(),
+        metrics_endpoint=options["metrics"] or None,
         tune_gc=tune_gc,
         reload_on_sighup=reload_on_sighup,
     )
@@ -87,4 +132,24 @@ def makeService(options: Options) -> IService:
     if options["check-config"]:
         sys.stdout.write(f"sbc: {options['config']}: configuration OK\n")
         raise SystemExit(0)
+    problems = service.preflight()
+    if problems:
+        for problem in problems:
+            sys.stderr.write(f"sbc: {problem}\n")
+        raise SystemExit(1)
+    if options["log-json"]:
+        from twisted.logger import globalLogPublisher
+
+        from sbc.logs import json_log_observer
+
+        globalLogPublisher.addObserver(json_log_observer(options["log-json"]))
+    service.reactor.addSystemEventTrigger("after", "shutdown", _exit_if_failed, service)
     return service
+
+
+def _exit_if_failed(service: SbcService) -> None:
+    """After shutdown: exit with status 1 when the service gave up at start-up."""
+    if service.fatal_error is not None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)

@@ -27,6 +27,7 @@ from typing import Protocol
 
 import attrs
 
+from sbc.commits import CommitRecord
 from sbc.config import (
     ROOT,
     ConfigBuilder,
@@ -85,8 +86,20 @@ class SbcBackend(Protocol):
         """The configuration in force."""
         ...
 
-    def commit(self, candidate: SbcConfig) -> list[str]:
+    def commit(
+        self, candidate: SbcConfig, *, user: str = "", client: str = "", comment: str = ""
+    ) -> list[str]:
         """Validate and apply ``candidate`` whole; the ``%`` error lines, empty on success."""
+        ...
+
+    def commit_history(self) -> Sequence[CommitRecord]:
+        """The commit history, oldest first."""
+        ...
+
+    def rollback(
+        self, *, last: int | None = None, to: int | None = None, user: str = "", client: str = ""
+    ) -> list[str]:
+        """Roll back the last N commits or to commit ID: output lines, or ``%`` error lines."""
         ...
 
     def counters(self) -> Mapping[str, Mapping[str, int]]:
@@ -160,18 +173,22 @@ def describe_adjacency(
 _EXEC_HELP = (
     ("configure", "Enter configuration mode (edits go to a candidate configuration)"),
     ("crypto reload", "Reload the TLS certificate, key and CA files (new handshakes use them)"),
+    ("rollback configuration last N", "Return to the configuration before the last N commits"),
+    ("rollback configuration to ID", "Return to the configuration right after commit ID"),
     ("show", "Show running configuration, adjacencies, calls, registrations, statistics"),
     ("exit", "Close this CLI session"),
 )
 _SESSION_HELP = (
     ("abort", "Drop the uncommitted changes and return to exec mode"),
-    ("commit", "Validate the candidate configuration, apply it and save it"),
+    ("commit [comment TEXT]", "Validate the candidate configuration, apply it and save it"),
     ("do", "Run an exec command (do show ...)"),
     ("show", "show configuration [diff], or any exec show command"),
 )
 _SHOW_HELP = (
     ("show running-config", "The configuration in force"),
     ("show configuration [diff]", "The uncommitted candidate (config mode), or its diff"),
+    ("show configuration commit list [N]", "The last commits (or the last N): id, user, time"),
+    ("show configuration commit changes ID", "What commit ID changed (a diff)"),
     (
         "show services sbc NAME sbe adjacencies [ADJ] [detail]",
         "Adjacencies: status, address, transport, security (detail: counters)",
@@ -193,8 +210,11 @@ class Session:
     candidate. :attr:`closed` turns true after ``exit`` in exec mode.
     """
 
-    def __init__(self, backend: SbcBackend) -> None:
+    def __init__(self, backend: SbcBackend, *, user: str = "", client: str = "cli") -> None:
         self.backend = backend
+        #: Who is typing, and over what (``cli``, ``ssh``): recorded with each commit.
+        self.user = user
+        self.client = client
         self.mode: Mode | None = None
         self.builder: ConfigBuilder | None = None
         self.dirty = False
@@ -246,6 +266,8 @@ class Session:
             if words[1:] != ["reload"]:
                 raise _CliError("bad command: usage: crypto reload")
             return self._crypto_reload()
+        if keyword == "rollback":
+            return self._rollback(words[1:])
         if keyword in ("exit", "quit", "logout"):
             self.closed = True
             return []
@@ -254,6 +276,21 @@ class Session:
         if keyword in ("commit", "abort"):
             raise _CliError(f"'{keyword}' is only valid in configuration mode (type configure)")
         raise _CliError(f"unknown command '{keyword}' in exec mode (type ? for the list)")
+
+    def _rollback(self, args: list[str]) -> list[str]:
+        usage = "usage: rollback configuration last N | rollback configuration to ID"
+        if len(args) != 3 or args[0] != "configuration" or args[1] not in ("last", "to"):
+            raise _CliError(f"bad command: {usage}")
+        if not args[2].isdigit() or int(args[2]) < 1:
+            raise _CliError(f"'{args[2]}' is not a positive number: {usage}")
+        number = int(args[2])
+        if args[1] == "last":
+            lines = self.backend.rollback(last=number, user=self.user, client=self.client)
+        else:
+            lines = self.backend.rollback(to=number, user=self.user, client=self.client)
+        if any(line.startswith("%") for line in lines):
+            raise _CliError("\n".join(lines))
+        return lines
 
     def _crypto_reload(self) -> list[str]:
         lines = self.backend.reload_tls()
@@ -279,9 +316,11 @@ class Session:
         assert self.mode is not None and self.builder is not None
         keyword = words[0]
         if keyword == "commit":
-            if len(words) > 1:
-                raise _CliError("too many words: usage: commit")
-            return self._commit()
+            if len(words) == 1:
+                return self._commit("")
+            if words[1] == "comment" and len(words) > 2:
+                return self._commit(" ".join(words[2:]))
+            raise _CliError("bad command: usage: commit [comment TEXT]")
         if keyword == "abort":
             if len(words) > 1:
                 raise _CliError("too many words: usage: abort")
@@ -291,7 +330,7 @@ class Session:
         if keyword == "do":
             if len(words) == 1:
                 raise _CliError("incomplete command: usage: do COMMAND")
-            if words[1] in ("configure", "exit", "quit", "logout"):
+            if words[1] in ("configure", "exit", "quit", "logout", "rollback"):
                 raise _CliError(f"'do {words[1]}' is not allowed in configuration mode")
             return self._exec(words[1:])
         if keyword == "show":
@@ -317,13 +356,13 @@ class Session:
         except ConfigError as error:
             raise _CliError(error.message) from None
 
-    def _commit(self) -> list[str]:
+    def _commit(self, comment: str) -> list[str]:
         assert self.builder is not None
         candidate = self._candidate()
         if candidate == self.backend.running_config():
             self.dirty = False
             return ["No configuration changes to commit."]
-        errors = self.backend.commit(candidate)
+        errors = self.backend.commit(candidate, user=self.user, client=self.client, comment=comment)
         if errors:
             raise _CliError("\n".join(e if e.startswith("%") else f"% {e}" for e in errors))
         self.builder = ConfigBuilder.from_config(self.backend.running_config(), path="<cli>")
@@ -347,6 +386,8 @@ class Session:
         raise _CliError(f"unknown show command '{what}' (type show ? for the list)")
 
     def _show_configuration(self, args: list[str]) -> list[str]:
+        if args and args[0] == "commit":
+            return self._show_commits(args[1:])
         if not self.in_config:
             raise _CliError("'show configuration' is only valid in configuration mode")
         if args not in ([], ["diff"]):
@@ -357,6 +398,37 @@ class Session:
         running = render_config(self.backend.running_config()).rstrip("\n").split("\n")
         diff = [line for line in difflib.ndiff(running, candidate) if line.startswith(("+ ", "- "))]
         return diff or ["! no uncommitted changes"]
+
+    def _show_commits(self, args: list[str]) -> list[str]:
+        usage = "usage: show configuration commit list [N] | show configuration commit changes ID"
+        records = list(self.backend.commit_history())
+        if args and args[0] == "list" and len(args) <= 2:
+            if len(args) == 2:
+                if not args[1].isdigit():
+                    raise _CliError(f"'{args[1]}' is not a number: {usage}")
+                records = records[-int(args[1]) :] if int(args[1]) else []
+            if not records:
+                return ["No commits."]
+            rows = [
+                [str(n), str(r.id), r.user or "-", r.client or "-", r.timestamp, r.comment]
+                for n, r in enumerate(reversed(records), start=1)
+            ]
+            return format_table(["SNo.", "ID", "User", "Client", "Time", "Comment"], rows)
+        if len(args) == 2 and args[0] == "changes" and args[1].isdigit():
+            found = [r for r in records if r.id == int(args[1])]
+            if not found:
+                raise _CliError(f"no commit {args[1]} in the history")
+            record = found[0]
+            diff = [
+                line
+                for line in difflib.ndiff(
+                    record.before.rstrip("\n").split("\n"), record.after.rstrip("\n").split("\n")
+                )
+                if line.startswith(("+ ", "- "))
+            ]
+            header = f"! commit {record.id} by {record.user or '-'} at {record.timestamp}"
+            return [header, *(diff or ["! no changes"])]
+        raise _CliError(f"bad command: {usage}")
 
     def _show_services(self, args: list[str]) -> list[str]:
         usage = "usage: show services sbc NAME sbe adjacencies|calls|registrations|statistics"

@@ -8,15 +8,18 @@ data ends with a prompt. ``exit`` in exec mode closes the connection.
 The default endpoint is a UNIX socket (``unix:PATH:mode=600``). A UNIX
 endpoint is refused when PATH exists and is not a stale socket (a socket
 nobody listens on, which is removed); the daemon then stops with a critical
-log line instead of running without its management interface.
+log line (exit status 1 under twistd) instead of running without its
+management interface; ``twistd sbc`` checks the path before starting.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import pwd
 import socket
 import stat
+import struct
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +33,7 @@ from twisted.protocols.basic import LineReceiver
 
 from sbc.b2bua.call import CallState
 from sbc.cli.commands import CallInfo, RegistrationInfo, SbcBackend, Session
+from sbc.commits import CommitRecord
 from sbc.config import SbcConfig
 from sbc.service import describe_tls_identity
 
@@ -55,8 +59,18 @@ class ServiceBackend:
     def running_config(self) -> SbcConfig:
         return self.service.config
 
-    def commit(self, candidate: SbcConfig) -> list[str]:
-        return self.service.apply_config(candidate)
+    def commit(
+        self, candidate: SbcConfig, *, user: str = "", client: str = "", comment: str = ""
+    ) -> list[str]:
+        return self.service.apply_config(candidate, user=user, client=client, comment=comment)
+
+    def commit_history(self) -> Sequence[CommitRecord]:
+        return self.service.commits.records
+
+    def rollback(
+        self, *, last: int | None = None, to: int | None = None, user: str = "", client: str = ""
+    ) -> list[str]:
+        return self.service.rollback(last=last, to=to, user=user, client=client)
 
     def reload_tls(self) -> list[str]:
         errors = self.service.reload_tls()
@@ -119,6 +133,7 @@ class CliProtocol(LineReceiver):
         self.session = Session(backend)
 
     def connectionMade(self) -> None:
+        self.session.user = peer_user(self.transport)
         self._prompt()
 
     def _write(self, data: bytes) -> None:
@@ -144,6 +159,26 @@ class CliProtocol(LineReceiver):
     def lineLengthExceeded(self, line: bytes) -> None:
         self._write(b"% command line too long\n")
         self._close()
+
+
+def peer_user(transport: Any) -> str:
+    """The login name of the process at the other end of a UNIX socket (SO_PEERCRED).
+
+    ``uid N`` when the uid has no name, ``""`` when it cannot be known (a
+    TCP endpoint, or a platform without SO_PEERCRED).
+    """
+    try:
+        handle = transport.getHandle()
+        credentials = handle.getsockopt(
+            socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")
+        )
+    except (AttributeError, OSError, TypeError):
+        return ""
+    _, uid, _ = struct.unpack("3i", credentials)
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
 
 
 class CliFactory(Factory):
@@ -222,8 +257,8 @@ class CliService(Service):
     """Serves the management CLI of ``sbc`` on the strports ``description``.
 
     A ``unix:`` description without ``mode=`` gets ``mode=600``. When the
-    endpoint cannot be opened the failure is logged as critical and the
-    reactor is stopped: the SBC does not run without its CLI.
+    endpoint cannot be opened the SBC gives up (:meth:`SbcService.fail`): it
+    does not run without its CLI.
     """
 
     log = Logger()
@@ -252,14 +287,19 @@ class CliService(Service):
         self.port = port
         self.log.info("management CLI listening on {endpoint}", endpoint=self.description)
 
+    def preflight(self) -> list[str]:
+        """The problem with a UNIX socket path, checked before the reactor runs."""
+        path = unix_path(self.description)
+        if path is None:
+            return []
+        directory = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(directory):
+            return [f"cannot open the management CLI endpoint: {directory} is not a directory"]
+        problem = check_unix_path(path)
+        return [] if problem is None else [f"cannot open the management CLI endpoint: {problem}"]
+
     def _refuse(self, why: str) -> None:
-        self.log.critical(
-            "cannot open the management CLI endpoint {endpoint}: {why}",
-            endpoint=self.description,
-            why=why,
-        )
-        reactor = self.sbc.reactor
-        reactor.callWhenRunning(reactor.stop)
+        self.sbc.fail(f"cannot open the management CLI endpoint {self.description}: {why}")
 
     def stopService(self) -> Deferred[None]:
         super().stopService()

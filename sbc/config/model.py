@@ -403,6 +403,15 @@ LIMIT_SETTINGS: tuple[LimitSetting, ...] = (
         "seconds",
         "Time to establish an outbound TCP connection",
     ),
+    LimitSetting(
+        "commit-history",
+        "commit_history",
+        100,
+        1,
+        10000,
+        "commits",
+        "Commits kept for show configuration commit list and rollback; older ones are deleted",
+    ),
 )
 """Every ``limits`` setting, in canonical (render) order."""
 
@@ -426,6 +435,7 @@ class Limits:
     partial_message_timeout: int = _LIMIT_DEFAULTS["partial_message_timeout"]
     outbound_idle_timeout: int = _LIMIT_DEFAULTS["outbound_idle_timeout"]
     outbound_connect_timeout: int = _LIMIT_DEFAULTS["outbound_connect_timeout"]
+    commit_history: int = _LIMIT_DEFAULTS["commit_history"]
     line: int = attrs.field(default=0, eq=False, repr=False)
     setting_lines: FrozenMap[str, int] = attrs.field(
         factory=FrozenMap, converter=_lines, eq=False, repr=False

@@ -7,10 +7,12 @@ from collections.abc import Mapping, Sequence
 from twisted.trial.unittest import SynchronousTestCase
 
 from sbc.cli.commands import CallInfo, RegistrationInfo, Session
+from sbc.commits import CommitHistory, CommitRecord
 from sbc.config import (
     SECURITY_CHANGE_MESSAGE,
     SbcConfig,
     parse_config,
+    render_config,
     security_changes_while_attached,
     validate,
 )
@@ -41,11 +43,15 @@ class FakeBackend:
         self.bindings: list[RegistrationInfo] = []
         self.reload_result = ["TLS identity reloaded: CN=sbc.lab.test (sip:sbc.lab.test)"]
         self.reloads = 0
+        self.history = CommitHistory(None)
+        self.clock = 1800000000.0
 
     def running_config(self) -> SbcConfig:
         return self.config
 
-    def commit(self, candidate: SbcConfig) -> list[str]:
+    def commit(
+        self, candidate: SbcConfig, *, user: str = "", client: str = "", comment: str = ""
+    ) -> list[str]:
         try:
             validate(candidate, certificate_configured=True)
         except ConfigError as error:
@@ -53,9 +59,31 @@ class FakeBackend:
         names = security_changes_while_attached(self.config, candidate)
         if names:
             return [SECURITY_CHANGE_MESSAGE.format(name=n) for n in names]
+        self.clock += 60
+        self.history.record(
+            render_config(self.config),
+            render_config(candidate),
+            now=self.clock,
+            user=user,
+            client=client,
+            comment=comment,
+        )
         self.config = candidate
         self.commits.append(candidate)
         return []
+
+    def commit_history(self) -> Sequence[CommitRecord]:
+        return self.history.records
+
+    def rollback(
+        self, *, last: int | None = None, to: int | None = None, user: str = "", client: str = ""
+    ) -> list[str]:
+        record = self.history.last(last) if last is not None else self.history.get(to or 0)
+        if record is None:
+            return ["% no such commit"]
+        text = record.before if last is not None else record.after
+        errors = self.commit(parse_config(text), user=user, client=client, comment="rollback")
+        return errors or [f"rolled back to {record.id}"]
 
     def counters(self) -> Mapping[str, Mapping[str, int]]:
         return self.counter_values
@@ -378,3 +406,95 @@ class LayeringTests(SynchronousTestCase):
             m for m in loaded if any(m == f or m.startswith(f + ".") for f in FORBIDDEN_FOR_POLICY)
         ]
         self.assertEqual(bad, [])
+
+
+class CommitHistoryTests(SynchronousTestCase):
+    """commit comment, show configuration commit list/changes, rollback."""
+
+    def setUp(self) -> None:
+        self.backend = FakeBackend()
+        self.session = Session(self.backend, user="alice", client="cli")
+
+    def commit_port(self, port: int, *extra: str) -> None:
+        for line in (
+            "configure",
+            "sbc mysbc",
+            "sbe",
+            "adjacency sip test",
+            f"signaling-port {port}",
+            *extra,
+            "end",
+        ):
+            text, ok = self.session.execute(line)
+            self.assertTrue(ok, text)
+
+    def test_list_newest_first_with_user_and_comment(self) -> None:
+        self.assertEqual(
+            self.session.execute("show configuration commit list"), ("No commits.", True)
+        )
+        self.commit_port(5071, "commit")
+        self.commit_port(5072, "commit comment move test to 5072")
+        text, ok = self.session.execute("show configuration commit list")
+        self.assertTrue(ok)
+        lines = text.split("\n")
+        self.assertEqual(lines[0].split(), ["SNo.", "ID", "User", "Client", "Time", "Comment"])
+        self.assertEqual(
+            lines[2].split(),
+            ["1", "1000000002", "alice", "cli", "2027-01-15", "08:02:00", "UTC", "move", "test",
+             "to", "5072"],
+        )  # fmt: skip
+        self.assertEqual(lines[3].split()[:3], ["2", "1000000001", "alice"])
+        self.assertEqual(len(lines), 4)
+        text, _ = self.session.execute("show configuration commit list 1")
+        self.assertEqual(len(text.split("\n")), 3)
+        self.assertIn("1000000002", text)
+
+    def test_changes(self) -> None:
+        self.commit_port(5071, "commit")
+        text, ok = self.session.execute("show configuration commit changes 1000000001")
+        self.assertTrue(ok)
+        self.assertEqual(
+            text.split("\n"),
+            [
+                "! commit 1000000001 by alice at 2027-01-15 08:01:00 UTC",
+                "-    signaling-port 5070",
+                "+    signaling-port 5071",
+            ],
+        )
+        text, ok = self.session.execute("show configuration commit changes 42")
+        self.assertEqual((text, ok), ("% no commit 42 in the history", False))
+
+    def test_rollback_last_and_to(self) -> None:
+        self.commit_port(5071, "commit")
+        self.commit_port(5072, "commit")
+        text, ok = self.session.execute("rollback configuration last 2")
+        self.assertTrue(ok, text)
+        self.assertEqual(self.backend.config.get_adjacency("test").port, 5070)  # type: ignore[union-attr]
+        text, ok = self.session.execute("rollback configuration to 1000000002")
+        self.assertTrue(ok, text)
+        self.assertEqual(self.backend.config.get_adjacency("test").port, 5072)  # type: ignore[union-attr]
+        self.assertEqual(self.backend.history.records[-1].user, "alice")
+
+    def test_rollback_errors(self) -> None:
+        for line in (
+            "rollback",
+            "rollback configuration",
+            "rollback configuration last",
+            "rollback configuration last 0",
+            "rollback configuration last x",
+            "rollback configuration first 1",
+        ):
+            text, ok = self.session.execute(line)
+            self.assertFalse(ok, line)
+            self.assertTrue(text.startswith("% "), text)
+        text, ok = self.session.execute("rollback configuration last 1")
+        self.assertEqual((text, ok), ("% no such commit", False))
+        self.session.execute("configure")
+        text, ok = self.session.execute("do rollback configuration last 1")
+        self.assertFalse(ok)
+        self.assertIn("not allowed in configuration mode", text)
+
+    def test_commit_usage(self) -> None:
+        self.session.execute("configure")
+        text, ok = self.session.execute("commit now")
+        self.assertEqual((text, ok), ("% bad command: usage: commit [comment TEXT]", False))

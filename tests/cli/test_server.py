@@ -112,6 +112,126 @@ class ServiceCommitTests(SynchronousTestCase):
         self.assertEqual(list(self.backend.registrations()), [])
 
 
+class ServiceRollbackTests(SynchronousTestCase):
+    """Commit ids, rollback through the real service, history after a restart, log events."""
+
+    def setUp(self) -> None:
+        self.path = os.path.abspath(self.mktemp())
+        with open(self.path, "w") as f:
+            f.write(RUNNING.replace("   security trusted-encrypted\n", ""))
+        self.service = self.start()
+
+    def start(self) -> SbcService:
+        return SbcService.from_config(
+            load_config(self.path), reactor=Reactor(), config_path=self.path
+        )
+
+    def commit_port(self, port: int, user: str = "alice") -> list[str]:
+        candidate = parse_config(
+            RUNNING.replace("security trusted-encrypted\n", "").replace(
+                "signaling-port 5070", f"signaling-port {port}"
+            )
+        )
+        return self.service.apply_config(candidate, user=user, client="cli", comment="c")
+
+    def port(self) -> int:
+        adjacency = self.service.config.get_adjacency("test")
+        assert adjacency is not None
+        return adjacency.port
+
+    def test_commits_get_ids_and_are_logged(self) -> None:
+        with capturedLogs() as events:
+            self.assertEqual(self.commit_port(5071), [])
+        committed = [e for e in events if e.get("event") == "config.committed"]
+        self.assertEqual(len(committed), 1)
+        self.assertEqual(committed[0]["commit_id"], 1000000001)
+        self.assertEqual(committed[0]["changes"], ["adjacency test changed: signaling-port"])
+        self.assertEqual(
+            formatEvent(committed[0]),
+            "commit 1000000001 by alice (cli): adjacency test changed: signaling-port",
+        )
+        self.assertTrue(os.path.exists(self.path + ".commits/1000000001.commit"))
+
+    def test_refused_commit_is_logged_and_not_recorded(self) -> None:
+        candidate = parse_config(
+            RUNNING.replace("security trusted-encrypted", "security trusted-unencrypted")
+        )
+        with capturedLogs() as events:
+            errors = self.service.apply_config(candidate, user="bob", client="ssh")
+        self.assertEqual(len(errors), 1)
+        refused = [e for e in events if e.get("event") == "config.refused"]
+        self.assertEqual(len(refused), 1)
+        self.assertIn("Security policy cannot be changed", formatEvent(refused[0]))
+        self.assertEqual(self.service.commits.records, ())
+
+    def test_rollback_last_and_to_survive_a_restart(self) -> None:
+        self.commit_port(5071)
+        self.commit_port(5072)
+        self.assertEqual(
+            self.service.rollback(last=2, user="carol"),
+            ["Configuration rolled back (rollback configuration last 2): commit 1000000003."],
+        )
+        self.assertEqual(self.port(), 5070)
+        self.assertEqual(load_config(self.path), self.service.config)
+        self.assertEqual(self.service.commits.records[-1].user, "carol")
+        # Restart: the file and the history come back.
+        self.service = self.start()
+        self.assertEqual(self.port(), 5070)
+        self.assertEqual([r.id for r in self.service.commits.records][-1], 1000000003)
+        self.assertEqual(
+            self.service.rollback(to=1000000002),
+            [
+                "Configuration rolled back (rollback configuration to 1000000002): commit 1000000004."
+            ],
+        )
+        self.assertEqual(self.port(), 5072)
+        self.assertEqual(
+            self.service.rollback(to=1000000002),
+            ["No configuration changes: the running configuration is already that one."],
+        )
+
+    def test_rollback_refused_changes_nothing(self) -> None:
+        self.assertEqual(
+            self.service.rollback(last=1), ["% cannot roll back 1 commit(s): only 0 in the history"]
+        )
+        self.assertEqual(
+            self.service.rollback(to=7),
+            ["% no commit 7 in the history (show configuration commit list)"],
+        )
+        # Detach core, make it trusted-unencrypted, attach it again; rolling
+        # back all three would change the security of an attached adjacency.
+        text = RUNNING.replace("   attach\n", "", 1)
+        unattached = parse_config(text.replace("   security trusted-encrypted\n", ""))
+        self.assertEqual(self.service.apply_config(unattached), [])
+        with_tls = parse_config(
+            text.replace("security trusted-encrypted", "security trusted-unencrypted")
+        )
+        self.assertEqual(self.service.apply_config(with_tls), [])
+        attached = parse_config(
+            RUNNING.replace("security trusted-encrypted", "security trusted-unencrypted")
+        )
+        self.assertEqual(self.service.apply_config(attached), [])
+        before = self.service.config
+        self.assertEqual(
+            self.service.rollback(last=3),
+            ["% Security policy cannot be changed while adjacency core is attached"],
+        )
+        self.assertIs(self.service.config, before)
+        self.assertEqual(len(self.service.commits.records), 3)
+
+    def test_unsaveable_commit_is_not_recorded(self) -> None:
+        os.chmod(os.path.dirname(self.path), 0o500)
+        self.addCleanup(os.chmod, os.path.dirname(self.path), 0o700)
+        if os.access(os.path.dirname(self.path), os.W_OK):
+            # root ignores directory permissions: use a path that cannot exist.
+            self.service.config_path = "/proc/sbc-cannot-write/sbc.conf"
+        errors = self.commit_port(5071)
+        self.assertEqual(len(errors), 1)
+        self.assertTrue(errors[0].startswith("% cannot "), errors[0])
+        self.assertEqual(self.service.commits.records, ())
+        self.assertEqual(self.port(), 5070)
+
+
 class UnixPathTests(SynchronousTestCase):
     def test_unix_path(self) -> None:
         self.assertEqual(unix_path("unix:/run/sbc.cli:mode=600"), "/run/sbc.cli")

@@ -855,6 +855,7 @@ class BuilderApiTests(SynchronousTestCase):
                 "partial-message-timeout",
                 "outbound-idle-timeout",
                 "outbound-connect-timeout",
+                "commit-history",
                 "exit",
                 "end",
             },

@@ -295,10 +295,12 @@ def start_sbc(
     adjacencies: Sequence[AdjacencySpec] = STANDARD,
     *,
     service: str = "interop",
+    extra_args: Sequence[str] = (),
 ) -> Any:
     """Start a real ``twistd -n --pidfile= sbc`` on a generated config.
 
-    Ports left at 0 get free ports on 127.0.0.1. Fires with an
+    Ports left at 0 get free ports on 127.0.0.1; ``extra_args`` are added to
+    the ``twistd sbc`` options (``--metrics ...``, ``--ssh ...``). Fires with an
     :class:`SbcProcess` once the daemon logged "started with N adjacencies"
     and every attached adjacency's sockets are listening.
     """
@@ -316,7 +318,7 @@ def start_sbc(
         TWISTD, "--pidfile=", "-n", "sbc", "--config", config_path,
         "--cli", "unix:" + os.path.join(cli_directory, "sbc.cli") + ":mode=600",
         "--certificate", pki.cert("sbc"), "--private-key", pki.key("sbc"),
-        "--ca-certificates", pki.cert("ca"),
+        "--ca-certificates", pki.cert("ca"), *extra_args,
     ]  # fmt: skip
     child = RunningProcess(reactor, args, cwd=directory)
     sbc = SbcProcess(child, chosen, config_path)
