@@ -133,12 +133,63 @@ class BuildServiceTests(SynchronousTestCase):
     def test_only_the_daemon_reloads_on_sighup(self) -> None:
         """makeService (twistd) asks for the SIGHUP reload; build_service alone does not."""
         args = options("--config", LAB_CONF, *self.tls_args)
+        # The lab ports may be taken by a `make run` on this machine.
+        self.patch(SbcService, "preflight", lambda self: [])
         embedded = tap.build_service(args, Reactor())
         self.assertFalse(embedded.reload_on_sighup)
         daemon = tap.makeService(args)
         assert isinstance(daemon, SbcService)
         self.assertTrue(daemon.reload_on_sighup)
         self.assertTrue(daemon.tune_gc)
+
+    def free_port_config(self, udp_port: int) -> str:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(
+                "sbc lab\n sbe\n  adjacency sip a\n   signaling-address ipv4 127.0.0.1\n"
+                f"   signaling-port {udp_port}\n   transport udp\n   attach\n"
+            )
+        return path
+
+    def test_listener_in_use_exits_1_before_starting(self) -> None:
+        import socket
+
+        taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(taken.close)
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        stderr = io.StringIO()
+        self.patch(sys, "stderr", stderr)
+        with self.assertRaises(SystemExit) as caught:
+            tap.makeService(options("--config", self.free_port_config(port)))
+        self.assertEqual(caught.exception.code, 1)
+        self.assertIn(f"sbc: cannot listen on UDP 127.0.0.1:{port}: ", stderr.getvalue())
+
+    def test_cli_path_that_is_a_file_exits_1(self) -> None:
+        config = self.free_port_config(free_port())
+        blocker = os.path.abspath(self.mktemp())
+        with open(blocker, "w") as f:
+            f.write("not a socket")
+        stderr = io.StringIO()
+        self.patch(sys, "stderr", stderr)
+        with self.assertRaises(SystemExit) as caught:
+            tap.makeService(options("--config", config, "--cli", f"unix:{blocker}"))
+        self.assertEqual(caught.exception.code, 1)
+        self.assertIn(f"{blocker} exists and is not a socket", stderr.getvalue())
+        with self.assertRaises(SystemExit):
+            tap.makeService(options("--config", config, "--cli", "unix:/no/such/dir/sbc.cli"))
+        self.assertIn("/no/such/dir is not a directory", stderr.getvalue())
+
+    def test_ssh_options_go_together(self) -> None:
+        self.assertRaises(usage.UsageError, options, "--config", LAB_CONF, "--ssh", "tcp:2222")
+        self.assertRaises(usage.UsageError, options, "--config", LAB_CONF, "--ssh-keys", "k")
+        parsed = options("--config", LAB_CONF, "--ssh", "tcp:2222", "--ssh-keys", "keys")
+        settings = parsed.ssh_settings()
+        assert settings is not None
+        self.assertEqual(settings.endpoint, "tcp:2222")
+        self.assertEqual(settings.authorized_keys, "keys")
+        self.assertEqual(settings.host_key, os.path.join(REPO, "examples", "ssh_host_key"))
+        self.assertIsNone(options("--config", LAB_CONF).ssh_settings())
 
 
 class PluginTests(SynchronousTestCase):
@@ -157,6 +208,11 @@ class PluginTests(SynchronousTestCase):
             "--private-key",
             "--ca-certificates",
             "--check-config",
+            "--ssh",
+            "--ssh-keys",
+            "--ssh-host-key",
+            "--metrics",
+            "--log-json",
         ):
             self.assertIn(option, help_text)
 
@@ -241,6 +297,38 @@ class TwistdProcessTests(TestCase):
         self.assertIsInstance(ended, error.ProcessTerminated)
         self.assertEqual(ended.exitCode, 1)
         self.assertIn(f"{path}:3:".encode(), collector.output)
+
+    @defer.inlineCallbacks
+    def test_endpoint_that_fails_after_start_exits_1(self) -> Any:
+        """A management endpoint that cannot be opened stops the daemon with status 1."""
+        import socket
+
+        from twisted.internet import reactor
+
+        taken = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(taken.close)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        config = os.path.abspath(self.mktemp())
+        with open(config, "w") as f:
+            f.write(
+                "sbc lab\n sbe\n  adjacency sip a\n   signaling-address ipv4 127.0.0.1\n"
+                f"   signaling-port {free_port()}\n   transport udp\n   attach\n"
+            )
+        collector = _Collector(b"never printed")
+        args = [
+            TWISTD, "--pidfile=", "-n", "sbc", "--config", config,
+            "--cli", f"tcp:{port}:interface=127.0.0.1",
+        ]  # fmt: skip
+        reactor.spawnProcess(  # type: ignore[attr-defined]
+            collector, TWISTD, args, env=dict(os.environ), path=REPO
+        )
+        ended = yield collector.ended
+        collector.started.addErrback(lambda _: None)
+        self.assertIsInstance(ended, error.ProcessTerminated, collector.output)
+        self.assertEqual(ended.exitCode, 1, collector.output)
+        self.assertIn(b"cannot open the management CLI endpoint", collector.output)
 
 
 class GarbageCollectorTests(SynchronousTestCase):
