@@ -44,7 +44,7 @@ def listener_transports(adjacency: AdjacencyConfig) -> tuple[str, ...]:
 
 def listener_keys(adjacency: AdjacencyConfig) -> tuple[ListenerKey, ...]:
     """Every listener ``adjacency`` needs."""
-    address = str(adjacency.signaling_address)
+    address = str(adjacency.address)
     return tuple(
         ListenerKey(address, adjacency.port, transport)
         for transport in listener_transports(adjacency)
@@ -74,7 +74,7 @@ class AdjacencyTable:
             candidate = _Candidate(adjacency, tuple(adjacency.remote_addresses))
             for key in listener_keys(adjacency):
                 self._by_listener.setdefault(key, []).append(candidate)
-        self._addresses = frozenset(str(a.signaling_address) for a in self._by_name.values())
+        self._addresses = frozenset(str(a.address) for a in self._by_name.values())
 
     @property
     def attached(self) -> list[AdjacencyConfig]:

@@ -206,7 +206,7 @@ class SbcService(MultiService):
                 "adjacency {name}: {state}, {address}:{port} {transport}, security {security}",
                 name=adjacency.name,
                 state="attached" if adjacency.attached else "detached",
-                address=adjacency.signaling_address,
+                address=adjacency.signaling_address or "(no address)",
                 port=adjacency.port,
                 transport=adjacency.transport_display,
                 security=adjacency.security_display,

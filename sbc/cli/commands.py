@@ -153,10 +153,14 @@ def describe_adjacency(
     else:
         peer = f"(Request-URI host), port {adj.peer_port}"
     remotes = ", ".join(str(n) for n in adj.remote_addresses) or "any"
+    if adj.signaling_address is None:
+        address = f"(not set), port {adj.port}"
+    else:
+        address = _host_port(str(adj.signaling_address), adj.port)
     lines = [
         f"Adjacency: {adj.name} (SIP)",
         f"  Status: {'Attached' if adj.attached else 'Detached'}",
-        f"  Signaling address: {_host_port(str(adj.signaling_address), adj.port)}",
+        f"  Signaling address: {address}",
         f"  Transport: {adj.transport_display}",
         f"  Security: {adj.security_display}",
         f"  Signaling peer: {peer}",

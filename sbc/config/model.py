@@ -162,6 +162,10 @@ def _address(value: IPAddress | str) -> IPAddress:
     return ipaddress.ip_address(value)
 
 
+def _optional_address(value: IPAddress | str | None) -> IPAddress | None:
+    return None if value is None else ipaddress.ip_address(value)
+
+
 def _networks(values: Iterable[IPNetwork | str]) -> tuple[IPNetwork, ...]:
     return tuple(ipaddress.ip_network(v) for v in values)
 
@@ -172,11 +176,13 @@ class AdjacencyConfig:
 
     ``signaling_port`` and ``signaling_peer_port`` are what was configured
     (None when absent); :attr:`port` and :attr:`peer_port` give the values in
-    effect.
+    effect. ``signaling_address`` may be None only while the adjacency is
+    detached (an adjacency being built, as in the seed's steps); use
+    :attr:`address` where the adjacency is known to be attached.
     """
 
     name: str
-    signaling_address: IPAddress = attrs.field(converter=_address)
+    signaling_address: IPAddress | None = attrs.field(converter=_optional_address)
     signaling_port: int | None = None
     transport: Transport = attrs.field(default=Transport.UDP_TCP, converter=Transport)
     remote_addresses: tuple[IPNetwork, ...] = attrs.field(default=(), converter=_networks)
@@ -189,6 +195,13 @@ class AdjacencyConfig:
     setting_lines: FrozenMap[str, int] = attrs.field(
         factory=FrozenMap, converter=_lines, eq=False, repr=False
     )
+
+    @property
+    def address(self) -> IPAddress:
+        """The signaling address; ``ValueError`` when none is configured."""
+        if self.signaling_address is None:
+            raise ValueError(f"adjacency {self.name!r} has no signaling-address")
+        return self.signaling_address
 
     @property
     def port(self) -> int:

@@ -611,15 +611,20 @@ class ConfigBuilder:
         """The frozen model of this candidate.
 
         Raises ConfigError when a block is incomplete: no ``sbc NAME``, an
-        adjacency without signaling-address, an entry without action. The
+        attached adjacency without signaling-address, an entry without action. The
         earliest such line is reported.
         """
         if self.service_name is None:
             raise self.error(0, "no 'sbc NAME' service is configured")
         problems: list[tuple[int, str]] = []
         for adj in self.adjacencies.values():
-            if adj.signaling_address is None:
-                problems.append((adj.line, f"adjacency '{adj.name}' has no signaling-address"))
+            if adj.signaling_address is None and adj.attached:
+                problems.append(
+                    (
+                        adj.setting_lines.get("attach", adj.line),
+                        f"adjacency '{adj.name}' cannot be attached without a signaling-address",
+                    )
+                )
         for cps in self.call_policy_sets.values():
             for table in cps.tables.values():
                 for e in table.entries.values():
@@ -632,7 +637,6 @@ class ConfigBuilder:
             raise self.error(line, message)
         adjacencies = []
         for adj in self.adjacencies.values():
-            assert adj.signaling_address is not None
             adjacencies.append(
                 AdjacencyConfig(
                     name=adj.name,

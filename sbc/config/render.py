@@ -27,7 +27,10 @@ def _family(version: int) -> str:
 
 def _adjacency(adj: AdjacencyConfig) -> list[str]:
     lines = [f"adjacency sip {adj.name}"]
-    body = [f"signaling-address {_family(adj.signaling_address.version)} {adj.signaling_address}"]
+    body = []
+    if adj.signaling_address is not None:
+        address = adj.signaling_address
+        body.append(f"signaling-address {_family(address.version)} {address}")
     if adj.signaling_port is not None:
         body.append(f"signaling-port {adj.signaling_port}")
     if adj.transport is not Transport.UDP_TCP:

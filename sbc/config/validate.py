@@ -68,19 +68,21 @@ def _check_adjacencies(cfg: SbcConfig, certificate_configured: bool) -> Iterator
                 f"adjacency '{adj.name}' is trusted-encrypted but no certificate is "
                 "configured (start sbc with --certificate and --private-key)",
             )
+        address = adj.signaling_address
         for net in adj.remote_addresses:
-            if net.version != adj.signaling_address.version:
+            if address is not None and net.version != address.version:
                 yield (
                     _line(adj.setting_lines, f"remote-address {net}", default=adj.line),
                     f"adjacency '{adj.name}': remote-address {net} is IPv{net.version} but "
-                    f"the signaling-address is IPv{adj.signaling_address.version}",
+                    f"the signaling-address is IPv{address.version}",
                 )
 
 
 def _check_listeners(cfg: SbcConfig) -> Iterator[_Problem]:
     by_listener: dict[tuple[str, int], list[AdjacencyConfig]] = {}
     for adj in cfg.adjacencies:
-        by_listener.setdefault((str(adj.signaling_address), adj.port), []).append(adj)
+        if adj.signaling_address is not None:
+            by_listener.setdefault((str(adj.signaling_address), adj.port), []).append(adj)
     for (address, port), group in by_listener.items():
         where = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
         for i, later in enumerate(group):

@@ -23,6 +23,17 @@
   ``reactor.seconds()``;
 - per-adjacency :class:`~sbc.counters.Counters` and rate-limited log lines
   (at most one per counter name per ``log_interval`` seconds of reactor time).
+
+Log events (docs/logging.md): every counted event is logged with an
+``event`` name (:data:`EVENT_NAMES`: ``connection.refused``,
+``connection.closed``, ``tls.handshake-failed``, ``message.dropped``...),
+the ``counter``, the ``adjacency`` (None when unclassified), a ``reason``
+(the counter's suffix, e.g. ``max-per-source``) and the peer address
+(``remote`` or ``source``). The text of a line is rate-limited per counter;
+for the connection events of :data:`EVERY_EVENT` (refused connections,
+guard closures, TLS failures, TLS identity mismatches) a line held back is
+still emitted as an event without text (``log_format`` None, so the text log
+skips it; the JSON log has it, with ``suppressed: true``).
 """
 
 from __future__ import annotations
@@ -57,7 +68,43 @@ from sbc.transport.stream import OutboundFactory, StreamConnection, StreamFactor
 from sbc.transport.tls import TlsIdentity, server_context_factory
 from sbc.transport.udp import UdpListener
 
-__all__ = ["EndpointFactory", "RateLimitedLog", "SipRuntime", "SipStackLike"]
+__all__ = [
+    "EVENT_NAMES",
+    "EVERY_EVENT",
+    "EndpointFactory",
+    "RateLimitedLog",
+    "SipRuntime",
+    "SipStackLike",
+    "event_name",
+]
+
+EVENT_NAMES: dict[str, str] = {
+    "connections-refused": "connection.refused",
+    "connections-closed": "connection.closed",
+    "handshake-failures": "tls.handshake-failed",
+    "verification-failures": "tls.verification-failed",
+    "connect-failures": "connection.connect-failed",
+    "drops": "message.dropped",
+    "transmit-failures": "message.send-failed",
+    "listen-failures": "listener.failed",
+}
+"""The log event name of each counter (the part before ``:``); others: ``transport.COUNTER``."""
+
+EVERY_EVENT: tuple[str, ...] = (
+    "connections-refused:",
+    "connections-closed:",
+    "handshake-failures",
+    "verification-failures",
+    "drops:tls-identity-mismatch",
+)
+"""Counters (prefixes) whose every occurrence is a log event, even when its text line is held."""
+
+
+def event_name(counter: str) -> str:
+    """The log event name of ``counter`` (``connections-refused:max-per-source`` ->
+    ``connection.refused``)."""
+    name = counter.partition(":")[0]
+    return EVENT_NAMES.get(name) or f"transport.{name}"
 
 
 class SipStackLike(Protocol):
@@ -85,7 +132,11 @@ EndpointFactory = Callable[[Any, PoolKey, "TlsIdentity | None", float], IStreamC
 class RateLimitedLog:
     """At most one log line per key every ``interval`` seconds of ``clock`` time.
 
-    Lines held back are counted and the next line for the key says how many.
+    Lines held back are counted and the next line for the key says how many
+    (field ``held``); :meth:`flush` reports the counts still pending. With
+    ``always=True`` a line held back is still emitted, as an event without
+    text (``log_format`` None: text observers skip it) that carries its
+    format in ``held_format`` and ``suppressed=True``.
     """
 
     def __init__(self, log: Logger, clock: IReactorTime, interval: float) -> None:
@@ -95,12 +146,17 @@ class RateLimitedLog:
         self._last: dict[str, float] = {}
         self._held: Counter[str] = Counter()
 
-    def emit(self, key: str, format: str, **fields: Any) -> bool:
-        """Log ``format`` with ``fields`` unless ``key`` was logged too recently."""
+    def emit(self, key: str, format: str, *, always: bool = False, **fields: Any) -> bool:
+        """Log ``format`` with ``fields`` unless ``key`` was logged too recently.
+
+        Returns True when the line was logged with its text.
+        """
         now = self.clock.seconds()
         last = self._last.get(key)
         if last is not None and now - last < self.interval:
             self._held[key] += 1
+            if always:
+                self.log.warn(None, held_format=format, suppressed=True, **fields)
             return False
         self._last[key] = now
         held = self._held.pop(key, 0)
@@ -108,6 +164,17 @@ class RateLimitedLog:
             format += " ({held} similar lines suppressed)"
         self.log.warn(format, rate_key=key, held=held, **fields)
         return True
+
+    def flush(self) -> None:
+        """Log how many lines each key held back since its last line, and forget them."""
+        held, self._held = self._held, Counter()
+        for key, count in sorted(held.items()):
+            self.log.warn(
+                "{rate_key}: {held} similar lines suppressed",
+                event="log.suppressed",
+                rate_key=key,
+                held=count,
+            )
 
 
 @implementer(IOpenSSLServerConnectionCreator)
@@ -218,6 +285,7 @@ class SipRuntime:
         for connection in list(self._connections.values()):
             connection.close(abort=True)
         self.pool.close_all()
+        self.ratelog.flush()
         return _gather(closing)
 
     def apply(self, table: AdjacencyTable, limits: Limits | None = None) -> Deferred[None]:
@@ -269,7 +337,18 @@ class SipRuntime:
 
     def event(self, adjacency: str | None, counter: str, message: str, **fields: Any) -> None:
         self.counters.increment(adjacency, counter)
-        self.ratelog.emit(counter, message, adjacency=adjacency, **fields)
+        detail = counter.partition(":")[2]
+        if detail:
+            fields.setdefault("reason", detail)
+        self.ratelog.emit(
+            counter,
+            message,
+            always=counter.startswith(EVERY_EVENT),
+            event=event_name(counter),
+            counter=counter,
+            adjacency=adjacency,
+            **fields,
+        )
 
     def datagram_message(
         self, listener: UdpListener, adjacency: str, data: bytes, source: tuple[str, int]
@@ -466,7 +545,7 @@ class SipRuntime:
                 return found
         for adjacency in self.table.attached:
             if (
-                str(adjacency.signaling_address) == local[0]
+                str(adjacency.address) == local[0]
                 and adjacency.port == local[1]
                 and adjacency.sends_tls == (transport == TLS)
             ):

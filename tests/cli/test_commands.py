@@ -166,6 +166,35 @@ class SeedStepsTests(SynchronousTestCase):
             text,
         )
 
+    def test_steps_on_a_new_adjacency(self) -> None:
+        """Steps 4-6 on an adjacency that does not exist yet: it is created detached."""
+        backend = FakeBackend()
+        session = Session(backend)
+        steps = run(
+            session, "configure", "sbc mysbc", "sbe", "adjacency sip fresh",
+            "security trusted-encrypted", "commit", "end",
+            "show services sbc mysbc sbe adjacencies fresh",
+        )  # fmt: skip
+        self.assertTrue(all(ok for _, _, ok in steps), steps)
+        self.assertEqual(
+            steps[-1][1].split("\n")[:5],
+            [
+                "Adjacency: fresh (SIP)",
+                "  Status: Detached",
+                "  Signaling address: (not set), port 5061",
+                "  Transport: TLS",
+                "  Security: Trusted-Encrypted",
+            ],
+        )
+        # Attaching it needs an address: refused in one line, nothing changes.
+        steps = run(session, "configure", "sbc mysbc", "sbe", "adjacency sip fresh", "attach")
+        text, ok = session.execute("commit")
+        self.assertEqual(
+            (text, ok),
+            ("% adjacency 'fresh' cannot be attached without a signaling-address", False),
+        )
+        self.assertEqual(len(backend.commits), 1)
+
     def test_show_without_service_name_as_in_the_seed_example(self) -> None:
         text, ok = Session(FakeBackend()).execute("show services sbc sbe adjacencies")
         self.assertTrue(ok)
@@ -266,7 +295,7 @@ class CommitTests(SynchronousTestCase):
         run(session, "configure", "sbc mysbc", "sbe", "adjacency sip new", "attach")
         text, ok = session.execute("commit")
         self.assertFalse(ok)
-        self.assertEqual(text, "% adjacency 'new' has no signaling-address")
+        self.assertEqual(text, "% adjacency 'new' cannot be attached without a signaling-address")
         run(session, "exit", "active-call-policy-set 7")
         session.execute("no adjacency sip new")
         text, ok = session.execute("commit")

@@ -24,6 +24,7 @@ from sbc.config import (
     commands_for,
     load_config,
     parse_config,
+    render_config,
     split_words,
     tokenize,
 )
@@ -243,14 +244,26 @@ class AdjacencyCommandTests(ParseErrorMixin):
         self.assertRefused(base + "signaling-address ipv4 1.2.3.4 x\n", 4, "too many words")
 
     def test_missing_signaling_address(self) -> None:
+        """Attaching needs an address; the error names the attach line."""
         self.assertRefused(
             "sbc s\nsbe\nadjacency sip a\nattach\nadjacency sip b\n",
-            3,
-            "adjacency 'a' has no signaling-address",
+            4,
+            "adjacency 'a' cannot be attached without a signaling-address",
         )
 
+    def test_detached_adjacency_without_address(self) -> None:
+        """The seed's steps create an adjacency and set its security before any address."""
+        cfg = parse("sbc s\nsbe\nadjacency sip test\nsecurity trusted-encrypted\n")
+        adjacency = cfg.adjacencies[0]
+        self.assertIsNone(adjacency.signaling_address)
+        self.assertFalse(adjacency.attached)
+        self.assertEqual(adjacency.port, 5061)
+        self.assertRaises(ValueError, lambda: adjacency.address)
+        self.assertEqual(parse(render_config(cfg)), cfg)
+
     def test_no_signaling_address(self) -> None:
-        self.assertRefused(HEAD + "no signaling-address\n", 3, "no signaling-address")
+        self.assertRefused(HEAD + "attach\nno signaling-address\n", 5, "cannot be attached without")
+        self.assertIsNone(parse(HEAD + "no signaling-address\n").adjacencies[0].signaling_address)
 
     def test_signaling_port(self) -> None:
         self.assertEqual(self.adj("signaling-port 5070").signaling_port, 5070)
