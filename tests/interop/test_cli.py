@@ -36,7 +36,9 @@ def cli_socket(child: RunningProcess) -> str:
     return endpoint[len("unix:") :].split(":")[0]
 
 
-class CliInteropTests(TestCase):
+class CliTestCase(TestCase):
+    """Helpers for tests that drive a real daemon through ``sbc-cli`` (no tests here)."""
+
     timeout = 90
 
     def sbc_cli(self, path: str, *commands: str) -> defer.Deferred[ProcessResult]:
@@ -56,6 +58,8 @@ class CliInteropTests(TestCase):
         response = yield client.transact(request, call_id)
         return response
 
+
+class CliInteropTests(CliTestCase):
     @defer.inlineCallbacks
     def test_configure_commit_show_refuse_abort_restart(self) -> Any:
         pki = make_pki(self.mktemp())
