@@ -224,6 +224,10 @@ class Session:
         self.dirty = False
         self.closed = False
         self._line = 0
+        #: The running configuration the candidate was built on.
+        self._base: SbcConfig | None = None
+        #: The edits typed since then, (mode, words), to re-apply on a newer base.
+        self._edits: list[tuple[Mode, list[str]]] = []
 
     # -- state ----------------------------------------------------------------
 
@@ -303,15 +307,22 @@ class Session:
         return lines
 
     def _enter_config(self) -> None:
-        self.builder = ConfigBuilder.from_config(self.backend.running_config(), path="<cli>")
+        self._rebase_on(self.backend.running_config())
         self.mode = ROOT
         self.dirty = False
+
+    def _rebase_on(self, running: SbcConfig) -> None:
+        self._base = running
+        self.builder = ConfigBuilder.from_config(running, path="<cli>")
+        self._edits = []
 
     def _leave_config(self) -> list[str]:
         lines = ["Uncommitted changes discarded."] if self.dirty else []
         self.mode = None
         self.builder = None
         self.dirty = False
+        self._base = None
+        self._edits = []
         return lines
 
     # -- config modes ---------------------------------------------------------
@@ -350,6 +361,7 @@ class Session:
             raise _CliError(error.message) from None
         if keyword not in ("exit", "end"):
             self.dirty = True
+            self._edits.append((self.mode, words))
         self.mode = new_mode
         return []
 
@@ -362,16 +374,46 @@ class Session:
 
     def _commit(self, comment: str) -> list[str]:
         assert self.builder is not None
+        running = self.backend.running_config()
+        if running is not self._base:
+            self._replay_on(running)
         candidate = self._candidate()
-        if candidate == self.backend.running_config():
+        if candidate == running:
             self.dirty = False
             return ["No configuration changes to commit."]
         errors = self.backend.commit(candidate, user=self.user, client=self.client, comment=comment)
         if errors:
             raise _CliError("\n".join(e if e.startswith("%") else f"% {e}" for e in errors))
-        self.builder = ConfigBuilder.from_config(self.backend.running_config(), path="<cli>")
+        self._rebase_on(self.backend.running_config())
         self.dirty = False
         return []
+
+    def _replay_on(self, running: SbcConfig) -> None:
+        """Another session committed: re-apply this session's edits on its result.
+
+        Refuses the commit either way, so that the operator reviews the
+        merged candidate (``show configuration diff``) before committing it.
+        """
+        edits = self._edits
+        builder = ConfigBuilder.from_config(running, path="<cli>")
+        for line, (mode, words) in enumerate(edits, start=1):
+            try:
+                builder.apply(mode, words, line)
+            except ConfigError as error:
+                self._rebase_on(running)
+                self._edits = []
+                self.dirty = False
+                raise _CliError(
+                    "% Another session committed since this configuration session started, "
+                    f"and '{' '.join(words)}' cannot be re-applied on top of it "
+                    f"({error.message}): your changes were dropped; enter them again"
+                ) from None
+        self._base, self.builder, self._edits = running, builder, edits
+        raise _CliError(
+            "% Another session committed since this configuration session started: your "
+            "changes were re-applied on top of it; check 'show configuration diff' and "
+            "commit again"
+        )
 
     # -- show -----------------------------------------------------------------
 

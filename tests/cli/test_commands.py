@@ -527,3 +527,35 @@ class CommitHistoryTests(SynchronousTestCase):
         self.session.execute("configure")
         text, ok = self.session.execute("commit now")
         self.assertEqual((text, ok), ("% bad command: usage: commit [comment TEXT]", False))
+
+
+class ConcurrentSessionTests(SynchronousTestCase):
+    """Two configuration sessions: a later commit never silently undoes an earlier one."""
+
+    def test_changes_reapplied_on_the_other_commit(self) -> None:
+        backend = FakeBackend()
+        first, second = Session(backend), Session(backend)
+        run(first, "configure", "sbc mysbc", "sbe", "local-domain first.test")
+        run(second, "configure", "sbc mysbc", "sbe", "adjacency sip test", "signaling-port 5071")
+        self.assertEqual(second.execute("commit"), ("", True))
+        text, ok = first.execute("commit")
+        self.assertFalse(ok)
+        self.assertIn("your changes were re-applied on top of it", text)
+        text, ok = first.execute("show configuration diff")
+        self.assertEqual(text, "+   local-domain first.test")
+        self.assertEqual(first.execute("commit"), ("", True))
+        self.assertEqual(backend.config.local_domains, ("first.test",))
+        self.assertEqual(backend.config.adjacency("test").port, 5071)
+
+    def test_changes_that_no_longer_apply_are_dropped(self) -> None:
+        backend = FakeBackend()
+        first, second = Session(backend), Session(backend)
+        run(first, "configure", "sbc mysbc", "sbe", "no adjacency sip test")
+        run(second, "configure", "sbc mysbc", "sbe", "no adjacency sip test")
+        self.assertEqual(second.execute("commit"), ("", True))
+        text, ok = first.execute("commit")
+        self.assertFalse(ok)
+        self.assertIn("cannot be re-applied", text)
+        self.assertIn("your changes were dropped", text)
+        self.assertIsNone(backend.config.get_adjacency("test"))
+        self.assertEqual(first.execute("commit"), ("No configuration changes to commit.", True))
