@@ -9,7 +9,8 @@ It applies, in order:
    signaling addresses, no user part): OPTIONS is answered 200;
 3. Max-Forwards 0 on a request to forward: 483;
 4. the seed's admission rule (:mod:`sbc.security`): an untrusted request
-   to a SIPS Request-URI, or a REGISTER for a SIPS AOR, gets 403 + Warning 380;
+   to a SIPS Request-URI, or a REGISTER for a SIPS AOR, gets 403 + Warning 380
+   (refusals at 3 and 4 are logged as ``call.refused``, docs/logging.md);
 5. dispatch: ACK and CANCEL to the B2BUA; in-dialog requests (To tag
    present) to their call; REGISTER for a ``local-domain`` to the
    :class:`~sbc.registrar.Registrar`; every other request outside a dialog
@@ -26,10 +27,11 @@ and :meth:`SipStack.advance` consult :meth:`SbcCore.next_deadline` and
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import NoReturn
 
 from sbc import security
 from sbc.adjacencies import AdjacencyTable, InboundContext
-from sbc.b2bua import CallManager, HuntPolicy, RouterFunction, Target
+from sbc.b2bua import CallManager, HuntPolicy, RouterFunction, Target, calllog
 from sbc.config import AdjacencyConfig
 from sbc.errors import SipError
 from sbc.registrar import Registrar, aor_key
@@ -134,12 +136,15 @@ class SbcCore:
             return self._answer_locally(request, transaction, flow, now)
         max_forwards = request.max_forwards
         if max_forwards is not None and max_forwards <= 0 and not local_register:
-            raise SipError(483, "Too Many Hops")
+            self._refuse(request, context, False, SipError(483, "Too Many Hops"))
         inbound = self._inbound_adjacency(context)
         secure = security.requires_secure_target(request.uri.scheme)
         if method == "REGISTER":
             secure = secure or security.requires_secure_target(request.to.uri.scheme)
-        security.admit(security.caller_is_trusted(inbound), secure)
+        try:
+            security.admit(security.caller_is_trusted(inbound), secure)
+        except SipError as error:
+            self._refuse(request, context, secure, error)
         if local_register:
             source = transaction.peer if isinstance(transaction.peer, Flow) else flow
             response = self.registrar.register(request, source, inbound.name, now)
@@ -157,6 +162,14 @@ class SbcCore:
         return self.calls.failure(transaction, reason, now)
 
     # -- helpers --------------------------------------------------------------
+
+    def _refuse(self, request: Request, context: object, secure: bool, error: SipError) -> NoReturn:
+        """Log a refusal (``call.refused``) and raise ``error``."""
+        if isinstance(context, InboundContext):
+            inbound = self._table().get(context.adjacency)
+            if inbound is not None:
+                calllog.log_refused(self.calls.next_call_id(), request, inbound, secure, error)
+        raise error
 
     def _is_local(self, uri: URI) -> bool:
         return uri.scheme in ("sip", "sips") and uri.host.lower() in self.local_domains

@@ -34,6 +34,9 @@ Choices made here (documented in behaviour terms):
   talks from (the A-leg's request source, the B-leg's destination),
   symmetric signaling as SBCs do behind NAT; the Request-URI is the
   remote target and Route the leg's route set.
+* **Call log**: the routing decision, each hunting step and the caller's
+  final response (for an answered call: its end) are logged through
+  :mod:`sbc.b2bua.calllog` (docs/logging.md).
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from sbc import security
+from sbc.b2bua import calllog
 from sbc.config import AdjacencyConfig, Transport
 from sbc.errors import SipError
 from sbc.sip.headers import CSeq, Headers, NameAddr, Via
@@ -107,6 +111,8 @@ TARGET_REFRESH = frozenset({"INVITE", "UPDATE"})
 WITH_CONTACT = frozenset({"INVITE", "UPDATE", "SUBSCRIBE", "NOTIFY", "REFER"})
 #: Redirect recursion depth: more 3xx than this in one call end hunting.
 MAX_REDIRECTS = 5
+#: Why a call ended when a target refresh tried to change the URI scheme (call log).
+REFRESH_REFUSED = "target refresh changed the URI scheme"
 
 
 def new_tag() -> str:
@@ -138,7 +144,7 @@ def outbound_flow(adjacency: AdjacencyConfig, uri: URI) -> Flow:
         transport = "TCP"
     else:
         transport = "UDP"
-    local = (str(adjacency.signaling_address), adjacency.port)
+    local = (str(adjacency.address), adjacency.port)
     if adjacency.signaling_peer is not None:
         remote = (adjacency.signaling_peer, adjacency.peer_port)
     else:
@@ -370,6 +376,15 @@ class Call:
         self.reinvite: Relay | None = None
         max_forwards = request.max_forwards
         self.max_forwards = 70 if max_forwards is None else max(0, max_forwards - 1)
+        # for the call log (sbc.b2bua.calllog)
+        self.route_path: tuple[str, ...] = ()  # set by CallManager.targets_for
+        self.candidates: tuple[Target, ...] = ()
+        self.last_outbound: str | None = None  # the adjacency of the latest B-leg
+        self.hunt_why: str | None = None  # why the latest candidate failed
+        self.outcome_hint: str | None = None  # cancelled, failed, released
+        self.answered_at: float | None = None  # when a 2xx to the INVITE went to the caller
+        self.answer: tuple[int, str] = (0, "")  # that 2xx's status and reason
+        self.end_why = "ended"
 
     # -- set-up: routing and hunting ------------------------------------------
 
@@ -388,7 +403,8 @@ class Call:
 
     def start(self, targets: Iterable[Target], now: float) -> list[StackOutput]:
         """Hunt through ``targets`` in order."""
-        self.hunt.extend(targets)
+        self.candidates = tuple(targets)
+        self.hunt.extend(self.candidates)
         return self._try_next(now)
 
     def _try_next(self, now: float) -> list[StackOutput]:
@@ -399,12 +415,21 @@ class Call:
             # the routing policy's choice is re-checked against the security rules
             if adjacency is None or not security.may_send_out_of(adjacency, self.secure):
                 manager.count(target.adjacency, "hunt-refused")
+                why = "not attached" if adjacency is None else "refused by the security rules"
+                calllog.log_hunt(self, None, why, target.adjacency, target.uri, skipped=True)
                 continue
             key = (target.adjacency, target.uri.serialize())
             if key in self.tried:
                 continue
+            if self.tried:
+                why = self.hunt_why or "failed"
+                calllog.log_hunt(self, self.last_outbound, why, target.adjacency, target.uri)
+            else:
+                calllog.log_routed(self, self.candidates, target.adjacency)
             self.tried.add(key)
             return self._send_b(target, adjacency, now)
+        if not self.tried:
+            calllog.log_routed(self, self.candidates, None)
         return self._exhausted(now)
 
     def _send_b(self, target: Target, adjacency: AdjacencyConfig, now: float) -> list[StackOutput]:
@@ -428,6 +453,7 @@ class Call:
         copy_end_to_end(original, request.headers)
         request.body = original.body
         self.b = leg
+        self.last_outbound = adjacency.name
         self.b_provisional = False
         self.cancel_sent = False
         transaction, outputs = manager.stack.send_request(request, flow, now)
@@ -448,6 +474,7 @@ class Call:
 
     def _exhausted(self, now: float) -> list[StackOutput]:
         self._drop_b()
+        self.outcome_hint = "failed"
         failure = self.last_failure
         if failure is not None:
             outputs = self._answer_a(failure, now)
@@ -479,6 +506,7 @@ class Call:
         if self.manager.hunting.continues(status):
             self.last_failure = response
             self.manager.count(leg.adjacency, f"hunt-skip:{status}")
+            self.hunt_why = f"{status} {response.reason}"
             return self._try_next(now)
         self.manager.count(leg.adjacency, f"calls-rejected:{status}")
         return self._answer_a(response, now) + self.end(now)
@@ -494,6 +522,7 @@ class Call:
         self.manager.count(leg.adjacency, f"hunt-skip:{reason}")
         if self.cancel_pending or self.answered:
             return self.end(now)
+        self.hunt_why = reason
         return self._try_next(now)
 
     def _on_provisional(self, leg: Leg, response: Response, now: float) -> list[StackOutput]:
@@ -547,6 +576,7 @@ class Call:
         self.redirects += 1
         if self.redirects > MAX_REDIRECTS or not contacts:
             self.last_failure = None
+            self.hunt_why = f"{response.status} {response.reason}, not followed"
             return self._try_next(now)
         ordered = sorted(
             enumerate(contacts), key=lambda ic: (-(ic[1].q if ic[1].q is not None else 1.0), ic[0])
@@ -559,6 +589,7 @@ class Call:
             except SipError:
                 continue  # no route for this Contact: try the others
         self.manager.count(leg.adjacency, "redirects-followed")
+        self.hunt_why = f"{response.status} {response.reason}, redirected"
         self.hunt.extendleft(reversed(new_targets))
         return self._try_next(now)
 
@@ -592,13 +623,31 @@ class Call:
             return []
         stack = self.manager.stack
         response = stack.error_response(self.request, error, self.a.flow)
-        return self._respond_a(response, now)
+        return self._respond_a(response, now, calllog.warning_text(error))
 
-    def _respond_a(self, response: Response, now: float) -> list[StackOutput]:
-        if response.status >= 200:
+    def _respond_a(
+        self, response: Response, now: float, warning: str | None = None
+    ) -> list[StackOutput]:
+        status = response.status
+        if status >= 200:
             self.answered = True
+            if status < 300 and self.dialog:
+                # logged when the call ends (call.ended): two events per basic call
+                self.answered_at = now
+                self.answer = (status, response.reason)
+            else:
+                outcome = self.outcome_hint or ("answered" if status < 300 else "rejected")
+                calllog.log_outcome(
+                    self,
+                    outcome,
+                    status,
+                    response.reason,
+                    self.last_outbound,
+                    warning,
+                    now - self.started_at,
+                )
         outputs = self.manager.stack.respond(self.transaction, response, now)
-        if 200 <= response.status < 300 and self.dialog:
+        if 200 <= status < 300 and self.dialog:
             self.state = CallState.ANSWERED
             self.a.confirmed = True
             b_cseq = self.b.invite_cseq if self.b is not None else None
@@ -625,6 +674,7 @@ class Call:
         """The caller cancelled: 487 to its INVITE, CANCEL on the B-leg."""
         if self.answered:
             return []
+        self.outcome_hint = "cancelled"
         outputs = self._reject_a(SipError(487, "Request Terminated"), now)
         self.manager.count(self.a.adjacency, "calls-cancelled")
         self.cancel_pending = True
@@ -677,7 +727,7 @@ class Call:
     def ack_timeout(self, leg: Leg, now: float) -> list[StackOutput]:
         """No ACK for our 2xx after 64*T1: bring the call down (BYE both legs)."""
         self.manager.count(leg.adjacency, "ack-timeouts")
-        return self.terminate(now)
+        return self.terminate(now, "no ACK for the 2xx")
 
     # -- in-dialog requests --------------------------------------------------
 
@@ -708,7 +758,7 @@ class Call:
                 if error is not None:
                     self.manager.count(leg.adjacency, "target-refresh-refused")
                     outputs = stack.reject(transaction, error, leg.flow, now)
-                    return outputs + self.terminate(now)
+                    return outputs + self.terminate(now, REFRESH_REFUSED)
                 leg.remote_target = contacts[0].uri
         cseq = other.next_cseq()
         if method == "INVITE":
@@ -731,6 +781,7 @@ class Call:
             self.reinvite = relay
         if method == "BYE":
             self.manager.count(leg.adjacency, "calls-ended")
+            self.end_why = "BYE from the caller" if leg is self.a else "BYE from the callee"
             outputs += self.end(now, keep_relays=True)
         return outputs
 
@@ -764,7 +815,7 @@ class Call:
                     if method == "INVITE":
                         outputs += self._ack(target, response.cseq.seq, b"", None)
                     outputs += stack.reject(relay.server, error, relay.source.flow, now)
-                    return outputs + self.terminate(now)
+                    return outputs + self.terminate(now, REFRESH_REFUSED)
                 target.remote_target = contacts[0].uri
         translated = self.translate(response, relay.server.request, relay.source)
         if status >= 200:
@@ -829,11 +880,16 @@ class Call:
         _, outputs = self.manager.stack.send_request(bye, leg.flow, now)
         return outputs
 
-    def terminate(self, now: float) -> list[StackOutput]:
-        """Bring the call down: final response or CANCEL where set-up is pending, BYE elsewhere."""
+    def terminate(self, now: float, why: str = "released") -> list[StackOutput]:
+        """Bring the call down: final response or CANCEL where set-up is pending, BYE elsewhere.
+
+        ``why`` is for the call log.
+        """
         if self.state is CallState.ENDED:
             return []
         self.manager.count(self.a.adjacency, "calls-released")
+        self.outcome_hint = "released"
+        self.end_why = why
         return self._bring_down(SipError(480, "Temporarily Unavailable"), now)
 
     def release(self, adjacency: str, now: float) -> list[StackOutput]:
@@ -851,6 +907,8 @@ class Call:
         if self.state is CallState.ENDED:
             return []
         self.manager.count(adjacency, "calls-released:detach")
+        self.outcome_hint = "released"
+        self.end_why = f"adjacency {adjacency} detached"
         error = SipError(503, f"Service Unavailable - adjacency {adjacency} detached")
         stack = self.manager.stack
         outputs: list[StackOutput] = []
@@ -883,6 +941,8 @@ class Call:
         if self.state is CallState.ENDED:
             return []
         self.state = CallState.ENDED
+        if self.answered_at is not None:
+            calllog.log_ended(self, self.answered_at, now)
         self.hunt.clear()
         for leg in (self.a, self.b):
             if leg is not None:

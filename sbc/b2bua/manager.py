@@ -28,6 +28,7 @@ import attrs
 
 from sbc import security
 from sbc.adjacencies import AdjacencyTable
+from sbc.b2bua import calllog
 from sbc.b2bua.call import Call, CallState, HuntPolicy, Leg, PendingAck, Relay, Target
 from sbc.config import AdjacencyConfig
 from sbc.counters import Counters
@@ -46,6 +47,9 @@ RouterFunction = Callable[[RouteKey, AdjacencyTable, Callable[[str], int]], Rout
 Locator = Callable[[URI, float], "list[Target] | None"]
 
 Handler = Call | Relay
+
+#: The route path of a call to the registered contacts of an AOR in a local domain.
+REGISTRAR_PATH = ("registered contacts",)
 
 
 class TimerHandle:
@@ -126,10 +130,15 @@ class CallManager:
     ) -> list[StackOutput]:
         """An admitted out-of-dialog request: route it and start hunting.
 
-        Raises the routing's ``SipError`` (480...) before any state is kept.
+        Raises the routing's ``SipError`` (480...) before any state is kept
+        (and logs the refusal, ``call.refused``).
         """
         call = Call(self, request, transaction, flow, inbound, now)
-        targets = self.targets_for(call, request.uri, now)
+        try:
+            targets = self.targets_for(call, request.uri, now)
+        except SipError as error:
+            calllog.log_refused(call.id, request, inbound, call.secure, error)
+            raise
         self.calls[call.id] = call
         self.count(inbound.name, "calls-started" if call.dialog else "requests-started")
         if call.dialog:
@@ -138,10 +147,14 @@ class CallManager:
         return call.start(targets, now)
 
     def targets_for(self, call: Call, uri: URI, now: float) -> list[Target]:
-        """The hunt candidates for ``uri`` (registered contacts, or routing)."""
+        """The hunt candidates for ``uri`` (registered contacts, or routing).
+
+        Records the matched routing path in ``call.route_path``.
+        """
         if self.locate is not None:
             located = self.locate(uri, now)
             if located is not None:
+                call.route_path = REGISTRAR_PATH
                 table = self.table()
                 allowed = []
                 for target in located:
@@ -158,6 +171,7 @@ class CallManager:
         if key.secure != call.secure:
             key = attrs.evolve(key, secure=call.secure)
         decision = self.router(key, self.table(), self.active_calls)
+        call.route_path = decision.path
         scheme = security.outbound_scheme(uri.scheme)
         target_uri = uri if uri.scheme == scheme else uri.with_scheme(scheme)
         return [Target(d.adjacency, target_uri) for d in decision.destinations]

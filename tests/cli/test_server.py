@@ -181,7 +181,8 @@ class ServiceRollbackTests(SynchronousTestCase):
         self.assertEqual(
             self.service.rollback(to=1000000002),
             [
-                "Configuration rolled back (rollback configuration to 1000000002): commit 1000000004."
+                "Configuration rolled back (rollback configuration to 1000000002): "
+                "commit 1000000004."
             ],
         )
         self.assertEqual(self.port(), 5072)
