@@ -187,6 +187,8 @@ class SbcCore:
             adjacency = self._table().get(context.adjacency)
             if adjacency is not None:
                 return adjacency
+            # A connection of a detached adjacency, still draining.
+            raise SipError(503, f"Service Unavailable - adjacency {context.adjacency} detached")
         raise SipError(500, "Server Internal Error - unknown inbound adjacency")
 
     def _addressed_to_sbc(self, request: Request) -> bool:

@@ -106,6 +106,14 @@ class CoreTests(SynchronousTestCase):
         self.assertEqual(response.status, 480)
         self.assertEqual([w.code for w in response.warnings], [380])
 
+    def test_request_on_a_draining_connection_gets_503(self) -> None:
+        """A connection of a just-detached adjacency still delivers; new requests get 503."""
+        gone = InboundContext("detached-one", ListenerKey("127.0.0.1", 5060, "TCP"))
+        response = self.answer(request("INVITE", "sip:bob@lab.test"), gone)
+        assert response is not None
+        self.assertEqual(response.status, 503)
+        self.assertEqual(response.reason, "Service Unavailable - adjacency detached-one detached")
+
     def test_max_forwards_zero_gets_483(self) -> None:
         response = self.answer(request("INVITE", "sip:bob@lab.test", max_forwards=0))
         assert response is not None

@@ -417,6 +417,16 @@ LIMIT_SETTINGS: tuple[LimitSetting, ...] = (
         "Time to establish an outbound TCP connection",
     ),
     LimitSetting(
+        "detach-drain-time",
+        "detach_drain_time",
+        2,
+        0,
+        60,
+        "seconds",
+        "After no attach, TCP/TLS connections of the adjacency stay open this long "
+        "for the answers to the BYEs that release its calls",
+    ),
+    LimitSetting(
         "commit-history",
         "commit_history",
         100,
@@ -448,6 +458,7 @@ class Limits:
     partial_message_timeout: int = _LIMIT_DEFAULTS["partial_message_timeout"]
     outbound_idle_timeout: int = _LIMIT_DEFAULTS["outbound_idle_timeout"]
     outbound_connect_timeout: int = _LIMIT_DEFAULTS["outbound_connect_timeout"]
+    detach_drain_time: int = _LIMIT_DEFAULTS["detach_drain_time"]
     commit_history: int = _LIMIT_DEFAULTS["commit_history"]
     line: int = attrs.field(default=0, eq=False, repr=False)
     setting_lines: FrozenMap[str, int] = attrs.field(

@@ -90,6 +90,9 @@ EVENT_NAMES: dict[str, str] = {
 }
 """The log event name of each counter (the part before ``:``); others: ``transport.COUNTER``."""
 
+DETACHED = "connections-closed:detached"
+"""Counter (and close reason) of a connection whose adjacency was detached."""
+
 EVERY_EVENT: tuple[str, ...] = (
     "connections-refused:",
     "connections-closed:",
@@ -238,6 +241,8 @@ class SipRuntime:
         self._opening: dict[ListenerKey, list[Deferred[None]]] = {}
         self._udp: dict[ListenerKey, UdpListener] = {}
         self._connections: dict[int, StreamConnection] = {}
+        #: Connections of detached adjacencies waiting for their drain time: id -> close timer.
+        self._draining: dict[int, IDelayedCall] = {}
         self._per_adjacency: Counter[str] = Counter()
         self._per_source: Counter[str] = Counter()
         self._timer: IDelayedCall | None = None
@@ -281,6 +286,10 @@ class SipRuntime:
         """Close listeners and connections, disarm the timer; fires when the ports are closed."""
         self.running = False
         self._cancel_timer()
+        for call in self._draining.values():
+            if call.active():
+                call.cancel()
+        self._draining.clear()
         closing = [self._stop_listening(key) for key in list(self._ports)]
         for connection in list(self._connections.values()):
             connection.close(abort=True)
@@ -300,13 +309,35 @@ class SipRuntime:
         self.table = table
         if limits is not None:
             self._limits = limits
+        drain = self._limits.detach_drain_time
         for connection in list(self._connections.values()):
             reason = self._stale(connection)
-            if reason is not None:
+            if reason is None:
+                continue
+            if reason == DETACHED and drain > 0:
+                self._drain(connection, drain)
+            else:
                 connection.close(reason)
         if not self.running:
             return succeed(None)
         return self._sync_listeners()
+
+    def _drain(self, connection: StreamConnection, seconds: float) -> None:
+        """Close a detached adjacency's connection after ``seconds`` (the detach-drain-time).
+
+        The BYEs that release the adjacency's calls have just been written to
+        it; the answers come back on it. New requests arriving meanwhile find
+        no attached adjacency and are refused by the core.
+        """
+        if connection.connection_id in self._draining:
+            return
+
+        def drained() -> None:
+            self._draining.pop(connection.connection_id, None)
+            if self._connections.get(connection.connection_id) is connection:
+                connection.close(DETACHED)
+
+        self._draining[connection.connection_id] = self.reactor.callLater(seconds, drained)
 
     def set_tls_identity(self, identity: TlsIdentity) -> None:
         """Use ``identity`` for every new handshake (``crypto reload``)."""
@@ -427,6 +458,9 @@ class SipRuntime:
     def stream_closed(self, connection: StreamConnection, reason: Failure) -> None:
         if self._connections.pop(connection.connection_id, None) is None:
             return
+        draining = self._draining.pop(connection.connection_id, None)
+        if draining is not None and draining.active():
+            draining.cancel()
         if not connection.outbound and connection.adjacency is not None:
             self._decrement(self._per_adjacency, connection.adjacency)
             self._decrement(self._per_source, connection.remote[0])
@@ -530,7 +564,7 @@ class SipRuntime:
         """Why ``connection`` must close under the current table, or None."""
         adjacency = connection.adjacency
         if adjacency is not None and self.table.get(adjacency) is None:
-            return "connections-closed:detached"
+            return DETACHED
         if connection.outbound:
             return None
         if self.classify(connection.listener, connection.remote[0]) != adjacency:

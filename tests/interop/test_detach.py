@@ -52,11 +52,14 @@ class DetachReleasesCallsTests(TestCase):
     """A held call is brought down (BYE to both sides) when one of its adjacencies is detached."""
 
     timeout = 90
+    adjacencies = ADJACENCIES
+    #: SIPp transport of the callee (the trunk adjacency's side).
+    callee_transport = "u1"
 
     @defer.inlineCallbacks
     def setUp(self) -> Any:  # type: ignore[override]
         self.pki = make_pki(self.mktemp())
-        self.sbc = yield start_routed_sbc(self, self.pki, ADJACENCIES, POLICY, service=SERVICE)
+        self.sbc = yield start_routed_sbc(self, self.pki, self.adjacencies, POLICY, service=SERVICE)
         self.cli_path = cli_socket(self.sbc.child)
 
     def sbc_cli(self, *commands: str) -> defer.Deferred[ProcessResult]:
@@ -82,7 +85,11 @@ class DetachReleasesCallsTests(TestCase):
     @defer.inlineCallbacks
     def detach_releases_the_call(self, adjacency: str) -> Any:
         callee = yield start_sipp_uas(
-            self, "calls_uas.xml", transport="u1", keys={"contact_scheme": "sip"}, seconds=30
+            self,
+            "calls_uas.xml",
+            transport=self.callee_transport,
+            keys={"contact_scheme": "sip"},
+            seconds=30,
         )
         caller = start_sipp(
             self,
@@ -123,3 +130,18 @@ class DetachReleasesCallsTests(TestCase):
     def test_detach_callee_side(self) -> Any:
         """``no attach`` on the callee's adjacency (trusted-unencrypted UDP)."""
         return self.detach_releases_the_call("trunk")
+
+
+class DetachOverTcpTests(DetachReleasesCallsTests):
+    """The same with the callee on TCP: the connection stays open for the BYE's answer.
+
+    ``detach-drain-time`` (2 s by default) keeps the detached adjacency's
+    connections open after the BYEs leave; without it SIPp's 200 to the BYE
+    would find the connection closed.
+    """
+
+    adjacencies = (
+        CallAdjacency("access", "untrusted", "udp"),
+        CallAdjacency("trunk", "trusted-unencrypted", "tcp"),
+    )
+    callee_transport = "t1"

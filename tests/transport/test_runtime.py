@@ -167,10 +167,17 @@ class ListenerTests(RuntimeMixin):
 
     def test_detach_closes_connections_but_keeps_a_shared_listener(self) -> None:
         self.start()
-        _access_conn, access_wire = self.tcp(PHONE)
+        access_conn, access_wire = self.tcp(PHONE)
         trunk_conn, trunk_wire = self.tcp(TRUNK)
         without_access = [c for c in self.configs if c.name != "access"]
         self.successResultOf(self.runtime.apply(AdjacencyTable(without_access)))
+        # Drained first: the answers to the BYEs that released its calls come back on it.
+        self.assertTrue(access_wire.open)
+        self.runtime.stream_message(access_conn, OPTIONS)
+        self.assertEqual(self.stack.received[-1].context.adjacency, "access")
+        self.reactor.advance(Limits().detach_drain_time - 0.1)
+        self.assertTrue(access_wire.open)
+        self.reactor.advance(0.1)
         self.assertFalse(access_wire.open)
         self.assertTrue(trunk_wire.open)
         self.assertIn(TCP_KEY, self.runtime.listening)
@@ -179,6 +186,28 @@ class ListenerTests(RuntimeMixin):
         # a new message from the detached adjacency's sources is unclassified now
         self.udp(OPTIONS, PHONE)
         self.assertEqual(self.counter(None, "drops:no-adjacency"), 1)
+
+    def test_detach_without_drain_closes_at_once(self) -> None:
+        self.runtime.apply(AdjacencyTable(self.configs), Limits(detach_drain_time=0))
+        self.start()
+        _conn, wire = self.tcp(PHONE)
+        self.runtime.apply(AdjacencyTable([c for c in self.configs if c.name != "access"]))
+        self.assertFalse(wire.open)
+        self.assertEqual(self.counter("access", "connections-closed:detached"), 1)
+
+    def test_connection_closed_while_draining_and_stop_cancel_the_timer(self) -> None:
+        self.start()
+        conn, wire = self.tcp(PHONE)
+        _other, _ = self.tcp(("10.0.0.6", 5062))
+        self.runtime.apply(AdjacencyTable([c for c in self.configs if c.name != "access"]))
+        conn.close(abort=True)
+        self.assertFalse(wire.open)
+        drains = [c for c in self.reactor.getDelayedCalls() if "drained" in repr(c.func)]
+        self.assertEqual(len(drains), 1)
+        self.runtime.stop()
+        self.assertEqual(
+            [c for c in self.reactor.getDelayedCalls() if "drained" in repr(c.func)], []
+        )
 
     def test_reclassified_connection_is_closed(self) -> None:
         self.start()
