@@ -167,12 +167,16 @@ class CommitHistory:
         client: str = "",
         comment: str = "",
     ) -> CommitRecord:
-        """Store a new commit (raises ``OSError`` when it cannot be written)."""
+        """Store a new commit (raises ``OSError`` when it cannot be written).
+
+        Nothing older is deleted here: call :meth:`prune` once the commit is
+        complete, so that a commit that fails after this (and is
+        :meth:`discard`-ed) leaves the history exactly as it was.
+        """
         record = CommitRecord(self.next_id, now, user, client, comment, before, after)
         if self.directory is not None:
             self._write(record)
         self._records.append(record)
-        self.prune()
         return record
 
     def _write(self, record: CommitRecord) -> None:
@@ -199,9 +203,11 @@ class CommitHistory:
                 with contextlib.suppress(OSError):
                     os.unlink(os.path.join(self.directory, f"{commit_id}{_SUFFIX}"))
 
-    def prune(self) -> None:
-        """Delete the records beyond the newest ``keep``."""
-        while len(self._records) > self.keep:
+    def prune(self, keep: int | None = None) -> None:
+        """Delete the records beyond the newest ``keep`` (and remember ``keep`` when given)."""
+        if keep is not None:
+            self.keep = keep
+        while len(self._records) > max(1, self.keep):
             old = self._records.pop(0)
             if self.directory is not None:
                 with contextlib.suppress(OSError):

@@ -23,6 +23,7 @@ from typing import Any
 
 import attrs
 from twisted.application.service import MultiService
+from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -236,10 +237,17 @@ class SbcService(MultiService):
         The SBC does not run without its listeners or its management
         endpoints; ``twistd sbc`` then exits with status 1.
         """
-        if self.fatal_error is None:
+        first = self.fatal_error is None
+        if first:
             self.fatal_error = why
         self.log.critical("{why}", why=why)
-        self.reactor.callWhenRunning(self.reactor.stop)
+        if first:
+            self.reactor.callWhenRunning(self._stop_reactor)
+
+    def _stop_reactor(self) -> None:
+        if getattr(self.reactor, "running", True):
+            with contextlib.suppress(ReactorNotRunning):  # SIGTERM raced us
+                self.reactor.stop()
 
     def preflight(self) -> list[str]:
         """What would stop the service from starting, checked before the reactor runs.
@@ -352,7 +360,10 @@ class SbcService(MultiService):
             return [f"% {error.message}"]
         refused = security_changes_while_attached(self.config, candidate)
         if refused:
-            return [SECURITY_CHANGE_MESSAGE.format(name=name) for name in refused]
+            line = SECURITY_CHANGE_MESSAGE.format(name=refused[0])
+            if len(refused) > 1:
+                line += f" (also: {', '.join(refused[1:])})"
+            return [line]
         table = AdjacencyTable(candidate.adjacencies)
         if self.running:
             for key in sorted(set(table.listeners) - set(self.runtime.listening)):
@@ -360,7 +371,6 @@ class SbcService(MultiService):
                 if problem is not None:
                     return [f"% cannot listen on {key}: {problem}"]
         before = self.config
-        self.commits.keep = candidate.limits.commit_history
         try:
             record = self.commits.record(
                 render_config(before),
@@ -378,6 +388,7 @@ class SbcService(MultiService):
             except OSError as error:
                 self.commits.discard(record.id)
                 return [f"% cannot save {self.config_path}: {error.strerror or error}"]
+        self.commits.prune(candidate.limits.commit_history)
         still_attached = {a.name for a in candidate.adjacencies if a.attached}
         detached = [
             a.name for a in before.adjacencies if a.attached and a.name not in still_attached

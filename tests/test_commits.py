@@ -75,6 +75,7 @@ class HistoryTests(SynchronousTestCase):
         history = CommitHistory(self.directory, keep=2)
         for n in range(4):
             history.record(f"{n}\n", f"{n + 1}\n", now=float(n))
+            history.prune()
         self.assertEqual(
             [r.id for r in history.records], [FIRST_COMMIT_ID + 2, FIRST_COMMIT_ID + 3]
         )

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from typing import Any
 
 from twisted.internet import defer, error, protocol
@@ -179,6 +181,12 @@ class BuildServiceTests(SynchronousTestCase):
         with self.assertRaises(SystemExit):
             tap.makeService(options("--config", config, "--cli", "unix:/no/such/dir/sbc.cli"))
         self.assertIn("/no/such/dir is not a directory", stderr.getvalue())
+        long_path = "/tmp/" + "d" * 100 + "/sbc.cli"
+        with self.assertRaises(SystemExit):
+            tap.makeService(options("--config", config, "--cli", f"unix:{long_path}"))
+        self.assertIn(
+            f"the socket path {long_path} is 113 bytes, more than the 107", stderr.getvalue()
+        )
 
     def test_ssh_options_go_together(self) -> None:
         self.assertRaises(usage.UsageError, options, "--config", LAB_CONF, "--ssh", "tcp:2222")
@@ -260,8 +268,12 @@ class TwistdProcessTests(TestCase):
         with open(config, "w") as f:
             f.write(text)
         collector = _Collector(b"started with")
+        # UNIX socket paths are limited to 107 bytes: the trial temp path may be longer.
+        cli_directory = tempfile.mkdtemp(prefix="sbc-tap-")
+        self.addCleanup(shutil.rmtree, cli_directory, True)
         args = [
             TWISTD, "--pidfile=", "-n", "sbc", "--config", config,
+            "--cli", "unix:" + os.path.join(cli_directory, "sbc.cli"),
             "--certificate", pki["sbc"], "--private-key", pki["sbc-key"],
             "--ca-certificates", pki["ca"],
         ]  # fmt: skip

@@ -388,6 +388,13 @@ class Session:
         self.dirty = False
         return []
 
+    def _unchanged(self) -> bool:
+        assert self.builder is not None
+        try:
+            return self.builder.freeze() == self._base
+        except ConfigError:
+            return False
+
     def _replay_on(self, running: SbcConfig) -> None:
         """Another session committed: re-apply this session's edits on its result.
 
@@ -395,9 +402,21 @@ class Session:
         merged candidate (``show configuration diff``) before committing it.
         """
         edits = self._edits
+        if self._unchanged():  # nothing changed yet: follow the new running configuration
+            self._rebase_on(running)
+            self._edits = edits  # (navigation only; replaying it is harmless)
+            return
+        assert self._base is not None
+        had = {line.strip() for line in render_config(self._base).split("\n")}
+        has = {line.strip() for line in render_config(running).split("\n")}
         builder = ConfigBuilder.from_config(running, path="<cli>")
         for line, (mode, words) in enumerate(edits, start=1):
+            command = " ".join(words)
             try:
+                if words[0] != "no" and command in had and command not in has:
+                    raise ConfigError(
+                        "<cli>", line, f"the other session changed or removed '{command}'"
+                    )
                 builder.apply(mode, words, line)
             except ConfigError as error:
                 self._rebase_on(running)
@@ -405,7 +424,7 @@ class Session:
                 self.dirty = False
                 raise _CliError(
                     "% Another session committed since this configuration session started, "
-                    f"and '{' '.join(words)}' cannot be re-applied on top of it "
+                    f"and '{command}' cannot be re-applied on top of it "
                     f"({error.message}): your changes were dropped; enter them again"
                 ) from None
         self._base, self.builder, self._edits = running, builder, edits

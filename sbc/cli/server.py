@@ -50,6 +50,10 @@ __all__ = [
 ]
 
 
+MAX_UNIX_PATH = 107
+"""Longest UNIX socket path (bytes) Linux accepts: sun_path is 108 bytes with the NUL."""
+
+
 class ServiceBackend:
     """:class:`~sbc.cli.commands.SbcBackend` over a running :class:`SbcService`."""
 
@@ -293,6 +297,12 @@ class CliService(Service):
         if path is None:
             return []
         directory = os.path.dirname(os.path.abspath(path))
+        if len(os.fsencode(path)) > MAX_UNIX_PATH:
+            return [
+                f"cannot open the management CLI endpoint: the socket path {path} is "
+                f"{len(os.fsencode(path))} bytes, more than the {MAX_UNIX_PATH} a UNIX socket "
+                "allows (use --cli unix:SHORTER_PATH)"
+            ]
         if not os.path.isdir(directory):
             return [f"cannot open the management CLI endpoint: {directory} is not a directory"]
         problem = check_unix_path(path)

@@ -559,3 +559,28 @@ class ConcurrentSessionTests(SynchronousTestCase):
         self.assertIn("your changes were dropped", text)
         self.assertIsNone(backend.config.get_adjacency("test"))
         self.assertEqual(first.execute("commit"), ("No configuration changes to commit.", True))
+
+    def test_entering_a_block_the_other_session_removed_is_a_conflict(self) -> None:
+        backend = FakeBackend()
+        first, second = Session(backend), Session(backend)
+        run(first, "configure", "sbc mysbc", "sbe", "adjacency sip test", "signaling-port 5080")
+        run(second, "configure", "sbc mysbc", "sbe", "no adjacency sip test")
+        self.assertEqual(second.execute("commit"), ("", True))
+        text, ok = first.execute("commit")
+        self.assertFalse(ok)
+        self.assertIn(
+            "'adjacency sip test' cannot be re-applied on top of it (the other session "
+            "changed or removed 'adjacency sip test')",
+            text,
+        )
+        self.assertIsNone(backend.config.get_adjacency("test"))
+
+    def test_a_session_without_edits_follows_silently(self) -> None:
+        backend = FakeBackend()
+        first, second = Session(backend), Session(backend)
+        run(first, "configure", "sbc mysbc", "sbe")
+        run(second, "configure", "sbc mysbc", "sbe", "local-domain second.test", "commit")
+        self.assertEqual(first.execute("commit"), ("No configuration changes to commit.", True))
+        run(first, "local-domain first.test")
+        self.assertEqual(first.execute("commit"), ("", True))
+        self.assertEqual(backend.config.local_domains, ("second.test", "first.test"))

@@ -94,6 +94,21 @@ class ServiceCommitTests(SynchronousTestCase):
         self.assertIs(self.service.config, before)
         self.assertFalse(os.path.exists(self.path + ".bak"))
 
+    def test_several_security_changes_refused_in_one_line(self) -> None:
+        text = "sbc s\n sbe\n" + "".join(
+            f"  adjacency sip {n}\n   signaling-address ipv4 127.0.0.1\n"
+            f"   signaling-port {p}\n   attach\n"
+            for n, p in (("a", 5080), ("b", 5081), ("c", 5082))
+        )
+        service = SbcService.from_config(parse_config(text), reactor=Reactor())
+        candidate = parse_config(
+            text.replace("attach\n", "attach\n   security trusted-unencrypted\n")
+        )
+        self.assertEqual(
+            service.apply_config(candidate),
+            ["% Security policy cannot be changed while adjacency a is attached (also: b, c)"],
+        )
+
     def test_tls_without_certificate_refused(self) -> None:
         candidate = parse_config(
             RUNNING.replace(
@@ -220,17 +235,69 @@ class ServiceRollbackTests(SynchronousTestCase):
         self.assertIs(self.service.config, before)
         self.assertEqual(len(self.service.commits.records), 3)
 
-    def test_unsaveable_commit_is_not_recorded(self) -> None:
-        os.chmod(os.path.dirname(self.path), 0o500)
-        self.addCleanup(os.chmod, os.path.dirname(self.path), 0o700)
-        if os.access(os.path.dirname(self.path), os.W_OK):
-            # root ignores directory permissions: use a path that cannot exist.
-            self.service.config_path = "/proc/sbc-cannot-write/sbc.conf"
+    def test_unsaveable_commit_changes_nothing_not_even_the_history(self) -> None:
+        """A full history and a candidate lowering commit-history; then the save fails."""
+        import errno
+
+        import sbc.service
+
+        self.service.commits.keep = 2
+        self.commit_port(5071)
+        self.commit_port(5072)
+        kept = self.service.commits.records
+        files = sorted(os.listdir(self.path + ".commits"))
+
+        def full_disk(path: str, config: object) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        self.patch(sbc.service, "save_config", full_disk)
+        candidate = parse_config(
+            RUNNING.replace("security trusted-encrypted\n", "") + "  limits\n   commit-history 1\n"
+        )
+        before = self.service.config
+        errors = self.service.apply_config(candidate)
+        self.assertEqual(errors, [f"% cannot save {self.path}: No space left on device"])
+        self.assertIs(self.service.config, before)
+        self.assertEqual(self.service.commits.records, kept)
+        self.assertEqual(sorted(os.listdir(self.path + ".commits")), files)
+        self.assertEqual(self.service.commits.next_id, 1000000003)
+
+    def test_unrecordable_commit_changes_nothing(self) -> None:
+        from sbc.commits import CommitHistory
+
+        def cannot_write(history: object, record: object) -> None:
+            raise PermissionError(13, "Permission denied")
+
+        self.patch(CommitHistory, "_write", cannot_write)
+        with open(self.path) as f:
+            text = f.read()
         errors = self.commit_port(5071)
-        self.assertEqual(len(errors), 1)
-        self.assertTrue(errors[0].startswith("% cannot "), errors[0])
+        self.assertEqual(errors, ["% cannot record the commit: Permission denied"])
         self.assertEqual(self.service.commits.records, ())
         self.assertEqual(self.port(), 5070)
+        with open(self.path) as f:
+            self.assertEqual(f.read(), text)
+
+    def test_commit_history_limit_applies_after_the_commit(self) -> None:
+        for port in (5071, 5072, 5073):
+            self.commit_port(port)
+        candidate = parse_config(
+            RUNNING.replace("security trusted-encrypted\n", "").replace("5070", "5074")
+            + "  limits\n   commit-history 2\n"
+        )
+        self.assertEqual(self.service.apply_config(candidate), [])
+        self.assertEqual([r.id for r in self.service.commits.records], [1000000003, 1000000004])
+        self.assertEqual(len(os.listdir(self.path + ".commits")), 2)
+
+    def test_fail_stops_the_reactor_once(self) -> None:
+        reactor = self.service.reactor
+        hooks = len(reactor.whenRunningHooks)
+        with capturedLogs() as events:
+            self.service.fail("first problem")
+            self.service.fail("second problem")
+        self.assertEqual(self.service.fatal_error, "first problem")
+        self.assertEqual([formatEvent(e) for e in events], ["first problem", "second problem"])
+        self.assertEqual(len(reactor.whenRunningHooks), hooks + 1)
 
 
 class UnixPathTests(SynchronousTestCase):
