@@ -288,11 +288,17 @@ class SbcService(MultiService):
         try:
             identity = load_tls_identity(self.tls_files)
         except TlsConfigError as error:
-            self.log.error("TLS identity not reloaded: {error}", error=str(error))
+            self.log.error(
+                "TLS identity not reloaded: {error}", event="tls.reload-failed", error=str(error)
+            )
             return [f"% TLS identity not reloaded: {error}"]
         self.tls = identity
         self.runtime.set_tls_identity(identity)
-        self.log.info("TLS identity reloaded: {identity}", identity=describe_tls_identity(identity))
+        self.log.info(
+            "TLS identity reloaded: {identity}",
+            event="tls.reloaded",
+            identity=describe_tls_identity(identity),
+        )
         return []
 
     def _install_sighup(self) -> None:

@@ -133,7 +133,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         client = CliClient(args.socket)
     except OSError as error:
-        sys.stderr.write(f"sbc-cli: cannot connect to {args.socket}: {error.strerror or error}\n")
+        sys.stderr.write(
+            f"sbc-cli: cannot connect to {args.socket}: {error.strerror or error} "
+            "(the daemon's socket is sbc.cli beside its config file: give it with "
+            "--socket PATH or SBC_CLI_SOCKET)\n"
+        )
         return 2
     try:
         if args.commands:

@@ -482,7 +482,9 @@ class Session:
         if len(args) == 2 and args[0] == "changes" and args[1].isdigit():
             found = [r for r in records if r.id == int(args[1])]
             if not found:
-                raise _CliError(f"no commit {args[1]} in the history")
+                raise _CliError(
+                    f"no commit {args[1]} in the history (show configuration commit list)"
+                )
             record = found[0]
             diff = [
                 line

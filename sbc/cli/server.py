@@ -15,6 +15,7 @@ management interface; ``twistd sbc`` checks the path before starting.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 import pwd
 import socket
@@ -199,12 +200,20 @@ class CliFactory(Factory):
 
 def unix_path(description: str) -> str | None:
     """The socket path of a ``unix:`` strports description, else None."""
-    if not description.startswith("unix:"):
+    fields = _fields(description)
+    if fields[0] != "unix":
         return None
-    fields: list[str] = []
-    current = ""
-    escaped = False
-    for char in description[len("unix:") :]:
+    for field in fields[1:]:
+        if field.startswith("address="):
+            return field[len("address=") :]
+    positional = [f for f in fields[1:] if "=" not in f]
+    return positional[0] if positional else None
+
+
+def _fields(description: str) -> list[str]:
+    """The ``:``-separated fields of a strports description (``\\:`` is a literal colon)."""
+    fields, current, escaped = [], "", False
+    for char in description:
         if escaped:
             current += char
             escaped = False
@@ -216,11 +225,45 @@ def unix_path(description: str) -> str | None:
         else:
             current += char
     fields.append(current)
-    for field in fields:
-        if field.startswith("address="):
-            return field[len("address=") :]
-    positional = [f for f in fields if "=" not in f]
-    return positional[0] if positional else None
+    return fields
+
+
+def unsafe_endpoint(description: str) -> str | None:
+    """Why serving the unauthenticated CLI on ``description`` is unsafe, or None.
+
+    The CLI has no login of its own: whoever can connect can commit. A UNIX
+    socket must not be connectable by other users (its ``mode=`` must not
+    grant "other" write); any other endpoint must be bound to a loopback
+    interface (``interface=127.0.0.1`` or ``::1``). Remote operators use
+    ``--ssh``.
+    """
+    fields = _fields(description)
+    options = dict(f.split("=", 1) for f in fields[1:] if "=" in f)
+    if fields[0] == "unix":
+        mode = options.get("mode", "600")
+        try:
+            bits = int(mode, 8)
+        except ValueError:
+            return f"mode={mode} is not an octal file mode"
+        if bits & 0o002:
+            return f"mode={mode} lets every local user connect (and commit); use mode=600"
+        return None
+    interface = options.get("interface")
+    if interface is None:
+        return (
+            "the CLI has no authentication and this endpoint listens on every address; "
+            "bind it to loopback (e.g. tcp:PORT:interface=127.0.0.1) or use --ssh"
+        )
+    try:
+        loopback = ipaddress.ip_address(interface.strip("[]")).is_loopback
+    except ValueError:
+        loopback = interface == "localhost"
+    if not loopback:
+        return (
+            f"the CLI has no authentication and interface={interface} is not loopback; "
+            "bind it to 127.0.0.1 or ::1, or use --ssh"
+        )
+    return None
 
 
 def check_unix_path(path: str) -> str | None:
@@ -292,7 +335,10 @@ class CliService(Service):
         self.log.info("management CLI listening on {endpoint}", endpoint=self.description)
 
     def preflight(self) -> list[str]:
-        """The problem with a UNIX socket path, checked before the reactor runs."""
+        """Why the endpoint is unsafe or cannot be opened, checked before the reactor runs."""
+        unsafe = unsafe_endpoint(self.description)
+        if unsafe is not None:
+            return [f"refusing the management CLI endpoint {self.description}: {unsafe}"]
         path = unix_path(self.description)
         if path is None:
             return []

@@ -491,7 +491,9 @@ class CommitHistoryTests(SynchronousTestCase):
             ],
         )
         text, ok = self.session.execute("show configuration commit changes 42")
-        self.assertEqual((text, ok), ("% no commit 42 in the history", False))
+        self.assertEqual(
+            (text, ok), ("% no commit 42 in the history (show configuration commit list)", False)
+        )
 
     def test_rollback_last_and_to(self) -> None:
         self.commit_port(5071, "commit")

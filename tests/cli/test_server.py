@@ -13,7 +13,14 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from sbc.cli.server import CliFactory, CliService, ServiceBackend, check_unix_path, unix_path
+from sbc.cli.server import (
+    CliFactory,
+    CliService,
+    ServiceBackend,
+    check_unix_path,
+    unix_path,
+    unsafe_endpoint,
+)
 from sbc.config import load_config, parse_config
 from sbc.labpki import Identity, issue, make_ca
 from sbc.service import SbcService, TlsFiles
@@ -455,3 +462,37 @@ class CryptoReloadTests(SynchronousTestCase):
         )
         service.stopService()
         self.assertEqual(signal.getsignal(signal.SIGHUP), before)
+
+
+class UnsafeEndpointTests(SynchronousTestCase):
+    """The CLI has no login: only endpoints other users and hosts cannot reach are served."""
+
+    def test_safe(self) -> None:
+        for description in (
+            "unix:/run/sbc/sbc.cli:mode=600",
+            "unix:/run/sbc/sbc.cli:mode=660",
+            "tcp:5000:interface=127.0.0.1",
+            "tcp6:5000:interface=\\:\\:1",
+        ):
+            self.assertIsNone(unsafe_endpoint(description), description)
+
+    def test_unsafe(self) -> None:
+        for description, why in (
+            ("unix:/run/sbc.cli:mode=666", "lets every local user connect"),
+            ("unix:/run/sbc.cli:mode=rw", "not an octal file mode"),
+            ("tcp:5000", "listens on every address"),
+            ("tcp:5000:interface=0.0.0.0", "interface=0.0.0.0 is not loopback"),
+            ("tcp:5000:interface=192.0.2.1", "is not loopback"),
+        ):
+            problem = unsafe_endpoint(description)
+            assert problem is not None, description
+            self.assertIn(why, problem)
+
+    def test_preflight_refuses_before_start(self) -> None:
+        service = SbcService.from_config(
+            parse_config("sbc s\n sbe\n"), reactor=Reactor(), cli_endpoint="tcp:5000"
+        )
+        [problem] = service.preflight()
+        self.assertTrue(
+            problem.startswith("refusing the management CLI endpoint tcp:5000: the CLI has no")
+        )
