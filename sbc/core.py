@@ -10,7 +10,9 @@ It applies, in order:
 3. Max-Forwards 0 on a request to forward: 483;
 4. the seed's admission rule (:mod:`sbc.security`): an untrusted request
    to a SIPS Request-URI, or a REGISTER for a SIPS AOR, gets 403 + Warning 380
-   (refusals at 3 and 4 are logged as ``call.refused``, docs/logging.md);
+   (refusals at 3 and 4, and by routing at 5, are logged as ``call.refused``,
+   docs/logging.md, and counted as ``calls-refused:RULE`` on the inbound
+   adjacency, docs/metrics.md);
 5. dispatch: ACK and CANCEL to the B2BUA; in-dialog requests (To tag
    present) to their call; REGISTER for a ``local-domain`` to the
    :class:`~sbc.registrar.Registrar`; every other request outside a dialog
@@ -149,7 +151,12 @@ class SbcCore:
             source = transaction.peer if isinstance(transaction.peer, Flow) else flow
             response = self.registrar.register(request, source, inbound.name, now)
             return self.stack.respond(transaction, response, now)
-        return self.calls.new_request(request, transaction, flow, inbound, now)
+        try:
+            return self.calls.new_request(request, transaction, flow, inbound, now)
+        except SipError as error:
+            # refused by routing (logged as call.refused by the call manager)
+            self.calls.count(inbound.name, calllog.refused_counter(error))
+            raise
 
     def response_received(
         self, response: Response, transaction: ClientTransaction, now: float
@@ -164,11 +171,12 @@ class SbcCore:
     # -- helpers --------------------------------------------------------------
 
     def _refuse(self, request: Request, context: object, secure: bool, error: SipError) -> NoReturn:
-        """Log a refusal (``call.refused``) and raise ``error``."""
+        """Log a refusal (``call.refused``), count it (``calls-refused:RULE``), raise ``error``."""
         if isinstance(context, InboundContext):
             inbound = self._table().get(context.adjacency)
             if inbound is not None:
                 calllog.log_refused(self.calls.next_call_id(), request, inbound, secure, error)
+                self.calls.count(inbound.name, calllog.refused_counter(error))
         raise error
 
     def _is_local(self, uri: URI) -> bool:

@@ -149,6 +149,12 @@ COUNTER_FAMILIES: Mapping[str, CounterFamily] = {
         "adjacency, by SIP status code.",
         label="status",
     ),
+    "calls-refused": CounterFamily(
+        "Out-of-dialog requests refused before any attempt (admission or routing), on the "
+        "inbound adjacency, by rule (sips-from-untrusted, no-secure-route, no-route, "
+        "max-forwards, routing).",
+        label="reason",
+    ),
     "calls-failed": CounterFamily("Calls with no target left to try, on the inbound adjacency."),
     "calls-cancelled": CounterFamily("Calls cancelled by the caller, on the inbound adjacency."),
     "calls-ended": CounterFamily("Calls ended by a BYE, on the adjacency of the BYE's sender."),

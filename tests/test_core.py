@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from sbc import security
 from sbc.adjacencies import AdjacencyTable, InboundContext, ListenerKey
 from sbc.config import parse_config
 from sbc.core import SbcCore
@@ -157,3 +158,74 @@ class CoreTests(SynchronousTestCase):
         core.stack = stack
         stack.receive(request("INVITE", "sip:bob@lab.test"), FLOW, 0.0, ACCESS)
         self.assertEqual(keys, [RouteKey("access", "lab.test", "bob", False)])
+
+
+class RefusalCounterTests(SynchronousTestCase):
+    """Requests refused before any attempt are counted as calls-refused:RULE (inbound)."""
+
+    def setUp(self) -> None:
+        table = AdjacencyTable(parse_config(CONFIG).adjacencies)
+        self.core = SbcCore(lambda: table)
+        self.stack = SipStack(self.core)
+        self.core.stack = self.stack
+
+    def refused(self, data: bytes, context: InboundContext = ACCESS) -> int:
+        outputs = self.stack.receive(data, FLOW, 0.0, context)
+        [status] = [
+            m.status
+            for m in (parse_message(o.data) for o in outputs if isinstance(o, Transmit))
+            if isinstance(m, Response) and m.status >= 200
+        ]
+        return status
+
+    def counted(self, adjacency: str) -> dict[str, int]:
+        counters = self.core.calls.counters
+        return {
+            name: counters.get(adjacency, name)
+            for name in (
+                "calls-refused:sips-from-untrusted",
+                "calls-refused:no-secure-route",
+                "calls-refused:no-route",
+                "calls-refused:max-forwards",
+            )
+            if counters.get(adjacency, name)
+        }
+
+    def test_403_sips_from_untrusted(self) -> None:
+        self.assertEqual(self.refused(request("INVITE", "sips:bob@lab.test")), 403)
+        self.assertEqual(self.counted("access"), {"calls-refused:sips-from-untrusted": 1})
+        self.assertEqual(self.core.calls.counters.get("access", "calls-started"), 0)
+
+    def test_480_no_secure_route(self) -> None:
+        self.assertEqual(self.refused(request("INVITE", "sips:bob@lab.test"), TLS), 480)
+        self.assertEqual(self.counted("tls"), {"calls-refused:no-secure-route": 1})
+        self.assertEqual(self.counted("access"), {})
+
+    def test_480_no_route(self) -> None:
+        def nowhere(key: RouteKey, table: AdjacencyTable, active: object) -> RoutingDecision:
+            raise security.no_route(key.secure)
+
+        table = AdjacencyTable(parse_config(CONFIG).adjacencies)
+        self.core = SbcCore(lambda: table, nowhere)
+        self.stack = SipStack(self.core)
+        self.core.stack = self.stack
+        self.assertEqual(self.refused(request("MESSAGE", "sip:bob@lab.test")), 480)
+        self.assertEqual(self.counted("access"), {"calls-refused:no-route": 1})
+
+    def test_483_too_many_hops(self) -> None:
+        self.assertEqual(self.refused(request("INVITE", "sip:bob@lab.test", max_forwards=0)), 483)
+        self.assertEqual(self.counted("access"), {"calls-refused:max-forwards": 1})
+
+    def test_each_refusal_counts_once_and_relayed_calls_not_at_all(self) -> None:
+        self.refused(request("INVITE", "sips:bob@lab.test"))
+        self.refused(request("OPTIONS", "sips:bob@lab.test").replace(b"core-1", b"core-2"))
+        relayed = request("INVITE", "sip:bob@lab.test").replace(b"core-1", b"core-3")
+        self.stack.receive(relayed.replace(b"-core\r", b"-relayed\r"), FLOW, 0.0, ACCESS)
+        self.assertEqual(self.counted("access"), {"calls-refused:sips-from-untrusted": 2})
+        self.assertEqual(self.core.calls.counters.get("access", "calls-started"), 1)
+
+    def test_draining_adjacency_is_not_counted(self) -> None:
+        """A 503 on a detached adjacency's connection is no admission refusal."""
+        gone = InboundContext("detached-one", ListenerKey("127.0.0.1", 5060, "TCP"))
+        self.assertEqual(self.refused(request("INVITE", "sip:bob@lab.test"), gone), 503)
+        self.assertEqual(self.counted("detached-one"), {})

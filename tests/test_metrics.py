@@ -107,6 +107,37 @@ class CounterFamilyTests(SynchronousTestCase):
             samples[key("sbc_calls_rejected_total", adjacency="core", status="404")], 1
         )
 
+    def test_calls_refused_is_labelled_by_rule(self) -> None:
+        families, samples = scrape(
+            SbcCollector(
+                lambda: {
+                    "access": {
+                        "calls-refused:sips-from-untrusted": 3,
+                        "calls-refused:max-forwards": 1,
+                    },
+                    "core": {"calls-refused:no-secure-route": 2},
+                },
+                adjacencies=lambda: [adjacency("access"), adjacency("core")],
+            )
+        )
+        family = families["sbc_calls_refused"]
+        self.assertEqual(family.type, "counter")
+        self.assertEqual(family.documentation, COUNTER_FAMILIES["calls-refused"].help)
+        self.assertIn("sips-from-untrusted", family.documentation)
+        refused = {
+            (dict(labels)["adjacency"], dict(labels)["reason"]): value
+            for (name, labels), value in samples.items()
+            if name == "sbc_calls_refused_total"
+        }
+        self.assertEqual(
+            refused,
+            {
+                ("access", "sips-from-untrusted"): 3,
+                ("access", "max-forwards"): 1,
+                ("core", "no-secure-route"): 2,
+            },
+        )
+
     def test_connections_closed_total_and_reasons_never_sum_twice(self) -> None:
         families, samples = scrape(
             counters({"access": {"connections-closed": 5, "connections-closed:idle-timeout": 2}})
@@ -440,7 +471,11 @@ class ServiceTests(SynchronousTestCase):
             f"cannot open the metrics endpoint {self.ENDPOINT}: "
             "Couldn't listen on 127.0.0.1:9460: address in use.",
         )
-        self.assertIn((reactor.stop, (), {}), reactor.whenRunningHooks)
+        # the reactor is stopped once it runs
+        reactor.running = True
+        for hook, args, kwargs in reactor.whenRunningHooks:
+            hook(*args, **kwargs)
+        self.assertTrue(reactor.hasStopped)
 
     def test_bad_description_is_a_preflight_problem_and_a_failure(self) -> None:
         reactor = Reactor()

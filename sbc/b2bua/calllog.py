@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CALL_LOG_NAMESPACE",
+    "REFUSED_COUNTER",
     "LazyText",
     "Names",
     "RoutePath",
@@ -62,6 +63,7 @@ __all__ = [
     "log_refused",
     "log_routed",
     "refusal_rule",
+    "refused_counter",
     "trust_of",
     "warning_text",
 ]
@@ -142,6 +144,16 @@ def refusal_rule(error: SipError) -> tuple[str, str]:
     if found is not None:
         return found
     return ("routing", error.reason)
+
+
+REFUSED_COUNTER = "calls-refused"
+"""The counter family of refused requests: ``calls-refused:RULE`` on the inbound adjacency."""
+
+
+def refused_counter(error: SipError) -> str:
+    """The counter of a refusal: ``calls-refused:`` + its :func:`refusal_rule` (the event's
+    ``rule``), e.g. ``calls-refused:sips-from-untrusted``."""
+    return f"{REFUSED_COUNTER}:{refusal_rule(error)[0]}"
 
 
 _REFUSED = (

@@ -33,7 +33,15 @@ the ``counter``, the ``adjacency`` (None when unclassified), a ``reason``
 for the connection events of :data:`EVERY_EVENT` (refused connections,
 guard closures, TLS failures, TLS identity mismatches) a line held back is
 still emitted as an event without text (``log_format`` None, so the text log
-skips it; the JSON log has it, with ``suppressed: true``).
+skips it; the JSON log has it, with ``suppressed: true``), up to
+:data:`MAX_HELD_EVENTS` per counter and interval: beyond that a flood is only
+counted, and the next line (or the ``log.suppressed`` summary) says how many
+events were dropped.
+
+Listeners and the attached set are logged too, at info: ``listener.opened``,
+``listener.closed`` (field ``listener``, and ``adjacencies`` sharing it),
+``adjacency.attached`` and ``adjacency.detached`` (field ``adjacency``) when
+:meth:`SipRuntime.apply` switches the attached set.
 """
 
 from __future__ import annotations
@@ -71,6 +79,7 @@ from sbc.transport.udp import UdpListener
 __all__ = [
     "EVENT_NAMES",
     "EVERY_EVENT",
+    "MAX_HELD_EVENTS",
     "EndpointFactory",
     "RateLimitedLog",
     "SipRuntime",
@@ -100,7 +109,13 @@ EVERY_EVENT: tuple[str, ...] = (
     "verification-failures",
     "drops:tls-identity-mismatch",
 )
-"""Counters (prefixes) whose every occurrence is a log event, even when its text line is held."""
+"""Counters (prefixes) whose every occurrence is a log event, even when its text line is held
+(up to :data:`MAX_HELD_EVENTS` per interval)."""
+
+MAX_HELD_EVENTS = 100
+"""How many held lines of one key :class:`RateLimitedLog` still emits as events (``always``)
+between two of its text lines, i.e. per rate-limit interval; more are only counted
+(``dropped``), so that a connection flood cannot fill the disk with one event each."""
 
 
 def event_name(counter: str) -> str:
@@ -139,15 +154,26 @@ class RateLimitedLog:
     (field ``held``); :meth:`flush` reports the counts still pending. With
     ``always=True`` a line held back is still emitted, as an event without
     text (``log_format`` None: text observers skip it) that carries its
-    format in ``held_format`` and ``suppressed=True``.
+    format in ``held_format`` and ``suppressed=True``, but only the first
+    ``max_held_events`` of them between two text lines of the key: the
+    others are dropped, and the next line (field ``dropped``) or
+    :meth:`flush` says how many.
     """
 
-    def __init__(self, log: Logger, clock: IReactorTime, interval: float) -> None:
+    def __init__(
+        self,
+        log: Logger,
+        clock: IReactorTime,
+        interval: float,
+        max_held_events: int = MAX_HELD_EVENTS,
+    ) -> None:
         self.log = log
         self.clock = clock
         self.interval = interval
+        self.max_held_events = max_held_events
         self._last: dict[str, float] = {}
         self._held: Counter[str] = Counter()
+        self._dropped: Counter[str] = Counter()
 
     def emit(self, key: str, format: str, *, always: bool = False, **fields: Any) -> bool:
         """Log ``format`` with ``fields`` unless ``key`` was logged too recently.
@@ -159,24 +185,35 @@ class RateLimitedLog:
         if last is not None and now - last < self.interval:
             self._held[key] += 1
             if always:
-                self.log.warn(None, held_format=format, suppressed=True, **fields)
+                if self._held[key] - self._dropped[key] <= self.max_held_events:
+                    self.log.warn(None, held_format=format, suppressed=True, **fields)
+                else:
+                    self._dropped[key] += 1
             return False
         self._last[key] = now
         held = self._held.pop(key, 0)
-        if held:
+        dropped = self._dropped.pop(key, 0)
+        if dropped:
+            format += " ({held} similar lines suppressed, {dropped} of them not logged at all)"
+        elif held:
             format += " ({held} similar lines suppressed)"
-        self.log.warn(format, rate_key=key, held=held, **fields)
+        self.log.warn(format, rate_key=key, held=held, dropped=dropped, **fields)
         return True
 
     def flush(self) -> None:
         """Log how many lines each key held back since its last line, and forget them."""
         held, self._held = self._held, Counter()
+        dropped, self._dropped = self._dropped, Counter()
         for key, count in sorted(held.items()):
+            lost = dropped[key]
             self.log.warn(
-                "{rate_key}: {held} similar lines suppressed",
+                "{rate_key}: {held} similar lines suppressed, {dropped} of them not logged at all"
+                if lost
+                else "{rate_key}: {held} similar lines suppressed",
                 event="log.suppressed",
                 rate_key=key,
                 held=count,
+                dropped=lost,
             )
 
 
@@ -306,10 +343,12 @@ class SipRuntime:
         adjacencies are closed. ``limits``, when given, apply to new
         connections and messages.
         """
+        before = self.table
         self.table = table
         if limits is not None:
             self._limits = limits
         drain = self._limits.detach_drain_time
+        self._log_attached_set(before, table, drain)
         for connection in list(self._connections.values()):
             reason = self._stale(connection)
             if reason is None:
@@ -321,6 +360,24 @@ class SipRuntime:
         if not self.running:
             return succeed(None)
         return self._sync_listeners()
+
+    def _log_attached_set(
+        self, before: AdjacencyTable, after: AdjacencyTable, drain: float
+    ) -> None:
+        """``adjacency.attached`` / ``adjacency.detached`` for each change of the attached set."""
+        old = {a.name for a in before.attached}
+        new = {a.name for a in after.attached}
+        for name in sorted(new - old):
+            self.log.info(
+                "adjacency {adjacency} attached", event="adjacency.attached", adjacency=name
+            )
+        for name in sorted(old - new):
+            self.log.info(
+                "adjacency {adjacency} detached (its connections close after {drain_time} s)",
+                event="adjacency.detached",
+                adjacency=name,
+                drain_time=drain,
+            )
 
     def _drain(self, connection: StreamConnection, seconds: float) -> None:
         """Close a detached adjacency's connection after ``seconds`` (the detach-drain-time).
@@ -520,7 +577,12 @@ class SipRuntime:
                 _stopped(port)
             else:
                 self._ports[key] = port
-                self.log.info("listening on {listener}", listener=str(key))
+                self.log.info(
+                    "listening on {listener}",
+                    event="listener.opened",
+                    listener=str(key),
+                    adjacencies=[a.name for a in self.table.adjacencies_on(key)],
+                )
             for waiter in waiters:
                 waiter.callback(None)
 
@@ -543,7 +605,7 @@ class SipRuntime:
     def _stop_listening(self, key: ListenerKey) -> Deferred[None]:
         port = self._ports.pop(key)
         self._udp.pop(key, None)
-        self.log.info("stopped listening on {listener}", listener=str(key))
+        self.log.info("stopped listening on {listener}", event="listener.closed", listener=str(key))
         return _stopped(port)
 
     # -- internals: connections ---------------------------------------------

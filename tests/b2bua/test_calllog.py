@@ -12,6 +12,7 @@ from sbc.adjacencies import AdjacencyTable
 from sbc.b2bua import calllog
 from sbc.config import parse_config
 from sbc.core import SbcCore
+from sbc.errors import SipError
 from sbc.logs import event_as_json_line
 from sbc.routing import Router
 from sbc.sip.stack import SipStack
@@ -234,12 +235,49 @@ class RefusalTests(CallLogMixin):
         )
         self.assertEqual(self.named("call.routed"), [])
         self.assertEqual(self.named("call.outcome"), [])
+        # counted with the event's rule on the caller's adjacency, not as a started call
+        counters = self.net.core.calls.counters
+        self.assertEqual(counters.get("access", "calls-refused:no-route"), 1)
+        self.assertEqual(counters.get("access", "calls-started"), 0)
 
     def test_max_forwards_483(self) -> None:
         request = invite()
         request.headers.set("Max-Forwards", "0")
         self.net.feed(request, A_FLOW, ACCESS)
         self.assertEqual(self.one("call.refused")["rule"], "max-forwards")
+        self.assertEqual(
+            self.net.core.calls.counters.get("access", "calls-refused:max-forwards"), 1
+        )
+
+    def test_every_refusal_event_is_counted_once(self) -> None:
+        self.net.feed(invite("sips:bob@remote.test"), A_FLOW, ACCESS)
+        self.net.feed(
+            invite("sip:bob@nowhere.test", call_id="other", branch="z9hG4bKa2"), A_FLOW, ACCESS
+        )
+        counters = self.net.core.calls.counters
+        rules = [str(e["rule"]) for e in self.named("call.refused")]
+        self.assertEqual(rules, ["sips-from-untrusted", "no-route"])
+        for rule in rules:
+            self.assertEqual(counters.get("access", f"calls-refused:{rule}"), 1)
+
+
+class RefusedCounterTests(SynchronousTestCase):
+    """calllog.refused_counter: the counter name carries the call.refused event's rule."""
+
+    def test_rules(self) -> None:
+        cases = [
+            (SipError(403, "Forbidden", warning=(380, "SIPS Not Allowed")), "sips-from-untrusted"),
+            (
+                SipError(480, "Temporarily Unavailable", warning=(380, "SIPS Not Allowed")),
+                "no-secure-route",
+            ),
+            (SipError(480, "Temporarily Unavailable"), "no-route"),
+            (SipError(483, "Too Many Hops"), "max-forwards"),
+            (SipError(503, "Service Unavailable"), "routing"),
+        ]
+        for error, rule in cases:
+            self.assertEqual(calllog.refusal_rule(error)[0], rule)
+            self.assertEqual(calllog.refused_counter(error), f"calls-refused:{rule}")
 
 
 class NoSecureRouteTests(SynchronousTestCase):
@@ -270,6 +308,7 @@ class NoSecureRouteTests(SynchronousTestCase):
             },
         )
         self.assertIn("refused 480 Temporarily Unavailable (SIPS Not Allowed", formatEvent(refused))
+        self.assertEqual(core.calls.counters.get("trusted", "calls-refused:no-secure-route"), 1)
 
 
 POLICY_SET = """

@@ -667,3 +667,34 @@ class OutboundTlsTests(TlsRuntimeMixin):
         self.runtime.process([Transmit(self.flow, b"INVITE", key)])
         self.assertEqual(self.reactor.tcpClients, [])
         self.assertEqual(self.stack.transport_errors, [(key, 0)])
+
+
+class HeldEventCapTests(RuntimeMixin):
+    """The events of held lines (EVERY_EVENT counters) are capped per counter and interval."""
+
+    def test_identity_mismatch_flood_capped_but_counted(self) -> None:
+        self.runtime.ratelog.max_held_events = 3
+        self.stack.reply = drop("tls-identity-mismatch")
+        self.start()
+        for _ in range(10):
+            self.udp(OPTIONS, TRUNK)
+        events = [e for e in self.log_events if e.get("counter") == "drops:tls-identity-mismatch"]
+        self.assertEqual(len(events), 1 + 3)
+        self.assertEqual(self.counter("trunk", "drops:tls-identity-mismatch"), 10)
+        self.reactor.advance(10)
+        self.udp(OPTIONS, TRUNK)
+        self.assertIn(
+            "(9 similar lines suppressed, 6 of them not logged at all)", self.log_lines()[-1]
+        )
+
+    def test_plain_rate_limited_drops_drop_nothing_extra(self) -> None:
+        """Per-datagram drops make no held events, so none is counted as dropped either."""
+        self.runtime.ratelog.max_held_events = 1
+        self.start()
+        for _ in range(5):
+            self.udp(OPTIONS, ("172.16.0.1", 5060))
+        self.reactor.advance(10)
+        self.udp(OPTIONS, ("172.16.0.1", 5060))
+        last = self.log_events[-1]
+        self.assertEqual((last["held"], last["dropped"]), (4, 0))
+        self.assertTrue(formatEvent(last).endswith("(4 similar lines suppressed)"))
