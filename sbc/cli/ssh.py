@@ -18,9 +18,18 @@ Authentication is by public key only: the keys listed in an OpenSSH
 ``authorized_keys`` file, read again at every login attempt, so a key added
 or removed takes effect without a restart. No password, no
 keyboard-interactive, no port forwarding, no subsystems (sftp). The SSH
-user name is free (it is logged and recorded with commits); the key decides.
-The host key (ed25519) is generated at the first start when its file is
-missing, mode 0600, and its fingerprint logged.
+user name is free; the key decides. Commits record both, as
+``NAME (KEY)``: the key's comment in the file, else the start of its
+fingerprint, so the record names the key that signed, whatever name the
+client typed. As OpenSSH's ``StrictModes``, the keys file is refused when
+group or others may write it or its directory, or someone other than root or
+the daemon's user owns either; the host key file when group or others have
+any access to it. The host key (ed25519) is generated at the first start
+when its file is missing, mode 0600, and its fingerprint logged.
+
+Twisted conch logs every step of every connection (key exchange, requests,
+the command text of ``exec``...); the classes here log only warnings and
+errors of theirs, next to our own login, logout and refusal lines.
 """
 
 from __future__ import annotations
@@ -40,8 +49,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from twisted.application.service import Service
 from twisted.conch.avatar import ConchUser
-from twisted.conch.checkers import IAuthorizedKeysDB, SSHPublicKeyChecker
-from twisted.conch.error import ConchError, IgnoreAuthentication
+from twisted.conch.checkers import IAuthorizedKeysDB
+from twisted.conch.error import ConchError, IgnoreAuthentication, ValidPublicKey
 from twisted.conch.insults.insults import ServerProtocol
 from twisted.conch.interfaces import IConchUser, ISession
 from twisted.conch.recvline import HistoricRecvLine
@@ -53,17 +62,31 @@ from twisted.conch.ssh.connection import (
 )
 from twisted.conch.ssh.factory import SSHFactory
 from twisted.conch.ssh.keys import BadKeyError, EncryptedKeyError, Key
-from twisted.conch.ssh.session import SSHSession, wrapProtocol
+from twisted.conch.ssh.session import (
+    SSHSession,
+    SSHSessionProcessProtocol,
+    parseRequest_pty_req,
+    parseRequest_window_change,
+    wrapProtocol,
+)
 from twisted.conch.ssh.transport import DISCONNECT_BY_APPLICATION, SSHServerTransport
 from twisted.conch.ssh.userauth import SSHUserAuthServer
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import ISSHPrivateKey
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.interfaces import IAddress, IDelayedCall, IListeningPort, ITransport
 from twisted.internet.protocol import Protocol
-from twisted.logger import Logger
+from twisted.logger import (
+    FilteringLogObserver,
+    Logger,
+    LogLevel,
+    LogLevelFilterPredicate,
+    globalLogPublisher,
+)
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -79,9 +102,11 @@ __all__ = [
     "MAX_LINE_LENGTH",
     "AuthorizedKey",
     "AuthorizedKeys",
+    "AuthorizedKeysChecker",
     "CliAvatar",
     "CliRealm",
     "CliSshFactory",
+    "KeyLogin",
     "SshCliService",
     "SshCliSession",
     "key_fingerprint",
@@ -98,7 +123,14 @@ LOGIN_GRACE_SECONDS = 120
 #: Failed authentication requests tolerated on one connection.
 MAX_AUTH_TRIES = 6
 
+#: Base64 characters of the fingerprint naming a key without a comment.
+SHORT_FINGERPRINT = 16
+
 _log = Logger(namespace="sbc.cli.ssh")
+#: The logger of the conch classes here: their warnings and errors only.
+_conch_log = Logger(
+    observer=FilteringLogObserver(globalLogPublisher, [LogLevelFilterPredicate(LogLevel.warn)])
+)
 
 
 def key_fingerprint(blob: bytes) -> str:
@@ -135,6 +167,13 @@ class AuthorizedKey:
     key: Key
     comment: str
     line: int
+
+    @property
+    def key_id(self) -> str:
+        """What names the key in logs and commits: its comment, else ``SHA256:`` + 16 characters."""
+        if self.comment:
+            return _printable(self.comment.encode())
+        return key_fingerprint(self.key.blob())[: len("SHA256:") + SHORT_FINGERPRINT]
 
 
 def _parse_key(kind: str, data: str) -> Key | None:
@@ -175,34 +214,65 @@ def parse_authorized_keys(text: str, path: str) -> tuple[list[AuthorizedKey], li
     return keys, problems
 
 
+def _mode_problem(path: str, info: os.stat_result, uid: int, what: str) -> str | None:
+    """Why ``path`` (``what``) may be changed by someone else than root or ``uid``, or None."""
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o022:
+        return f"{what} is writable by group or others (mode {mode:04o}): chmod go-w {path}"
+    if info.st_uid not in (0, uid):
+        return f"{what} is owned by uid {info.st_uid}, not root or the daemon's uid {uid}"
+    return None
+
+
 @implementer(IAuthorizedKeysDB)
 class AuthorizedKeys:
     """The public keys allowed to log in: an OpenSSH ``authorized_keys`` file.
 
     The file is read again at every login attempt, so keys added or removed
     take effect without restarting the daemon. Every SSH user name gets the
-    same keys. Refused lines are logged (once, until they change).
+    same keys. Refused lines are logged (once, until they change). As
+    OpenSSH's ``StrictModes``, the file is refused (every login with it)
+    when group or others may write it or its directory, or when one of them
+    is owned by someone else than root or ``uid`` (default: the daemon's
+    effective uid at each read).
     """
 
     log = _log
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, uid: int | None = None) -> None:
         self.path = path
+        self.uid = uid
         self._reported: tuple[str, ...] = ()
 
     def load(self) -> tuple[list[AuthorizedKey], list[ConfigError]]:
-        """Read and parse the file; ConfigError when it cannot be read."""
+        """Read and parse the file; ConfigError when it cannot be read or is unsafe."""
         try:
-            with open(self.path, encoding="utf-8", errors="replace") as f:
-                text = f.read()
+            with open(self.path, "rb") as f:
+                self._check_modes(os.fstat(f.fileno()))
+                text = f.read().decode("utf-8", errors="replace")
         except OSError as error:
             raise ConfigError(
                 self.path, 0, f"cannot read the SSH authorized keys: {error.strerror or error}"
             ) from None
         return parse_authorized_keys(text, self.path)
 
+    def _check_modes(self, info: os.stat_result) -> None:
+        uid = os.geteuid() if self.uid is None else self.uid
+        problem = _mode_problem(self.path, info, uid, "the SSH authorized keys file")
+        if problem is not None:
+            raise ConfigError(self.path, 0, problem)
+        directories = dict.fromkeys(
+            os.path.dirname(os.path.abspath(p)) for p in (self.path, os.path.realpath(self.path))
+        )
+        for directory in directories:
+            problem = _mode_problem(
+                directory, os.stat(directory), uid, "the directory of the SSH authorized keys"
+            )
+            if problem is not None:
+                raise ConfigError(directory, 0, problem)
+
     def check(self) -> list[str]:
-        """The problem that leaves nobody able to log in (unreadable, no key); one line each."""
+        """What leaves nobody able to log in (unreadable, unsafe, no key); one line each."""
         try:
             keys, problems = self.load()
         except ConfigError as error:
@@ -213,7 +283,7 @@ class AuthorizedKeys:
         return []
 
     def entries(self) -> list[AuthorizedKey]:
-        """The usable keys now (empty, with an error logged, when the file cannot be read)."""
+        """The usable keys now (empty, with an error logged, when the file cannot be used)."""
         try:
             keys, problems = self.load()
         except ConfigError as error:
@@ -222,12 +292,12 @@ class AuthorizedKeys:
         self._report(problems)
         return keys
 
-    def comment_for(self, blob: bytes) -> str:
-        """The comment of the authorized key with this blob ('' if none)."""
+    def find(self, blob: bytes) -> AuthorizedKey | None:
+        """The authorized key with this public key blob, now (None if not listed)."""
         for entry in self.entries():
             if entry.key.blob() == blob:
-                return entry.comment
-        return ""
+                return entry
+        return None
 
     def getAuthorizedKeys(self, username: bytes) -> Iterable[Key]:
         """:class:`IAuthorizedKeysDB`: the same keys whatever the user name."""
@@ -241,6 +311,57 @@ class AuthorizedKeys:
         self._reported = lines
 
 
+@attrs.frozen
+class KeyLogin:
+    """Who logged in: the SSH user name the client gave and the authorized key that signed.
+
+    The avatar ID :class:`AuthorizedKeysChecker` gives :class:`CliRealm`.
+    """
+
+    name: str
+    key: AuthorizedKey
+
+    @property
+    def identity(self) -> str:
+        """``NAME (KEY)``, recorded with commits: the name is the client's, the key is not."""
+        return f"{self.name or '-'} ({self.key.key_id})"
+
+
+@implementer(ICredentialsChecker)
+class AuthorizedKeysChecker:
+    """Accepts signatures by the keys in :class:`AuthorizedKeys`; avatar IDs are :class:`KeyLogin`.
+
+    Without a signature (the client asks whether it may use a key) the
+    answer is :class:`~twisted.conch.error.ValidPublicKey`, as conch's
+    checker gives, whatever the key: the signed attempt decides.
+    """
+
+    credentialInterfaces = (ISSHPrivateKey,)
+
+    def __init__(self, keys: AuthorizedKeys) -> None:
+        self.keys = keys
+
+    def requestAvatarId(self, credentials: Any) -> Deferred[Any]:
+        # A KeyLogin: twisted.cred types avatar IDs as bytes, the portal passes any object.
+        result: Deferred[Any] = maybeDeferred(self._check, credentials)
+        return result
+
+    def _check(self, credentials: Any) -> KeyLogin:
+        if not credentials.signature:
+            raise ValidPublicKey()
+        entry = self.keys.find(credentials.blob)
+        if entry is None:
+            raise UnauthorizedLogin("Key not authorized")
+        try:
+            valid = entry.key.verify(credentials.signature, credentials.sigData)
+        except Exception:  # any error in a client's signature is a refusal
+            raise UnauthorizedLogin("Error while verifying key") from None
+        if not valid:
+            raise UnauthorizedLogin("Key signature invalid")
+        name = _printable(credentials.username).replace("(", "?").replace(")", "?")
+        return KeyLogin(name, entry)
+
+
 # -- the host key ----------------------------------------------------------------
 
 
@@ -251,21 +372,39 @@ def load_host_key(path: str) -> tuple[Key, bool]:
     written to a temporary file (``O_EXCL``, mode 0600), fsynced and linked
     into place, so a crash never leaves half a key and a key written
     meanwhile by someone else is never overwritten. Raises ConfigError when
-    the file cannot be read, holds no usable private key, or cannot be made.
+    the file cannot be read (a symbolic link to nowhere included), holds no
+    usable private key, gives group or others any access, or cannot be made.
     """
+    found = _read_host_key(path)
+    if found is None:
+        return _create_host_key(path)
+    return _host_key_from(path, *found), False
+
+
+def _read_host_key(path: str) -> tuple[bytes, int] | None:
+    """The host key file's bytes and permission bits; None when nothing is at ``path``."""
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            mode = stat.S_IMODE(os.fstat(f.fileno()).st_mode)
+            return f.read(), mode
     except FileNotFoundError:
-        return _create_host_key(path)
+        try:
+            os.lstat(path)
+        except FileNotFoundError:
+            return None
+        except OSError:
+            pass
+        raise ConfigError(path, 0, _UNREADABLE) from None
     except OSError as error:
         raise ConfigError(
             path, 0, f"cannot read the SSH host key: {error.strerror or error}"
         ) from None
-    return _parse_host_key(path, data), False
 
 
-def _parse_host_key(path: str, data: bytes) -> Key:
+_UNREADABLE = "the SSH host key exists but cannot be read (a symbolic link to a missing file?)"
+
+
+def _host_key_from(path: str, data: bytes, mode: int) -> Key:
     try:
         key = Key.fromString(data)
     except EncryptedKeyError:
@@ -276,15 +415,12 @@ def _parse_host_key(path: str, data: bytes) -> Key:
         raise ConfigError(path, 0, "not an SSH private key") from None
     if key.isPublic():
         raise ConfigError(path, 0, "a public key; the SSH host key file holds the private key")
-    try:
-        mode = stat.S_IMODE(os.stat(path).st_mode)
-    except OSError:
-        mode = 0
     if mode & 0o077:
-        _log.warn(
-            "the SSH host key {path} is accessible by others (mode {mode:04o}): chmod 600 it",
-            path=path,
-            mode=mode,
+        raise ConfigError(
+            path,
+            0,
+            f"the SSH host key is accessible by group or others (mode {mode:04o}): "
+            f"chmod 600 {path}",
         )
     return key
 
@@ -312,8 +448,11 @@ def _create_host_key(path: str) -> tuple[Key, bool]:
             f.flush()
             os.fsync(f.fileno())
         os.link(temporary, path)
-    except FileExistsError:  # written meanwhile by another process: use that one
-        return load_host_key(path)
+    except FileExistsError:  # written meanwhile by another process: use that one, once
+        found = _read_host_key(path)
+        if found is None:
+            raise ConfigError(path, 0, _UNREADABLE) from None
+        return _host_key_from(path, *found), False
     except OSError as error:
         raise ConfigError(
             path, 0, f"cannot create the SSH host key: {error.strerror or error}"
@@ -625,8 +764,83 @@ class SshCliSession:
         self.process.processEnded(Failure(reason))
 
 
+class _SessionProcess(SSHSessionProcessProtocol):
+    """What a session writes to and ends: ``exit-status``, then close (no conch log line)."""
+
+    def processEnded(self, reason: Failure | None = None) -> None:
+        code = getattr(reason.value, "exitCode", None) if reason is not None else None
+        if code is not None:
+            self.session.conn.sendRequest(self.session, b"exit-status", struct.pack(">L", code))
+        self.session.loseConnection()
+
+
+class _SessionChannel(SSHSession):
+    """A session channel: a pty, then one shell or ``exec`` request, for an :class:`SshCliSession`.
+
+    Conch's handlers log every request (an ``exec`` request's whole command
+    text included) on a logger of their module; these do the same work
+    quietly. Subsystems (sftp) and environment variables are refused.
+    """
+
+    _log = _conch_log
+
+    def _cli(self) -> ISession:
+        if self.session is None:
+            self.session = ISession(self.avatar)
+        return self.session
+
+    def requestReceived(self, requestType: bytes, data: bytes) -> int:
+        try:
+            return int(super().requestReceived(requestType, data))
+        except Exception:
+            _log.failure(
+                "SSH: error handling a {request} request",
+                request=_printable(requestType),
+            )
+            return 0
+
+    def _start(self, begin: Callable[[SSHSessionProcessProtocol], None]) -> int:
+        if self.client is not None:  # one shell or command per channel (RFC 4254, 6.5)
+            return 0
+        process = _SessionProcess(self)
+        begin(process)
+        self.client = process
+        return 1
+
+    def request_shell(self, data: bytes) -> int:
+        return self._start(self._cli().openShell)
+
+    def request_exec(self, data: bytes) -> int:
+        command = getNS(data)[0]
+        return self._start(lambda process: self._cli().execCommand(process, command))
+
+    def request_pty_req(self, data: bytes) -> int:
+        self._cli().getPty(*parseRequest_pty_req(data))
+        return 1
+
+    def request_window_change(self, data: bytes) -> int:
+        self._cli().windowChanged(parseRequest_window_change(data))
+        return 1
+
+    def request_subsystem(self, data: bytes) -> int:
+        _log.warn(
+            "SSH: refused the {name} subsystem (only CLI sessions are served)",
+            name=_printable(getNS(data)[0]),
+        )
+        return 0
+
+    def request_env(self, data: bytes) -> int:
+        return 0
+
+
 class CliAvatar(ConchUser):
-    """A logged-in operator: session channels only (no forwarding, no subsystems)."""
+    """A logged-in operator: session channels only (no forwarding, no subsystems).
+
+    ``user`` is what the logs and the commits record: ``NAME (KEY)``
+    (:attr:`KeyLogin.identity`).
+    """
+
+    _log = _conch_log
 
     def __init__(self, user: str, backend: SbcBackend, reactor: Any) -> None:
         super().__init__()
@@ -635,7 +849,7 @@ class CliAvatar(ConchUser):
         self.reactor = reactor
         #: Where the client connects from (set once logged in; for the logs).
         self.peer = ""
-        self.channelLookup[b"session"] = SSHSession
+        self.channelLookup[b"session"] = _SessionChannel
 
     def __conform__(self, interface: Any) -> SshCliSession | None:
         # ISession(avatar): a new session object for each session channel.
@@ -644,7 +858,7 @@ class CliAvatar(ConchUser):
         return None
 
     def new_session(self) -> Session:
-        """A fresh CLI session recording this user (client ``ssh``) with its commits."""
+        """A fresh CLI session recording this user and key (client ``ssh``) with its commits."""
         return Session(self.backend, user=self.user, client="ssh")
 
     def logout(self) -> None:
@@ -657,7 +871,7 @@ class CliAvatar(ConchUser):
 
 @implementer(IRealm)
 class CliRealm:
-    """Gives every authenticated SSH user a :class:`CliAvatar` over ``backend``."""
+    """Gives every :class:`KeyLogin` a :class:`CliAvatar` over ``backend``, as ``NAME (KEY)``."""
 
     def __init__(self, backend: SbcBackend, reactor: Any) -> None:
         self.backend = backend
@@ -668,8 +882,9 @@ class CliRealm:
     ) -> tuple[Any, CliAvatar, Callable[[], None]]:
         if IConchUser not in interfaces:
             raise NotImplementedError("the SSH CLI only serves IConchUser")
-        user = _printable(avatarId) if isinstance(avatarId, bytes) else ""
-        avatar = CliAvatar(user, self.backend, self.reactor)
+        if not isinstance(avatarId, KeyLogin):
+            raise NotImplementedError("the SSH CLI only serves logins with an authorized key")
+        avatar = CliAvatar(avatarId.identity, self.backend, self.reactor)
         return IConchUser, avatar, avatar.logout
 
 
@@ -681,6 +896,7 @@ class _PublicKeyUserAuth(SSHUserAuthServer):
 
     loginTimeout = LOGIN_GRACE_SECONDS
     attemptsBeforeDisconnect = MAX_AUTH_TRIES
+    _log = _conch_log
 
     def _ssh(self) -> Any:
         assert self.transport is not None
@@ -719,16 +935,16 @@ class _PublicKeyUserAuth(SSHUserAuthServer):
 
         def logged_in(result: Any) -> Any:
             _, avatar, _ = result
+            identity = user
             if isinstance(avatar, CliAvatar):
                 avatar.peer = peer
-            comment = self._ssh().factory.authorized_keys.comment_for(blob)
+                identity = avatar.user  # NAME (KEY), as commits record it
             _log.info(
-                "SSH login: {user} from {peer} with {kind} key {fingerprint}{comment}",
-                user=user,
+                "SSH login: {user} from {peer} with {kind} key {fingerprint}",
+                user=identity,
                 peer=peer,
                 kind=kind,
                 fingerprint=fingerprint,
-                comment=f" ({comment})" if comment else "",
             )
             return result
 
@@ -755,6 +971,8 @@ class _PublicKeyUserAuth(SSHUserAuthServer):
 class _SessionsOnly(SSHConnection):
     """``ssh-connection`` that refuses every channel but sessions (no forwarding), quietly."""
 
+    _log = _conch_log
+
     def ssh_CHANNEL_OPEN(self, packet: bytes) -> None:
         kind, rest = getNS(packet)
         if kind == b"session":
@@ -777,6 +995,8 @@ class _SessionsOnly(SSHConnection):
 class _ServerTransport(SSHServerTransport):
     """The SSH server transport; a client that says goodbye is not an error."""
 
+    _log = _conch_log
+
     def receiveError(self, reasonCode: int, description: bytes) -> None:
         if reasonCode == DISCONNECT_BY_APPLICATION:
             return
@@ -798,6 +1018,8 @@ class CliSshFactory(SSHFactory):
         b"ssh-userauth": _PublicKeyUserAuth,
         b"ssh-connection": _SessionsOnly,
     }
+    noisy = False
+    _log = _conch_log
 
     def __init__(
         self, backend: SbcBackend, authorized_keys: AuthorizedKeys, host_key: Key, reactor: Any
@@ -805,7 +1027,7 @@ class CliSshFactory(SSHFactory):
         self.reactor = reactor
         self.authorized_keys = authorized_keys
         self.host_key = host_key
-        self.portal = Portal(CliRealm(backend, reactor), [SSHPublicKeyChecker(authorized_keys)])
+        self.portal = Portal(CliRealm(backend, reactor), [AuthorizedKeysChecker(authorized_keys)])
         self.publicKeys = {host_key.sshType(): host_key.public()}
         self.privateKeys = {host_key.sshType(): host_key}
         self.primes = None

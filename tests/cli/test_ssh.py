@@ -13,12 +13,17 @@ import struct
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from twisted.conch.error import ValidPublicKey
 from twisted.conch.ssh.channel import SSHChannel
 from twisted.conch.ssh.common import NS, getNS
 from twisted.conch.ssh.connection import SSHConnection
 from twisted.conch.ssh.keys import Key
 from twisted.conch.ssh.session import packRequest_pty_req, packRequest_window_change
-from twisted.conch.ssh.transport import DISCONNECT_BY_APPLICATION, SSHClientTransport
+from twisted.conch.ssh.transport import (
+    DISCONNECT_BY_APPLICATION,
+    MSG_UNIMPLEMENTED,
+    SSHClientTransport,
+)
 from twisted.conch.ssh.userauth import SSHUserAuthClient
 from twisted.cred.credentials import SSHPrivateKey
 from twisted.cred.error import UnauthorizedLogin
@@ -34,7 +39,9 @@ from sbc.cli.commands import Session
 from sbc.cli.ssh import (
     MAX_LINE_LENGTH,
     AuthorizedKeys,
+    AuthorizedKeysChecker,
     CliSshFactory,
+    KeyLogin,
     SshCliService,
     key_fingerprint,
     load_host_key,
@@ -59,9 +66,19 @@ def authorized_line(key: Key, comment: str = "") -> str:
 
 
 def write(path: str, text: str) -> str:
+    """Write ``text`` to ``path``, mode 0644 whatever the umask."""
     with open(path, "w") as f:
         f.write(text)
+    os.chmod(path, 0o644)
     return path
+
+
+def directory_for(case: SynchronousTestCase) -> str:
+    """A new directory, mode 0755 whatever the umask (the authorized keys' StrictModes)."""
+    directory = os.path.abspath(case.mktemp())
+    os.makedirs(directory)
+    os.chmod(directory, 0o755)
+    return directory
 
 
 def messages(events: list[Any]) -> list[str]:
@@ -190,14 +207,15 @@ class Connected:
         authorized: list[str] | None = None,
         user: bytes = b"operator",
         first: tuple[bytes, bytes] | None = None,
+        keys_mode: int = 0o644,
     ) -> None:
-        directory = os.path.abspath(case.mktemp())
-        os.makedirs(directory)
+        directory = directory_for(case)
         self.backend = FakeBackend()
         self.clock = MemoryReactorClock()
         self.key = client_key or new_key()
         lines = [authorized_line(self.key)] if authorized is None else authorized
         self.keys_path = write(os.path.join(directory, "authorized_keys"), "\n".join(lines) + "\n")
+        os.chmod(self.keys_path, keys_mode)
         self.host_key = new_key()
         self.factory = CliSshFactory(
             self.backend, AuthorizedKeys(self.keys_path), self.host_key, self.clock
@@ -259,7 +277,7 @@ class AuthorizedKeysTests(SynchronousTestCase):
         )
 
     def test_check_missing_empty_and_good(self) -> None:
-        path = os.path.abspath(self.mktemp())
+        path = os.path.join(directory_for(self), "authorized_keys")
         keys = AuthorizedKeys(path)
         (problem,) = keys.check()
         self.assertTrue(
@@ -280,30 +298,112 @@ class AuthorizedKeysTests(SynchronousTestCase):
         self.assertEqual(keys.check(), [])
 
     def test_checker_accepts_listed_key_refuses_other_and_rereads_the_file(self) -> None:
-        from twisted.conch.checkers import SSHPublicKeyChecker
-
         listed, other = new_key(), new_key()
-        path = write(os.path.abspath(self.mktemp()), authorized_line(listed) + "\n")
-        checker = SSHPublicKeyChecker(AuthorizedKeys(path))
+        path = os.path.join(directory_for(self), "authorized_keys")
+        write(path, authorized_line(listed, "alice@laptop") + "\n")
+        checker = AuthorizedKeysChecker(AuthorizedKeys(path))
 
-        def attempt(key: Key) -> Any:
+        def attempt(key: Key, user: bytes = b"operator", signature: bytes | None = None) -> Any:
             data = b"session data to sign"
             blob = key.public().blob()
-            credentials = SSHPrivateKey(b"operator", b"ssh-ed25519", blob, data, key.sign(data))
+            signed = key.sign(data) if signature is None else signature
+            credentials = SSHPrivateKey(user, b"ssh-ed25519", blob, data, signed)
             return self.successResultOf(checker.requestAvatarId(credentials).addErrback(
-                lambda f: f.trap(UnauthorizedLogin) and "refused"
+                lambda f: f.trap(UnauthorizedLogin, ValidPublicKey) and f.getErrorMessage()
             ))  # fmt: skip
 
-        self.assertEqual(attempt(listed), b"operator")
-        self.assertEqual(attempt(other), "refused")
+        login = attempt(listed)
+        self.assertIsInstance(login, KeyLogin)
+        self.assertEqual((login.name, login.key.comment), ("operator", "alice@laptop"))
+        self.assertEqual(login.identity, "operator (alice@laptop)")
+        self.assertEqual(attempt(other), "Key not authorized")
+        self.assertEqual(attempt(listed, signature=other.sign(b"x")), "Key signature invalid")
+        self.assertEqual(attempt(listed, signature=b"garbage"), "Error while verifying key")
+        # A name that looks like a key label stays a name.
+        self.assertEqual(
+            attempt(listed, b"admin (root@x)").identity, "admin ?root@x? (alice@laptop)"
+        )
         # Key changes take effect at the next attempt, without a restart.
         write(path, authorized_line(other) + "\n")
-        self.assertEqual(attempt(other), b"operator")
-        self.assertEqual(attempt(listed), "refused")
+        fingerprint = key_fingerprint(other.public().blob())
+        self.assertEqual(attempt(other, b"alice").identity, f"alice ({fingerprint[:23]})")
+        self.assertEqual(attempt(listed), "Key not authorized")
         os.unlink(path)
         with capturedLogs() as events:
-            self.assertEqual(attempt(other), "refused")
+            self.assertEqual(attempt(other), "Key not authorized")
         self.assertTrue(any("SSH logins refused" in m for m in messages(events)))
+
+    def test_key_id_is_the_comment_else_a_short_fingerprint(self) -> None:
+        key = new_key()
+        (commented, bare), _ = parse_authorized_keys(
+            "\n".join([authorized_line(key, "ops key\x1b[2J"), authorized_line(key)]), "keys"
+        )
+        self.assertEqual(commented.key_id, "ops key?[2J")
+        fingerprint = key_fingerprint(key.public().blob())
+        self.assertEqual(bare.key_id, fingerprint[: len("SHA256:") + 16])
+        self.assertTrue(fingerprint.startswith(bare.key_id))
+
+    def test_strict_modes_writable_file_or_directory_refused(self) -> None:
+        directory = directory_for(self)
+        path = write(os.path.join(directory, "authorized_keys"), authorized_line(new_key()) + "\n")
+        keys = AuthorizedKeys(path)
+        self.assertEqual(keys.check(), [])
+        os.chmod(path, 0o664)
+        self.assertEqual(
+            keys.check(),
+            [f"{path}: the SSH authorized keys file is writable by group or others (mode 0664): "
+             f"chmod go-w {path}"],
+        )  # fmt: skip
+        os.chmod(path, 0o646)
+        self.assertIn("(mode 0646)", keys.check()[0])
+        os.chmod(path, 0o640)  # readable by the group: fine
+        self.assertEqual(keys.check(), [])
+        os.chmod(directory, 0o777)
+        self.assertEqual(
+            keys.check(),
+            [f"{directory}: the directory of the SSH authorized keys is writable by group or "
+             f"others (mode 0777): chmod go-w {directory}"],
+        )  # fmt: skip
+        with capturedLogs() as events:
+            self.assertEqual(keys.entries(), [])  # a login attempt is refused
+        self.assertIn(f"SSH logins refused: {keys.check()[0]}", messages(events))
+
+    def test_strict_modes_directory_of_the_link_target_checked(self) -> None:
+        unsafe = directory_for(self)
+        os.chmod(unsafe, 0o1777)  # as /tmp
+        target = write(os.path.join(unsafe, "keys"), authorized_line(new_key()) + "\n")
+        link = os.path.join(directory_for(self), "authorized_keys")
+        os.symlink(target, link)
+        self.assertEqual(
+            AuthorizedKeys(link).check(),
+            [f"{unsafe}: the directory of the SSH authorized keys is writable by group or "
+             f"others (mode 1777): chmod go-w {unsafe}"],
+        )  # fmt: skip
+
+    def test_strict_modes_owner_must_be_root_or_the_daemon(self) -> None:
+        directory = directory_for(self)
+        path = write(os.path.join(directory, "authorized_keys"), authorized_line(new_key()) + "\n")
+        other = 4242 if os.geteuid() != 4242 else 4243
+        if os.geteuid() == 0:  # root can give the file away
+            os.chown(path, other, -1)
+            keys, owner, daemon = AuthorizedKeys(path), other, 0
+        else:  # the file is the test's own, the daemon someone else
+            keys, owner, daemon = AuthorizedKeys(path, uid=other), os.geteuid(), other
+        self.assertEqual(
+            keys.check(),
+            [f"{path}: the SSH authorized keys file is owned by uid {owner}, not root or the "
+             f"daemon's uid {daemon}"],
+        )  # fmt: skip
+        # Files of the daemon's own user are fine.
+        self.assertEqual(AuthorizedKeys(path, uid=os.stat(path).st_uid).check(), [])
+        if os.geteuid() == 0:
+            os.chown(path, 0, -1)
+            os.chown(directory, other, -1)
+            self.assertEqual(
+                keys.check(),
+                [f"{directory}: the directory of the SSH authorized keys is owned by uid {other}, "
+                 "not root or the daemon's uid 0"],
+            )  # fmt: skip
 
     def test_fingerprint_is_openssh_sha256(self) -> None:
         # ssh-keygen -l prints SHA256: and the unpadded base64 of the blob's digest.
@@ -318,8 +418,7 @@ class AuthorizedKeysTests(SynchronousTestCase):
 
 class HostKeyTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.directory = os.path.abspath(self.mktemp())
-        os.makedirs(self.directory)
+        self.directory = directory_for(self)
         self.path = os.path.join(self.directory, "ssh_host_key")
 
     def test_generated_0600_openssh_format_then_reused(self) -> None:
@@ -359,15 +458,63 @@ class HostKeyTests(SynchronousTestCase):
             str(caught.exception),
         )
 
-    def test_key_readable_by_others_is_warned_about(self) -> None:
+    def test_key_accessible_by_group_or_others_is_refused(self) -> None:
         load_host_key(self.path)
-        os.chmod(self.path, 0o644)
-        with capturedLogs() as events:
+        for mode in (0o644, 0o640, 0o604, 0o610):
+            os.chmod(self.path, mode)
+            with self.assertRaises(ConfigError) as caught:
+                load_host_key(self.path)
+            self.assertEqual(
+                str(caught.exception),
+                f"{self.path}: the SSH host key is accessible by group or others "
+                f"(mode {mode:04o}): chmod 600 {self.path}",
+            )
+        os.chmod(self.path, 0o400)
+        self.assertFalse(load_host_key(self.path)[1])
+
+    def test_dangling_symlink_is_an_error_not_a_loop(self) -> None:
+        os.symlink(os.path.join(self.directory, "nowhere"), self.path)
+        with self.assertRaises(ConfigError) as caught:
             load_host_key(self.path)
-        self.assertIn(
-            f"the SSH host key {self.path} is accessible by others (mode 0644): chmod 600 it",
-            messages(events),
+        self.assertEqual(
+            str(caught.exception),
+            f"{self.path}: the SSH host key exists but cannot be read "
+            "(a symbolic link to a missing file?)",
         )
+        self.assertEqual(sorted(os.listdir(self.directory)), ["ssh_host_key"])  # no temporary
+        self.assertFalse(os.path.exists(os.path.join(self.directory, "nowhere")))
+
+    def test_link_in_place_meanwhile_is_read_once(self) -> None:
+        # A dangling link appearing between the first look and the link into place.
+        os.symlink(os.path.join(self.directory, "nowhere"), self.path)
+        real_lstat = os.lstat
+        calls: list[str] = []
+
+        def lstat(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+            calls.append(str(path))
+            if str(path) == self.path:
+                raise FileNotFoundError(2, "No such file or directory", path)
+            return real_lstat(path, *args, **kwargs)
+
+        self.patch(os, "lstat", lstat)
+        with self.assertRaises(ConfigError) as caught:
+            load_host_key(self.path)
+        self.assertIn("exists but cannot be read", str(caught.exception))
+        self.assertEqual(calls, [self.path, self.path])  # looked at twice, then gave up
+        self.assertEqual(sorted(os.listdir(self.directory)), ["ssh_host_key"])
+
+    def test_key_written_meanwhile_is_used(self) -> None:
+        other, _ = load_host_key(os.path.join(self.directory, "other"))
+        real_link = os.link
+
+        def link(source: str, destination: str) -> None:
+            real_link(os.path.join(self.directory, "other"), destination)  # someone else's
+            real_link(source, destination)
+
+        self.patch(os, "link", link)
+        key, created = load_host_key(self.path)
+        self.assertFalse(created)
+        self.assertEqual(key, other)
 
 
 # -- the service -------------------------------------------------------------------------
@@ -382,8 +529,7 @@ class ServiceTests(SynchronousTestCase):
     ENDPOINT = "tcp:2222:interface=127.0.0.1"
 
     def setUp(self) -> None:
-        self.directory = os.path.abspath(self.mktemp())
-        os.makedirs(self.directory)
+        self.directory = directory_for(self)
         self.keys = write(
             os.path.join(self.directory, "authorized_keys"), authorized_line(new_key()) + "\n"
         )
@@ -431,6 +577,21 @@ class ServiceTests(SynchronousTestCase):
             problems,
         )
 
+    def test_preflight_refuses_an_exposed_host_key_and_unsafe_authorized_keys(self) -> None:
+        load_host_key(self.host_key)
+        os.chmod(self.host_key, 0o644)
+        os.chmod(self.keys, 0o666)
+        _, ssh = self.build(Reactor())
+        self.assertEqual(
+            ssh.preflight(),
+            [
+                f"cannot serve the CLI over SSH: {self.keys}: the SSH authorized keys file is "
+                f"writable by group or others (mode 0666): chmod go-w {self.keys}",
+                f"cannot serve the CLI over SSH: {self.host_key}: the SSH host key is accessible "
+                f"by group or others (mode 0644): chmod 600 {self.host_key}",
+            ],
+        )
+
     def test_start_listens_logs_the_fingerprint_and_stop_closes(self) -> None:
         reactor = Reactor()
         service, ssh = self.build(reactor)
@@ -459,7 +620,10 @@ class ServiceTests(SynchronousTestCase):
             f"cannot serve the CLI over SSH on {self.ENDPOINT}: "
             "Couldn't listen on 127.0.0.1:2222: address in use.",
         )
-        self.assertIn((reactor.stop, (), {}), reactor.whenRunningHooks)
+        reactor.running = True  # the reactor is stopped once it runs
+        for hook, args, kwargs in reactor.whenRunningHooks:
+            hook(*args, **kwargs)
+        self.assertTrue(reactor.hasStopped)
 
     def test_no_key_at_start_stops_the_sbc(self) -> None:
         write(self.keys, "# empty\n")
@@ -481,6 +645,7 @@ class InterfaceTests(SynchronousTestCase):
     def test_providers(self) -> None:
         from twisted.conch.checkers import IAuthorizedKeysDB
         from twisted.conch.interfaces import IConchUser, ISession
+        from twisted.cred.checkers import ICredentialsChecker
         from twisted.cred.portal import IRealm
         from zope.interface.verify import verifyObject
 
@@ -489,16 +654,23 @@ class InterfaceTests(SynchronousTestCase):
         realm = CliRealm(FakeBackend(), MemoryReactorClock())
         self.assertTrue(verifyObject(IRealm, realm))
         self.assertTrue(verifyObject(IAuthorizedKeysDB, AuthorizedKeys("/nonexistent")))
-        interface, avatar, _ = realm.requestAvatar(b"operator", None, IConchUser)
+        keys = AuthorizedKeys("/nonexistent")
+        self.assertTrue(verifyObject(ICredentialsChecker, AuthorizedKeysChecker(keys)))
+        (key,), _ = parse_authorized_keys(authorized_line(new_key(), "alice@laptop"), "keys")
+        login = KeyLogin("operator", key)
+        interface, avatar, _ = realm.requestAvatar(login, None, IConchUser)
         self.assertIs(interface, IConchUser)
         assert isinstance(avatar, CliAvatar)
+        self.assertEqual(avatar.user, "operator (alice@laptop)")
         self.assertTrue(IConchUser.providedBy(avatar))  # conn is only set once connected
         first, second = ISession(avatar), ISession(avatar)
         self.assertTrue(verifyObject(ISession, first))
         self.assertIsNot(first, second)  # one session object per channel
         self.assertEqual(avatar.new_session().prompt, "sbc#")
         with self.assertRaises(NotImplementedError):
-            realm.requestAvatar(b"operator", None, IRealm)
+            realm.requestAvatar(login, None, IRealm)
+        with self.assertRaises(NotImplementedError):  # a bare user name is no login
+            realm.requestAvatar(b"operator", None, IConchUser)
 
 
 class LoginTests(SynchronousTestCase):
@@ -512,7 +684,8 @@ class LoginTests(SynchronousTestCase):
         self.assertEqual(c.auth.failures, [b"publickey"])
         fingerprint = key_fingerprint(c.key.public().blob())
         self.assertIn(
-            f"SSH login: operator from 192.0.2.7:40022 with ssh-ed25519 key {fingerprint}",
+            f"SSH login: operator ({fingerprint[:23]}) from 192.0.2.7:40022 "
+            f"with ssh-ed25519 key {fingerprint}",
             messages(events),
         )
 
@@ -522,8 +695,8 @@ class LoginTests(SynchronousTestCase):
             Connected(self, client_key=key, authorized=[authorized_line(key, "alice@laptop")])
         fingerprint = key_fingerprint(key.public().blob())
         self.assertIn(
-            f"SSH login: operator from 192.0.2.7:40022 with ssh-ed25519 key {fingerprint} "
-            "(alice@laptop)",
+            "SSH login: operator (alice@laptop) from 192.0.2.7:40022 with ssh-ed25519 key "
+            f"{fingerprint}",
             messages(events),
         )
 
@@ -531,7 +704,20 @@ class LoginTests(SynchronousTestCase):
         with capturedLogs() as events:
             Connected(self, user=b"eve\nSSH login: root")
         self.assertTrue(
-            any(m.startswith("SSH login: eve?SSH login: root from ") for m in messages(events)),
+            any(m.startswith("SSH login: eve?SSH login: root (SHA256:") for m in messages(events)),
+            messages(events),
+        )
+
+    def test_unsafe_authorized_keys_refuse_the_login(self) -> None:
+        channel = exec_channel("show running-config")
+        with capturedLogs() as events:
+            c = Connected(self, channels=[channel], keys_mode=0o620)
+        self.assertFalse(c.auth.succeeded)
+        self.assertFalse(c.connection.started)
+        self.assertEqual(channel.output, b"")
+        self.assertIn(
+            f"SSH logins refused: {c.keys_path}: the SSH authorized keys file is writable by "
+            f"group or others (mode 0620): chmod go-w {c.keys_path}",
             messages(events),
         )
 
@@ -569,7 +755,10 @@ class LoginTests(SynchronousTestCase):
             c.flush()
         self.assertTrue(c.pump.serverIO.disconnected)
         self.assertEqual([e for e in events if e.get("log_level") == LogLevel.error], [])
-        self.assertIn("SSH logout: operator from 192.0.2.7:40022", messages(events))
+        fingerprint = key_fingerprint(c.key.public().blob())
+        self.assertIn(
+            f"SSH logout: operator ({fingerprint[:23]}) from 192.0.2.7:40022", messages(events)
+        )
 
     def test_login_timeout_on_the_injected_clock(self) -> None:
         c = Connected(self, first=(b"", b""))
@@ -578,6 +767,37 @@ class LoginTests(SynchronousTestCase):
         self.assertFalse(c.pump.serverIO.disconnecting)
         c.clock.advance(1)
         self.assertTrue(c.pump.serverIO.disconnecting)
+
+
+class QuietLogTests(SynchronousTestCase):
+    def server_lines(self, events: list[Any]) -> list[str]:
+        return [formatEvent(e) for e in events if not e["log_namespace"].startswith("tests.")]
+
+    def test_a_session_logs_its_login_and_logout_only(self) -> None:
+        channel = exec_channel("configure\nsbc mysbc\nsecret-looking command")
+        with capturedLogs() as events:
+            c = Connected(self, channels=[channel], user=b"alice")
+            c.client.sendDisconnect(DISCONNECT_BY_APPLICATION, b"disconnected by user")
+            c.flush()
+        self.assertEqual(channel.status, 1)  # the command ran
+        fingerprint = key_fingerprint(c.key.public().blob())
+        self.assertEqual(
+            self.server_lines(events),
+            [
+                f"SSH login: alice ({fingerprint[:23]}) from 192.0.2.7:40022 "
+                f"with ssh-ed25519 key {fingerprint}",
+                f"SSH logout: alice ({fingerprint[:23]}) from 192.0.2.7:40022",
+            ],
+        )
+
+    def test_conch_warnings_still_reach_the_log(self) -> None:
+        channel = ClientChannel([(b"subsystem", NS(b"sftp"))])
+        c = Connected(self, channels=[channel])
+        with capturedLogs() as events:
+            c.client.sendPacket(MSG_UNIMPLEMENTED, struct.pack(">L", 7))
+            c.flush()
+        self.assertEqual(self.server_lines(events), ["other side unimplemented packet #7"])
+        self.assertEqual(channel.replies, [(b"subsystem", False)])
 
 
 class ExecTests(SynchronousTestCase):
@@ -603,12 +823,27 @@ class ExecTests(SynchronousTestCase):
             "configure\nsbc mysbc\nsbe\nadjacency sip test\nattach\ncommit\nend\n"
             "show services sbc mysbc sbe adjacencies test\n"
         )
-        c = Connected(self, channels=[channel], user=b"alice")
+        key = new_key()
+        # Any name may be typed: the record names the key that signed too.
+        c = Connected(
+            self,
+            channels=[channel],
+            user=b"admin",
+            client_key=key,
+            authorized=[authorized_line(new_key(), "admin@ops"), authorized_line(key, "bob@pc")],
+        )
         self.assertEqual(channel.status, 0, channel.text())
         self.assertIn("Adjacency: test (SIP)\n  Status: Attached\n", channel.text())
         self.assertEqual(len(c.backend.commits), 1)
         record = c.backend.history.records[-1]
-        self.assertEqual((record.user, record.client), ("alice", "ssh"))
+        self.assertEqual((record.user, record.client), ("admin (bob@pc)", "ssh"))
+
+    def test_commit_by_a_key_without_comment_records_its_fingerprint(self) -> None:
+        channel = exec_channel("configure\nsbc mysbc\nsbe\nadjacency sip test\nattach\ncommit")
+        c = Connected(self, channels=[channel], user=b"alice")
+        self.assertEqual(channel.status, 0, channel.text())
+        fingerprint = key_fingerprint(c.key.public().blob())
+        self.assertEqual(c.backend.history.records[-1].user, f"alice ({fingerprint[:23]})")
 
     def test_exit_stops_and_overlong_line_refused(self) -> None:
         channel = exec_channel("exit\nshow nonsense")
@@ -627,8 +862,12 @@ class ExecTests(SynchronousTestCase):
 
     def test_no_subsystem_and_no_forwarding(self) -> None:
         channel = ClientChannel([(b"subsystem", NS(b"sftp"))])
-        c = Connected(self, channels=[channel])
+        with capturedLogs() as events:
+            c = Connected(self, channels=[channel])
         self.assertEqual(channel.replies, [(b"subsystem", False)])
+        self.assertIn(
+            "SSH: refused the sftp subsystem (only CLI sessions are served)", messages(events)
+        )
 
         class Forward(SSHChannel):
             name = b"direct-tcpip"

@@ -6,13 +6,24 @@ Needs ``ssh`` and ``ssh-keygen`` (Debian: openssh-client).
 from __future__ import annotations
 
 import os
+import shutil
 import stat
+import tempfile
 from typing import Any
 
 from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
-from tests.interop.harness import HOST, AdjacencySpec, get_reactor, make_pki, start_sbc, within
+from tests.interop.harness import (
+    HOST,
+    TWISTD,
+    AdjacencySpec,
+    get_reactor,
+    make_pki,
+    render_config,
+    start_sbc,
+    within,
+)
 from tests.interop.test_cli import SBC_CLI, cli_socket
 from tests.support.peers import ProcessResult, free_port, require_tool, run
 
@@ -77,11 +88,14 @@ class SshInteropTests(TestCase):
         self.keygen_tool = require_tool("ssh-keygen")
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
+        os.chmod(directory, 0o755)  # StrictModes, whatever the umask
         self.key = yield self.keygen(directory, "operator")
         self.other_key = yield self.keygen(directory, "stranger")
         keys_file = os.path.join(directory, "authorized_keys")
         with open(self.key + ".pub") as source, open(keys_file, "w") as f:
             f.write("# the operators\n" + source.read())
+        os.chmod(keys_file, 0o644)
+        self.keys_file = keys_file
         self.port = free_port()
         sbc = yield start_sbc(
             self,
@@ -121,8 +135,14 @@ class SshInteropTests(TestCase):
         )
         fingerprint = listed.stdout.decode().split()[1]
         self.assertTrue(fingerprint.startswith("SHA256:"), listed.text())
-        self.assertIn(f"SSH login: operator from {HOST}:", sbc.output())
-        self.assertIn(f"with ssh-ed25519 key {fingerprint} (operator@test)", sbc.output())
+        # The user recorded is the name typed and the key's comment.
+        self.assertIn(f"SSH login: operator (operator@test) from {HOST}:", sbc.output())
+        self.assertIn(f"with ssh-ed25519 key {fingerprint}\n", sbc.output())
+        self.assertIn(f"SSH logout: operator (operator@test) from {HOST}:", sbc.output())
+        # Conch's own steps are not logged, nor the command text.
+        for chatter in ("kex alg", "NEW KEYS", "Executing command", "exitCode", "channel open"):
+            self.assertNotIn(chatter, sbc.output())
+        self.assertNotIn("show services sbc nosuch", sbc.output())
         # The host key was generated beside the config, mode 0600, and its fingerprint logged.
         host_key = os.path.join(os.path.dirname(sbc.config_path), "ssh_host_key")
         self.assertEqual(stat.S_IMODE(os.stat(host_key).st_mode), 0o600)
@@ -181,6 +201,12 @@ class SshInteropTests(TestCase):
         )
         self.assertEqual(result.exit_code, 0, result.text())
         self.assertIn("Status: Detached", result.stdout.decode())
+        # Both commits record the name typed and the key that signed, client ssh.
+        result = yield self.ssh("show configuration commit list")
+        self.assertEqual(result.exit_code, 0, result.text())
+        rows = [line.split() for line in result.stdout.decode().splitlines()]
+        users = [row[2:5] for row in rows if row and row[0].isdigit()]
+        self.assertEqual(users, [["operator", "(operator@test)", "ssh"]] * 2, result.text())
         # An interactive session on a pty (forced: stdin is not a terminal here).
         result = yield self.ssh(
             options=("-tt",), stdin=b"configure\nexit\nshow running-config\nexit\n"
@@ -210,3 +236,46 @@ class SshInteropTests(TestCase):
         result = yield self.ssh("show running-config")
         self.assertEqual(result.exit_code, 0, result.text())
         self.assertIn("sbc mysbc", result.stdout.decode())
+
+    @defer.inlineCallbacks
+    def test_unsafe_key_files_stop_the_daemon(self) -> Any:
+        # StrictModes: a keys file others may write, a host key others may read.
+        keygen = require_tool("ssh-keygen")
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        os.chmod(directory, 0o755)
+        config_path = os.path.join(directory, "sbc.conf")
+        with open(config_path, "w") as f:
+            f.write(render_config("mysbc", (AdjacencySpec("access", port=free_port()),)))
+        key = os.path.join(directory, "operator")
+        result = yield within(
+            run(get_reactor(), [keygen, "-q", "-t", "ed25519", "-N", "", "-f", key], timeout=30.0),
+            40.0,
+            "ssh-keygen",
+        )
+        self.assertEqual(result.exit_code, 0, result.text())
+        keys_file = key + ".pub"
+        os.chmod(keys_file, 0o666)
+        host_key = os.path.join(directory, "ssh_host_key")
+        shutil.copy(key, host_key)
+        os.chmod(host_key, 0o640)
+        cli_directory = tempfile.mkdtemp(prefix="sbc-interop-")
+        self.addCleanup(shutil.rmtree, cli_directory, True)
+        endpoint = f"tcp:{free_port()}:interface={HOST}"
+        args = [
+            TWISTD, "--pidfile=", "-n", "sbc", "--config", config_path,
+            "--cli", "unix:" + os.path.join(cli_directory, "sbc.cli") + ":mode=600",
+            "--ssh", endpoint, "--ssh-keys", keys_file,
+        ]  # fmt: skip
+        result = yield within(run(get_reactor(), args, timeout=30.0, cwd=directory), 40.0, "twistd")
+        self.assertEqual(result.exit_code, 1, result.text())
+        self.assertIn(
+            f"cannot serve the CLI over SSH: {keys_file}: the SSH authorized keys file is "
+            f"writable by group or others (mode 0666): chmod go-w {keys_file}",
+            result.text(),
+        )
+        self.assertIn(
+            f"cannot serve the CLI over SSH: {host_key}: the SSH host key is accessible by "
+            f"group or others (mode 0640): chmod 600 {host_key}",
+            result.text(),
+        )
