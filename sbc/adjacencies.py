@@ -62,7 +62,13 @@ class AdjacencyTable:
 
     Build a new table whenever the attached set changes; lookups are cheap
     (one dict lookup plus a scan of the adjacencies sharing that listener).
+    Classification results are cached per (listener, source address): the
+    table never changes, and a peer sends many messages; the cache holds at
+    most :attr:`CLASSIFY_CACHE_SIZE` entries and starts over when full, so a
+    flood from many sources costs memory only up to that bound.
     """
+
+    CLASSIFY_CACHE_SIZE = 4096
 
     def __init__(self, adjacencies: Iterable[AdjacencyConfig]) -> None:
         self._by_listener: dict[ListenerKey, list[_Candidate]] = {}
@@ -75,6 +81,7 @@ class AdjacencyTable:
             for key in listener_keys(adjacency):
                 self._by_listener.setdefault(key, []).append(candidate)
         self._addresses = frozenset(str(a.address) for a in self._by_name.values())
+        self._classified: dict[tuple[ListenerKey, str], AdjacencyConfig | None] = {}
 
     @property
     def attached(self) -> list[AdjacencyConfig]:
@@ -105,6 +112,18 @@ class AdjacencyTable:
         ``None`` when no attached adjacency on that listener accepts the
         source: the caller drops and counts the message.
         """
+        cache_key = (key, source_ip)
+        try:
+            return self._classified[cache_key]
+        except KeyError:
+            pass
+        found = self._classify(key, source_ip)
+        if len(self._classified) >= self.CLASSIFY_CACHE_SIZE:
+            self._classified.clear()
+        self._classified[cache_key] = found
+        return found
+
+    def _classify(self, key: ListenerKey, source_ip: str) -> AdjacencyConfig | None:
         candidates = self._by_listener.get(key)
         if not candidates:
             return None

@@ -19,6 +19,7 @@ suffix matching, so ``*.example.com`` matches only the literal string
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 
@@ -76,8 +77,12 @@ class PeerIdentities:
         return ", ".join(parts) or "(no identity)"
 
 
+@functools.lru_cache(maxsize=1024)
 def ip_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """The address if ``host`` is an IPv4 or IPv6 literal (brackets allowed), else None."""
+    """The address if ``host`` is an IPv4 or IPv6 literal (brackets allowed), else None.
+
+    Cached: the same few peer addresses come up on every message.
+    """
     text = host.strip()
     if text.startswith("[") and text.endswith("]"):
         text = text[1:-1]

@@ -206,6 +206,8 @@ class HuntPolicy:
 class CallState(enum.Enum):
     """Where a call is: being routed/hunted, answered (ACK awaited), up, over."""
 
+    __hash__ = object.__hash__  # identity: C speed (Enum hashes the name in Python)
+
     PROCEEDING = "proceeding"
     ANSWERED = "answered"
     CONFIRMED = "confirmed"

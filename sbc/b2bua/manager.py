@@ -52,6 +52,10 @@ Handler = Call | Relay
 REGISTRAR_PATH = ("registered contacts",)
 
 
+def _never(now: float) -> list[StackOutput]:
+    return []
+
+
 class TimerHandle:
     """A scheduled callback; :meth:`cancel` stops it."""
 
@@ -63,8 +67,14 @@ class TimerHandle:
         self.cancelled = False
 
     def cancel(self) -> None:
-        """Do not run."""
+        """Do not run; drop the callback (and what it holds) at once.
+
+        The handle itself stays in the heap until its time comes, so the
+        callback's closure (a call, its legs, a response) must not wait
+        there with it.
+        """
         self.cancelled = True
+        self.callback = _never
 
 
 class CallManager:
@@ -293,33 +303,12 @@ class CallManager:
         """Retransmit ``response`` (a 2xx we sent on ``leg``) until its ACK arrives."""
         settings = self.stack.transactions.settings
         pending = PendingAck(response, flow, settings.t1, now + 64 * settings.t1, other_cseq)
-        cseq = response.cseq.seq
-        handles: list[TimerHandle] = []
-
-        def cancel_all() -> None:
-            for handle in handles:
-                handle.cancel()
-
-        def retransmit(at: float) -> list[StackOutput]:
-            if leg.unacked.get(cseq) is not pending:
-                return []
-            pending.interval = min(2 * pending.interval, settings.t2)
-            next_at = at + pending.interval
-            if next_at < pending.give_up_at:
-                handles.append(self.schedule(next_at, retransmit))
-            return self.stack.send_stateless(pending.response, pending.flow)
-
-        def give_up(at: float) -> list[StackOutput]:
-            if leg.unacked.pop(cseq, None) is not pending:
-                return []
-            cancel_all()
-            return call.ack_timeout(leg, at)
-
-        pending.cancel_timers = cancel_all
-        leg.unacked[cseq] = pending
+        wait = _AckWait(self, call, leg, pending, response.cseq.seq)
+        pending.cancel_timers = wait.cancel_all
+        leg.unacked[wait.cseq] = pending
         if not flow.reliable:
-            handles.append(self.schedule(now + settings.t1, retransmit))
-        handles.append(self.schedule(pending.give_up_at, give_up))
+            wait.handles.append(self.schedule(now + settings.t1, wait.retransmit))
+        wait.handles.append(self.schedule(pending.give_up_at, wait.give_up))
         return []
 
     # -- timers -------------------------------------------------------------------
@@ -344,6 +333,56 @@ class CallManager:
         while timers and timers[0][0] <= now:
             _, _, handle = heapq.heappop(timers)
             if not handle.cancelled:
-                handle.cancelled = True
-                outputs += handle.callback(now)
+                callback = handle.callback
+                handle.cancel()
+                outputs += callback(now)
         return outputs
+
+
+def _no_timers() -> None:
+    return None
+
+
+class _AckWait:
+    """The timers of one :class:`PendingAck`: retransmit the 2xx, give up at 64*T1.
+
+    No closures: :meth:`cancel_all` (the ACK arrived, the call ended, or we
+    gave up) drops every reference between the pending 2xx, this object and
+    the timer handles, so a finished call leaves no reference cycle behind
+    for the garbage collector.
+    """
+
+    __slots__ = ("call", "cseq", "handles", "leg", "manager", "pending")
+
+    def __init__(
+        self, manager: CallManager, call: Call, leg: Leg, pending: PendingAck, cseq: int
+    ) -> None:
+        self.manager = manager
+        self.call = call
+        self.leg = leg
+        self.pending = pending
+        self.cseq = cseq
+        self.handles: list[TimerHandle] = []
+
+    def cancel_all(self) -> None:
+        for handle in self.handles:
+            handle.cancel()
+        self.handles.clear()
+        self.pending.cancel_timers = _no_timers
+
+    def retransmit(self, at: float) -> list[StackOutput]:
+        pending = self.pending
+        if self.leg.unacked.get(self.cseq) is not pending:
+            return []
+        settings = self.manager.stack.transactions.settings
+        pending.interval = min(2 * pending.interval, settings.t2)
+        next_at = at + pending.interval
+        if next_at < pending.give_up_at:
+            self.handles.append(self.manager.schedule(next_at, self.retransmit))
+        return self.manager.stack.send_stateless(pending.response, pending.flow)
+
+    def give_up(self, at: float) -> list[StackOutput]:
+        if self.leg.unacked.pop(self.cseq, None) is not self.pending:
+            return []
+        self.cancel_all()
+        return self.call.ack_timeout(self.leg, at)

@@ -19,6 +19,8 @@ __all__ = ["RETRANSMIT_TIMERS", "Timer", "TimerSettings"]
 class Timer(enum.Enum):
     """The transaction timers, named as in RFC 3261 Table 4 and RFC 6026."""
 
+    __hash__ = object.__hash__  # identity: C speed (Enum hashes the name in Python)
+
     A = "A"  # INVITE request retransmit interval (unreliable only)
     B = "B"  # INVITE transaction timeout
     D = "D"  # wait time for response retransmits (INVITE client, Completed)

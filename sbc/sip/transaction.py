@@ -115,6 +115,8 @@ class DuplicateTransactionError(TransactionError):
 class TransactionState(enum.Enum):
     """The states of RFC 3261 §17 and RFC 6026 (Accepted)."""
 
+    __hash__ = object.__hash__  # identity: C speed (Enum hashes the name in Python)
+
     CALLING = "Calling"
     TRYING = "Trying"
     PROCEEDING = "Proceeding"
@@ -126,6 +128,8 @@ class TransactionState(enum.Enum):
 
 class Machine(enum.Enum):
     """Which of the four transaction machines."""
+
+    __hash__ = object.__hash__  # identity: C speed (Enum hashes the name in Python)
 
     INVITE_CLIENT = "INVITE client"
     NON_INVITE_CLIENT = "non-INVITE client"
@@ -140,6 +144,8 @@ class Machine(enum.Enum):
 
 class Event(enum.Enum):
     """What can happen to a transaction (the labels above the figures' lines)."""
+
+    __hash__ = object.__hash__  # identity: C speed (Enum hashes the name in Python)
 
     REQUEST_FROM_TU = "request from TU"  # creates a client transaction
     REQUEST = "request received"  # creates a server transaction
@@ -172,6 +178,8 @@ _EVENT_TIMER: Final[Mapping[Event, Timer]] = {e: t for t, e in _TIMER_EVENT.item
 
 class Action(enum.Enum):
     """What a transition does (the labels below the figures' lines)."""
+
+    __hash__ = object.__hash__  # identity: C speed (Enum hashes the name in Python)
 
     SEND_REQUEST = "request sent"  # first time, or again on Timer A/E
     SEND_ACK = "ACK sent"  # §17.1.1.3 ACK, built on first use, then resent
