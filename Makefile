@@ -70,7 +70,12 @@ bench-parse: $(STAMP) $(BENCH_SITE)/sippy
 bench-calls: $(STAMP) $(BENCH_SITE)/sippy
 	PYTHONPATH=$(BENCH_SITE) SIPLOG_LVL=WARN $(BIN)/python benchmarks/bench_calls.py $(BENCH_CALLS_ARGS)
 
-bench: bench-parse
+# The SBC's own CPU per call, in process, no sockets (add BENCH_CORE_ARGS=--profile).
+.PHONY: bench-core
+bench-core: $(STAMP)
+	$(BIN)/python benchmarks/bench_core.py $(BENCH_CORE_ARGS)
+
+bench: bench-parse bench-core
 
 clean:
 	rm -rf $(VENV) _trial_temp .coverage *.egg-info .mypy_cache .ruff_cache
