@@ -131,6 +131,47 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[
     return [line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)]
 
 
+def _paths(lines: Sequence[str]) -> list[tuple[str, ...]]:
+    """Each line of rendered configuration as the path of blocks leading to it."""
+    paths: list[tuple[str, ...]] = []
+    stack: list[tuple[int, str]] = []
+    for line in lines:
+        indent = len(line) - len(line.lstrip(" "))
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        stack.append((indent, line.strip()))
+        paths.append(tuple(text for _, text in stack))
+    return paths
+
+
+def config_diff(old: Sequence[str], new: Sequence[str]) -> list[str]:
+    """Lines removed (``- ``) and added (``+ ``), each under the blocks it belongs to.
+
+    Lines are compared by their full path (``sbc X`` > ``sbe`` > ``adjacency
+    sip A`` > ``signaling-port 5060``), so a setting moving between blocks
+    shows as removed from one and added to the other. The enclosing block
+    lines are printed once, prefixed by two spaces, before the first change
+    inside them, so every change says where it is.
+    """
+    out: list[str] = []
+    shown: set[tuple[str, ...]] = set()
+    old_paths, new_paths = _paths(old), _paths(new)
+    matcher = difflib.SequenceMatcher(a=old_paths, b=new_paths, autojunk=False)
+    for op, a1, a2, b1, b2 in matcher.get_opcodes():
+        if op == "equal":
+            continue
+        changes = [("- ", p) for p in old_paths[a1:a2]] + [("+ ", p) for p in new_paths[b1:b2]]
+        for tag, path in changes:
+            for depth in range(1, len(path)):
+                parent = path[:depth]
+                if parent not in shown:
+                    shown.add(parent)
+                    out.append("  " + " " * (depth - 1) + parent[-1])
+            shown.add(path)
+            out.append(tag + " " * (len(path) - 1) + path[-1])
+    return out
+
+
 def _host_port(address: str, port: int) -> str:
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
@@ -461,8 +502,7 @@ class Session:
         if not args:
             return candidate
         running = render_config(self.backend.running_config()).rstrip("\n").split("\n")
-        diff = [line for line in difflib.ndiff(running, candidate) if line.startswith(("+ ", "- "))]
-        return diff or ["! no uncommitted changes"]
+        return config_diff(running, candidate) or ["! no uncommitted changes"]
 
     def _show_commits(self, args: list[str]) -> list[str]:
         usage = "usage: show configuration commit list [N] | show configuration commit changes ID"
@@ -486,13 +526,9 @@ class Session:
                     f"no commit {args[1]} in the history (show configuration commit list)"
                 )
             record = found[0]
-            diff = [
-                line
-                for line in difflib.ndiff(
-                    record.before.rstrip("\n").split("\n"), record.after.rstrip("\n").split("\n")
-                )
-                if line.startswith(("+ ", "- "))
-            ]
+            diff = config_diff(
+                record.before.rstrip("\n").split("\n"), record.after.rstrip("\n").split("\n")
+            )
             header = f"! commit {record.id} by {record.user or '-'} at {record.timestamp}"
             return [header, *(diff or ["! no changes"])]
         raise _CliError(f"bad command: {usage}")

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from sbc.cli.commands import CallInfo, RegistrationInfo, Session
+from sbc.cli.commands import CallInfo, RegistrationInfo, Session, config_diff
 from sbc.commits import CommitHistory, CommitRecord
 from sbc.config import (
     SECURITY_CHANGE_MESSAGE,
@@ -308,7 +308,7 @@ class CommitTests(SynchronousTestCase):
         session = Session(backend)
         run(session, "configure", "sbc mysbc", "sbe", "local-domain example.com")
         text, _ = session.execute("show configuration diff")
-        self.assertEqual(text, "+   local-domain example.com")
+        self.assertEqual(text, "  sbc mysbc\n   sbe\n+   local-domain example.com")
         _, ok = session.execute("abort")
         self.assertTrue(ok)
         self.assertEqual(session.prompt, "sbc#")
@@ -486,6 +486,9 @@ class CommitHistoryTests(SynchronousTestCase):
             text.split("\n"),
             [
                 "! commit 1000000001 by alice at 2027-01-15 08:01:00 UTC",
+                "  sbc mysbc",
+                "   sbe",
+                "    adjacency sip test",
                 "-    signaling-port 5070",
                 "+    signaling-port 5071",
             ],
@@ -544,7 +547,7 @@ class ConcurrentSessionTests(SynchronousTestCase):
         self.assertFalse(ok)
         self.assertIn("your changes were re-applied on top of it", text)
         text, ok = first.execute("show configuration diff")
-        self.assertEqual(text, "+   local-domain first.test")
+        self.assertEqual(text, "  sbc mysbc\n   sbe\n+   local-domain first.test")
         self.assertEqual(first.execute("commit"), ("", True))
         self.assertEqual(backend.config.local_domains, ("first.test",))
         self.assertEqual(backend.config.adjacency("test").port, 5071)
@@ -586,3 +589,51 @@ class ConcurrentSessionTests(SynchronousTestCase):
         run(first, "local-domain first.test")
         self.assertEqual(first.execute("commit"), ("", True))
         self.assertEqual(backend.config.local_domains, ("second.test", "first.test"))
+
+
+class ConfigDiffTests(SynchronousTestCase):
+    OLD = """sbc lab
+ sbe
+  adjacency sip b
+   signaling-port 5070
+  call-policy-set 1
+   rtg-src-adjacency-table t
+    entry 1
+     dst-adjacency b
+     action complete"""
+    NEW = """sbc lab
+ sbe
+  adjacency sip b
+   signaling-port 5071
+  call-policy-set 1
+   rtg-src-adjacency-table t
+    entry 1
+     action next-table u
+   rtg-dst-address-table u
+    entry 1
+     dst-adjacency b
+     action complete"""
+
+    def test_changes_under_their_blocks_compared_by_path(self) -> None:
+        """A setting moving to another block is removed there and added here."""
+        self.assertEqual(
+            config_diff(self.OLD.split("\n"), self.NEW.split("\n")),
+            [
+                "  sbc lab",
+                "   sbe",
+                "    adjacency sip b",
+                "-    signaling-port 5070",
+                "+    signaling-port 5071",
+                "    call-policy-set 1",
+                "     rtg-src-adjacency-table t",
+                "      entry 1",
+                "-      dst-adjacency b",
+                "-      action complete",
+                "+      action next-table u",
+                "+    rtg-dst-address-table u",
+                "+     entry 1",
+                "+      dst-adjacency b",
+                "+      action complete",
+            ],
+        )
+        self.assertEqual(config_diff(self.OLD.split("\n"), self.OLD.split("\n")), [])
