@@ -45,7 +45,7 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
@@ -56,6 +56,7 @@ from sbc import __version__
 from sbc.cli.commands import CallInfo, RegistrationInfo
 from sbc.config.model import AdjacencyConfig
 from sbc.counters import UNCLASSIFIED
+from sbc.endpoints import close_port
 
 if TYPE_CHECKING:
     from sbc.service import SbcService
@@ -565,9 +566,4 @@ class MetricsService(Service):
 
     def _close(self) -> Deferred[None]:
         port, self.port = self.port, None
-        if port is None:
-            return succeed(None)
-        result = port.stopListening()
-        if isinstance(result, Deferred):
-            return result.addCallback(lambda _: None)
-        return succeed(None)
+        return close_port(port)

@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
@@ -36,6 +36,7 @@ from sbc.b2bua.call import CallState
 from sbc.cli.commands import CallInfo, RegistrationInfo, SbcBackend, Session
 from sbc.commits import CommitRecord
 from sbc.config import SbcConfig
+from sbc.endpoints import close_port
 from sbc.service import describe_tls_identity
 
 if TYPE_CHECKING:
@@ -360,9 +361,4 @@ class CliService(Service):
     def stopService(self) -> Deferred[None]:
         super().stopService()
         port, self.port = self.port, None
-        if port is None:
-            return succeed(None)
-        result = port.stopListening()
-        if isinstance(result, Deferred):
-            return result.addCallback(lambda _: None)
-        return succeed(None)
+        return close_port(port)

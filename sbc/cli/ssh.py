@@ -75,7 +75,7 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import ISSHPrivateKey
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.interfaces import IAddress, IDelayedCall, IListeningPort, ITransport
@@ -93,6 +93,7 @@ from zope.interface import implementer
 
 from sbc.cli.commands import SbcBackend, Session
 from sbc.cli.server import ServiceBackend
+from sbc.endpoints import close_port
 from sbc.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -1130,9 +1131,4 @@ class SshCliService(Service):
     def stopService(self) -> Deferred[None]:
         super().stopService()
         port, self.port = self.port, None
-        if port is None:
-            return succeed(None)
-        result = port.stopListening()
-        if isinstance(result, Deferred):
-            return result.addCallback(lambda _: None)
-        return succeed(None)
+        return close_port(port)

@@ -732,3 +732,16 @@ def open_udp(case: TestCase, target_port: int) -> UdpClient:
     port = get_reactor().listenUDP(0, client, interface=HOST)
     case.addCleanup(port.stopListening)
     return client
+
+
+@defer.inlineCallbacks
+def send_options(case: TestCase, port: int) -> Any:
+    """An OPTIONS to the SBC's own address on UDP ``port``; fires with the parsed response."""
+    client = open_udp(case, port)
+    call_id = new_call_id()
+    request = sip_request(
+        uri=f"sip:{HOST}:{port}", via_transport="UDP", local_port=client.local_port,
+        call_id=call_id,
+    )  # fmt: skip
+    response = yield client.transact(request, call_id)
+    return response

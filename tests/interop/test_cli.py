@@ -18,9 +18,7 @@ from tests.interop.harness import (
     AdjacencySpec,
     get_reactor,
     make_pki,
-    new_call_id,
-    open_udp,
-    sip_request,
+    send_options,
     start_sbc,
     wait_listening,
     within,
@@ -47,16 +45,29 @@ class CliTestCase(TestCase):
             args += ["-c", command]
         return within(run(get_reactor(), args, timeout=30.0), 40.0, "sbc-cli")
 
-    @defer.inlineCallbacks
     def options(self, port: int) -> Any:
-        client = open_udp(self, port)
-        call_id = new_call_id()
-        request = sip_request(
-            uri=f"sip:{HOST}:{port}", via_transport="UDP", local_port=client.local_port,
-            call_id=call_id,
-        )  # fmt: skip
-        response = yield client.transact(request, call_id)
-        return response
+        """An OPTIONS to the SBC's own address on ``port`` (UDP); fires with the response."""
+        return send_options(self, port)
+
+    @defer.inlineCallbacks
+    def restart(self, sbc: Any, pki: Any, started: bytes) -> Any:
+        """Stop ``sbc`` (SIGTERM), start a new daemon on its config file; its CLI socket path."""
+        ended = sbc.child.output_contains(b"Server Shut Down.")
+        sbc.child.process.signalProcess("TERM")
+        yield within(ended, 15.0, "the SBC to stop")
+        cli_dir = tempfile.mkdtemp(prefix="sbc-interop-")
+        self.addCleanup(shutil.rmtree, cli_dir, True)
+        socket_path = os.path.join(cli_dir, "sbc.cli")
+        args = [
+            TWISTD, "--pidfile=", "-n", "sbc", "--config", sbc.config_path,
+            "--cli", f"unix:{socket_path}:mode=600",
+            "--certificate", pki.cert("sbc"), "--private-key", pki.key("sbc"),
+            "--ca-certificates", pki.cert("ca"),
+        ]  # fmt: skip
+        again = RunningProcess(get_reactor(), args, cwd=os.path.dirname(sbc.config_path))
+        self.addCleanup(lambda: again.stop())
+        yield within(again.output_contains(started), 30.0, "restart")
+        return socket_path
 
 
 class CliInteropTests(CliTestCase):
@@ -123,21 +134,7 @@ class CliInteropTests(CliTestCase):
             saved = f.read()
         self.assertIn(f"signaling-port {new_port}", saved)
         self.assertTrue(os.path.exists(sbc.config_path + ".bak"))
-        ended = sbc.child.output_contains(b"Server Shut Down.")
-        sbc.child.process.signalProcess("TERM")
-        yield within(ended, 15.0, "the SBC to stop")
-        cli_dir = tempfile.mkdtemp(prefix="sbc-interop-")
-        self.addCleanup(shutil.rmtree, cli_dir, True)
-        socket_path = os.path.join(cli_dir, "sbc.cli")
-        args = [
-            TWISTD, "--pidfile=", "-n", "sbc", "--config", sbc.config_path,
-            "--cli", f"unix:{socket_path}:mode=600",
-            "--certificate", pki.cert("sbc"), "--private-key", pki.key("sbc"),
-            "--ca-certificates", pki.cert("ca"),
-        ]  # fmt: skip
-        again = RunningProcess(get_reactor(), args, cwd=os.path.dirname(sbc.config_path))
-        self.addCleanup(lambda: again.stop())
-        yield within(again.output_contains(b"started with 2 adjacencies"), 30.0, "restart")
+        socket_path = yield self.restart(sbc, pki, b"started with 2 adjacencies")
         sbc.adjacencies["test"] = AdjacencySpec("test", "trusted-unencrypted", port=new_port)
         yield wait_listening(sbc)
         response = yield self.options(new_port)

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import getpass
-import os
-import shutil
-import tempfile
 from typing import Any
 
 from twisted.internet import defer
@@ -13,17 +10,14 @@ from twisted.trial.unittest import FailTest
 
 from tests.interop.harness import (
     HOST,
-    TWISTD,
     AdjacencySpec,
     _listening_sockets,
-    get_reactor,
     make_pki,
     pause,
     start_sbc,
-    within,
 )
 from tests.interop.test_cli import CliTestCase, cli_socket
-from tests.support.peers import RunningProcess, free_port
+from tests.support.peers import free_port
 
 
 @defer.inlineCallbacks
@@ -135,21 +129,7 @@ class CommitInteropTests(CliTestCase):
         result = yield self.sbc_cli(path, "rollback configuration to 1000000001")
         self.assertEqual(result.exit_code, 0, result.text())
         yield wait_ports(new_port, listening=True)
-        ended = sbc.child.output_contains(b"Server Shut Down.")
-        sbc.child.process.signalProcess("TERM")
-        yield within(ended, 15.0, "the SBC to stop")
-        cli_dir = tempfile.mkdtemp(prefix="sbc-interop-")
-        self.addCleanup(shutil.rmtree, cli_dir, True)
-        socket_path = os.path.join(cli_dir, "sbc.cli")
-        args = [
-            TWISTD, "--pidfile=", "-n", "sbc", "--config", sbc.config_path,
-            "--cli", f"unix:{socket_path}:mode=600",
-            "--certificate", pki.cert("sbc"), "--private-key", pki.key("sbc"),
-            "--ca-certificates", pki.cert("ca"),
-        ]  # fmt: skip
-        again = RunningProcess(get_reactor(), args, cwd=os.path.dirname(sbc.config_path))
-        self.addCleanup(lambda: again.stop())
-        yield within(again.output_contains(b"started with 2 adjacencies"), 30.0, "restart")
+        socket_path = yield self.restart(sbc, pki, b"started with 2 adjacencies")
         yield wait_ports(new_port, listening=True)
         response = yield self.options(new_port)
         self.assertEqual(response.status, 200)

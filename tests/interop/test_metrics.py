@@ -20,10 +20,8 @@ from tests.interop.harness import (
     AdjacencySpec,
     get_reactor,
     make_pki,
-    new_call_id,
-    open_udp,
     render_config,
-    sip_request,
+    send_options,
     start_sbc,
     within,
 )
@@ -59,16 +57,9 @@ class MetricsInteropTests(TestCase):
                 samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
         return samples
 
-    @defer.inlineCallbacks
     def options(self, port: int) -> Any:
-        client = open_udp(self, port)
-        call_id = new_call_id()
-        request = sip_request(
-            uri=f"sip:{HOST}:{port}", via_transport="UDP", local_port=client.local_port,
-            call_id=call_id,
-        )  # fmt: skip
-        response = yield client.transact(request, call_id)
-        return response
+        """An OPTIONS to the SBC's own address on ``port`` (UDP); fires with the response."""
+        return send_options(self, port)
 
     @defer.inlineCallbacks
     def test_scrape_counts_messages_and_shows_the_adjacency(self) -> Any:
