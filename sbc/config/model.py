@@ -417,6 +417,16 @@ LIMIT_SETTINGS: tuple[LimitSetting, ...] = (
         "Time to establish an outbound TCP connection",
     ),
     LimitSetting(
+        "udp-receive-buffer",
+        "udp_receive_buffer",
+        4194304,
+        65536,
+        268435456,
+        "bytes",
+        "Kernel receive buffer of each UDP listener: datagrams that arrive while the SBC "
+        "is busy wait there instead of being dropped",
+    ),
+    LimitSetting(
         "detach-drain-time",
         "detach_drain_time",
         2,
@@ -458,6 +468,7 @@ class Limits:
     partial_message_timeout: int = _LIMIT_DEFAULTS["partial_message_timeout"]
     outbound_idle_timeout: int = _LIMIT_DEFAULTS["outbound_idle_timeout"]
     outbound_connect_timeout: int = _LIMIT_DEFAULTS["outbound_connect_timeout"]
+    udp_receive_buffer: int = _LIMIT_DEFAULTS["udp_receive_buffer"]
     detach_drain_time: int = _LIMIT_DEFAULTS["detach_drain_time"]
     commit_history: int = _LIMIT_DEFAULTS["commit_history"]
     line: int = attrs.field(default=0, eq=False, repr=False)

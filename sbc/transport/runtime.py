@@ -47,6 +47,7 @@ Listeners and the attached set are logged too, at info: ``listener.opened``,
 from __future__ import annotations
 
 import itertools
+import socket
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
@@ -396,6 +397,35 @@ class SipRuntime:
 
         self._draining[connection.connection_id] = self.reactor.callLater(seconds, drained)
 
+    def _size_receive_buffer(self, key: ListenerKey, port: Any) -> None:
+        """Ask the kernel for the ``udp-receive-buffer`` limit; log when it grants less.
+
+        Linux doubles the value asked and caps it at ``net.core.rmem_max``.
+        """
+        handle = getattr(port, "socket", None)
+        if handle is None:  # a test double without a socket
+            return
+        wanted = self._limits.udp_receive_buffer
+        try:
+            handle.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, wanted)
+            granted = handle.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        except OSError as error:
+            self.log.warn(
+                "{listener}: cannot size the UDP receive buffer: {error}",
+                listener=str(key),
+                error=error,
+            )
+            return
+        if granted < wanted:
+            self.log.warn(
+                "{listener}: UDP receive buffer is {granted} bytes, not the {wanted} of "
+                "udp-receive-buffer: raise net.core.rmem_max (sysctl) to allow it",
+                event="listener.small-buffer",
+                listener=str(key),
+                granted=granted,
+                wanted=wanted,
+            )
+
     def set_tls_identity(self, identity: TlsIdentity) -> None:
         """Use ``identity`` for every new handshake (``crypto reload``)."""
         self.tls = identity
@@ -556,6 +586,7 @@ class SipRuntime:
                     key.port, protocol, interface=key.address, maxPacketSize=65535
                 )
                 self._udp[key] = protocol
+                self._size_receive_buffer(key, port)
                 started: Deferred[IListeningPort] = succeed(port)
             else:
                 factory: Any = StreamFactory(self, key)

@@ -868,6 +868,7 @@ class BuilderApiTests(SynchronousTestCase):
                 "partial-message-timeout",
                 "outbound-idle-timeout",
                 "outbound-connect-timeout",
+                "udp-receive-buffer",
                 "detach-drain-time",
                 "commit-history",
                 "exit",

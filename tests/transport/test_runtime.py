@@ -698,3 +698,43 @@ class HeldEventCapTests(RuntimeMixin):
         last = self.log_events[-1]
         self.assertEqual((last["held"], last["dropped"]), (4, 0))
         self.assertTrue(formatEvent(last).endswith("(4 similar lines suppressed)"))
+
+
+class _StubSocket:
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.asked: list[int] = []
+
+    def setsockopt(self, level: int, name: int, value: int) -> None:
+        self.asked.append(value)
+
+    def getsockopt(self, level: int, name: int) -> int:
+        return min(2 * self.asked[-1], self.cap)
+
+
+class _StubPort:
+    def __init__(self, cap: int) -> None:
+        self.socket = _StubSocket(cap)
+
+
+class UdpReceiveBufferTests(RuntimeMixin):
+    """udp-receive-buffer: asked of the kernel for every UDP listener, a warning if capped."""
+
+    def test_granted(self) -> None:
+        port = _StubPort(cap=1 << 30)
+        self.runtime._size_receive_buffer(UDP_KEY, port)
+        self.assertEqual(port.socket.asked, [Limits().udp_receive_buffer])
+        self.assertEqual([e for e in self.log_events if e.get("event")], [])
+
+    def test_capped_by_the_kernel_is_logged(self) -> None:
+        port = _StubPort(cap=425984)
+        self.runtime._size_receive_buffer(UDP_KEY, port)
+        [event] = [e for e in self.log_events if e.get("event") == "listener.small-buffer"]
+        self.assertEqual((event["granted"], event["wanted"]), (425984, 4194304))
+        self.assertIn("raise net.core.rmem_max", formatEvent(event))
+
+    def test_setting_applies_to_new_listeners(self) -> None:
+        self.runtime.apply(AdjacencyTable(self.configs), Limits(udp_receive_buffer=65536))
+        port = _StubPort(cap=1 << 30)
+        self.runtime._size_receive_buffer(UDP_KEY, port)
+        self.assertEqual(port.socket.asked, [65536])
