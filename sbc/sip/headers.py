@@ -1274,6 +1274,10 @@ class Headers:
             return canon in self._names
         return bool(self._indexes(name))
 
+    def forget_parsed(self) -> None:
+        """Drop the cached typed values (they are parsed again on the next access)."""
+        self._cache = {}
+
     def __iter__(self) -> Iterator[tuple[str, str]]:
         return zip(self._names, self._values, strict=True)
 

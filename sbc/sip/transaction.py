@@ -126,6 +126,12 @@ class TransactionState(enum.Enum):
     TERMINATED = "Terminated"
 
 
+_LINGERING = frozenset(
+    (TransactionState.COMPLETED, TransactionState.CONFIRMED, TransactionState.ACCEPTED)
+)
+"""States that only absorb retransmissions until a timer ends the transaction."""
+
+
 class Machine(enum.Enum):
     """Which of the four transaction machines."""
 
@@ -1059,6 +1065,12 @@ class TransactionLayer:
             self._remove(txn)
             out.append(Terminated(txn))
             return out
+        if state in _LINGERING:
+            # Only retransmissions are handled from here on (for up to 64*T1):
+            # the typed header values are re-parsed on demand if ever needed.
+            txn.request.headers.forget_parsed()
+            if txn.last_response is not None:
+                txn.last_response.headers.forget_parsed()
         live = STATE_TIMERS[txn.machine][state]
         armed = txn._armed
         for timer in [t for t in armed if t not in live]:

@@ -874,6 +874,22 @@ class NonInviteServerTests(LayerTestCase):
         _, out = self.server(request("REGISTER"), now=40.0)
         self.assertEqual(kinds(out), ["DeliverRequest REGISTER"])
 
+    def test_lingering_transaction_forgets_parsed_header_values(self) -> None:
+        """In Completed only retransmissions matter: the typed values are dropped (memory)."""
+        req = request("REGISTER")
+        via = req.top_via
+        txn, _ = self.server(req)
+        response = answer(req, 200)
+        to = response.to
+        self.layer.send_response(txn, response, 1.0)
+        self.assertEqual(txn.state, S.COMPLETED)
+        self.assertIsNot(req.top_via, via)  # parsed again, equal
+        self.assertEqual(req.top_via, via)
+        self.assertIsNot(response.to, to)
+        self.assertEqual(response.to, to)
+        out = self.layer.receive_request(request("REGISTER"), False, 2.0)
+        self.assertEqual(kinds(out), ["Send 200 again"])
+
     def test_final_on_tcp_terminates_at_once(self) -> None:
         req = request("OPTIONS", transport="TCP")
         txn, _ = self.server(req, reliable=True)
