@@ -41,6 +41,7 @@ from sbc.core import SbcCore
 from sbc.errors import ConfigError, SbcError
 from sbc.routing import Router, available_policies
 from sbc.sip.stack import SipStack
+from sbc.sip.timers import TimerSettings
 from sbc.transport.runtime import SipRuntime
 from sbc.transport.tls import TlsConfigError, TlsFilePaths, TlsIdentity, load_tls_identity
 
@@ -125,7 +126,9 @@ class SbcService(MultiService):
             lambda key, table, active: self.router.route(key, table, active),
             local_domains=lambda: self.config.local_domains,
         )
-        self.stack = SipStack(self.core)
+        # Transactions waiting only for retransmissions end on whole seconds:
+        # one wake-up ends all of a second's, instead of one wake-up each.
+        self.stack = SipStack(self.core, TimerSettings(linger_granularity=LINGER_GRANULARITY))
         self.core.stack = self.stack
         self.runtime = SipRuntime(
             reactor,
@@ -521,6 +524,9 @@ def save_config(path: str, config: SbcConfig) -> None:
     finally:
         os.close(descriptor)
 
+
+#: Seconds to which the timers that only end a lingering transaction are rounded up.
+LINGER_GRANULARITY = 1.0
 
 #: Generation-0 threshold once the daemon runs (CPython's default is 700).
 GC_THRESHOLDS = (20_000, 20, 20)

@@ -954,6 +954,12 @@ class Call:
                 self.manager.unbind_dialog(leg)
         if not keep_b and self.b_transaction is not None:
             self.manager.unbind_client(self.b_transaction)
+            # The INVITE transactions linger up to 64*T1 for retransmissions
+            # only: their messages need no typed header values any more.
+            for txn in (self.transaction, self.b_transaction):
+                for message in (txn.request, txn.last_response):
+                    if message is not None:
+                        message.headers.forget_parsed()
             self.b_transaction = None
         if not keep_relays:
             for relay in list(self.relays):

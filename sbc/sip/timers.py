@@ -13,7 +13,7 @@ import enum
 
 import attrs
 
-__all__ = ["RETRANSMIT_TIMERS", "Timer", "TimerSettings"]
+__all__ = ["LINGER_TIMERS", "RETRANSMIT_TIMERS", "Timer", "TimerSettings"]
 
 
 class Timer(enum.Enum):
@@ -37,6 +37,8 @@ class Timer(enum.Enum):
 
 #: Timers that drive retransmissions; they never run on reliable transports.
 RETRANSMIT_TIMERS: frozenset[Timer] = frozenset({Timer.A, Timer.E, Timer.G})
+LINGER_TIMERS: frozenset[Timer] = frozenset({Timer.D, Timer.I, Timer.J, Timer.K, Timer.L, Timer.M})
+"""Timers whose expiry only ends a transaction that absorbs retransmissions."""
 
 
 def _positive(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
@@ -54,7 +56,11 @@ class TimerSettings:
     ``timer_d`` is Timer D on unreliable transports (RFC 3261 asks for at
     least 32 s; on reliable transports it is 0). ``timer_c`` (> 3 min) is the
     proxy INVITE timer of §16.6; no transaction runs it, it is here for the
-    transaction user.
+    transaction user. ``linger_granularity`` (seconds, 0 = exact) rounds up
+    the timers that only end a transaction waiting for retransmissions (D,
+    I, J, K, L, M: :data:`LINGER_TIMERS`) to a multiple of itself, so that a
+    busy SBC ends many transactions in one wake-up instead of one each;
+    ending a little later than the RFC's minimum is always allowed.
     """
 
     t1: float = attrs.field(default=0.5, validator=_positive)
@@ -62,8 +68,13 @@ class TimerSettings:
     t4: float = attrs.field(default=5.0, validator=_positive)
     timer_d: float = attrs.field(default=32.0, validator=_positive)
     timer_c: float = attrs.field(default=180.0, validator=_positive)
+    linger_granularity: float = attrs.field(default=0.0)
 
     def __attrs_post_init__(self) -> None:
+        if self.linger_granularity < 0:
+            raise ValueError(
+                f"linger_granularity must not be negative: {self.linger_granularity!r}"
+            )
         if self.t2 < self.t1:
             raise ValueError(f"t2 ({self.t2!r}) must not be smaller than t1 ({self.t1!r})")
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import enum
 import heapq
 import itertools
+import math
 from collections.abc import Iterator, Mapping
 from typing import Final, TypeAlias
 
@@ -39,7 +40,7 @@ import attrs
 from sbc.errors import SbcError
 from sbc.sip.headers import Headers, Via
 from sbc.sip.message import Request, Response, response_to
-from sbc.sip.timers import RETRANSMIT_TIMERS, Timer, TimerSettings
+from sbc.sip.timers import LINGER_TIMERS, RETRANSMIT_TIMERS, Timer, TimerSettings
 
 __all__ = [
     "MAGIC_COOKIE",
@@ -126,12 +127,6 @@ class TransactionState(enum.Enum):
     TERMINATED = "Terminated"
 
 
-_LINGERING = frozenset(
-    (TransactionState.COMPLETED, TransactionState.CONFIRMED, TransactionState.ACCEPTED)
-)
-"""States that only absorb retransmissions until a timer ends the transaction."""
-
-
 class Machine(enum.Enum):
     """Which of the four transaction machines."""
 
@@ -146,6 +141,13 @@ class Machine(enum.Enum):
     def is_client(self) -> bool:
         """True for the two client machines."""
         return self in (Machine.INVITE_CLIENT, Machine.NON_INVITE_CLIENT)
+
+
+_LINGERING = frozenset(
+    (TransactionState.COMPLETED, TransactionState.CONFIRMED, TransactionState.ACCEPTED)
+)
+"""States that only absorb retransmissions until a timer ends the transaction."""
+_NON_INVITE = frozenset((Machine.NON_INVITE_CLIENT, Machine.NON_INVITE_SERVER))
 
 
 class Event(enum.Enum):
@@ -1065,9 +1067,11 @@ class TransactionLayer:
             self._remove(txn)
             out.append(Terminated(txn))
             return out
-        if state in _LINGERING:
-            # Only retransmissions are handled from here on (for up to 64*T1):
-            # the typed header values are re-parsed on demand if ever needed.
+        if state in _LINGERING and txn.machine in _NON_INVITE:
+            # Only retransmissions are handled from here on (for up to 64*T1),
+            # and the TU is done with a non-INVITE: drop the typed header
+            # values (re-parsed on demand if ever needed). The TU drops those
+            # of an INVITE when its call ends.
             txn.request.headers.forget_parsed()
             if txn.last_response is not None:
                 txn.last_response.headers.forget_parsed()
@@ -1139,6 +1143,9 @@ class TransactionLayer:
 
     def _arm(self, txn: AnyTransaction, timer: Timer, now: float, interval: float) -> None:
         at = now + interval
+        granularity = self.settings.linger_granularity
+        if granularity and interval > 0 and timer in LINGER_TIMERS:
+            at = math.ceil(at / granularity) * granularity
         seq = next(self._seq)
         txn._intervals[timer] = interval
         txn._armed[timer] = (at, seq)

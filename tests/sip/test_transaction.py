@@ -1256,3 +1256,33 @@ class LayerTests(LayerTestCase):
         steps = self.run_until_empty()
         self.assertEqual(sum(s.count("Terminated") for _, s in steps), 40)
         self.assertEmpty()
+
+
+class LingerGranularityTests(LayerTestCase):
+    """Timers that only end a lingering transaction fire on whole multiples of the granularity."""
+
+    settings = TimerSettings(linger_granularity=1.0)
+
+    def test_timer_j_rounded_up_retransmission_timers_exact(self) -> None:
+        req = request("REGISTER")
+        txn, _ = self.server(req, now=0.25)
+        self.layer.send_response(txn, answer(req, 200), 1.3)
+        self.assertEqual(txn.timers, {Timer.J: 34.0})  # 1.3 + 32 = 33.3 -> 34
+        client, _ = self.client(request("OPTIONS"), now=2.1)
+        self.assertEqual(client.timers, {Timer.E: 2.6, Timer.F: 34.1})  # exact
+
+    def test_many_transactions_end_in_one_advance(self) -> None:
+        for n in range(1, 6):
+            req = request("REGISTER", branch=f"z9hG4bK-linger-{n}")
+            txn, _ = self.server(req, now=n * 0.1)
+            self.layer.send_response(txn, answer(req, 200), n * 0.1)
+        self.assertEqual(self.run_until_empty(), [(33.0, ["Terminated"] * 5)])
+
+    def test_zero_wait_on_reliable_transports_still_ends_at_once(self) -> None:
+        req = request("OPTIONS", transport="TCP")
+        txn, _ = self.server(req, reliable=True)
+        out = self.layer.send_response(txn, answer(req, 200), 0.1)
+        self.assertEqual(kinds(out), ["Send 200", "Terminated"])
+
+    def test_negative_refused(self) -> None:
+        self.assertRaises(ValueError, TimerSettings, linger_granularity=-1.0)
