@@ -138,7 +138,7 @@ class SbcCore:
             return self._answer_locally(request, transaction, flow, now)
         max_forwards = request.max_forwards
         if max_forwards is not None and max_forwards <= 0 and not local_register:
-            self._refuse(request, context, False, SipError(483, "Too Many Hops"))
+            self._refuse(request, context, False, SipError(483, "Too Many Hops"), now)
         inbound = self._inbound_adjacency(context)
         secure = security.requires_secure_target(request.uri.scheme)
         if method == "REGISTER":
@@ -146,7 +146,7 @@ class SbcCore:
         try:
             security.admit(security.caller_is_trusted(inbound), secure)
         except SipError as error:
-            self._refuse(request, context, secure, error)
+            self._refuse(request, context, secure, error, now)
         if local_register:
             source = transaction.peer if isinstance(transaction.peer, Flow) else flow
             response = self.registrar.register(request, source, inbound.name, now)
@@ -170,12 +170,22 @@ class SbcCore:
 
     # -- helpers --------------------------------------------------------------
 
-    def _refuse(self, request: Request, context: object, secure: bool, error: SipError) -> NoReturn:
+    def _refuse(
+        self, request: Request, context: object, secure: bool, error: SipError, now: float
+    ) -> NoReturn:
         """Log a refusal (``call.refused``), count it (``calls-refused:RULE``), raise ``error``."""
         if isinstance(context, InboundContext):
             inbound = self._table().get(context.adjacency)
             if inbound is not None:
-                calllog.log_refused(self.calls.next_call_id(), request, inbound, secure, error)
+                calllog.log_refused(
+                    self.calls.next_call_id(),
+                    request,
+                    inbound,
+                    secure,
+                    error,
+                    self.calls.refusals,
+                    now,
+                )
                 self.calls.count(inbound.name, calllog.refused_counter(error))
         raise error
 

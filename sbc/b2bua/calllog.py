@@ -162,14 +162,62 @@ _REFUSED = (
 )
 
 
+REFUSALS_PER_WINDOW = 20
+"""``call.refused`` events logged per adjacency and rule in each :data:`REFUSAL_WINDOW`."""
+REFUSAL_WINDOW = 10.0
+"""Seconds of one refusal-logging window; the rest of a flood is only counted."""
+
+
+class RefusalLimiter:
+    """Caps ``call.refused`` events per (adjacency, rule) so a flood cannot flood the log.
+
+    The first :data:`REFUSALS_PER_WINDOW` of each :data:`REFUSAL_WINDOW`
+    seconds are logged; the next one logged after that says how many were
+    left out (``suppressed``). Counters and metrics still count every one.
+    """
+
+    def __init__(self) -> None:
+        self._windows: dict[tuple[str, str], list[float]] = {}  # [start, logged, held]
+
+    def admit(self, key: tuple[str, str], now: float) -> int | None:
+        """None to leave this refusal out, else the number left out before it."""
+        window = self._windows.get(key)
+        if window is None or now - window[0] >= REFUSAL_WINDOW:
+            held = 0 if window is None else int(window[2])
+            if len(self._windows) >= 4096:
+                self._windows.clear()
+            self._windows[key] = [now, 1, 0]
+            return held
+        if window[1] < REFUSALS_PER_WINDOW:
+            window[1] += 1
+            return 0
+        window[2] += 1
+        return None
+
+
 def log_refused(
-    call_id: int, request: Request, inbound: AdjacencyConfig, secure: bool, error: SipError
+    call_id: int,
+    request: Request,
+    inbound: AdjacencyConfig,
+    secure: bool,
+    error: SipError,
+    limiter: RefusalLimiter | None = None,
+    now: float = 0.0,
 ) -> None:
-    """A new request refused by admission or routing, with the rule that refused it."""
+    """A new request refused by admission or routing, with the rule that refused it.
+
+    With a ``limiter``, floods are capped (see :class:`RefusalLimiter`).
+    """
     rule, why = refusal_rule(error)
+    suppressed = 0
+    if limiter is not None:
+        admitted = limiter.admit((inbound.name, rule), now)
+        if admitted is None:
+            return
+        suppressed = admitted
     _emit(
         LogLevel.info,
-        _REFUSED,
+        _REFUSED if not suppressed else _REFUSED + _SUPPRESSED,
         {
             "event": "call.refused",
             "call_id": call_id,
@@ -183,9 +231,12 @@ def log_refused(
             "sip_warning": warning_text(error),
             "rule": rule,
             "why": why,
+            "suppressed": suppressed,
         },
     )
 
+
+_SUPPRESSED = " ({suppressed} similar refusals before this one were not logged)"
 
 _ROUTED = (
     "call {call_id} {method} from {adjacency} ({trust}) to {target}: routed to {outbound} "

@@ -102,6 +102,8 @@ class CallManager:
         self._timers: list[tuple[float, int, TimerHandle]] = []
         self._seq = itertools.count()
         self._call_ids = itertools.count(1)
+        #: Caps call.refused log events under a flood (calllog.RefusalLimiter).
+        self.refusals = calllog.RefusalLimiter()
 
     # -- queries ----------------------------------------------------------------
 
@@ -147,7 +149,7 @@ class CallManager:
         try:
             targets = self.targets_for(call, request.uri, now)
         except SipError as error:
-            calllog.log_refused(call.id, request, inbound, call.secure, error)
+            calllog.log_refused(call.id, request, inbound, call.secure, error, self.refusals, now)
             raise
         self.calls[call.id] = call
         self.count(inbound.name, "calls-started" if call.dialog else "requests-started")

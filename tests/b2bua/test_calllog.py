@@ -261,6 +261,41 @@ class RefusalTests(CallLogMixin):
             self.assertEqual(counters.get("access", f"calls-refused:{rule}"), 1)
 
 
+class RefusalFloodTests(CallLogMixin):
+    """A flood of refused requests is counted in full but logged only in part."""
+
+    def flood(self, count: int, start: int = 0) -> None:
+        for n in range(start, start + count):
+            request = invite("sips:bob@remote.test", call_id=f"flood-{n}", branch=f"z9hG4bKf{n}")
+            self.net.feed(request, A_FLOW, ACCESS)
+
+    def test_capped_per_window_then_summarised(self) -> None:
+        self.flood(50)
+        refused = self.named("call.refused")
+        self.assertEqual(len(refused), calllog.REFUSALS_PER_WINDOW)
+        self.assertEqual(
+            self.net.core.calls.counters.get("access", "calls-refused:sips-from-untrusted"), 50
+        )
+        self.net.now = calllog.REFUSAL_WINDOW
+        self.flood(1, start=50)
+        last = self.named("call.refused")[-1]
+        self.assertEqual(last["suppressed"], 50 - calllog.REFUSALS_PER_WINDOW)
+        self.assertIn(
+            f"({50 - calllog.REFUSALS_PER_WINDOW} similar refusals before this one were not "
+            "logged)",
+            formatEvent(last),
+        )
+
+    def test_rules_and_adjacencies_are_capped_separately(self) -> None:
+        limiter = calllog.RefusalLimiter()
+        for _ in range(calllog.REFUSALS_PER_WINDOW):
+            self.assertEqual(limiter.admit(("access", "no-route"), 0.0), 0)
+        self.assertIsNone(limiter.admit(("access", "no-route"), 1.0))
+        self.assertEqual(limiter.admit(("access", "sips-from-untrusted"), 1.0), 0)
+        self.assertEqual(limiter.admit(("trunk", "no-route"), 1.0), 0)
+        self.assertEqual(limiter.admit(("access", "no-route"), 10.0), 1)
+
+
 class RefusedCounterTests(SynchronousTestCase):
     """calllog.refused_counter: the counter name carries the call.refused event's rule."""
 
