@@ -27,13 +27,15 @@ from typing import TYPE_CHECKING, Any
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import IListeningPort, IReactorTime
+from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
+from twisted.python.failure import Failure
 
 from sbc.b2bua.call import CallState
 from sbc.cli.commands import CallInfo, RegistrationInfo, SbcBackend, Session
+from sbc.cli.idle import IDLE_MESSAGE, IdleTimer
 from sbc.commits import CommitRecord
 from sbc.config import SbcConfig
 from sbc.endpoints import close_port
@@ -135,12 +137,27 @@ class CliProtocol(LineReceiver):
     delimiter = b"\n"
     MAX_LENGTH = 8192
 
-    def __init__(self, backend: SbcBackend) -> None:
+    def __init__(self, backend: SbcBackend, clock: IReactorTime | None = None) -> None:
         self.session = Session(backend)
+        self.idle = (
+            IdleTimer(clock, lambda: backend.running_config().limits.cli_idle_timeout, self._idle)
+            if clock is not None
+            else None
+        )
 
     def connectionMade(self) -> None:
         self.session.user = peer_user(self.transport)
         self._prompt()
+        if self.idle is not None:
+            self.idle.touch()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.idle is not None:
+            self.idle.stop()
+
+    def _idle(self, seconds: int) -> None:
+        self._write(b"\n" + IDLE_MESSAGE.format(seconds=seconds).encode() + b"\n")
+        self._close()
 
     def _write(self, data: bytes) -> None:
         assert self.transport is not None
@@ -154,6 +171,8 @@ class CliProtocol(LineReceiver):
         self._write(self.session.prompt.encode() + b" ")
 
     def lineReceived(self, line: bytes) -> None:
+        if self.idle is not None:
+            self.idle.touch()
         text, _ = self.session.execute(line.rstrip(b"\r").decode("utf-8", errors="replace"))
         if text:
             self._write(text.encode() + b"\n")
@@ -190,11 +209,12 @@ def peer_user(transport: Any) -> str:
 class CliFactory(Factory):
     """Builds a :class:`CliProtocol` (with a fresh session) per connection."""
 
-    def __init__(self, backend: SbcBackend) -> None:
+    def __init__(self, backend: SbcBackend, clock: IReactorTime | None = None) -> None:
         self.backend = backend
+        self.clock = clock
 
     def buildProtocol(self, addr: Any) -> CliProtocol:
-        protocol = CliProtocol(self.backend)
+        protocol = CliProtocol(self.backend, self.clock)
         protocol.factory = self
         return protocol
 
@@ -316,7 +336,7 @@ class CliService(Service):
             description += ":mode=600"
         self.sbc = sbc
         self.description = description
-        self.factory = CliFactory(ServiceBackend(sbc))
+        self.factory = CliFactory(ServiceBackend(sbc), sbc.reactor)
         self.port: IListeningPort | None = None
         self.setName("cli")
 

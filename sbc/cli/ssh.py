@@ -92,6 +92,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from sbc.cli.commands import SbcBackend, Session
+from sbc.cli.idle import IDLE_MESSAGE, IdleTimer
 from sbc.cli.server import ServiceBackend
 from sbc.endpoints import close_port
 from sbc.errors import ConfigError
@@ -514,9 +515,12 @@ class _LineEditor(HistoricRecvLine):
     never switched on (a character typed mid-line redraws the rest).
     """
 
-    def __init__(self, session: Session, finish: Callable[[int], None]) -> None:
+    def __init__(
+        self, session: Session, finish: Callable[[int], None], touch: Callable[[], None]
+    ) -> None:
         self.session = session
         self.finish = finish
+        self.touch = touch
         self.done = False
         self._set_prompt()
 
@@ -546,6 +550,7 @@ class _LineEditor(HistoricRecvLine):
     def keystrokeReceived(self, keyID: Any, modifier: Any) -> None:
         if self.done:
             return
+        self.touch()
         handler = self.keyHandlers.get(keyID)
         if handler is not None:
             handler()
@@ -605,9 +610,12 @@ class _PlainShell(LineReceiver):
     delimiter = b"\n"
     MAX_LENGTH = MAX_LINE_LENGTH
 
-    def __init__(self, session: Session, finish: Callable[[int], None]) -> None:
+    def __init__(
+        self, session: Session, finish: Callable[[int], None], touch: Callable[[], None]
+    ) -> None:
         self.session = session
         self.finish = finish
+        self.touch = touch
         self.failed = False
         self.done = False
 
@@ -621,6 +629,7 @@ class _PlainShell(LineReceiver):
     def lineReceived(self, line: bytes) -> None:
         if self.done:
             return
+        self.touch()
         text, _ = self.session.execute(line.rstrip(b"\r").decode("utf-8", errors="replace"))
         if text:
             self._write(text.encode() + b"\n")
@@ -669,6 +678,10 @@ class SshCliSession:
         self.finished = False
         self.channel_closed = False
         self._pending: IDelayedCall | None = None
+        backend = avatar.backend
+        self.idle = IdleTimer(
+            avatar.reactor, lambda: backend.running_config().limits.cli_idle_timeout, self._idle
+        )
 
     # -- ISession --------------------------------------------------------------
 
@@ -681,7 +694,7 @@ class SshCliSession:
         session = self.avatar.new_session()
         if self.window is not None:
             self.transport = _ChannelTransport(proto, crlf=True)
-            terminal = ServerProtocol(_LineEditor, session, self.finish)
+            terminal = ServerProtocol(_LineEditor, session, self.finish, self.idle.touch)
             terminal.makeConnection(self.transport)
             self.editor = terminal.terminalProtocol
             assert self.editor is not None
@@ -689,9 +702,10 @@ class SshCliSession:
             proto.makeConnection(wrapProtocol(terminal))
         else:
             self.transport = _ChannelTransport(proto, crlf=False)
-            self.plain = _PlainShell(session, self.finish)
+            self.plain = _PlainShell(session, self.finish, self.idle.touch)
             self.plain.makeConnection(self.transport)
             proto.makeConnection(wrapProtocol(self.plain))
+        self.idle.touch()
 
     def execCommand(self, proto: Any, command: bytes) -> None:
         self.process = proto
@@ -716,6 +730,7 @@ class SshCliSession:
 
     def closed(self) -> None:
         self.channel_closed = True
+        self.idle.stop()
         pending, self._pending = self._pending, None
         if pending is not None and pending.active():
             pending.cancel()
@@ -748,8 +763,15 @@ class SshCliSession:
         self.finished = True
         self._end(1 if failed else 0)
 
+    def _idle(self, seconds: int) -> None:
+        if self.finished or self.transport is None:
+            return
+        self.transport.write(b"\n" + IDLE_MESSAGE.format(seconds=seconds).encode() + b"\n")
+        self.finish(0)
+
     def finish(self, status: int) -> None:
         """End the session with ``status`` (once), from the reactor."""
+        self.idle.stop()
         if self.finished:
             return
         self.finished = True

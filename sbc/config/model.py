@@ -437,6 +437,16 @@ LIMIT_SETTINGS: tuple[LimitSetting, ...] = (
         "for the answers to the BYEs that release its calls",
     ),
     LimitSetting(
+        "cli-idle-timeout",
+        "cli_idle_timeout",
+        600,
+        0,
+        86400,
+        "seconds",
+        "A management session (UNIX socket or SSH shell) with no input for this long is "
+        "closed; 0 never closes it",
+    ),
+    LimitSetting(
         "commit-history",
         "commit_history",
         100,
@@ -470,6 +480,7 @@ class Limits:
     outbound_connect_timeout: int = _LIMIT_DEFAULTS["outbound_connect_timeout"]
     udp_receive_buffer: int = _LIMIT_DEFAULTS["udp_receive_buffer"]
     detach_drain_time: int = _LIMIT_DEFAULTS["detach_drain_time"]
+    cli_idle_timeout: int = _LIMIT_DEFAULTS["cli_idle_timeout"]
     commit_history: int = _LIMIT_DEFAULTS["commit_history"]
     line: int = attrs.field(default=0, eq=False, repr=False)
     setting_lines: FrozenMap[str, int] = attrs.field(

@@ -9,8 +9,11 @@ import socket
 import tempfile
 from typing import Any
 
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs, formatEvent
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from sbc.cli.server import (
@@ -496,3 +499,37 @@ class UnsafeEndpointTests(SynchronousTestCase):
         self.assertTrue(
             problem.startswith("refusing the management CLI endpoint tcp:5000: the CLI has no")
         )
+
+
+class IdleTimeoutTests(SynchronousTestCase):
+    """cli-idle-timeout on the UNIX socket CLI: read from the running config on every line."""
+
+    def connect(self, backend: FakeBackend) -> tuple[Any, StringTransport, Clock]:
+        clock = Clock()
+        protocol = CliFactory(backend, clock).buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        return protocol, transport, clock
+
+    def test_closed_after_the_timeout_without_input(self) -> None:
+        protocol, transport, clock = self.connect(FakeBackend())
+        clock.advance(599)
+        protocol.dataReceived(b"configure\n")
+        clock.advance(599)
+        self.assertFalse(transport.disconnecting)
+        clock.advance(1)
+        self.assertTrue(transport.disconnecting)
+        self.assertTrue(
+            transport.value().endswith(
+                b"\n% session idle for 600 seconds: closed (cli-idle-timeout)\n"
+            )
+        )
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_zero_never_closes(self) -> None:
+        backend = FakeBackend(RUNNING + "  limits\n   cli-idle-timeout 0\n")
+        _, transport, clock = self.connect(backend)
+        self.assertEqual(clock.getDelayedCalls(), [])
+        clock.advance(100000)
+        self.assertFalse(transport.disconnecting)

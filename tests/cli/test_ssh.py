@@ -963,6 +963,26 @@ class ShellTests(SynchronousTestCase):
         self.assertEqual(channel.status, 1)  # "bogus" printed a % line
         self.assertTrue(channel.is_closed)
 
+    def test_idle_shells_are_closed(self) -> None:
+        """cli-idle-timeout (600 s by default): input restarts it; both shell kinds close."""
+        for pty in (True, False):
+            channel = shell_channel(pty=pty)
+            c = Connected(self, channels=[channel])
+            c.clock.advance(599)
+            channel.write(b"show running-config\r" if pty else b"show running-config\n")
+            c.flush()
+            c.clock.advance(599)
+            c.flush()
+            self.assertFalse(channel.is_closed)
+            c.clock.advance(1)
+            c.clock.advance(0)  # the session ends from the reactor
+            c.flush()
+            self.assertIn(
+                "% session idle for 600 seconds: closed (cli-idle-timeout)", channel.text()
+            )
+            self.assertEqual(channel.status, 0)
+            self.assertTrue(channel.is_closed)
+
     def test_plain_shell_exit_is_status_0(self) -> None:
         channel = shell_channel(pty=False)
         c = Connected(self, channels=[channel])

@@ -870,6 +870,7 @@ class BuilderApiTests(SynchronousTestCase):
                 "outbound-connect-timeout",
                 "udp-receive-buffer",
                 "detach-drain-time",
+                "cli-idle-timeout",
                 "commit-history",
                 "exit",
                 "end",
