@@ -120,9 +120,9 @@ __all__ = [
 MAX_LINE_LENGTH = 8192
 #: Command lines an interactive session remembers (arrow keys).
 HISTORY_LINES = 500
-#: Seconds a client has to authenticate before it is disconnected.
+#: Seconds a client has to authenticate (the ``ssh-login-timeout`` limit's default).
 LOGIN_GRACE_SECONDS = 120
-#: Failed authentication requests tolerated on one connection.
+#: Failed authentication requests tolerated on one connection (``ssh-max-auth-tries``).
 MAX_AUTH_TRIES = 6
 
 #: Base64 characters of the fingerprint naming a key without a comment.
@@ -926,7 +926,11 @@ class _PublicKeyUserAuth(SSHUserAuthServer):
         return self.transport
 
     def serviceStarted(self) -> None:
-        self.clock = self._ssh().factory.reactor
+        factory = self._ssh().factory
+        self.clock = factory.reactor
+        limits = factory.backend.running_config().limits
+        self.loginTimeout = limits.ssh_login_timeout
+        self.attemptsBeforeDisconnect = limits.ssh_max_auth_tries
         super().serviceStarted()
 
     def _peer(self) -> str:
@@ -1048,6 +1052,7 @@ class CliSshFactory(SSHFactory):
         self, backend: SbcBackend, authorized_keys: AuthorizedKeys, host_key: Key, reactor: Any
     ) -> None:
         self.reactor = reactor
+        self.backend = backend
         self.authorized_keys = authorized_keys
         self.host_key = host_key
         self.portal = Portal(CliRealm(backend, reactor), [AuthorizedKeysChecker(authorized_keys)])

@@ -447,6 +447,24 @@ LIMIT_SETTINGS: tuple[LimitSetting, ...] = (
         "closed; 0 never closes it",
     ),
     LimitSetting(
+        "ssh-login-timeout",
+        "ssh_login_timeout",
+        120,
+        1,
+        3600,
+        "seconds",
+        "Time an SSH client has to authenticate before it is disconnected",
+    ),
+    LimitSetting(
+        "ssh-max-auth-tries",
+        "ssh_max_auth_tries",
+        6,
+        1,
+        100,
+        "attempts",
+        "Failed SSH authentication requests tolerated on one connection",
+    ),
+    LimitSetting(
         "commit-history",
         "commit_history",
         100,
@@ -481,6 +499,8 @@ class Limits:
     udp_receive_buffer: int = _LIMIT_DEFAULTS["udp_receive_buffer"]
     detach_drain_time: int = _LIMIT_DEFAULTS["detach_drain_time"]
     cli_idle_timeout: int = _LIMIT_DEFAULTS["cli_idle_timeout"]
+    ssh_login_timeout: int = _LIMIT_DEFAULTS["ssh_login_timeout"]
+    ssh_max_auth_tries: int = _LIMIT_DEFAULTS["ssh_max_auth_tries"]
     commit_history: int = _LIMIT_DEFAULTS["commit_history"]
     line: int = attrs.field(default=0, eq=False, repr=False)
     setting_lines: FrozenMap[str, int] = attrs.field(

@@ -208,9 +208,10 @@ class Connected:
         user: bytes = b"operator",
         first: tuple[bytes, bytes] | None = None,
         keys_mode: int = 0o644,
+        backend: FakeBackend | None = None,
     ) -> None:
         directory = directory_for(case)
-        self.backend = FakeBackend()
+        self.backend = backend or FakeBackend()
         self.clock = MemoryReactorClock()
         self.key = client_key or new_key()
         lines = [authorized_line(self.key)] if authorized is None else authorized
@@ -763,6 +764,18 @@ class LoginTests(SynchronousTestCase):
     def test_login_timeout_on_the_injected_clock(self) -> None:
         c = Connected(self, first=(b"", b""))
         c.clock.advance(119)
+        c.flush()
+        self.assertFalse(c.pump.serverIO.disconnecting)
+        c.clock.advance(1)
+        self.assertTrue(c.pump.serverIO.disconnecting)
+
+    def test_login_limits_come_from_the_running_config(self) -> None:
+        """ssh-login-timeout and ssh-max-auth-tries are read when a connection starts."""
+        limits = "  limits\n   ssh-login-timeout 30\n   ssh-max-auth-tries 2\n"
+        c = Connected(self, first=(b"", b""), backend=FakeBackend(RUNNING + limits))
+        userauth = c.server.service
+        self.assertEqual((userauth.loginTimeout, userauth.attemptsBeforeDisconnect), (30, 2))
+        c.clock.advance(29)
         c.flush()
         self.assertFalse(c.pump.serverIO.disconnecting)
         c.clock.advance(1)

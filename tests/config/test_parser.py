@@ -871,6 +871,8 @@ class BuilderApiTests(SynchronousTestCase):
                 "udp-receive-buffer",
                 "detach-drain-time",
                 "cli-idle-timeout",
+                "ssh-login-timeout",
+                "ssh-max-auth-tries",
                 "commit-history",
                 "exit",
                 "end",
