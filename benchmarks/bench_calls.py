@@ -640,6 +640,15 @@ def report(bench: Bench, args: argparse.Namespace, sbc: TargetRun, sippy: Target
     print(f"\nlogs and SIPp statistics in {bench.workdir}")
 
 
+def print_failure(program: str, error: BenchError, logs: Sequence[Path]) -> int:
+    """Say why a benchmark stopped, with the last lines of each log; the exit status (2)."""
+    print(f"{program}: {error}", file=sys.stderr)
+    for log in logs:
+        print(f"--- {log.name} (last lines)", file=sys.stderr)
+        print("\n".join(log.read_text(errors="replace").splitlines()[-20:]), file=sys.stderr)
+    return 2
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -698,11 +707,7 @@ def main(argv: Sequence[str]) -> int:
         report(bench, args, sbc, sippy)
         return 0
     except BenchError as error:
-        print(f"bench_calls: {error}", file=sys.stderr)
-        for log in sorted(workdir.glob("*.log")):
-            print(f"--- {log.name} (last lines)", file=sys.stderr)
-            print("\n".join(log.read_text(errors="replace").splitlines()[-20:]), file=sys.stderr)
-        return 2
+        return print_failure("bench_calls", error, sorted(workdir.glob("*.log")))
     finally:
         procs.stop_all()
         signal.signal(signal.SIGTERM, previous)

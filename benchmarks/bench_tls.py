@@ -803,11 +803,7 @@ def main(argv: Sequence[str]) -> int:
         print(f"run time {time.monotonic() - started:.0f} s")
         return 0
     except bc.BenchError as error:
-        print(f"bench_tls: {error}", file=sys.stderr)
-        for log in sorted(workdir.rglob("*.log")):
-            print(f"--- {log.name} (last lines)", file=sys.stderr)
-            print("\n".join(log.read_text(errors="replace").splitlines()[-20:]), file=sys.stderr)
-        return 2
+        return bc.print_failure("bench_tls", error, sorted(workdir.rglob("*.log")))
     finally:
         procs.stop_all()
         signal.signal(signal.SIGTERM, previous)
