@@ -7,7 +7,8 @@
 With ``-c`` the commands run in order and their output is printed; the exit
 status is 1 when any command printed a ``%`` error line (2 when the socket
 cannot be reached). Without ``-c`` it is interactive, with readline editing
-and history (``~/.sbc_cli_history``); type ``?`` (or ``WORDS ?``) for help.
+and history (``~/.sbc_cli_history``); Tab completes keywords, literal
+arguments and adjacency names; type ``?`` (or ``WORDS ?``) for help.
 
 The socket defaults to ``$SBC_CLI_SOCKET``, else ``sbc.cli`` in the current
 directory (the daemon's default is beside its config file).
@@ -21,7 +22,8 @@ import os
 import re
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 __all__ = ["PROMPT_RE", "CliClient", "main"]
 
@@ -65,6 +67,14 @@ class CliClient:
             self.prompt = prompt
         return output
 
+    def complete(self, typed: str) -> list[str]:
+        """The words that may complete ``typed`` (the line so far), from the server."""
+        self.sock.sendall(b"\t" + typed.encode("utf-8") + b"\n")
+        output, prompt = self._read_reply()
+        if prompt:
+            self.prompt = prompt
+        return [line for line in output.split("\n") if line]
+
     def close(self) -> None:
         self.sock.close()
 
@@ -86,6 +96,22 @@ def _one_shot(client: CliClient, commands: Sequence[str]) -> int:
     return status
 
 
+def _completer(client: CliClient, readline: Any) -> Callable[[str, int], str | None]:
+    """A readline completer asking the server (which knows the mode) for candidates."""
+    found: list[str] = []
+
+    def complete(text: str, state: int) -> str | None:
+        if state == 0:
+            typed = readline.get_line_buffer()[: readline.get_endidx()]
+            try:
+                found[:] = [f"{word} " for word in client.complete(typed)]
+            except OSError:
+                found[:] = []
+        return found[state] if state < len(found) else None
+
+    return complete
+
+
 def _interactive(client: CliClient) -> int:
     try:
         import readline
@@ -94,6 +120,9 @@ def _interactive(client: CliClient) -> int:
     if readline is not None:
         with contextlib.suppress(OSError):
             readline.read_history_file(_HISTORY)
+        readline.set_completer(_completer(client, readline))
+        readline.set_completer_delims(" ")
+        readline.parse_and_bind("tab: complete")
     try:
         while not client.closed:
             try:

@@ -639,6 +639,98 @@ class Session:
             out.extend(_counter_lines(dict(counters.get(name, {})), "  "))
         return out or ["No statistics."]
 
+    # -- completion -----------------------------------------------------------
+
+    def complete(self, text: str) -> list[str]:
+        """The words that may complete the last (partial) word of ``text``, sorted.
+
+        ``text`` is the line typed so far; when it ends with a space the next
+        word is completed from nothing. Keywords, literal arguments (``ipv4``,
+        ``trusted-encrypted``...) and the names of configured adjacencies are
+        offered; free values (addresses, ports) are not.
+        """
+        words = text.split()
+        partial = "" if not words or text[-1:].isspace() else words.pop()
+        if self.mode is None:
+            options = self._exec_options(words)
+        else:
+            options = self._config_options(words)
+        return sorted({o for o in options if o.startswith(partial)})
+
+    def _exec_options(self, words: list[str]) -> set[str]:
+        if not words:
+            return {"configure", "crypto", "exit", "rollback", "show"}
+        grammar = {
+            "configure": ["terminal"],
+            "crypto": ["reload"],
+            "rollback": ["configuration", "last|to"],
+        }
+        if words[0] == "show":
+            return self._show_options(words[1:])
+        return _follow(grammar.get(words[0], []), words[1:])
+
+    def _show_options(self, words: list[str]) -> set[str]:
+        running = self.backend.running_config()
+        adjacencies = "|".join(a.name for a in running.adjacencies)
+        first = {"running-config", "services"} | ({"configuration"} if self.in_config else set())
+        if not words:
+            return first | {"configuration"}
+        if words[0] == "configuration":
+            if len(words) == 1:
+                return {"commit", "diff"}
+            return _follow(["list|changes"], words[2:]) if words[1] == "commit" else set()
+        if words[0] != "services":
+            return set()
+        what = "adjacencies|calls|registrations|statistics"
+        tail = words[1:]
+        if len(tail) >= 4 and tail[3] == "adjacencies":
+            return (
+                _follow([f"[{adjacencies}]", "[detail]"], tail[4:])
+                if adjacencies
+                else (_follow(["[detail]"], tail[4:]))
+            )
+        return _follow(["sbc", running.service_name, "sbe", what], tail)
+
+    def _config_options(self, words: list[str]) -> set[str]:
+        assert self.mode is not None
+        helps = [h for h in commands_for(self.mode)]
+        session = {"abort", "commit", "do", "end", "exit", "no", "show"}
+        if not words:
+            return {h.keyword for h in helps} | session
+        keyword = words[0]
+        if keyword == "do":
+            return self._exec_options(words[1:])
+        if keyword == "show":
+            return self._show_options(words[1:])
+        if keyword == "commit":
+            return _follow(["[comment]"], words[1:])
+        if keyword == "no":
+            if len(words) == 1:
+                return {h.keyword for h in helps if h.no_syntax}
+            syntaxes = [h.no_syntax for h in helps if h.keyword == words[1] and h.no_syntax]
+            if not syntaxes:
+                return set()
+            tokens = syntaxes[0].split()[2:]
+            if "adjacency" in words[1]:
+                names = self._adjacency_names()
+                tokens = [names if t == "NAME" and names else t for t in tokens]
+            return _follow(tokens, words[2:])
+        found = [h for h in helps if h.keyword == keyword]
+        if not found:
+            return set()
+        tokens = found[0].syntax.split()[1:]
+        names = self._adjacency_names() if "adjacency" in keyword else ""
+        if names:
+            tokens = [names if t == "NAME" else t for t in tokens]
+        return _follow(tokens, words[1:])
+
+    def _adjacency_names(self) -> str:
+        try:
+            candidate = self._candidate()
+        except _CliError:
+            candidate = self.backend.running_config()
+        return "|".join(a.name for a in candidate.adjacencies)
+
     # -- help -----------------------------------------------------------------
 
     def _help(self, words: list[str]) -> list[str]:
@@ -670,6 +762,39 @@ class Session:
         entries.sort(key=lambda e: e[0])
         width = max(len(e[0]) for e in entries)
         return [f"  {syntax.ljust(width)}  {text}" for syntax, text in entries]
+
+
+def _follow(tokens: Sequence[str], typed: Sequence[str]) -> set[str]:
+    """The literal words that may come next after ``typed`` in a syntax of ``tokens``.
+
+    A token is ``a|b`` (one of the literals), ``[a|b]`` (optional), or a
+    placeholder in capitals (any word; nothing to offer).
+    """
+
+    def literals(token: str) -> list[str]:
+        return [w for w in token.strip("[]").split("|") if w and not w.isupper()]
+
+    def matches(token: str, word: str) -> bool:
+        words = token.strip("[]").split("|")
+        return word in words or any(w.isupper() for w in words)
+
+    def close(positions: set[int]) -> set[int]:
+        result = set(positions)
+        for i in sorted(positions):
+            j = i
+            while j < len(tokens) and tokens[j].startswith("["):
+                j += 1
+                result.add(j)
+        return result
+
+    positions = close({0})
+    for word in typed:
+        positions = close(
+            {i + 1 for i in positions if i < len(tokens) and matches(tokens[i], word)}
+        )
+        if not positions:
+            return set()
+    return {w for i in positions if i < len(tokens) for w in literals(tokens[i])}
 
 
 def mode_kind(session: Session) -> ModeKind | None:

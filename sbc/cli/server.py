@@ -54,6 +54,9 @@ __all__ = [
 ]
 
 
+COMPLETE_PREFIX = b"\t"
+"""A line starting with TAB asks for the completions of the rest (sbc-cli's Tab key)."""
+
 MAX_UNIX_PATH = 107
 """Longest UNIX socket path (bytes) Linux accepts: sun_path is 108 bytes with the NUL."""
 
@@ -173,6 +176,13 @@ class CliProtocol(LineReceiver):
     def lineReceived(self, line: bytes) -> None:
         if self.idle is not None:
             self.idle.touch()
+        if line.startswith(COMPLETE_PREFIX):
+            # Tab completion (sbc-cli): the candidate words, one per line; nothing runs.
+            typed = line[len(COMPLETE_PREFIX) :].rstrip(b"\r").decode("utf-8", errors="replace")
+            candidates = self.session.complete(typed)
+            self._write("".join(f"{c}\n" for c in candidates).encode())
+            self._prompt()
+            return
         text, _ = self.session.execute(line.rstrip(b"\r").decode("utf-8", errors="replace"))
         if text:
             self._write(text.encode() + b"\n")

@@ -508,6 +508,17 @@ class _ChannelTransport:
 _PRINTABLE = frozenset(range(0x20, 0x7F))
 
 
+def _common_prefix(words: list[str]) -> str:
+    """The longest string every one of ``words`` starts with ("" for none)."""
+    if not words:
+        return ""
+    first, last = min(words), max(words)
+    length = 0
+    while length < len(first) and first[length] == last[length]:
+        length += 1
+    return first[:length]
+
+
 class _LineEditor(HistoricRecvLine):
     """The interactive shell on a pty: line editing, history, the session's prompt.
 
@@ -530,7 +541,7 @@ class _LineEditor(HistoricRecvLine):
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        self.keyHandlers.pop(self.terminal.TAB, None)
+        self.keyHandlers[self.terminal.TAB] = self.handle_TAB
         self.keyHandlers.pop(self.terminal.INSERT, None)
         self.keyHandlers[b"\x03"] = self.handle_INTERRUPT
         self.keyHandlers[b"\x04"] = self.handle_EOT
@@ -568,6 +579,26 @@ class _LineEditor(HistoricRecvLine):
         self.terminal.write(ch + tail)
         if tail:
             self.terminal.cursorBackward(len(tail))
+
+    def handle_TAB(self) -> None:
+        """Complete the word under the cursor; list the choices when there are several."""
+        typed = b"".join(self.lineBuffer[: self.lineBufferIndex]).decode("utf-8", errors="replace")
+        candidates = self.session.complete(typed)
+        partial = "" if not typed or typed[-1:].isspace() else typed.split()[-1]
+        if len(candidates) == 1:
+            insert = candidates[0][len(partial) :] + " "
+        else:
+            common = _common_prefix(candidates)
+            insert = common[len(partial) :]
+            if not insert:
+                if candidates:
+                    self.terminal.write(b"\n" + "  ".join(candidates).encode() + b"\n")
+                    self.drawInputLine()
+                else:
+                    self.terminal.write(b"\x07")
+                return
+        for char in insert.encode():
+            self.characterReceived(bytes((char,)), False)
 
     def handle_INTERRUPT(self) -> None:
         """Ctrl-C: drop the line being typed."""

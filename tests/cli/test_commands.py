@@ -637,3 +637,47 @@ class ConfigDiffTests(SynchronousTestCase):
             ],
         )
         self.assertEqual(config_diff(self.OLD.split("\n"), self.OLD.split("\n")), [])
+
+
+class CompletionTests(SynchronousTestCase):
+    """Tab completion: keywords, literal arguments and adjacency names for the current mode."""
+
+    def test_exec_mode(self) -> None:
+        session = Session(FakeBackend())
+        cases = {
+            "": ["configure", "crypto", "exit", "rollback", "show"],
+            "sh": ["show"],
+            "show ": ["configuration", "running-config", "services"],
+            "show services sbc ": ["mysbc"],
+            "show services sbc mysbc sbe ": ["adjacencies", "calls", "registrations", "statistics"],
+            "show services sbc mysbc sbe adjacencies ": ["core", "detail", "test"],
+            "show services sbc mysbc sbe adjacencies core ": ["detail"],
+            "rollback configuration ": ["last", "to"],
+            "rollback configuration last ": [],
+            "bogus ": [],
+        }
+        for typed, expected in cases.items():
+            self.assertEqual(session.complete(typed), expected, typed)
+
+    def test_config_modes(self) -> None:
+        session = Session(FakeBackend())
+        run(session, "configure", "sbc mysbc", "sbe")
+        self.assertIn("adjacency", session.complete(""))
+        self.assertIn("commit", session.complete(""))
+        self.assertEqual(session.complete("adjacency sip "), ["core", "test"])
+        self.assertEqual(session.complete("no adjacency sip t"), ["test"])
+        self.assertEqual(session.complete("do show r"), ["running-config"])
+        run(session, "adjacency sip test")
+        self.assertEqual(
+            session.complete("security "),
+            ["inbound", "outbound", "trusted-encrypted", "trusted-unencrypted", "untrusted"],
+        )
+        self.assertEqual(
+            session.complete("security inbound trusted-"),
+            ["trusted-encrypted", "trusted-unencrypted"],
+        )
+        self.assertEqual(session.complete("signaling-address "), ["ipv4", "ipv6"])
+        self.assertEqual(session.complete("signaling-port "), [])
+        self.assertEqual(session.complete("no security "), ["inbound", "outbound"])
+        self.assertEqual(session.complete("show configuration "), ["commit", "diff"])
+        self.assertEqual(session.complete("show configuration commit "), ["changes", "list"])

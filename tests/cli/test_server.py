@@ -58,6 +58,16 @@ class ProtocolTests(SynchronousTestCase):
         self.assertTrue(t1.value().endswith(b"sbc(config)# "))
         self.assertEqual(t2.value(), b"sbc# ")
 
+    def test_tab_line_asks_for_completions_and_runs_nothing(self) -> None:
+        backend = FakeBackend()
+        protocol, transport = connect(CliFactory(backend))
+        transport.clear()
+        protocol.dataReceived(b"configure\n\tsh\n")  # type: ignore[attr-defined]
+        self.assertEqual(transport.value(), b"sbc(config)# show\nsbc(config)# ")
+        transport.clear()
+        protocol.dataReceived(b"\tsbc mysbc\n")  # type: ignore[attr-defined]
+        self.assertEqual(transport.value(), b"sbc(config)# ")  # nothing to offer, mode unchanged
+
     def test_exit_in_exec_closes(self) -> None:
         protocol, transport = connect(CliFactory(FakeBackend()))
         protocol.dataReceived(b"exit\n")  # type: ignore[attr-defined]

@@ -953,6 +953,26 @@ class ShellTests(SynchronousTestCase):
         self.assertEqual(channel.status, 0)
         self.assertTrue(channel.is_closed)
 
+    def test_tab_completes_on_the_pty(self) -> None:
+        channel = shell_channel()
+        c = Connected(self, channels=[channel])
+        channel.output = b""
+        channel.write(b"sh\t")  # one candidate: completed, with a space
+        c.flush()
+        self.assertEqual(channel.output, b"show ")  # "sh" echoed, "ow " completed
+        channel.output = b""
+        channel.write(b"\t")  # several: listed, then the line is drawn again
+        c.flush()
+        self.assertIn(b"configuration  running-config  services", channel.output)
+        self.assertTrue(channel.output.endswith(b"sbc# show "), channel.output)
+        channel.write(b"run\t\r")  # "running-config ", then Enter runs it
+        c.flush()
+        self.assertIn(b"sbc mysbc", channel.output)
+        channel.output = b""
+        channel.write(b"\x03bogus \t")  # nothing to offer: the bell
+        c.flush()
+        self.assertTrue(channel.output.endswith(b"\x07"), channel.output)
+
     def test_overlong_pty_line_rings_the_bell(self) -> None:
         channel = shell_channel()
         c = Connected(self, channels=[channel])

@@ -142,3 +142,51 @@ class CliInteropTests(CliTestCase):
         result = yield self.sbc_cli(socket_path, "show services sbc mysbc sbe adjacencies test")
         self.assertEqual(result.exit_code, 0, result.text())
         self.assertIn("Status: Attached", result.stdout.decode())
+
+
+class _Readline:
+    """What the completer reads of readline: the line typed so far."""
+
+    def __init__(self, line: str) -> None:
+        self.line = line
+
+    def get_line_buffer(self) -> str:
+        return self.line
+
+    def get_endidx(self) -> int:
+        return len(self.line)
+
+
+class CompletionInteropTests(CliTestCase):
+    """sbc-cli's Tab key asks the daemon, which knows the session's mode."""
+
+    @defer.inlineCallbacks
+    def test_tab_completion_over_the_socket(self) -> Any:
+        from twisted.internet import threads
+
+        from sbc.cli.client import CliClient, _completer
+
+        pki = make_pki(self.mktemp())
+        sbc = yield start_sbc(
+            self, pki, (AdjacencySpec("access", "untrusted", "udp-tcp"),), service="mysbc"
+        )
+        path = cli_socket(sbc.child)
+
+        def blocking() -> tuple[list[str], list[str | None], list[str], str]:
+            client = CliClient(path)
+            try:
+                names = client.complete("show services sbc ")
+                complete = _completer(client, _Readline("show services sbc mysbc sbe adj"))
+                words = [complete("adj", 0), complete("adj", 1)]
+                for line in ("configure", "sbc mysbc", "sbe"):
+                    client.run(line)
+                in_config = client.complete("adjacency sip ")
+                return names, words, in_config, client.prompt
+            finally:
+                client.close()
+
+        names, words, in_config, prompt = yield threads.deferToThread(blocking)
+        self.assertEqual(names, ["mysbc"])
+        self.assertEqual(words, ["adjacencies ", None])
+        self.assertEqual(in_config, ["access"])
+        self.assertEqual(prompt, "sbc(config-sbc-sbe)#")
