@@ -13,9 +13,7 @@ Builds on :mod:`tests.interop.harness` (PKI, process handling, raw sockets):
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import tempfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,15 +24,13 @@ from twisted.trial.unittest import FailTest, TestCase
 from tests.interop.harness import (
     HOST,
     SCENARIOS,
-    TWISTD,
     Pki,
-    SbcProcess,
     _listening_sockets,
     _stop_child,
     adjacency_lines,
     get_reactor,
+    launch_sbc,
     pause,
-    wait_listening,
     within,
 )
 from tests.support.peers import ProcessResult, RunningProcess, free_port, require_tool
@@ -99,29 +95,9 @@ def start_routed_sbc(
     to ``sbc.conf`` in the test's temporary directory and fails the test if
     the SBC logged a traceback.
     """
-    reactor = get_reactor()
     chosen = [a if a.port else attrs.evolve(a, port=free_port()) for a in adjacencies]
-    directory = os.path.abspath(case.mktemp())
-    os.makedirs(directory)
-    config_path = os.path.join(directory, "sbc.conf")
-    with open(config_path, "w") as f:
-        f.write(render_call_config(service, chosen, routing, local_domains))
-    cli_directory = tempfile.mkdtemp(prefix="sbc-calls-")
-    case.addCleanup(shutil.rmtree, cli_directory, True)
-    args = [
-        TWISTD, "--pidfile=", "-n", "sbc", "--config", config_path,
-        "--cli", "unix:" + os.path.join(cli_directory, "sbc.cli") + ":mode=600",
-        "--certificate", pki.cert("sbc"), "--private-key", pki.key("sbc"),
-        "--ca-certificates", pki.cert("ca"),
-    ]  # fmt: skip
-    child = RunningProcess(reactor, args, cwd=directory)
-    sbc = SbcProcess(child, chosen, config_path)  # type: ignore[arg-type]
-    case.addCleanup(sbc.stop)
-    try:
-        yield within(child.output_contains(b"started with"), 30.0, "the SBC to start")
-    except Exception as error:
-        raise FailTest(f"the SBC did not start: {error}\n{sbc.tail()}") from None
-    yield wait_listening(sbc)
+    config = render_call_config(service, chosen, routing, local_domains)
+    sbc = yield launch_sbc(case, pki, chosen, config)
     return sbc
 
 

@@ -274,11 +274,7 @@ class SbcProcess:
     @defer.inlineCallbacks
     def stop(self) -> Any:
         """SIGTERM, SIGKILL after 10 s; then fail if the SBC logged a traceback."""
-        reactor = get_reactor()
-        killer = reactor.callLater(10.0, self.child.stop, signal.SIGKILL)
-        result = yield self.child.stop(signal.SIGTERM)
-        if killer.active():
-            killer.cancel()
+        result = yield self.child.stop_within(10.0)
         text = result.text()
         # Kept in the trial temp directory for post-mortems.
         with open(os.path.join(os.path.dirname(self.config_path), "sbc.log"), "w") as f:
@@ -304,24 +300,47 @@ def start_sbc(
     :class:`SbcProcess` once the daemon logged "started with N adjacencies"
     and every attached adjacency's sockets are listening.
     """
-    reactor = get_reactor()
     chosen = [a if a.port else attrs.evolve(a, port=free_port()) for a in adjacencies]
+    sbc = yield launch_sbc(case, pki, chosen, render_config(service, chosen), extra_args)
+    return sbc
+
+
+def sbc_command(
+    config_path: str, cli_socket: str, pki: Pki, extra_args: Sequence[str] = ()
+) -> list[str]:
+    """The ``twistd -n --pidfile= sbc`` command line of the interop tests."""
+    return [
+        TWISTD, "--pidfile=", "-n", "sbc", "--config", config_path,
+        "--cli", f"unix:{cli_socket}:mode=600",
+        "--certificate", pki.cert("sbc"), "--private-key", pki.key("sbc"),
+        "--ca-certificates", pki.cert("ca"), *extra_args,
+    ]  # fmt: skip
+
+
+@defer.inlineCallbacks
+def launch_sbc(
+    case: TestCase,
+    pki: Pki,
+    adjacencies: Sequence[Any],
+    config_text: str,
+    extra_args: Sequence[str] = (),
+) -> Any:
+    """Write ``config_text`` to a fresh directory and start the daemon on it.
+
+    Fires with an :class:`SbcProcess` once it logged "started with" and
+    every adjacency's sockets listen; stopped by PID in the test's clean-up.
+    """
     directory = os.path.abspath(case.mktemp())
     os.makedirs(directory)
     config_path = os.path.join(directory, "sbc.conf")
     with open(config_path, "w") as f:
-        f.write(render_config(service, chosen))
+        f.write(config_text)
     # UNIX socket paths are limited to ~107 bytes: the trial temp path is too long.
     cli_directory = tempfile.mkdtemp(prefix="sbc-interop-")
     case.addCleanup(shutil.rmtree, cli_directory, True)
-    args = [
-        TWISTD, "--pidfile=", "-n", "sbc", "--config", config_path,
-        "--cli", "unix:" + os.path.join(cli_directory, "sbc.cli") + ":mode=600",
-        "--certificate", pki.cert("sbc"), "--private-key", pki.key("sbc"),
-        "--ca-certificates", pki.cert("ca"), *extra_args,
-    ]  # fmt: skip
-    child = RunningProcess(reactor, args, cwd=directory)
-    sbc = SbcProcess(child, chosen, config_path)
+    args = sbc_command(config_path, os.path.join(cli_directory, "sbc.cli"), pki, extra_args)
+    child = RunningProcess(get_reactor(), args, cwd=directory)
+    sbc = SbcProcess(child, adjacencies, config_path)
     case.addCleanup(sbc.stop)
     try:
         yield within(child.output_contains(b"started with"), 30.0, "the SBC to start")

@@ -14,7 +14,6 @@ receives to one fixed next hop (``$du``), statefully with ``tm``.
 from __future__ import annotations
 
 import os
-import signal
 from typing import Any
 
 from twisted.internet import defer
@@ -143,11 +142,7 @@ class KamailioProcess:
     @defer.inlineCallbacks
     def stop(self) -> Any:
         """SIGTERM by PID (SIGKILL after 10 s); keep the log in the test directory."""
-        reactor = get_reactor()
-        killer = reactor.callLater(10.0, self.child.stop, signal.SIGKILL)
-        result = yield self.child.stop(signal.SIGTERM)
-        if killer.active():
-            killer.cancel()
+        result = yield self.child.stop_within(10.0)
         with open(os.path.join(self.directory, "kamailio.log"), "w") as f:
             f.write(result.text())
         return None

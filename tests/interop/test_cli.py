@@ -14,10 +14,10 @@ from twisted.trial.unittest import TestCase
 
 from tests.interop.harness import (
     HOST,
-    TWISTD,
     AdjacencySpec,
     get_reactor,
     make_pki,
+    sbc_command,
     send_options,
     start_sbc,
     wait_listening,
@@ -58,12 +58,7 @@ class CliTestCase(TestCase):
         cli_dir = tempfile.mkdtemp(prefix="sbc-interop-")
         self.addCleanup(shutil.rmtree, cli_dir, True)
         socket_path = os.path.join(cli_dir, "sbc.cli")
-        args = [
-            TWISTD, "--pidfile=", "-n", "sbc", "--config", sbc.config_path,
-            "--cli", f"unix:{socket_path}:mode=600",
-            "--certificate", pki.cert("sbc"), "--private-key", pki.key("sbc"),
-            "--ca-certificates", pki.cert("ca"),
-        ]  # fmt: skip
+        args = sbc_command(sbc.config_path, socket_path, pki)
         again = RunningProcess(get_reactor(), args, cwd=os.path.dirname(sbc.config_path))
         self.addCleanup(lambda: again.stop())
         yield within(again.output_contains(started), 30.0, "restart")

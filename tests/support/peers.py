@@ -117,6 +117,7 @@ class RunningProcess:
         env: dict[str, str] | None = None,
         stdin: bytes | None = None,
     ) -> None:
+        self.reactor = reactor
         self.capture = _Capture(stdin)
         self.process = reactor.spawnProcess(
             self.capture, args[0], list(args), env=env or dict(os.environ), path=cwd
@@ -143,6 +144,17 @@ class RunningProcess:
             with contextlib.suppress(ProcessExitedAlready):
                 self.process.signalProcess(sig)
         return self.ended
+
+    def stop_within(self, seconds: float) -> defer.Deferred[ProcessResult]:
+        """SIGTERM, then SIGKILL if it is still running after ``seconds``; wait for the end."""
+        killer = self.reactor.callLater(seconds, self.stop, signal.SIGKILL)
+
+        def disarm(result: ProcessResult) -> ProcessResult:
+            if killer.active():
+                killer.cancel()
+            return result
+
+        return self.stop(signal.SIGTERM).addCallback(disarm)
 
 
 def run(
