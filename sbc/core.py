@@ -151,12 +151,7 @@ class SbcCore:
             source = transaction.peer if isinstance(transaction.peer, Flow) else flow
             response = self.registrar.register(request, source, inbound.name, now)
             return self.stack.respond(transaction, response, now)
-        try:
-            return self.calls.new_request(request, transaction, flow, inbound, now)
-        except SipError as error:
-            # refused by routing (logged as call.refused by the call manager)
-            self.calls.count(inbound.name, calllog.refused_counter(error))
-            raise
+        return self.calls.new_request(request, transaction, flow, inbound, now)
 
     def response_received(
         self, response: Response, transaction: ClientTransaction, now: float

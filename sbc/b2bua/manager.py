@@ -142,14 +142,16 @@ class CallManager:
     ) -> list[StackOutput]:
         """An admitted out-of-dialog request: route it and start hunting.
 
-        Raises the routing's ``SipError`` (480...) before any state is kept
-        (and logs the refusal, ``call.refused``).
+        Raises the routing's ``SipError`` (480...) before any state is kept;
+        the refusal is logged (``call.refused``) and counted
+        (``calls-refused:RULE``).
         """
         call = Call(self, request, transaction, flow, inbound, now)
         try:
             targets = self.targets_for(call, request.uri, now)
         except SipError as error:
             calllog.log_refused(call.id, request, inbound, call.secure, error, self.refusals, now)
+            self.count(inbound.name, calllog.refused_counter(error))
             raise
         self.calls[call.id] = call
         self.count(inbound.name, "calls-started" if call.dialog else "requests-started")
