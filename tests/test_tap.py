@@ -169,7 +169,11 @@ class BuildServiceTests(SynchronousTestCase):
 
     def test_cli_path_that_is_a_file_exits_1(self) -> None:
         config = self.free_port_config(free_port())
-        blocker = os.path.abspath(self.mktemp())
+        # A short directory: a path under the checkout may exceed the 107 bytes a
+        # socket path allows, which is checked (and reported) first.
+        directory = tempfile.mkdtemp(prefix="sbc-tap-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        blocker = os.path.join(directory, "sbc.cli")
         with open(blocker, "w") as f:
             f.write("not a socket")
         stderr = io.StringIO()
