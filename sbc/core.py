@@ -60,8 +60,8 @@ class SbcCore:
     :meth:`sbc.routing.Router.route` (or anything with its signature); the
     default routes to every other attached adjacency with the default
     policy. ``local_domains`` (or a callable returning them) are the
-    registrar's domains. Set :attr:`stack` before feeding the stack any
-    message.
+    registrar's domains. ``no_answer_timeout`` returns Timer C in seconds
+    (default 180). Set :attr:`stack` before feeding the stack any message.
     """
 
     def __init__(
@@ -71,13 +71,16 @@ class SbcCore:
         local_domains: Iterable[str] | Callable[[], Iterable[str]] = (),
         hunting: HuntPolicy | None = None,
         registrar: Registrar | None = None,
+        no_answer_timeout: Callable[[], float] | None = None,
     ) -> None:
         self._table = table
         if router is None:
             router = Router(None, DefaultPolicy()).route
         self._local_domains = local_domains
         self.registrar = registrar or Registrar()
-        self.calls = CallManager(table, router, hunting, self._locate)
+        self.calls = CallManager(
+            table, router, hunting, self._locate, no_answer_timeout=no_answer_timeout
+        )
         self._stack: SipStack | None = None
 
     @property

@@ -165,6 +165,14 @@ COUNTER_FAMILIES: Mapping[str, CounterFamily] = {
         label="reason",
     ),
     "ack-timeouts": CounterFamily("Answered calls whose 2xx was never acknowledged."),
+    "no-answer-timeouts": CounterFamily(
+        "INVITEs sent to a callee with no final response within no-answer-timeout (Timer C), "
+        "on the outbound adjacency."
+    ),
+    "cancel-unanswered": CounterFamily(
+        "Cancelled INVITEs given up because their final response never came (64*T1), on the "
+        "outbound adjacency."
+    ),
     "redirects-followed": CounterFamily("3xx redirections followed."),
     "redirects-refused": CounterFamily("3xx redirections refused by the security rules."),
     "target-refresh-refused": CounterFamily(

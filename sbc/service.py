@@ -125,6 +125,7 @@ class SbcService(MultiService):
             lambda: self.runtime.table,
             lambda key, table, active: self.router.route(key, table, active),
             local_domains=lambda: self.config.local_domains,
+            no_answer_timeout=lambda: self.config.limits.no_answer_timeout,
         )
         # Transactions waiting only for retransmissions end on whole seconds:
         # one wake-up ends all of a second's, instead of one wake-up each.

@@ -30,6 +30,15 @@ Choices made here (documented in behaviour terms):
   (:mod:`sbc.security` decides whether a redirect may be followed). When
   every candidate failed the caller gets the last 408/503 received, or
   503 when none was.
+* **No answer (Timer C, RFC 3261 §16.6 step 11 and §16.8)**: a B-leg
+  INVITE with no final response ``no-answer-timeout`` seconds (default
+  180) after it was sent, or after its latest provisional response above
+  100, is CANCELled (or, with no provisional response at all, abandoned)
+  and counts as a 408 Request Timeout: hunting goes on to the next
+  candidate (408 is in the default continue-on set), else the caller gets
+  408. A CANCELled B-leg INVITE (for any reason) whose final response has
+  not come 64*T1 after the CANCEL is given up (RFC 3261 §9.1), so a peer
+  that never answers cannot keep a call in the tables.
 * **In-dialog destination**: requests on a leg go to the flow its peer
   talks from (the A-leg's request source, the B-leg's destination),
   symmetric signaling as SBCs do behind NAT; the Request-URI is the
@@ -373,7 +382,11 @@ class Call:
         self.b_provisional = False  # the current B INVITE got a 1xx (CANCEL allowed)
         self.cancel_pending = False
         self.cancel_sent = False
-        self.last_failure: Response | None = None
+        self.last_failure: Response | SipError | None = None
+        #: The second the B-leg INVITE's timer ends (manager.b_deadlines), if armed.
+        self.b_deadline: int | None = None
+        #: Timer C fired on the current B-leg: its final response counts as 408.
+        self.no_answer = False
         self.relays: set[Relay] = set()
         self.reinvite: Relay | None = None
         max_forwards = request.max_forwards
@@ -463,10 +476,13 @@ class Call:
         manager.bind_client(transaction, self)
         if self.dialog:
             manager.bind_dialog(self, leg)
+            self._arm_b(now + manager.no_answer_timeout())
         manager.count(adjacency.name, "attempts")
         return outputs
 
     def _drop_b(self) -> None:
+        self._disarm_b()
+        self.no_answer = False
         if self.b is not None:
             self.manager.unbind_dialog(self.b)
         if self.b_transaction is not None:
@@ -478,8 +494,10 @@ class Call:
         self._drop_b()
         self.outcome_hint = "failed"
         failure = self.last_failure
-        if failure is not None:
+        if isinstance(failure, Response):
             outputs = self._answer_a(failure, now)
+        elif failure is not None:
+            outputs = self._reject_a(failure, now)
         else:
             outputs = self._reject_a(SipError(503, "Service Unavailable"), now)
         self.manager.count(self.a.adjacency, "calls-failed")
@@ -495,6 +513,7 @@ class Call:
             # 2xx retransmissions reach the call through its dialog (CallManager)
             self.manager.unbind_client(self.b_transaction)
             self.b_transaction = None
+            self._disarm_b()
         if self.state is CallState.ENDED or leg is None:
             return self._late_final(response, now)
         if status < 200:
@@ -503,6 +522,8 @@ class Call:
             return self._on_success(leg, response, now)
         if self.cancel_pending or self.answered:
             return self.end(now)
+        if self.no_answer:  # the answer to the CANCEL Timer C sent
+            return self._no_answer(now)
         if status < 400:
             return self._on_redirect(response, now)
         if self.manager.hunting.continues(status):
@@ -517,10 +538,13 @@ class Call:
         """The B-leg request timed out or could not be sent: hunt on."""
         leg = self.b
         self.b_transaction = None
+        self._disarm_b()
         if self.state is CallState.ENDED or leg is None:
             self._drop_b()
             self.maybe_forget()
             return []
+        if self.no_answer:
+            return self._no_answer(now)
         self.manager.count(leg.adjacency, f"hunt-skip:{reason}")
         if self.cancel_pending or self.answered:
             return self.end(now)
@@ -532,6 +556,9 @@ class Call:
         self.b_provisional = True
         if self.cancel_pending and self.b_transaction is not None:
             return self._cancel_b(now)
+        if response.status > 100 and not self.cancel_sent and self.b_deadline is not None:
+            # RFC 3261 §16.7 step 2: a provisional response above 100 restarts Timer C
+            self._arm_b(now + self.manager.no_answer_timeout())
         if not self.dialog or response.status == 100 or self.answered:
             return outputs
         if response.to.tag is not None:
@@ -695,7 +722,69 @@ class Call:
         cancel = build_cancel(transaction.request)
         _, outputs = self.manager.stack.send_request(cancel, leg.flow, now)
         self.cancel_sent = True  # one CANCEL is enough
+        # RFC 3261 §9.1: the INVITE's final response should follow within 64*T1
+        self._arm_b(now + 64 * self.manager.stack.transactions.settings.t1)
         return outputs
+
+    # -- the B-leg INVITE timer: Timer C, then the wait after a CANCEL ---------
+
+    def _arm_b(self, at: float) -> None:
+        deadlines = self.manager.b_deadlines
+        if self.b_deadline is not None:
+            deadlines.disarm(self.b_deadline, self)
+        self.b_deadline = deadlines.arm(at, self)
+
+    def _disarm_b(self) -> None:
+        if self.b_deadline is not None:
+            self.manager.b_deadlines.disarm(self.b_deadline, self)
+            self.b_deadline = None
+
+    def b_deadline_passed(self, now: float) -> list[StackOutput]:
+        """The B-leg INVITE's timer ran out (called by the manager).
+
+        Timer C (no final response): CANCEL the INVITE once it had a
+        provisional response, else abandon it; either way it counts as 408.
+        After a CANCEL: its final response never came, give the INVITE up.
+        """
+        self.b_deadline = None
+        leg = self.b
+        if self.b_transaction is None or leg is None:
+            return []
+        manager = self.manager
+        if not self.cancel_sent:
+            manager.count(leg.adjacency, "no-answer-timeouts")
+            if self.b_provisional:
+                if self.state is not CallState.ENDED and not self.answered:
+                    self.no_answer = True  # the 487 to come counts as 408
+                return self._cancel_b(now)
+        else:
+            manager.count(leg.adjacency, "cancel-unanswered")
+        # abandoned (RFC 3261 §9.1): later responses to this INVITE are strays
+        transaction = self.b_transaction
+        manager.unbind_client(transaction)
+        self.b_transaction = None
+        outputs = manager.stack.abandon(transaction, now)
+        if self.state is CallState.ENDED or self.answered:
+            self._drop_b()
+            if self.state is not CallState.ENDED:
+                return outputs + self.end(now)
+            self.maybe_forget()
+            return outputs
+        return outputs + self._no_answer(now)
+
+    def _no_answer(self, now: float) -> list[StackOutput]:
+        """The current B-leg gave no final answer in time: a 408, for hunting too."""
+        self.no_answer = False
+        adjacency = self.last_outbound
+        error = SipError(408, "Request Timeout")
+        self.last_failure = error
+        self.hunt_why = "no answer within no-answer-timeout (Timer C)"
+        if self.manager.hunting.continues(408):
+            self.manager.count(adjacency, "hunt-skip:no-answer")
+            return self._try_next(now)
+        self.manager.count(adjacency, "calls-rejected:408")
+        self._drop_b()
+        return self._reject_a(error, now) + self.end(now)
 
     # -- ACK --------------------------------------------------------------------
 
@@ -953,6 +1042,7 @@ class Call:
                 leg.unacked.clear()
                 self.manager.unbind_dialog(leg)
         if not keep_b and self.b_transaction is not None:
+            self._disarm_b()
             self.manager.unbind_client(self.b_transaction)
             # The INVITE transactions linger up to 64*T1 for retransmissions
             # only: their messages need no typed header values any more.

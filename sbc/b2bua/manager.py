@@ -5,8 +5,9 @@ responses to once a request is admitted. It holds no global state: every
 table is an attribute, and everything a call does goes through the
 :class:`~sbc.sip.stack.SipStack` it is given. Time is an argument: the
 manager's own timers (2xx retransmission and the ACK wait of RFC 3261
-§13.3.1.4) run when :meth:`CallManager.advance` is called, at
-:meth:`CallManager.next_deadline` at the latest.
+§13.3.1.4, and each call's B-leg INVITE timer: Timer C of §16.6, the
+``no-answer-timeout`` limit) run when :meth:`CallManager.advance` is
+called, at :meth:`CallManager.next_deadline` at the latest.
 
 Tables, all empty once every call is over (tests check it):
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 from collections.abc import Callable
 
 import attrs
@@ -39,7 +41,7 @@ from sbc.sip.stack import Flow, SipStack, StackOutput
 from sbc.sip.transaction import ClientTransaction, ServerTransaction, TransactionKey
 from sbc.sip.uri import URI
 
-__all__ = ["CallManager", "Locator", "RouterFunction", "TimerHandle"]
+__all__ = ["CallManager", "DeadlineBuckets", "Locator", "RouterFunction", "TimerHandle"]
 
 #: The routing API (sbc.routing.Router.route has this signature).
 RouterFunction = Callable[[RouteKey, AdjacencyTable, Callable[[str], int]], RoutingDecision]
@@ -50,6 +52,9 @@ Handler = Call | Relay
 
 #: The route path of a call to the registered contacts of an AOR in a local domain.
 REGISTRAR_PATH = ("registered contacts",)
+
+#: Timer C when nothing else is configured: the RFC 3261 §16.6 minimum, 3 minutes.
+DEFAULT_NO_ANSWER_TIMEOUT = 180.0
 
 
 def _never(now: float) -> list[StackOutput]:
@@ -77,6 +82,59 @@ class TimerHandle:
         self.callback = _never
 
 
+class DeadlineBuckets:
+    """Calls waiting for a deadline rounded up to a whole second (the B-leg INVITE timer).
+
+    Arming, re-arming (every 180 Ringing restarts Timer C) and disarming
+    cost a dictionary operation and leave nothing behind, unlike
+    :class:`TimerHandle` entries that stay in the heap until their time: a
+    busy SBC arms one of these per call for minutes. The heap holds one
+    entry per second that has calls due.
+    """
+
+    __slots__ = ("_buckets", "_seconds")
+
+    def __init__(self) -> None:
+        self._buckets: dict[int, dict[Call, None]] = {}
+        self._seconds: list[int] = []
+
+    def __len__(self) -> int:
+        return sum(len(bucket) for bucket in self._buckets.values())
+
+    def arm(self, at: float, call: Call) -> int:
+        """Wake ``call`` at ``at`` rounded up to a second; returns that second."""
+        second = math.ceil(at)
+        bucket = self._buckets.get(second)
+        if bucket is None:
+            bucket = self._buckets[second] = {}
+            heapq.heappush(self._seconds, second)
+        bucket[call] = None
+        return second
+
+    def disarm(self, second: int, call: Call) -> None:
+        """Forget ``call``'s deadline at ``second`` (what :meth:`arm` returned)."""
+        bucket = self._buckets.get(second)
+        if bucket is not None:
+            bucket.pop(call, None)
+
+    def next_deadline(self) -> int | None:
+        """The first second with a call due, or ``None``."""
+        seconds, buckets = self._seconds, self._buckets
+        while seconds and not buckets.get(seconds[0]):
+            buckets.pop(heapq.heappop(seconds), None)
+        return seconds[0] if seconds else None
+
+    def due(self, now: float) -> list[Call]:
+        """Remove and return the calls whose deadline is ``now`` or earlier, in order."""
+        calls: list[Call] = []
+        seconds, buckets = self._seconds, self._buckets
+        while seconds and seconds[0] <= now:
+            bucket = buckets.pop(heapq.heappop(seconds), None)
+            if bucket:
+                calls.extend(bucket)
+        return calls
+
+
 class CallManager:
     """The table of calls and the entry points the core calls; see the module docstring."""
 
@@ -89,8 +147,16 @@ class CallManager:
         hunting: HuntPolicy | None = None,
         locate: Locator | None = None,
         counters: Counters | None = None,
+        no_answer_timeout: Callable[[], float] | None = None,
     ) -> None:
         self.table = table
+        #: Timer C in seconds (RFC 3261 §16.6): the ``no-answer-timeout`` limit.
+        self.no_answer_timeout: Callable[[], float] = no_answer_timeout or (
+            lambda: DEFAULT_NO_ANSWER_TIMEOUT
+        )
+        #: Each proceeding B-leg INVITE's deadline (Timer C, or the wait for
+        #: the final response after a CANCEL).
+        self.b_deadlines = DeadlineBuckets()
         self.router = router
         self.hunting = hunting or HuntPolicy()
         self.locate = locate
@@ -328,11 +394,17 @@ class CallManager:
         timers = self._timers
         while timers and timers[0][2].cancelled:
             heapq.heappop(timers)
-        return timers[0][0] if timers else None
+        first = timers[0][0] if timers else None
+        second = self.b_deadlines.next_deadline()
+        if second is None:
+            return first
+        return second if first is None or second < first else first
 
     def advance(self, now: float) -> list[StackOutput]:
         """Run every timer due at ``now``."""
         outputs: list[StackOutput] = []
+        for call in self.b_deadlines.due(now):
+            outputs += call.b_deadline_passed(now)
         timers = self._timers
         while timers and timers[0][0] <= now:
             _, _, handle = heapq.heappop(timers)

@@ -427,6 +427,17 @@ LIMIT_SETTINGS: tuple[LimitSetting, ...] = (
         "is busy wait there instead of being dropped",
     ),
     LimitSetting(
+        "no-answer-timeout",
+        "no_answer_timeout",
+        180,
+        1,
+        86400,
+        "seconds",
+        "Timer C (RFC 3261 §16.6): an outgoing INVITE with no final response this long "
+        "after it was sent or after its latest provisional response is cancelled and "
+        "counts as 408 (hunting tries the next candidate)",
+    ),
+    LimitSetting(
         "detach-drain-time",
         "detach_drain_time",
         2,
@@ -497,6 +508,7 @@ class Limits:
     outbound_idle_timeout: int = _LIMIT_DEFAULTS["outbound_idle_timeout"]
     outbound_connect_timeout: int = _LIMIT_DEFAULTS["outbound_connect_timeout"]
     udp_receive_buffer: int = _LIMIT_DEFAULTS["udp_receive_buffer"]
+    no_answer_timeout: int = _LIMIT_DEFAULTS["no_answer_timeout"]
     detach_drain_time: int = _LIMIT_DEFAULTS["detach_drain_time"]
     cli_idle_timeout: int = _LIMIT_DEFAULTS["cli_idle_timeout"]
     ssh_login_timeout: int = _LIMIT_DEFAULTS["ssh_login_timeout"]

@@ -226,6 +226,10 @@ class SipStack:
 
     # -- from the TU ----------------------------------------------------------
 
+    def abandon(self, transaction: ClientTransaction, now: float) -> list[StackOutput]:
+        """Destroy an INVITE client transaction that never got its final response (§9.1)."""
+        return self._run(self.transactions.abandon(transaction, now), now)
+
     def respond(
         self, transaction: ServerTransaction, response: Response, now: float
     ) -> list[StackOutput]:

@@ -166,6 +166,7 @@ class Event(enum.Enum):
     TU_2XX = "2xx from TU"
     TU_300_699 = "300-699 from TU"
     TRANSPORT_ERROR = "Transport Err."
+    TU_ABANDON = "abandoned by TU"  # RFC 3261 §9.1: no final response 64*T1 after CANCEL
     TIMER_A = "Timer A fires"
     TIMER_B = "Timer B fires"
     TIMER_D = "Timer D fires"
@@ -270,6 +271,9 @@ INVITE_CLIENT_TABLE: Final[Table] = _table(
     (S.PROCEEDING, E.RESPONSE_300_699, (A.SEND_ACK, A.RESPONSE_TO_TU, A.START_D),   S.COMPLETED),
     # a late error for an earlier send: nothing is in flight any more
     (S.PROCEEDING, E.TRANSPORT_ERROR,  _NOTHING,                                    S.PROCEEDING),
+    # §9.1: no final response 64*T1 after a CANCEL (or Timer C): the TU gives up
+    (S.CALLING,    E.TU_ABANDON,       _NOTHING,                                    S.TERMINATED),
+    (S.PROCEEDING, E.TU_ABANDON,       _NOTHING,                                    S.TERMINATED),
     (S.COMPLETED,  E.RESPONSE_300_699, (A.SEND_ACK,),                               S.COMPLETED),
     (S.COMPLETED,  E.RESPONSE_1XX,     _NOTHING,                                    S.COMPLETED),
     (S.COMPLETED,  E.RESPONSE_2XX,     _NOTHING,                                    S.COMPLETED),
@@ -411,6 +415,12 @@ def _check_tables() -> None:
 
 _check_tables()
 del S, E, A
+
+
+_ABANDONABLE: Final[frozenset[tuple[Machine, TransactionState]]] = frozenset(
+    (Machine.INVITE_CLIENT, state)
+    for state in (TransactionState.CALLING, TransactionState.PROCEEDING)
+)
 
 
 def transition(machine: Machine, state: TransactionState | None, event: Event) -> Transition:
@@ -993,6 +1003,18 @@ class TransactionLayer:
         return self._handle(txn, Event.TRANSPORT_ERROR, now, None)
 
     # -- events from the TU -------------------------------------------------
+
+    def abandon(self, transaction: ClientTransaction, now: float) -> list[Output]:
+        """Destroy an INVITE client *transaction* still waiting for its final response.
+
+        RFC 3261 §9.1: with no final response 64*T1 after its CANCEL the
+        UAC considers the INVITE cancelled and destroys the transaction.
+        Later responses to it are strays. Nothing happens to a transaction
+        that already has its final response or ended.
+        """
+        if not transaction._live or (transaction.machine, transaction.state) not in _ABANDONABLE:
+            return []
+        return self._handle(transaction, Event.TU_ABANDON, now, None)
 
     def send_response(
         self, transaction: ServerTransaction, response: Response, now: float

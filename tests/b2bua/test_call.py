@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from sbc.adjacencies import AdjacencyTable, InboundContext, ListenerKey
 from sbc.b2bua import HuntPolicy, outbound_flow
+from sbc.b2bua.manager import DeadlineBuckets
 from sbc.config import parse_config
 from sbc.core import SbcCore
 from sbc.errors import SipError
@@ -139,13 +140,22 @@ class Net:
     """SbcCore + SipStack with a clock and a log of what was sent where."""
 
     def __init__(
-        self, routes: dict[str, Sequence[str]] | None = None, hunting: HuntPolicy | None = None
+        self,
+        routes: dict[str, Sequence[str]] | None = None,
+        hunting: HuntPolicy | None = None,
+        no_answer_timeout: Callable[[], float] | None = None,
     ) -> None:
         self.config = parse_config(CONFIG)
         table = AdjacencyTable(self.config.adjacencies)
         self.table = table
         self.router = StandInRouter(routes or {"remote.test": ["core", "core2"]})
-        self.core = SbcCore(lambda: table, self.router, self.config.local_domains, hunting)
+        self.core = SbcCore(
+            lambda: table,
+            self.router,
+            self.config.local_domains,
+            hunting,
+            no_answer_timeout=no_answer_timeout,
+        )
         self.stack = SipStack(self.core)
         self.core.stack = self.stack
         self.now = 0.0
@@ -510,6 +520,145 @@ class HuntingTests(CallTestCase):
         self.assertIdle()
 
 
+class NoAnswerTests(CallTestCase):
+    """Timer C (RFC 3261 §16.6 step 11, §16.8) and the wait after a CANCEL (§9.1)."""
+
+    def ring(self) -> tuple[Request, Request]:
+        a_invite, b_invite = self.start()
+        sent = self.net.feed(answer(b_invite, 180), B_FLOW, CORE)
+        [(flow, ringing)] = self.net.responses(sent)
+        self.assertEqual((flow, ringing.status), (A_FLOW, 180))
+        return a_invite, b_invite
+
+    def counter(self, adjacency: str, name: str) -> int:
+        return self.net.core.calls.counters.get(adjacency, name)
+
+    def test_ringing_callee_cancelled_then_next_candidate(self) -> None:
+        _a_invite, b_invite = self.ring()
+        self.assertEqual(self.net.requests(self.net.tick(179.9), "CANCEL"), [])
+        sent = self.net.tick(180.0)
+        [(flow, cancel)] = self.net.requests(sent, "CANCEL")
+        self.assertEqual(flow, B_FLOW)
+        self.assertEqual(cancel.top_via.branch, b_invite.top_via.branch)
+        self.assertEqual(self.net.responses(sent), [])  # the caller keeps waiting
+        self.assertEqual(self.counter("core", "no-answer-timeouts"), 1)
+        self.net.feed(answer(cancel, 200, contact=None), B_FLOW, CORE)
+        sent = self.net.feed(answer(b_invite, 487, contact=None), B_FLOW, CORE)
+        [(flow, _ack)] = self.net.requests(sent, "ACK")  # the transaction ACKs the 487
+        self.assertEqual(flow, B_FLOW)
+        [(flow, second)] = self.net.requests(sent, "INVITE")
+        self.assertEqual(flow, B2_FLOW)
+        self.assertEqual(self.net.responses(sent), [])
+        self.assertEqual(self.counter("core", "hunt-skip:no-answer"), 1)
+        sent = self.net.feed(answer(second, 200, body=SDP), B2_FLOW, CORE2)
+        [(flow, ok)] = self.net.responses(sent)
+        self.assertEqual((flow, ok.status), (A_FLOW, 200))
+        ack = invite(method="ACK", to_tag=ok.to.tag, branch="z9hG4bKack1", body=b"")
+        [(flow, _)] = self.net.requests(self.net.feed(ack, A_FLOW, ACCESS), "ACK")
+        self.assertEqual(flow, B2_FLOW)
+
+    def test_provisional_restarts_timer_c(self) -> None:
+        _a_invite, b_invite = self.ring()
+        self.net.tick(100.0)
+        self.net.feed(answer(b_invite, 183), B_FLOW, CORE)
+        self.assertEqual(self.net.requests(self.net.tick(279.9), "CANCEL"), [])
+        [(flow, _)] = self.net.requests(self.net.tick(280.0), "CANCEL")
+        self.assertEqual(flow, B_FLOW)
+
+    def test_100_trying_does_not_restart_timer_c(self) -> None:
+        _a_invite, b_invite = self.start()
+        self.net.tick(10.0)  # a 100 (Proceeding): no Timer B any more, Timer C still runs
+        self.net.feed(answer(b_invite, 100, contact=None), B_FLOW, CORE)
+        [(flow, _)] = self.net.requests(self.net.tick(180.0), "CANCEL")
+        self.assertEqual(flow, B_FLOW)
+
+    def test_answer_racing_the_cancel_connects_the_call(self) -> None:
+        _a_invite, b_invite = self.ring()
+        [(_, cancel)] = self.net.requests(self.net.tick(180.0), "CANCEL")
+        self.net.feed(answer(cancel, 481, contact=None), B_FLOW, CORE)
+        sent = self.net.feed(answer(b_invite, 200, body=SDP), B_FLOW, CORE)
+        [(flow, ok)] = self.net.responses(sent)
+        self.assertEqual((flow, ok.status), (A_FLOW, 200))
+        self.assertEqual(self.counter("core", "calls-answered"), 1)
+
+    def test_no_hunting_on_408_gives_the_caller_408(self) -> None:
+        self.net = Net(hunting=HuntPolicy(frozenset({503})), no_answer_timeout=lambda: 30.0)
+        _a_invite, b_invite = self.ring()
+        [(_, cancel)] = self.net.requests(self.net.tick(30.0), "CANCEL")
+        self.net.feed(answer(cancel, 200, contact=None), B_FLOW, CORE)
+        sent = self.net.feed(answer(b_invite, 487, contact=None), B_FLOW, CORE)
+        self.assertEqual(self.net.requests(sent, "INVITE"), [])
+        [(flow, final)] = self.net.responses(sent)
+        self.assertEqual((flow, final.status, final.reason), (A_FLOW, 408, "Request Timeout"))
+        self.assertEqual(self.counter("core", "calls-rejected:408"), 1)
+        self.net.feed(invite(method="ACK", to_tag=final.to.tag, body=b""), A_FLOW, ACCESS)
+        self.assertIdle()
+
+    def test_every_candidate_silent_gives_the_caller_408(self) -> None:
+        self.net = Net(no_answer_timeout=lambda: 60.0)
+        _a_invite, b_invite = self.ring()
+        [(_, cancel)] = self.net.requests(self.net.tick(60.0), "CANCEL")
+        self.net.feed(answer(cancel, 200, contact=None), B_FLOW, CORE)
+        sent = self.net.feed(answer(b_invite, 487, contact=None), B_FLOW, CORE)
+        [(_, second)] = self.net.requests(sent, "INVITE")
+        self.net.feed(answer(second, 180), B2_FLOW, CORE2)
+        sent = self.net.tick(120.0)
+        [(flow, cancel2)] = self.net.requests(sent, "CANCEL")
+        self.assertEqual(flow, B2_FLOW)
+        self.net.feed(answer(cancel2, 200, contact=None), B2_FLOW, CORE2)
+        sent = self.net.feed(answer(second, 487, contact=None), B2_FLOW, CORE2)
+        [(flow, final)] = self.net.responses(sent)
+        self.assertEqual((flow, final.status), (A_FLOW, 408))
+        self.assertEqual(self.counter("access", "calls-failed"), 1)
+        self.assertIdle()
+
+    def test_cancel_never_answered_is_given_up(self) -> None:
+        """A callee that ignores the CANCEL: after 64*T1 the INVITE is dropped, hunting goes on."""
+        _a_invite, b_invite = self.ring()
+        self.net.tick(180.0)
+        self.assertEqual(self.net.requests(self.net.tick(211.9), "INVITE"), [])
+        sent = self.net.tick(212.0)
+        [(flow, second)] = self.net.requests(sent, "INVITE")
+        self.assertEqual(flow, B2_FLOW)
+        self.assertEqual(self.counter("core", "cancel-unanswered"), 1)
+        # the first callee wakes up: its answer no longer reaches the call
+        sent = self.net.feed(answer(b_invite, 487, contact=None), B_FLOW, CORE)
+        self.assertEqual(self.net.responses(sent), [])
+        sent = self.net.feed(answer(second, 486, contact=None), B2_FLOW, CORE2)
+        [(_, busy)] = self.net.responses(sent)
+        self.assertEqual(busy.status, 486)
+        self.assertIdle()
+
+    def test_caller_cancel_never_answered_leaves_no_call_behind(self) -> None:
+        _a_invite, _b_invite = self.ring()
+        self.net.tick(10.0)
+        sent = self.net.feed(invite(method="CANCEL", body=b""), A_FLOW, ACCESS)
+        [(flow, _)] = self.net.requests(sent, "CANCEL")
+        self.assertEqual(flow, B_FLOW)
+        # the callee never answers the CANCEL nor the INVITE: gone 64*T1 later
+        self.net.tick(41.9)
+        self.assertEqual(len(self.net.core.calls.calls), 1)
+        self.net.tick(42.0)
+        self.assertEqual(self.net.core.calls.calls, {})
+        self.assertEqual(self.counter("core", "cancel-unanswered"), 1)
+        self.assertIdle()
+
+    def test_timeout_is_read_when_armed(self) -> None:
+        timeout = [30.0]
+        self.net = Net(no_answer_timeout=lambda: timeout[0])
+        _a_invite, b_invite = self.ring()
+        timeout[0] = 5.0  # a commit: applies from the next INVITE or provisional
+        self.assertEqual(self.net.requests(self.net.tick(29.0), "CANCEL"), [])
+        self.net.feed(answer(b_invite, 183), B_FLOW, CORE)
+        [(flow, _)] = self.net.requests(self.net.tick(34.0), "CANCEL")
+        self.assertEqual(flow, B_FLOW)
+
+    def test_answered_calls_leave_no_deadline(self) -> None:
+        self.establish()
+        self.assertEqual(len(self.net.core.calls.b_deadlines), 0)
+        self.assertIsNone(self.net.core.calls.b_deadlines.next_deadline())
+
+
 class RedirectTests(CallTestCase):
     def test_302_followed_through_routing(self) -> None:
         self.net = Net({"remote.test": ["core"], "other.test": ["core2"]})
@@ -674,3 +823,21 @@ class FlowTests(SynchronousTestCase):
         self.assertEqual(b_invite.uri_text, "sips:bob@remote.test")
         self.assertEqual(b_invite.top_via.transport, "TLS")
         self.assertEqual(b_invite.contacts[0].uri.serialize(), "sips:127.0.0.1:5061;transport=tls")
+
+
+class DeadlineBucketsTests(SynchronousTestCase):
+    """The per-second buckets behind the B-leg INVITE timer."""
+
+    def test_arm_rounds_up_disarm_forgets_due_in_order(self) -> None:
+        buckets = DeadlineBuckets()
+        first, second, third = object(), object(), object()
+        self.assertEqual(buckets.arm(10.2, first), 11)  # type: ignore[arg-type]
+        self.assertEqual(buckets.arm(11.0, second), 11)  # type: ignore[arg-type]
+        self.assertEqual(buckets.arm(5.5, third), 6)  # type: ignore[arg-type]
+        self.assertEqual((len(buckets), buckets.next_deadline()), (3, 6))
+        buckets.disarm(6, third)  # type: ignore[arg-type]
+        buckets.disarm(6, third)  # type: ignore[arg-type]  # twice: no harm
+        self.assertEqual((len(buckets), buckets.next_deadline()), (2, 11))
+        self.assertEqual(buckets.due(10.9), [])
+        self.assertEqual(buckets.due(11.0), [first, second])
+        self.assertEqual((len(buckets), buckets.next_deadline()), (0, None))

@@ -869,6 +869,7 @@ class BuilderApiTests(SynchronousTestCase):
                 "outbound-idle-timeout",
                 "outbound-connect-timeout",
                 "udp-receive-buffer",
+                "no-answer-timeout",
                 "detach-drain-time",
                 "cli-idle-timeout",
                 "ssh-login-timeout",

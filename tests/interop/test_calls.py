@@ -45,9 +45,11 @@ from tests.interop.harness import (
     pause,
     sip_request,
     start_stunnel,
+    within,
 )
 from tests.interop.kamailio import KamailioProcess, start_kamailio
-from tests.support.peers import free_port
+from tests.interop.test_cli import SBC_CLI, cli_socket
+from tests.support.peers import free_port, run
 
 #: The Warning of a secure call refused (RFC 5630 §9), any warn-agent.
 SIPS_NOT_ALLOWED = re.compile(r'^380 \S+ "SIPS Not Allowed"$')
@@ -215,6 +217,37 @@ class CallFlowTests(_CallsTestCase):
         )
         caller = self.caller("calls_uac.xml", f"sip:bob@{HOST}:{first.port}")
         yield self.both_succeed(caller, first, second)
+
+
+class NoAnswerTests(_CallsTestCase):
+    """Timer C: a callee that rings forever is CANCELled and the caller gets 408."""
+
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:  # type: ignore[override]
+        self.pki = make_pki(self.mktemp())
+        limits = ("limits", " no-answer-timeout 2")
+        self.sbc = yield start_routed_sbc(
+            self, self.pki, ROUTED, (*ROUTED_POLICY, *limits), local_domains=["lab.test"]
+        )
+
+    @defer.inlineCallbacks
+    def test_ringing_callee_cancelled_caller_gets_408(self) -> Any:
+        callee = yield self.callee("calls_uas_cancel.xml")
+        caller = self.caller("calls_uac_no_answer.xml", f"sip:bob@{HOST}:{callee.port}")
+        yield self.both_succeed(caller, callee)
+        shown = yield within(
+            run(
+                get_reactor(),
+                [
+                    SBC_CLI, "--socket", cli_socket(self.sbc.child),
+                    "-c", "show services sbc calls sbe adjacencies trunk detail",
+                ],
+                timeout=30.0,
+            ),
+            40.0,
+            "sbc-cli",
+        )  # fmt: skip
+        self.assertRegex(shown.text(), r"no-answer-timeouts\s+1\b")
 
 
 class RedirectRefusedTests(_CallsTestCase):

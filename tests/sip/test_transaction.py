@@ -294,6 +294,9 @@ class TableTests(LayerTestCase):
             return layer.receive_request(build_ack(req, sent), False, now)
         if event is Event.TRANSPORT_ERROR:
             return layer.transport_error(txn.key, now)
+        if event is Event.TU_ABANDON:
+            assert isinstance(txn, ClientTransaction)
+            return layer.abandon(txn, now)
         timer = Timer[event.name[-1]]
         # run the earlier timers (retransmissions) first, then this one alone
         while (at := layer.next_deadline()) is not None and at < txn.timers[timer]:
@@ -410,6 +413,31 @@ class InviteClientTests(LayerTestCase):
             ],
         )
         self.assertEqual(txn.state, S.TERMINATED)
+        self.assertEmpty()
+
+    def test_abandon_after_cancel(self) -> None:
+        """§9.1: the TU destroys an INVITE that got no final response; later ones are strays."""
+        req = request()
+        txn, _ = self.client(req)
+        self.layer.receive_response(reply(req, 180), 0.1)
+        self.assertEqual(txn.state, S.PROCEEDING)
+        self.assertEqual(kinds(self.layer.abandon(txn, 40.0)), ["Terminated"])
+        self.assertEmpty()
+        late = reply(req, 487)
+        self.assertEqual(self.layer.receive_response(late, 41.0), [StrayResponse(late)])
+        self.assertEqual(self.layer.abandon(txn, 42.0), [])  # once is enough
+
+    def test_abandon_leaves_finished_and_non_invite_transactions_alone(self) -> None:
+        req = request()
+        txn, _ = self.client(req)
+        self.layer.receive_response(reply(req, 486), 0.1)
+        self.assertEqual(txn.state, S.COMPLETED)
+        self.assertEqual(self.layer.abandon(txn, 0.2), [])
+        self.assertEqual(txn.state, S.COMPLETED)
+        options, _ = self.client(request("OPTIONS", branch="z9hG4bKopt"))
+        self.assertEqual(self.layer.abandon(options, 0.2), [])
+        self.assertEqual(options.state, S.TRYING)
+        self.run_until_empty()
         self.assertEmpty()
 
     def test_no_retransmission_on_tcp(self) -> None:
