@@ -16,6 +16,7 @@ The same functions build per-run test PKIs (:func:`make_ca`, :func:`issue`).
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import ipaddress
 import os
@@ -188,8 +189,19 @@ def write_lab_pki(directory: str) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``sbc-lab-pki [DIR]``: write a lab PKI (default ``examples/lab-pki``)."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    directory = args[0] if args else os.path.join("examples", "lab-pki")
+    parser = argparse.ArgumentParser(
+        prog="sbc-lab-pki",
+        description="Write a throwaway lab PKI (CA, SBC, peer and client certificates) "
+        "for trying sbc out. " + WARNING.replace("\n", " "),
+    )
+    parser.add_argument(
+        "directory",
+        nargs="?",
+        default=os.path.join("examples", "lab-pki"),
+        help="where to write it (created if missing; an existing PKI is left as it is); "
+        "default: examples/lab-pki",
+    )
+    directory = parser.parse_args(list(sys.argv[1:] if argv is None else argv)).directory
     written = write_lab_pki(directory)
     if written:
         print(WARNING, file=sys.stderr)
