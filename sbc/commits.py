@@ -27,6 +27,8 @@ from twisted.logger import Logger
 from sbc.config import LIMIT_SETTINGS, SbcConfig
 
 __all__ = [
+    "CONFIRM_SECONDS_RANGE",
+    "DEFAULT_CONFIRM_SECONDS",
     "FIRST_COMMIT_ID",
     "CommitHistory",
     "CommitRecord",
@@ -36,6 +38,11 @@ __all__ = [
 
 FIRST_COMMIT_ID = 1000000001
 """The id of the first commit (IOS XR numbering)."""
+
+DEFAULT_CONFIRM_SECONDS = 600
+"""``commit confirmed`` with no time given: seconds before the automatic rollback."""
+CONFIRM_SECONDS_RANGE = (30, 65535)
+"""The seconds ``commit confirmed SECONDS`` accepts (as IOS XR)."""
 
 _SUFFIX = ".commit"
 _BEFORE = "! --- configuration before this commit"

@@ -28,7 +28,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from sbc.adjacencies import TCP, TLS, UDP, AdjacencyTable, ListenerKey
-from sbc.commits import CommitHistory, CommitRecord, history_directory, summarize_changes
+from sbc.commits import (
+    CONFIRM_SECONDS_RANGE,
+    CommitHistory,
+    CommitRecord,
+    history_directory,
+    summarize_changes,
+)
 from sbc.config import (
     SECURITY_CHANGE_MESSAGE,
     SbcConfig,
@@ -75,6 +81,22 @@ class SshSettings:
     host_key: str
 
 
+@attrs.define(eq=False)
+class PendingConfirmation:
+    """A ``commit confirmed`` that is rolled back at ``deadline`` unless a commit confirms it."""
+
+    commit_id: int
+    seconds: int
+    deadline: float
+    before: str  # the configuration text to return to
+    user: str
+    timer: Any = None  # IDelayedCall
+
+    def seconds_left(self, now: float) -> int:
+        """Whole seconds until the rollback (at least 0)."""
+        return max(0, int(self.deadline - now + 0.999))
+
+
 class SbcService(MultiService):
     """One SBC: every adjacency of one ``sbc NAME`` configuration.
 
@@ -108,6 +130,8 @@ class SbcService(MultiService):
         self._previous_sighup: Any = None
         #: Why the service gave up at start-up (a listener or endpoint it could not open).
         self.fatal_error: str | None = None
+        #: The ``commit confirmed`` waiting for its confirmation, if any.
+        self.pending_confirmation: PendingConfirmation | None = None
         #: The file a commit saves to (None: commits are not saved).
         self.config_path = config_path
         #: Every commit: ``show configuration commit list``, ``rollback configuration``.
@@ -273,6 +297,17 @@ class SbcService(MultiService):
 
     def stopService(self) -> Any:
         self.log.info("sbc {name} stopping", name=self.config.service_name)
+        pending = self.pending_confirmation
+        if pending is not None:
+            self.pending_confirmation = None
+            if pending.timer is not None and pending.timer.active():
+                pending.timer.cancel()
+            self.log.warn(
+                "commit {commit_id} was still waiting for confirmation: it stays in force "
+                "(saved); roll it back with 'rollback configuration last 1' if needed",
+                event="config.confirm-abandoned",
+                commit_id=pending.commit_id,
+            )
         self._restore_sighup()
         super().stopService()
         return self.runtime.stop()
@@ -330,7 +365,13 @@ class SbcService(MultiService):
     # -- commit (the management CLI) -------------------------------------------
 
     def apply_config(
-        self, candidate: SbcConfig, *, user: str = "", client: str = "", comment: str = ""
+        self,
+        candidate: SbcConfig,
+        *,
+        user: str = "",
+        client: str = "",
+        comment: str = "",
+        confirm_within: int | None = None,
     ) -> list[str]:
         """Validate, apply and save ``candidate`` whole; return the ``%`` error lines.
 
@@ -344,8 +385,30 @@ class SbcService(MultiService):
         previous one kept as ``FILE.bak``). Returns an empty list then.
         Calls using an adjacency the commit detaches (or removes) are
         released first (:meth:`CallManager.release_adjacency`).
+
+        ``confirm_within`` (seconds) makes it a ``commit confirmed``: unless
+        a later commit (or :meth:`confirm_commit`) confirms it within that
+        time, the configuration before it is restored automatically, as a
+        new commit. Refused while another one is waiting. Any successful
+        commit confirms a waiting one.
         """
+        pending = self.pending_confirmation
+        if confirm_within is not None:
+            low, high = CONFIRM_SECONDS_RANGE
+            if not low <= confirm_within <= high:
+                return [f"% commit confirmed takes {low} to {high} seconds, not {confirm_within}"]
+            if pending is not None:
+                return [
+                    f"% commit {pending.commit_id} is waiting for confirmation: "
+                    "'commit' confirms it first"
+                ]
         errors = self._apply_config(candidate, user=user, client=client, comment=comment)
+        if not errors:
+            record = self.commits.records[-1]
+            if pending is not None:
+                self._end_confirmation(pending, f"confirmed by commit {record.id}", user, client)
+            if confirm_within is not None:
+                self._start_confirmation(record, confirm_within, user)
         if errors:
             self.log.info(
                 "commit by {user} ({client}) refused: {reason}",
@@ -428,6 +491,73 @@ class SbcService(MultiService):
             summary="; ".join(changes) or "no effective change",
         )
         return []
+
+    # -- commit confirmed ------------------------------------------------------
+
+    def confirm_commit(self, *, user: str = "", client: str = "") -> list[str]:
+        """Confirm the waiting ``commit confirmed``: the output line or a ``%`` line."""
+        pending = self.pending_confirmation
+        if pending is None:
+            return ["% no commit is waiting for confirmation"]
+        self._end_confirmation(pending, "confirmed", user, client)
+        return [f"Commit {pending.commit_id} confirmed."]
+
+    def _start_confirmation(self, record: CommitRecord, seconds: int, user: str) -> None:
+        now = self.reactor.seconds()
+        pending = PendingConfirmation(record.id, seconds, now + seconds, record.before, user)
+        pending.timer = self.reactor.callLater(seconds, self._confirmation_expired, pending)
+        self.pending_confirmation = pending
+        self.log.info(
+            "commit {commit_id} is rolled back in {seconds} s unless confirmed",
+            event="config.confirm-pending",
+            commit_id=record.id,
+            seconds=seconds,
+        )
+
+    def _end_confirmation(
+        self, pending: PendingConfirmation, how: str, user: str, client: str
+    ) -> None:
+        self.pending_confirmation = None
+        if pending.timer is not None and pending.timer.active():
+            pending.timer.cancel()
+        self.log.info(
+            "commit {commit_id} {how} by {user} ({client})",
+            event="config.confirmed",
+            commit_id=pending.commit_id,
+            how=how,
+            user=user or "-",
+            client=client or "-",
+        )
+
+    def _confirmation_expired(self, pending: PendingConfirmation) -> None:
+        if self.pending_confirmation is not pending:
+            return
+        self.pending_confirmation = None
+        label = f"commit {pending.commit_id} not confirmed within {pending.seconds} s"
+        try:
+            target = parse_config(pending.before, path=f"<before commit {pending.commit_id}>")
+        except ConfigError as error:
+            errors = [f"% {error}"]
+        else:
+            errors = self.apply_config(target, user="sbc", client="commit confirmed", comment=label)
+        if errors:
+            self.log.error(
+                "{label}: cannot roll it back: {reason}",
+                event="config.confirm-expired",
+                label=label,
+                commit_id=pending.commit_id,
+                rolled_back=False,
+                reason=" ".join(e.lstrip("% ") for e in errors),
+            )
+            return
+        self.log.warn(
+            "{label}: rolled back (commit {rollback_id})",
+            event="config.confirm-expired",
+            label=label,
+            commit_id=pending.commit_id,
+            rolled_back=True,
+            rollback_id=self.commits.records[-1].id,
+        )
 
     def rollback(
         self,

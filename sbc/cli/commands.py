@@ -27,7 +27,7 @@ from typing import Protocol
 
 import attrs
 
-from sbc.commits import CommitRecord
+from sbc.commits import CONFIRM_SECONDS_RANGE, DEFAULT_CONFIRM_SECONDS, CommitRecord
 from sbc.config import (
     ROOT,
     ConfigBuilder,
@@ -87,9 +87,27 @@ class SbcBackend(Protocol):
         ...
 
     def commit(
-        self, candidate: SbcConfig, *, user: str = "", client: str = "", comment: str = ""
+        self,
+        candidate: SbcConfig,
+        *,
+        user: str = "",
+        client: str = "",
+        comment: str = "",
+        confirm_within: int | None = None,
     ) -> list[str]:
-        """Validate and apply ``candidate`` whole; the ``%`` error lines, empty on success."""
+        """Validate and apply ``candidate`` whole; the ``%`` error lines, empty on success.
+
+        ``confirm_within`` (seconds): a ``commit confirmed``, rolled back
+        automatically unless confirmed in time.
+        """
+        ...
+
+    def pending_confirmation(self) -> tuple[int, int] | None:
+        """The ``commit confirmed`` waiting: (commit id, seconds left), or None."""
+        ...
+
+    def confirm_commit(self, *, user: str = "", client: str = "") -> list[str]:
+        """Confirm the waiting ``commit confirmed``: the output line, or a ``%`` line."""
         ...
 
     def commit_history(self) -> Sequence[CommitRecord]:
@@ -226,6 +244,10 @@ _EXEC_HELP = (
 _SESSION_HELP = (
     ("abort", "Drop the uncommitted changes and return to exec mode"),
     ("commit [comment TEXT]", "Validate the candidate configuration, apply it and save it"),
+    (
+        "commit confirmed [SECONDS] [comment TEXT]",
+        "Commit, and roll back by itself after SECONDS (600) unless 'commit' confirms it",
+    ),
     ("do", "Run an exec command (do show ...)"),
     ("show", "show configuration [diff], or any exec show command"),
 )
@@ -372,11 +394,7 @@ class Session:
         assert self.mode is not None and self.builder is not None
         keyword = words[0]
         if keyword == "commit":
-            if len(words) == 1:
-                return self._commit("")
-            if words[1] == "comment" and len(words) > 2:
-                return self._commit(" ".join(words[2:]))
-            raise _CliError("bad command: usage: commit [comment TEXT]")
+            return self._commit_command(words[1:])
         if keyword == "abort":
             if len(words) > 1:
                 raise _CliError("too many words: usage: abort")
@@ -413,21 +431,64 @@ class Session:
         except ConfigError as error:
             raise _CliError(error.message) from None
 
-    def _commit(self, comment: str) -> list[str]:
+    def _commit_command(self, args: list[str]) -> list[str]:
+        """``commit [confirmed [SECONDS]] [comment TEXT]``."""
+        usage = "usage: commit [confirmed [SECONDS]] [comment TEXT]"
+        confirm_within: int | None = None
+        if args and args[0] == "confirmed":
+            args = args[1:]
+            confirm_within = DEFAULT_CONFIRM_SECONDS
+            if args and args[0] != "comment":
+                low, high = CONFIRM_SECONDS_RANGE
+                if not args[0].isdigit() or not low <= int(args[0]) <= high:
+                    raise _CliError(
+                        f"'{args[0]}' is not a number of seconds from {low} to {high}: {usage}"
+                    )
+                confirm_within = int(args[0])
+                args = args[1:]
+        comment = ""
+        if args:
+            if args[0] != "comment" or len(args) < 2:
+                raise _CliError(f"bad command: {usage}")
+            comment = " ".join(args[1:])
+        return self._commit(comment, confirm_within)
+
+    def _commit(self, comment: str, confirm_within: int | None = None) -> list[str]:
         assert self.builder is not None
         running = self.backend.running_config()
         if running is not self._base:
             self._replay_on(running)
         candidate = self._candidate()
+        waiting = self.backend.pending_confirmation()
         if candidate == running:
             self.dirty = False
+            if waiting is not None and confirm_within is None:
+                lines = self.backend.confirm_commit(user=self.user, client=self.client)
+                if any(line.startswith("%") for line in lines):
+                    raise _CliError("\n".join(lines))
+                return lines
             return ["No configuration changes to commit."]
-        errors = self.backend.commit(candidate, user=self.user, client=self.client, comment=comment)
+        errors = self.backend.commit(
+            candidate,
+            user=self.user,
+            client=self.client,
+            comment=comment,
+            confirm_within=confirm_within,
+        )
         if errors:
             raise _CliError("\n".join(e if e.startswith("%") else f"% {e}" for e in errors))
         self._rebase_on(self.backend.running_config())
         self.dirty = False
-        return []
+        lines = []
+        if waiting is not None:
+            lines.append(f"Commit {waiting[0]} confirmed.")
+        now_waiting = self.backend.pending_confirmation()
+        if confirm_within is not None and now_waiting is not None:
+            lines.append(
+                f"Commit {now_waiting[0]} is rolled back in {now_waiting[1]} seconds unless "
+                "confirmed: 'commit' confirms it."
+            )
+        return lines
 
     def _unchanged(self) -> bool:
         assert self.builder is not None
@@ -703,7 +764,11 @@ class Session:
         if keyword == "show":
             return self._show_options(words[1:])
         if keyword == "commit":
-            return _follow(["[comment]"], words[1:])
+            if words[1:2] == ["confirmed"]:
+                return _follow(["[SECONDS]", "[comment]"], words[2:]) | (
+                    {"comment"} if len(words) == 2 else set()
+                )
+            return _follow(["[confirmed|comment]"], words[1:])
         if keyword == "no":
             if len(words) == 1:
                 return {h.keyword for h in helps if h.no_syntax}

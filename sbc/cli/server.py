@@ -71,9 +71,26 @@ class ServiceBackend:
         return self.service.config
 
     def commit(
-        self, candidate: SbcConfig, *, user: str = "", client: str = "", comment: str = ""
+        self,
+        candidate: SbcConfig,
+        *,
+        user: str = "",
+        client: str = "",
+        comment: str = "",
+        confirm_within: int | None = None,
     ) -> list[str]:
-        return self.service.apply_config(candidate, user=user, client=client, comment=comment)
+        return self.service.apply_config(
+            candidate, user=user, client=client, comment=comment, confirm_within=confirm_within
+        )
+
+    def pending_confirmation(self) -> tuple[int, int] | None:
+        pending = self.service.pending_confirmation
+        if pending is None:
+            return None
+        return pending.commit_id, pending.seconds_left(self.service.reactor.seconds())
+
+    def confirm_commit(self, *, user: str = "", client: str = "") -> list[str]:
+        return self.service.confirm_commit(user=user, client=client)
 
     def commit_history(self) -> Sequence[CommitRecord]:
         return self.service.commits.records

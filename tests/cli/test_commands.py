@@ -45,13 +45,23 @@ class FakeBackend:
         self.reloads = 0
         self.history = CommitHistory(None)
         self.clock = 1800000000.0
+        self.waiting: tuple[int, int] | None = None
+        self.confirm_requests: list[int | None] = []
 
     def running_config(self) -> SbcConfig:
         return self.config
 
     def commit(
-        self, candidate: SbcConfig, *, user: str = "", client: str = "", comment: str = ""
+        self,
+        candidate: SbcConfig,
+        *,
+        user: str = "",
+        client: str = "",
+        comment: str = "",
+        confirm_within: int | None = None,
     ) -> list[str]:
+        if confirm_within is not None and self.waiting is not None:
+            return [f"% commit {self.waiting[0]} is waiting for confirmation"]
         try:
             validate(candidate, certificate_configured=True)
         except ConfigError as error:
@@ -70,7 +80,20 @@ class FakeBackend:
         )
         self.config = candidate
         self.commits.append(candidate)
+        self.confirm_requests.append(confirm_within)
+        self.waiting = None
+        if confirm_within is not None:
+            self.waiting = (self.history.records[-1].id, confirm_within)
         return []
+
+    def pending_confirmation(self) -> tuple[int, int] | None:
+        return self.waiting
+
+    def confirm_commit(self, *, user: str = "", client: str = "") -> list[str]:
+        if self.waiting is None:
+            return ["% no commit is waiting for confirmation"]
+        commit_id, self.waiting = self.waiting[0], None
+        return [f"Commit {commit_id} confirmed."]
 
     def commit_history(self) -> Sequence[CommitRecord]:
         return self.history.records
@@ -530,8 +553,56 @@ class CommitHistoryTests(SynchronousTestCase):
 
     def test_commit_usage(self) -> None:
         self.session.execute("configure")
+        usage = "usage: commit [confirmed [SECONDS]] [comment TEXT]"
         text, ok = self.session.execute("commit now")
-        self.assertEqual((text, ok), ("% bad command: usage: commit [comment TEXT]", False))
+        self.assertEqual((text, ok), (f"% bad command: {usage}", False))
+        for line, problem in [
+            ("commit confirmed 10", "'10' is not a number of seconds from 30 to 65535"),
+            ("commit confirmed 99999", "'99999' is not a number of seconds from 30 to 65535"),
+            ("commit confirmed soon", "'soon' is not a number of seconds from 30 to 65535"),
+        ]:
+            text, ok = self.session.execute(line)
+            self.assertEqual((text, ok), (f"% {problem}: {usage}", False))
+        text, ok = self.session.execute("commit confirmed 60 comment")
+        self.assertEqual((text, ok), (f"% bad command: {usage}", False))
+        self.assertEqual(self.backend.confirm_requests, [])
+
+    def test_commit_confirmed_then_commit_confirms(self) -> None:
+        self.session.execute("configure")
+        self.session.execute("sbc mysbc")
+        self.session.execute("sbe")
+        self.session.execute("local-domain a.test")
+        text, ok = self.session.execute("commit confirmed 120 comment trial")
+        commit_id = self.backend.history.records[-1].id
+        self.assertEqual(
+            (text, ok),
+            (
+                f"Commit {commit_id} is rolled back in 120 seconds unless confirmed: "
+                "'commit' confirms it.",
+                True,
+            ),
+        )
+        self.assertEqual(self.backend.history.records[-1].comment, "trial")
+        text, ok = self.session.execute("commit confirmed")
+        self.assertEqual(text, "No configuration changes to commit.")
+        text, ok = self.session.execute("commit")
+        self.assertEqual((text, ok), (f"Commit {commit_id} confirmed.", True))
+        text, ok = self.session.execute("commit")
+        self.assertEqual((text, ok), ("No configuration changes to commit.", True))
+        self.session.execute("local-domain b.test")
+        self.assertTrue(self.session.execute("commit confirmed")[1])
+        self.assertEqual(self.backend.confirm_requests, [120, 600])
+        second = self.backend.history.records[-1].id
+        self.session.execute("local-domain c.test")
+        text, ok = self.session.execute("commit")  # a commit with changes confirms too
+        self.assertEqual((text, ok), (f"Commit {second} confirmed.", True))
+        self.assertIsNone(self.backend.waiting)
+
+    def test_commit_confirmed_completion(self) -> None:
+        self.session.execute("configure")
+        self.assertEqual(self.session.complete("commit "), ["comment", "confirmed"])
+        self.assertEqual(self.session.complete("commit confirmed "), ["comment"])
+        self.assertEqual(self.session.complete("commit confirmed 60 "), ["comment"])
 
 
 class ConcurrentSessionTests(SynchronousTestCase):

@@ -16,6 +16,7 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from sbc.cli.commands import Session
 from sbc.cli.server import (
     CliFactory,
     CliService,
@@ -147,8 +148,8 @@ class ServiceCommitTests(SynchronousTestCase):
         self.assertEqual(list(self.backend.registrations()), [])
 
 
-class ServiceRollbackTests(SynchronousTestCase):
-    """Commit ids, rollback through the real service, history after a restart, log events."""
+class _ServiceCase(SynchronousTestCase):
+    """A real service on a config file (adjacency ``test``), with a memory reactor."""
 
     def setUp(self) -> None:
         self.path = os.path.abspath(self.mktemp())
@@ -173,6 +174,10 @@ class ServiceRollbackTests(SynchronousTestCase):
         adjacency = self.service.config.get_adjacency("test")
         assert adjacency is not None
         return adjacency.port
+
+
+class ServiceRollbackTests(_ServiceCase):
+    """Commit ids, rollback through the real service, history after a restart, log events."""
 
     def test_commits_get_ids_and_are_logged(self) -> None:
         with capturedLogs() as events:
@@ -318,6 +323,106 @@ class ServiceRollbackTests(SynchronousTestCase):
         self.assertEqual(self.service.fatal_error, "first problem")
         self.assertEqual([formatEvent(e) for e in events], ["first problem", "second problem"])
         self.assertEqual(len(reactor.whenRunningHooks), hooks + 1)
+
+
+class CommitConfirmedTests(_ServiceCase):
+    """``commit confirmed``: rolled back by itself unless a commit confirms it in time."""
+
+    def reactor(self) -> Reactor:
+        reactor = self.service.reactor
+        assert isinstance(reactor, Reactor)
+        return reactor
+
+    def trial(self, port: int, seconds: int = 120) -> list[str]:
+        candidate = parse_config(
+            RUNNING.replace("security trusted-encrypted\n", "").replace(
+                "signaling-port 5070", f"signaling-port {port}"
+            )
+        )
+        return self.service.apply_config(
+            candidate, user="alice", client="cli", confirm_within=seconds
+        )
+
+    def test_unconfirmed_commit_is_rolled_back(self) -> None:
+        self.assertEqual(self.trial(5071), [])
+        trial_id = self.service.commits.records[-1].id
+        self.reactor().advance(119)
+        self.assertEqual(self.port(), 5071)
+        with capturedLogs() as events:
+            self.reactor().advance(1)
+        self.assertEqual(self.port(), 5070)
+        self.assertEqual(load_config(self.path), self.service.config)  # saved as well
+        rollback = self.service.commits.records[-1]
+        self.assertEqual(rollback.id, trial_id + 1)
+        self.assertEqual(
+            (rollback.user, rollback.client, rollback.comment),
+            ("sbc", "commit confirmed", f"commit {trial_id} not confirmed within 120 s"),
+        )
+        [expired] = [e for e in events if e.get("event") == "config.confirm-expired"]
+        self.assertEqual(
+            formatEvent(expired),
+            f"commit {trial_id} not confirmed within 120 s: rolled back (commit {trial_id + 1})",
+        )
+        self.assertIsNone(self.service.pending_confirmation)
+
+    def test_confirmed_commit_stays(self) -> None:
+        self.trial(5071)
+        trial_id = self.service.commits.records[-1].id
+        self.reactor().advance(60)
+        pending = self.service.pending_confirmation
+        assert pending is not None
+        self.assertEqual((pending.commit_id, pending.seconds_left(60.0)), (trial_id, 60))
+        self.assertEqual(self.service.confirm_commit(user="bob"), [f"Commit {trial_id} confirmed."])
+        self.assertEqual(self.service.confirm_commit(), ["% no commit is waiting for confirmation"])
+        self.reactor().advance(600)
+        self.assertEqual(self.port(), 5071)
+        self.assertEqual(self.service.commits.records[-1].id, trial_id)
+        self.assertEqual(self.reactor().getDelayedCalls(), [])
+
+    def test_a_later_commit_confirms_and_a_second_trial_waits(self) -> None:
+        self.trial(5071)
+        trial_id = self.service.commits.records[-1].id
+        errors = self.trial(5072)
+        self.assertEqual(
+            errors, [f"% commit {trial_id} is waiting for confirmation: 'commit' confirms it first"]
+        )
+        self.assertEqual(self.trial(5072, seconds=10), [
+            "% commit confirmed takes 30 to 65535 seconds, not 10"
+        ])  # fmt: skip
+        self.assertEqual(self.commit_port(5073), [])
+        self.assertIsNone(self.service.pending_confirmation)
+        self.reactor().advance(600)
+        self.assertEqual(self.port(), 5073)
+
+    def test_trial_through_the_cli_session(self) -> None:
+        session = Session(ServiceBackend(self.service), user="alice", client="cli")
+        for line in ("configure", "sbc mysbc", "sbe", "adjacency sip test", "signaling-port 5075"):
+            self.assertTrue(session.execute(line)[1], line)
+        text, ok = session.execute("commit confirmed 45")
+        trial_id = self.service.commits.records[-1].id
+        self.assertEqual(
+            (text, ok),
+            (
+                f"Commit {trial_id} is rolled back in 45 seconds unless confirmed: "
+                "'commit' confirms it.",
+                True,
+            ),
+        )
+        self.reactor().advance(44)
+        self.assertEqual(session.execute("commit"), (f"Commit {trial_id} confirmed.", True))
+        self.reactor().advance(10)
+        self.assertEqual(self.port(), 5075)
+
+    def test_stop_while_waiting_keeps_the_commit(self) -> None:
+        self.service.startService()
+        self.trial(5071)
+        with capturedLogs() as events:
+            self.service.stopService()
+        self.assertEqual([e.get("event") for e in events if "event" in e][:1], [
+            "config.confirm-abandoned"
+        ])  # fmt: skip
+        self.assertEqual(self.reactor().getDelayedCalls(), [])
+        self.assertEqual(load_config(self.path).get_adjacency("test").port, 5071)  # type: ignore[union-attr]
 
 
 class UnixPathTests(SynchronousTestCase):
