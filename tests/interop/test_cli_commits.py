@@ -139,3 +139,29 @@ class CommitInteropTests(CliTestCase):
         running = yield self.sbc_cli(socket_path, "show running-config")
         self.assertIn("adjacency sip trunk", running.stdout.decode())
         self.assertNotIn("second.test", running.stdout.decode())
+
+    @defer.inlineCallbacks
+    def test_commit_confirmed_across_sessions(self) -> Any:
+        """A trial commit from one sbc-cli run, confirmed by a 'commit' from another."""
+        pki = make_pki(self.mktemp())
+        sbc = yield start_sbc(
+            self, pki, (AdjacencySpec("access", "untrusted", "udp-tcp"),), service="mysbc"
+        )
+        path = cli_socket(sbc.child)
+        result = yield self.sbc_cli(
+            path, "configure", "sbc mysbc", "sbe", "local-domain trial.test",
+            "commit confirmed 300", "end",
+        )  # fmt: skip
+        self.assertEqual(result.exit_code, 0, result.text())
+        self.assertIn(
+            "Commit 1000000001 is rolled back in 300 seconds unless confirmed",
+            result.stdout.decode(),
+        )
+        result = yield self.sbc_cli(path, "configure", "commit confirmed 60", "end")
+        self.assertIn("No configuration changes to commit.", result.stdout.decode())
+        result = yield self.sbc_cli(path, "configure", "commit", "end")
+        self.assertEqual(result.exit_code, 0, result.text())
+        self.assertIn("Commit 1000000001 confirmed.", result.stdout.decode())
+        with open(sbc.config_path) as f:
+            self.assertIn("local-domain trial.test", f.read())
+        self.assertIn("commit 1000000001 confirmed by", sbc.output())
