@@ -33,12 +33,16 @@ Choices made here (documented in behaviour terms):
 * **No answer (Timer C, RFC 3261 §16.6 step 11 and §16.8)**: a B-leg
   INVITE with no final response ``no-answer-timeout`` seconds (default
   180) after it was sent, or after its latest provisional response above
-  100, is CANCELled (or, with no provisional response at all, abandoned)
-  and counts as a 408 Request Timeout: hunting goes on to the next
-  candidate (408 is in the default continue-on set), else the caller gets
-  408. A CANCELled B-leg INVITE (for any reason) whose final response has
-  not come 64*T1 after the CANCEL is given up (RFC 3261 §9.1), so a peer
-  that never answers cannot keep a call in the tables.
+  100, is CANCELled and its end counts as a 408 Request Timeout: hunting
+  goes on to the next candidate (408 is in the default continue-on set),
+  else the caller gets 408. With no provisional response yet, the CANCEL
+  waits for the first one (§9.1) and Timer B ends the INVITE 64*T1 after
+  it was sent; a 2xx that arrives first still connects the call. A
+  relayed re-INVITE gets the same timer: 408 to its sender and CANCEL. A
+  CANCELled INVITE (for any reason) whose final response has not come
+  64*T1 after the CANCEL is given up (§9.1), so a peer that never answers
+  cannot keep a call in the tables. A 2xx that arrives after that is a
+  stray: not ACKed nor BYEd (the peer's own timers end its dialog).
 * **In-dialog destination**: requests on a leg go to the flow its peer
   talks from (the A-leg's request source, the B-leg's destination),
   symmetric signaling as SBCs do behind NAT; the Request-URI is the
@@ -323,6 +327,12 @@ class Relay:
     client: ClientTransaction | None = None
     answered: bool = False
     ends_call: bool = False
+    #: A relayed re-INVITE: the second its timer ends (Timer C, or the wait
+    #: after a CANCEL), whether a provisional response came, CANCEL state.
+    deadline: int | None = None
+    provisional: bool = False
+    cancel_pending: bool = False
+    cancel_sent: bool = False
 
     def on_response(self, response: Response, now: float) -> list[StackOutput]:
         """Relay a response of the other leg back to the source."""
@@ -331,6 +341,10 @@ class Relay:
     def on_failure(self, reason: str, now: float) -> list[StackOutput]:
         """The other leg did not answer: 408 (or, for a BYE, 200: the call is over)."""
         return self.call.relay_failed(self, reason, now)
+
+    def deadline_passed(self, now: float) -> list[StackOutput]:
+        """The relayed re-INVITE's timer ran out (called by the manager)."""
+        return self.call.relay_deadline_passed(self, now)
 
 
 class Call:
@@ -543,18 +557,19 @@ class Call:
             self._drop_b()
             self.maybe_forget()
             return []
-        if self.no_answer:
+        if self.cancel_pending or self.answered:
+            self.manager.count(leg.adjacency, f"hunt-skip:{reason}")
+            return self.end(now)
+        if self.no_answer:  # Timer C had run out: Timer B (or an error) ends it
             return self._no_answer(now)
         self.manager.count(leg.adjacency, f"hunt-skip:{reason}")
-        if self.cancel_pending or self.answered:
-            return self.end(now)
         self.hunt_why = reason
         return self._try_next(now)
 
     def _on_provisional(self, leg: Leg, response: Response, now: float) -> list[StackOutput]:
         outputs: list[StackOutput] = []
         self.b_provisional = True
-        if self.cancel_pending and self.b_transaction is not None:
+        if (self.cancel_pending or self.no_answer) and self.b_transaction is not None:
             return self._cancel_b(now)
         if response.status > 100 and not self.cancel_sent and self.b_deadline is not None:
             # RFC 3261 §16.7 step 2: a provisional response above 100 restarts Timer C
@@ -739,7 +754,7 @@ class Call:
             self.manager.b_deadlines.disarm(self.b_deadline, self)
             self.b_deadline = None
 
-    def b_deadline_passed(self, now: float) -> list[StackOutput]:
+    def deadline_passed(self, now: float) -> list[StackOutput]:
         """The B-leg INVITE's timer ran out (called by the manager).
 
         Timer C (no final response): CANCEL the INVITE once it had a
@@ -753,12 +768,15 @@ class Call:
         manager = self.manager
         if not self.cancel_sent:
             manager.count(leg.adjacency, "no-answer-timeouts")
+            if self.state is not CallState.ENDED and not self.answered:
+                self.no_answer = True  # its final response (487, or Timer B) counts as 408
             if self.b_provisional:
-                if self.state is not CallState.ENDED and not self.answered:
-                    self.no_answer = True  # the 487 to come counts as 408
                 return self._cancel_b(now)
-        else:
-            manager.count(leg.adjacency, "cancel-unanswered")
+            # RFC 3261 §9.1: no CANCEL before a provisional response. The first
+            # one triggers it (_on_provisional); with none, Timer B ends the
+            # INVITE within 64*T1 of sending it.
+            return []
+        manager.count(leg.adjacency, "cancel-unanswered")
         # abandoned (RFC 3261 §9.1): later responses to this INVITE are strays
         transaction = self.b_transaction
         manager.unbind_client(transaction)
@@ -870,6 +888,7 @@ class Call:
         self.manager.bind_server(transaction, relay)
         if method == "INVITE":
             self.reinvite = relay
+            self._arm_relay(relay, now + self.manager.no_answer_timeout())
         if method == "BYE":
             self.manager.count(leg.adjacency, "calls-ended")
             self.end_why = "BYE from the caller" if leg is self.a else "BYE from the callee"
@@ -888,6 +907,12 @@ class Call:
         target = relay.target
         if status >= 200:
             self._forget(relay)  # 2xx retransmissions come back through the dialog
+        elif relay.client is not None and relay.client.request.method == "INVITE":
+            relay.provisional = True
+            if relay.cancel_pending and not relay.cancel_sent:
+                return self._cancel_relayed(relay, now)
+            if status > 100 and not relay.cancel_sent and relay.deadline is not None:
+                self._arm_relay(relay, now + self.manager.no_answer_timeout())  # §16.7 step 2
         if relay.answered:
             return []
         if status == 100:
@@ -937,6 +962,9 @@ class Call:
         return stack.reject(relay.server, error, relay.source.flow, now)
 
     def _forget(self, relay: Relay) -> None:
+        if relay.deadline is not None:
+            self.manager.b_deadlines.disarm(relay.deadline, relay)
+            relay.deadline = None
         self.relays.discard(relay)
         if relay.client is not None:
             self.manager.unbind_client(relay.client)
@@ -959,8 +987,56 @@ class Call:
         outputs = stack.reject(
             relay.server, SipError(487, "Request Terminated"), relay.source.flow, now
         )
-        _, sent = stack.send_request(build_cancel(relay.client.request), relay.target.flow, now)
-        return outputs + sent
+        relay.cancel_pending = True
+        if relay.provisional:  # §9.1: else on the first provisional response
+            outputs += self._cancel_relayed(relay, now)
+        return outputs
+
+    def _cancel_relayed(self, relay: Relay, now: float) -> list[StackOutput]:
+        assert relay.client is not None
+        manager = self.manager
+        relay.cancel_sent = True
+        _, sent = manager.stack.send_request(
+            build_cancel(relay.client.request), relay.target.flow, now
+        )
+        # §9.1: the INVITE's final response should follow within 64*T1
+        self._arm_relay(relay, now + 64 * manager.stack.transactions.settings.t1)
+        return sent
+
+    def _arm_relay(self, relay: Relay, at: float) -> None:
+        deadlines = self.manager.b_deadlines
+        if relay.deadline is not None:
+            deadlines.disarm(relay.deadline, relay)
+        relay.deadline = deadlines.arm(at, relay)
+
+    def relay_deadline_passed(self, relay: Relay, now: float) -> list[StackOutput]:
+        """Timer C of a relayed re-INVITE, or the end of the wait after its CANCEL.
+
+        Timer C: the source gets 408 at once and the re-INVITE is CANCELled
+        (once it had a provisional response; else Timer B ends it). After
+        a CANCEL with no final response for 64*T1, the re-INVITE is given
+        up (RFC 3261 §9.1) and the relay forgotten.
+        """
+        relay.deadline = None
+        client = relay.client
+        if client is None or relay not in self.relays:
+            return []
+        manager = self.manager
+        outputs: list[StackOutput] = []
+        if not relay.cancel_sent:
+            manager.count(relay.target.adjacency, "no-answer-timeouts")
+            if not relay.answered:
+                relay.answered = True
+                outputs += manager.stack.reject(
+                    relay.server, SipError(408, "Request Timeout"), relay.source.flow, now
+                )
+            relay.cancel_pending = True
+            if relay.provisional:
+                outputs += self._cancel_relayed(relay, now)
+            return outputs
+        manager.count(relay.target.adjacency, "cancel-unanswered")
+        self._forget(relay)
+        return outputs + manager.stack.abandon(client, now)
 
     # -- the end ----------------------------------------------------------------
 

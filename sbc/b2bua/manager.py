@@ -83,7 +83,7 @@ class TimerHandle:
 
 
 class DeadlineBuckets:
-    """Calls waiting for a deadline rounded up to a whole second (the B-leg INVITE timer).
+    """Calls and relays waiting for a deadline rounded up to a whole second (INVITE timers).
 
     Arming, re-arming (every 180 Ringing restarts Timer C) and disarming
     cost a dictionary operation and leave nothing behind, unlike
@@ -95,13 +95,13 @@ class DeadlineBuckets:
     __slots__ = ("_buckets", "_seconds")
 
     def __init__(self) -> None:
-        self._buckets: dict[int, dict[Call, None]] = {}
+        self._buckets: dict[int, dict[Call | Relay, None]] = {}
         self._seconds: list[int] = []
 
     def __len__(self) -> int:
         return sum(len(bucket) for bucket in self._buckets.values())
 
-    def arm(self, at: float, call: Call) -> int:
+    def arm(self, at: float, call: Call | Relay) -> int:
         """Wake ``call`` at ``at`` rounded up to a second; returns that second."""
         second = math.ceil(at)
         bucket = self._buckets.get(second)
@@ -111,7 +111,7 @@ class DeadlineBuckets:
         bucket[call] = None
         return second
 
-    def disarm(self, second: int, call: Call) -> None:
+    def disarm(self, second: int, call: Call | Relay) -> None:
         """Forget ``call``'s deadline at ``second`` (what :meth:`arm` returned)."""
         bucket = self._buckets.get(second)
         if bucket is not None:
@@ -124,9 +124,9 @@ class DeadlineBuckets:
             buckets.pop(heapq.heappop(seconds), None)
         return seconds[0] if seconds else None
 
-    def due(self, now: float) -> list[Call]:
+    def due(self, now: float) -> list[Call | Relay]:
         """Remove and return the calls whose deadline is ``now`` or earlier, in order."""
-        calls: list[Call] = []
+        calls: list[Call | Relay] = []
         seconds, buckets = self._seconds, self._buckets
         while seconds and seconds[0] <= now:
             bucket = buckets.pop(heapq.heappop(seconds), None)
@@ -403,8 +403,8 @@ class CallManager:
     def advance(self, now: float) -> list[StackOutput]:
         """Run every timer due at ``now``."""
         outputs: list[StackOutput] = []
-        for call in self.b_deadlines.due(now):
-            outputs += call.b_deadline_passed(now)
+        for waiting in self.b_deadlines.due(now):
+            outputs += waiting.deadline_passed(now)
         timers = self._timers
         while timers and timers[0][0] <= now:
             _, _, handle = heapq.heappop(timers)
