@@ -146,13 +146,14 @@ class SbcCore:
         secure = security.requires_secure_target(request.uri.scheme)
         if method == "REGISTER":
             secure = secure or security.requires_secure_target(request.to.uri.scheme)
+        trusted = security.caller_is_trusted(inbound)
         try:
-            security.admit(security.caller_is_trusted(inbound), secure)
+            security.admit(trusted, secure)
         except SipError as error:
             self._refuse(request, context, secure, error, now)
         if local_register:
             source = transaction.peer if isinstance(transaction.peer, Flow) else flow
-            response = self.registrar.register(request, source, inbound.name, now)
+            response = self.registrar.register(request, source, inbound.name, now, trusted=trusted)
             return self.stack.respond(transaction, response, now)
         return self.calls.new_request(request, transaction, flow, inbound, now)
 

@@ -44,6 +44,8 @@ class Binding:
     call_id: str
     cseq: int
     q: float | None = None
+    #: Registered from a trusted adjacency: an untrusted REGISTER neither sees nor changes it.
+    trusted: bool = False
 
     def remaining(self, now: float) -> int:
         """Whole seconds left before the binding expires (never negative)."""

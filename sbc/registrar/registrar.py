@@ -41,12 +41,21 @@ class Registrar:
         self.location: ILocationService = location if location is not None else LocationService()
         self.settings = settings or RegistrarSettings()
 
-    def register(self, request: Request, flow: Flow, adjacency: str, now: float) -> Response:
+    def register(
+        self, request: Request, flow: Flow, adjacency: str, now: float, *, trusted: bool = False
+    ) -> Response:
         """Process ``request`` (a REGISTER for a local domain); return the 200.
 
         Raises ``SipError(400)`` for a malformed wildcard or a SIPS AOR with a
         non-SIPS Contact (no binding then changes), ``SipError(500)`` for an
         out-of-order refresh (same Call-ID, CSeq not higher, §10.3 step 6).
+
+        ``trusted``: the REGISTER came from a trusted adjacency. The
+        ``sip:`` and ``sips:`` forms of an AOR share one set of bindings, so
+        a REGISTER from an untrusted adjacency only sees (in its 200),
+        refreshes and removes (``*`` included) the bindings registered from
+        untrusted adjacencies: it can neither learn nor remove a contact
+        registered over a trusted (e.g. TLS) adjacency.
         """
         aor_uri = request.to.uri
         if aor_uri.scheme not in ("sip", "sips"):
@@ -61,12 +70,15 @@ class Registrar:
         error = security.check_registration(aor_uri.scheme, schemes)
         if error is not None:
             raise error
-        current = self.location.lookup(aor, now)
+        every = self.location.lookup(aor, now)
+        # what this REGISTER may see and change; the rest is kept as it is
+        current = every if trusted else [b for b in every if not b.trusted]
+        kept = [] if trusted else [b for b in every if b.trusted]
         call_id = request.call_id
         cseq = request.cseq.seq
         if star:
             self._check_order(current, call_id, cseq)
-            self.location.update(aor, [], now)
+            self.location.update(aor, kept, now)
             return self._ok(request, [], now)
         updated = list(current)
         for contact in contacts:
@@ -82,10 +94,12 @@ class Registrar:
             updated = [b for b in updated if b not in existing]
             if expires > 0:
                 updated.append(
-                    Binding(aor, uri, now + expires, adjacency, flow, call_id, cseq, contact.q)
+                    Binding(
+                        aor, uri, now + expires, adjacency, flow, call_id, cseq, contact.q, trusted
+                    )
                 )
-        self.location.update(aor, updated, now)
-        return self._ok(request, self.location.lookup(aor, now), now)
+        self.location.update(aor, kept + updated, now)
+        return self._ok(request, updated, now)
 
     def lookup(self, aor: str, now: float) -> list[Binding]:
         """The live bindings of ``aor`` (see :func:`aor_key`)."""

@@ -105,6 +105,31 @@ class RegistrarTests(SynchronousTestCase):
         self.assertEqual([w.code for w in response.warnings], [380])
         self.assertEqual(self.bindings(), [])
 
+    def test_untrusted_register_cannot_see_or_remove_trusted_bindings(self) -> None:
+        """sip: and sips: forms share the bindings; trust decides who may touch which."""
+        ok = self.send(register("sips:bob@example.com", "<sips:bob@127.0.0.9:5061>"))
+        self.assertEqual([c.uri.serialize() for c in ok.contacts], ["sips:bob@127.0.0.9:5061"])
+        # from an untrusted adjacency: a query lists nothing, an add lists only its own
+        query = self.send(register(contact=None, call_id="evil", branch="z9hG4bKe1"), ACCESS)
+        self.assertEqual((query.status, query.contacts), (200, []))
+        added = self.send(register(call_id="evil", cseq=2, branch="z9hG4bKe2"), ACCESS)
+        self.assertEqual([c.uri.serialize() for c in added.contacts], ["sip:bob@127.0.0.3:5070"])
+        # a wildcard removal from it removes only what untrusted adjacencies registered
+        wiped = self.send(
+            register(contact="*", expires=0, call_id="evil", cseq=3, branch="z9hG4bKe3"), ACCESS
+        )
+        self.assertEqual((wiped.status, wiped.contacts), (200, []))
+        [left] = self.bindings()
+        self.assertEqual(
+            (left.contact.serialize(), left.trusted), ("sips:bob@127.0.0.9:5061", True)
+        )
+        # a trusted REGISTER sees and manages everything
+        self.send(register(call_id="evil", cseq=4, branch="z9hG4bKe4"), ACCESS)
+        both = self.send(register(contact=None, call_id="t2", branch="z9hG4bKt2"))
+        self.assertEqual(len(both.contacts), 2)
+        self.send(register(contact="*", expires=0, call_id="t2", cseq=2, branch="z9hG4bKt3"))
+        self.assertEqual(self.bindings(), [])
+
     def test_out_of_order_refresh_gets_500(self) -> None:
         self.send(register(cseq=5))
         response = self.send(register(cseq=4, branch="z9hG4bKold"))
