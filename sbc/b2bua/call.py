@@ -576,6 +576,18 @@ class Call:
             self._arm_b(now + self.manager.no_answer_timeout())
         if not self.dialog or response.status == 100 or self.answered:
             return outputs
+        contacts = [c for c in response.contacts if not c.is_star]
+        if contacts and response.to.tag is not None:
+            # an early dialog's remote target may not cross the secure line
+            # either (behaviour.md §5: 1xx-reliable target refresh)
+            error = security.check_redirect([contacts[0].uri.scheme], self.secure)
+            if error is not None:
+                self.manager.count(leg.adjacency, "target-refresh-refused")
+                self.outcome_hint = "rejected"
+                outputs = self._reject_a(error, now)
+                self.cancel_pending = True
+                self.hunt.clear()
+                return outputs + self._cancel_b(now) + self.end(now, keep_b=True)
         if response.to.tag is not None:
             leg.remote_tag = response.to.tag
             leg.learn_target(response)
@@ -856,6 +868,9 @@ class Call:
         seq = request.cseq.seq
         if leg.remote_cseq is not None and seq < leg.remote_cseq:
             raise SipError(500, "Server Internal Error - CSeq out of order")
+        max_forwards = request.max_forwards
+        if max_forwards is not None and max_forwards <= 0:
+            raise SipError(483, "Too Many Hops")  # it cannot be relayed one more hop
         leg.remote_cseq = seq
         if method == "INVITE" and self.reinvite is not None:
             raise SipError(491, "Request Pending")

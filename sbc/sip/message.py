@@ -747,7 +747,7 @@ def _parse(data: bytes, head_only: bool) -> Request | Response:
 
     if type(msg) is Request:
         if msg.version != "SIP/2.0" and msg.version.upper() != "SIP/2.0":
-            raise ParseError("SIP Version Not Supported", 505, None if fatal else msg)
+            raise ParseError("Version Not Supported", 505, None if fatal else msg)
         if fatal is not None:
             raise ParseError(fatal)
         if reason is not None:
@@ -853,7 +853,7 @@ def _finish_response(first: str, headers: Headers, problems: list[str]) -> Respo
         if not _version_match(version):
             raise ParseError("Malformed SIP version in status line")
         if version.upper() != "SIP/2.0":
-            raise ParseError("SIP Version Not Supported", 505)
+            raise ParseError("Version Not Supported", 505)
     names = headers._names
     values = headers._values
     count = names.count

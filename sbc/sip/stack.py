@@ -161,6 +161,12 @@ def note_source(request: Request, flow: Flow) -> None:
     request.headers.set("Via", ", ".join(v.serialize() for v in vias))
 
 
+def _local_host(flow: Flow) -> str:
+    """The flow's local address as a warn-agent host (an IPv6 address in brackets)."""
+    host = flow.local[0]
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
 class SipStack:
     """Parse, match to transactions, hand to the TU, and answer errors.
 
@@ -176,7 +182,7 @@ class SipStack:
     ) -> None:
         self.tu = tu
         self.transactions = TransactionLayer(timers)
-        self._agent = agent or (lambda flow: flow.local[0])
+        self._agent = agent or _local_host
         self._branch_prefix = MAGIC_COOKIE + os.urandom(6).hex()
         self._branch_counter = itertools.count(1)
 

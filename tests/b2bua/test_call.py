@@ -748,6 +748,19 @@ class InDialogTests(CallTestCase):
             [(_, response)] = self.net.responses(sent)
             self.assertEqual((response.status, response.cseq.method), (200, method))
 
+    def test_in_dialog_request_with_max_forwards_0_gets_483(self) -> None:
+        _a_invite, _b_invite, ok = self.establish()
+        info = invite(method="INFO", to_tag=ok.to.tag, branch="z9hG4bKmf0", cseq=2, body=b"")
+        info.headers.set("Max-Forwards", 0)
+        sent = self.net.feed(info, A_FLOW, ACCESS)
+        self.assertEqual(self.net.requests(sent, "INFO"), [])
+        [(flow, response)] = self.net.responses(sent)
+        self.assertEqual((flow, response.status, response.reason), (A_FLOW, 483, "Too Many Hops"))
+        # the call itself is untouched: the next request with hops left is relayed
+        info = invite(method="INFO", to_tag=ok.to.tag, branch="z9hG4bKmf1", cseq=3, body=b"")
+        [(flow, _)] = self.net.requests(self.net.feed(info, A_FLOW, ACCESS), "INFO")
+        self.assertEqual(flow, B_FLOW)
+
     def test_target_refresh_changing_scheme_gets_400_and_byes(self) -> None:
         _a_invite, _b_invite, ok = self.establish()
         reinvite = invite(
@@ -773,6 +786,28 @@ class InDialogTests(CallTestCase):
         self.assertEqual(finals, [400])
         self.assertEqual(len(self.net.requests(sent, "BYE")), 2)
         self.assertEqual(len(self.net.requests(sent, "ACK")), 1)
+
+    def test_early_dialog_contact_changing_scheme_ends_the_set_up(self) -> None:
+        """A reliable 183 whose Contact is sips: on a sip: call: 480 + 381, CANCEL, nothing kept."""
+        _a_invite, b_invite = self.start()
+        early = answer(b_invite, 183, contact="sips:bob@10.0.0.5:5061")
+        early.headers.add("Require", "100rel")
+        early.headers.add("RSeq", "1")
+        sent = self.net.feed(early, B_FLOW, CORE)
+        [(flow, final)] = self.net.responses(sent)
+        self.assertEqual((flow, final.status), (A_FLOW, 480))
+        self.assertIn("381", final.headers.get("Warning") or "")
+        [(flow, cancel)] = self.net.requests(sent, "CANCEL")
+        self.assertEqual((flow, cancel.top_via.branch), (B_FLOW, b_invite.top_via.branch))
+        self.assertEqual(self.net.core.calls.counters.get("core", "target-refresh-refused"), 1)
+        # the callee answers anyway: ACK and BYE, nothing relayed
+        sent = self.net.feed(answer(b_invite, 200, body=SDP), B_FLOW, CORE)
+        self.assertEqual(self.net.responses(sent), [])
+        [(flow, bye)] = self.net.requests(sent, "BYE")
+        self.assertEqual(flow, B_FLOW)
+        self.net.feed(answer(bye, 200, contact=None), B_FLOW, CORE)
+        self.net.feed(invite(method="ACK", to_tag=final.to.tag, body=b""), A_FLOW, ACCESS)
+        self.assertIdle()
 
 
 class OutOfDialogTests(CallTestCase):

@@ -188,7 +188,22 @@ class ErrorResponseTests(SynchronousTestCase):
         self.assertEqual(self.status_of(options(cseq="1 INVITE")), [400])
 
     def test_unsupported_version_gets_505(self) -> None:
-        self.assertEqual(self.status_of(options(version="SIP/3.0")), [505])
+        stack, _ = make_stack()
+        responses = sent(stack.receive(options(version="SIP/3.0"), UDP, 0.0))
+        self.assertEqual(
+            [(r.status, r.reason) for _, r in responses if isinstance(r, Response)],
+            [(505, "Version Not Supported")],  # RFC 3261 §21.5.7
+        )
+
+    def test_warning_agent_is_the_local_host_ipv6_in_brackets(self) -> None:
+        stack, _ = make_stack()
+        request = parse_message(options())
+        assert isinstance(request, Request)
+        error = SipError(403, "Forbidden", (380, "SIPS Not Allowed"))
+        v6 = Flow("UDP", ("2001:db8::1", 5060), ("2001:db8::2", 5060))
+        for flow, agent in ((UDP, "127.0.0.1"), (v6, "[2001:db8::1]")):
+            response = stack.error_response(request, error, flow)
+            self.assertEqual(response.headers.get("Warning"), f'380 {agent} "SIPS Not Allowed"')
 
     def test_unanswerable_junk_dropped_and_counted(self) -> None:
         stack, _ = make_stack()
