@@ -28,8 +28,9 @@ Choices made here (documented in behaviour terms):
   next one. Any other final response (every other 4xx, 5xx, 6xx) ends
   hunting and is relayed to the caller. 3xx responses are recursed on
   (:mod:`sbc.security` decides whether a redirect may be followed). When
-  every candidate failed the caller gets the last 408/503 received, or
-  503 when none was.
+  every candidate failed the caller gets the best failure received
+  (RFC 3261 §16.7 step 6: a 6xx, else the lowest class, so a 408 before a
+  503), or 503 when none was.
 * **No answer (Timer C, RFC 3261 §16.6 step 11 and §16.8)**: a B-leg
   INVITE with no final response ``no-answer-timeout`` seconds (default
   180) after it was sent, or after its latest provisional response above
@@ -216,6 +217,11 @@ class HuntPolicy:
         return status in self.continue_on
 
 
+def _failure_rank(status: int) -> tuple[int, int]:
+    """Lower is better for the caller's final response: 6xx first, then the lowest class."""
+    return (0, 0) if status >= 600 else (1, status // 100)
+
+
 class CallState(enum.Enum):
     """Where a call is: being routed/hunted, answered (ACK awaited), up, over."""
 
@@ -396,6 +402,7 @@ class Call:
         self.b_provisional = False  # the current B INVITE got a 1xx (CANCEL allowed)
         self.cancel_pending = False
         self.cancel_sent = False
+        #: The best failure of the candidates tried (RFC 3261 §16.7 step 6), for the caller.
         self.last_failure: Response | SipError | None = None
         #: The second the B-leg INVITE's timer ends (manager.b_deadlines), if armed.
         self.b_deadline: int | None = None
@@ -504,6 +511,16 @@ class Call:
         self.b = None
         self.b_transaction = None
 
+    def _note_failure(self, failure: Response | SipError) -> None:
+        """Keep the better of ``failure`` and the one kept (§16.7 step 6).
+
+        A 6xx beats everything; otherwise the lowest class wins (4xx before
+        5xx); within a class the newer one is kept.
+        """
+        kept = self.last_failure
+        if kept is None or _failure_rank(failure.status) <= _failure_rank(kept.status):
+            self.last_failure = failure
+
     def _exhausted(self, now: float) -> list[StackOutput]:
         self._drop_b()
         self.outcome_hint = "failed"
@@ -541,7 +558,7 @@ class Call:
         if status < 400:
             return self._on_redirect(response, now)
         if self.manager.hunting.continues(status):
-            self.last_failure = response
+            self._note_failure(response)
             self.manager.count(leg.adjacency, f"hunt-skip:{status}")
             self.hunt_why = f"{status} {response.reason}"
             return self._try_next(now)
@@ -631,7 +648,6 @@ class Call:
             return self._reject_a(error, now) + self.end(now)
         self.redirects += 1
         if self.redirects > MAX_REDIRECTS or not contacts:
-            self.last_failure = None
             self.hunt_why = f"{response.status} {response.reason}, not followed"
             return self._try_next(now)
         ordered = sorted(
@@ -807,7 +823,7 @@ class Call:
         self.no_answer = False
         adjacency = self.last_outbound
         error = SipError(408, "Request Timeout")
-        self.last_failure = error
+        self._note_failure(error)
         self.hunt_why = "no answer within no-answer-timeout (Timer C)"
         if self.manager.hunting.continues(408):
             self.manager.count(adjacency, "hunt-skip:no-answer")

@@ -504,6 +504,16 @@ class HuntingTests(CallTestCase):
         self.assertEqual(final.status, 408)
         self.assertIdle()
 
+    def test_best_failure_goes_to_the_caller(self) -> None:
+        """§16.7 step 6: the lowest class wins, whatever the order (408, then 503 -> 408)."""
+        _a_invite, b_invite = self.start()
+        sent = self.net.feed(answer(b_invite, 408, contact=None), B_FLOW, CORE)
+        [(_, second)] = self.net.requests(sent, "INVITE")
+        sent = self.net.feed(answer(second, 503, contact=None), B2_FLOW, CORE2)
+        [(_, final)] = self.net.responses(sent)
+        self.assertEqual((final.status, final.reason), (408, "Request Timeout"))
+        self.assertIdle()
+
     def test_custom_hunting_stops_on_503(self) -> None:
         self.net = Net(hunting=HuntPolicy(frozenset({408})))
         _a_invite, b_invite = self.start()
