@@ -250,15 +250,17 @@ def validate(
 def security_changes_while_attached(running: SbcConfig, candidate: SbcConfig) -> list[str]:
     """Names of adjacencies whose security a commit of ``candidate`` would change while attached.
 
-    An adjacency counts when it is attached in ``running`` and in
-    ``candidate`` and its inbound or outbound security differs. Names are in
-    candidate order. The CLI refuses such a commit whole, printing
-    :data:`SECURITY_CHANGE_MESSAGE` for each name.
+    An adjacency counts when it is attached in ``running`` and its inbound
+    or outbound security differs in ``candidate``, even when the same
+    commit detaches it (the seed: the field "can only be changed when the
+    adjacency is detached": detach it with one commit, change it with the
+    next). Names are in candidate order. The CLI refuses such a commit
+    whole, printing :data:`SECURITY_CHANGE_MESSAGE` for each name.
     """
     names = []
     for new in candidate.adjacencies:
         old = running.get_adjacency(new.name)
-        if old is None or not (old.attached and new.attached):
+        if old is None or not old.attached:
             continue
         if (old.security_inbound, old.security_outbound) != (
             new.security_inbound,

@@ -393,9 +393,10 @@ class SecurityChangeTests(SynchronousTestCase):
         running, candidate = self.configs("", "attach\nsecurity trusted-encrypted\n")
         self.assertEqual(security_changes_while_attached(running, candidate), [])
 
-    def test_detached_in_candidate_is_free(self) -> None:
+    def test_detaching_in_the_same_commit_is_not_enough(self) -> None:
+        """The seed: changed only "when the adjacency is detached": detach first, then change."""
         running, candidate = self.configs("attach\n", "security trusted-encrypted\n")
-        self.assertEqual(security_changes_while_attached(running, candidate), [])
+        self.assertEqual(security_changes_while_attached(running, candidate), ["a"])
 
     def test_same_security_and_new_adjacencies(self) -> None:
         running, candidate = self.configs("attach\n", "attach\nsecurity untrusted\n")
