@@ -114,6 +114,12 @@ class SbcCore:
     # -- TransactionUser ------------------------------------------------------
 
     def screen(self, request: Request, flow: Flow, context: object) -> str | None:
+        if request.to.tag is not None:
+            # In a dialog the From is the dialog's remote party (for a callee:
+            # the original To, whatever peer serves it): only requests that
+            # start something are held to the TLS peer's identities. An
+            # in-dialog request must still match a dialog (else 481).
+            return None
         identities = context.peer_identities if isinstance(context, InboundContext) else None
         if not security.from_domain_matches(identities, request.from_.uri.host):
             return "tls-identity-mismatch"

@@ -93,6 +93,15 @@ class CoreTests(SynchronousTestCase):
         assert response is not None
         self.assertEqual(response.status, 200)
 
+    def test_in_dialog_requests_are_not_held_to_the_from_domain(self) -> None:
+        """A callee's BYE carries the callee's From, not its TLS peer's domain: 481, not dropped."""
+        bye = request("BYE", from_host="remote.test").replace(
+            b"To: <sip:127.0.0.1>", b"To: <sip:127.0.0.1>;tag=dialog"
+        )
+        response = self.answer(bye, TLS)
+        assert response is not None
+        self.assertEqual(response.status, 481)  # no such dialog here; over TLS, still answered
+
     def test_sips_from_untrusted_gets_403_380(self) -> None:
         response = self.answer(request("INVITE", "sips:bob@lab.test"))
         assert response is not None
