@@ -7,7 +7,7 @@ Run from the repository root::
 
 What it does, all on 127.0.0.1 with free ports, with a lab PKI written by
 ``sbc-lab-pki`` into a temporary directory (plus ``uas.pem``, a far-side
-certificate for iPAddress 127.0.0.1 from the same CA):
+certificate for ``sip:far.test`` and iPAddress 127.0.0.1 from the same CA):
 
 1. **Idle TLS connections.** Starts ``twistd -n --pidfile= sbc`` (pinned to
    CPU 0) with the configuration below, whose ``limits`` allow the
@@ -126,7 +126,7 @@ class Pki:
 
 
 def make_pki(directory: Path) -> Pki:
-    """``sbc-lab-pki DIR``, plus ``uas.pem`` (iPAddress 127.0.0.1) for the far side."""
+    """``sbc-lab-pki DIR``, plus ``uas.pem`` (``sip:far.test``, 127.0.0.1) for the far side."""
     try:
         subprocess.run([str(LAB_PKI), str(directory)], check=True, capture_output=True, timeout=60)
     except (OSError, subprocess.SubprocessError) as error:
@@ -134,7 +134,10 @@ def make_pki(directory: Path) -> Pki:
     ca_cert = x509.load_pem_x509_certificate((directory / "ca.pem").read_bytes())
     ca_key = load_pem_private_key((directory / "ca.key").read_bytes(), password=None)
     assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
-    leaf = issue(Identity(ca_cert, ca_key), HOST, ip_addresses=[HOST])
+    # signaling-peer is an IP address: the SBC checks the Request-URI's domain, far.test
+    leaf = issue(
+        Identity(ca_cert, ca_key), "far.test", sip_uris=["sip:far.test"], ip_addresses=[HOST]
+    )
     leaf.write(str(directory), "uas")
 
     def pair(stem: str) -> tuple[Path, Path]:

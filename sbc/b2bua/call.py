@@ -68,6 +68,7 @@ from sbc import security
 from sbc.b2bua import calllog
 from sbc.config import AdjacencyConfig, Transport
 from sbc.errors import SipError
+from sbc.identity import ip_literal
 from sbc.sip.headers import CSeq, Headers, NameAddr, Via
 from sbc.sip.message import Request, Response, response_to
 from sbc.sip.stack import Flow, StackOutput
@@ -150,7 +151,9 @@ def outbound_flow(adjacency: AdjacencyConfig, uri: URI) -> Flow:
     when it is ``transport tcp``, else UDP. The next hop is the
     ``signaling-peer`` when configured, else the Request-URI's host and
     port. For TLS, :attr:`Flow.server_name` is the name the certificate
-    must match: the signaling peer, else the URI host (RFC 5922 §7.3).
+    must match (and the SNI): the signaling peer when it is a host name,
+    else the Request-URI's host, the domain the request is for (RFC 5922
+    §7.3); an IP address only when that is what the URI names.
     """
     if adjacency.sends_tls:
         transport = "TLS"
@@ -164,7 +167,11 @@ def outbound_flow(adjacency: AdjacencyConfig, uri: URI) -> Flow:
     else:
         default_port = 5061 if transport == "TLS" else 5060
         remote = (uri.host.strip("[]"), uri.port or default_port)
-    server_name = remote[0] if transport == "TLS" else None
+    server_name = None
+    if transport == "TLS":
+        peer = adjacency.signaling_peer
+        named_peer = peer is not None and ip_literal(peer) is None
+        server_name = peer if named_peer else uri.host.strip("[]")
     return Flow(transport, local, remote, None, server_name)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
 from sbc.adjacencies import AdjacencyTable, InboundContext, ListenerKey
@@ -852,6 +853,17 @@ class FlowTests(SynchronousTestCase):
         self.assertEqual(
             flow, Flow("TLS", ("127.0.0.1", 5061), ("peer.lab.test", 5061), None, "peer.lab.test")
         )
+
+    def test_tls_flow_to_an_ip_signaling_peer_checks_the_uri_domain(self) -> None:
+        """behaviour.md §3 / RFC 5922 §7.3: an IP peer is no name; the URI's domain is."""
+        adjacency = attrs.evolve(self.config.adjacency("tls"), signaling_peer="192.0.2.9")
+        flow = outbound_flow(adjacency, parse_uri("sips:bob@Remote.test"))
+        self.assertEqual((flow.remote, flow.server_name), (("192.0.2.9", 5061), "Remote.test"))
+        flow = outbound_flow(adjacency, parse_uri("sips:bob@[2001:db8::7]"))
+        self.assertEqual(flow.server_name, "2001:db8::7")  # the URI names an address
+        no_peer = attrs.evolve(adjacency, signaling_peer=None)
+        flow = outbound_flow(no_peer, parse_uri("sips:bob@remote.test:5071"))
+        self.assertEqual((flow.remote, flow.server_name), (("remote.test", 5071), "remote.test"))
 
     def test_plain_flow_goes_to_the_uri_without_peer(self) -> None:
         flow = outbound_flow(self.config.adjacency("tcp-out"), parse_uri("sip:b@192.0.2.7:5080"))

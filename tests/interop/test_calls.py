@@ -388,7 +388,8 @@ class SecureCallTests(TestCase):
 
     SIPp UAC --TCP--> stunnel --TLS (client cert lab.test)--> tls-in
     (trusted-encrypted) -> SBC -> kamailio adjacency (trusted-encrypted,
-    signaling-peer 127.0.0.1: the SBC checks Kamailio's iPAddress SAN) --TLS
+    signaling-peer 127.0.0.1, an IP address: the SBC checks Kamailio's
+    certificate against far.test, the Request-URI's domain, RFC 5922 §7.3) --TLS
     (the SBC's certificate, verified by Kamailio)--> Kamailio --TCP--> SIPp UAS.
     """
 
@@ -397,9 +398,9 @@ class SecureCallTests(TestCase):
     @defer.inlineCallbacks
     def test_sips_call_through_kamailio(self) -> Any:
         pki = make_pki(self.mktemp())
-        kamailio_cert, kamailio_key = issue(pki.ca, "127.0.0.1", ip_addresses=["127.0.0.1"]).write(
-            pki.directory, "kamailio"
-        )
+        kamailio_cert, kamailio_key = issue(
+            pki.ca, "far.test", sip_uris=["sip:far.test"], ip_addresses=["127.0.0.1"]
+        ).write(pki.directory, "kamailio")
         callee = yield start_sipp_uas(
             self, "calls_uas.xml", transport="t1", keys={"contact_scheme": "sips"}
         )
