@@ -62,6 +62,16 @@ def _check_adjacencies(cfg: SbcConfig, certificate_configured: bool) -> Iterator
                 f"adjacency '{adj.name}' is trusted-encrypted but uses transport udp: "
                 "TLS runs over TCP only (use transport tcp, or leave transport out)",
             )
+        if adj.security_inbound.encrypted and not adj.security_outbound.encrypted:
+            # The adjacency listens on TLS only, so it has no plain socket to
+            # send from (outbound TLS with plain inbound works: TLS leaves on
+            # connections the SBC opens).
+            yield (
+                _line(adj.setting_lines, "security outbound", default=security_line),
+                f"adjacency '{adj.name}': security inbound trusted-encrypted listens on TLS "
+                f"only, so outbound {adj.security_outbound.value} has no plain socket to send "
+                "from: make outbound trusted-encrypted too, or use a second adjacency",
+            )
         if encrypted and not certificate_configured:
             yield (
                 security_line,

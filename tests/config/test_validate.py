@@ -138,6 +138,19 @@ class TransportTests(ValidateTestCase):
         )
         self.assertInvalid(text, 10, "transport udp")
 
+    def test_inbound_tls_with_plain_outbound_refused(self) -> None:
+        """It would listen on TLS only and have no plain socket to send from."""
+        text = GOOD.replace(
+            "   security trusted-encrypted\n",
+            "   security trusted-encrypted\n   security outbound untrusted\n",
+        )
+        self.assertInvalid(
+            text,
+            10,
+            "adjacency 'core': security inbound trusted-encrypted listens on TLS only",
+            "outbound untrusted has no plain socket to send from",
+        )
+
     def test_remote_address_family(self) -> None:
         text = GOOD.replace(
             "   remote-address ipv4 127.0.0.0/8\n", "   remote-address ipv6 ::1/128\n"
