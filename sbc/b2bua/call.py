@@ -57,7 +57,9 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import re
 import secrets
+import urllib.parse
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
@@ -193,11 +195,81 @@ def _via(flow: Flow, branch: str) -> Via:
     return Via(flow.transport, _host_text(host), port, (("branch", branch), ("rport", None)))
 
 
-def copy_end_to_end(source: Request | Response, headers: Headers) -> None:
-    """Copy the headers of ``source`` that are not per-hop or per-dialog."""
+#: Headers naming a dialog by Call-ID and tags (RFC 3891 Replaces, RFC 3515
+#: Refer-To with an embedded Replaces): rewritten to the other leg's dialog.
+DIALOG_REF_HEADERS: frozenset[str] = frozenset({"replaces", "refer-to"})
+
+_EMBEDDED_REPLACES = re.compile(r"(?i)(\?|&)(replaces=)([^&>\s]*)")
+
+
+def copy_end_to_end(source: Request | Response, headers: Headers) -> bool:
+    """Copy the headers of ``source`` that are not per-hop or per-dialog.
+
+    Returns True when one of them may name a dialog (:data:`DIALOG_REF_HEADERS`):
+    the caller then maps it with :func:`rewrite_dialog_refs`.
+    """
+    refs = False
     for name, value in source.headers:
-        if name.lower() not in HOP_HEADERS:
+        lower = name.lower()
+        if lower not in HOP_HEADERS:
             headers.add(name, value)
+            if lower in DIALOG_REF_HEADERS:
+                refs = True
+    return refs
+
+
+DialogMap = Callable[[str, str, str], "tuple[str, str, str] | None"]
+
+
+def map_replaces(value: str, lookup: DialogMap) -> str:
+    """A Replaces value (``CALL-ID;to-tag=X;from-tag=Y[;...]``) for the other leg.
+
+    ``lookup(call_id, to_tag, from_tag)`` gives the other leg's (Call-ID,
+    to-tag, from-tag) when the SBC holds that dialog; otherwise the value is
+    returned unchanged (the dialog does not go through the SBC).
+    """
+    parts = [p.strip() for p in value.split(";")]
+    params: dict[str, str] = {}
+    for part in parts[1:]:
+        key, _, val = part.partition("=")
+        params[key.strip().lower()] = val.strip()
+    to_tag, from_tag = params.get("to-tag"), params.get("from-tag")
+    if not parts[0] or to_tag is None or from_tag is None:
+        return value
+    mapped = lookup(parts[0], to_tag, from_tag)
+    if mapped is None:
+        return value
+    call_id, new_to, new_from = mapped
+    out = [call_id]
+    for part in parts[1:]:
+        key = part.partition("=")[0].strip().lower()
+        if key == "to-tag":
+            out.append(f"to-tag={new_to}")
+        elif key == "from-tag":
+            out.append(f"from-tag={new_from}")
+        else:
+            out.append(part)
+    return ";".join(out)
+
+
+def rewrite_dialog_refs(headers: Headers, lookup: DialogMap) -> None:
+    """Map Replaces (and a Replaces embedded in Refer-To) onto the other legs' dialogs.
+
+    Topology hiding (behaviour.md §1) for attended transfer and call pickup:
+    the Call-ID and tags of one side never reach the other, and the far UA
+    gets the identifiers of *its* dialog with the SBC, which it can match.
+    """
+    replaces = headers.get("Replaces")
+    if replaces is not None:
+        headers.set("Replaces", map_replaces(replaces, lookup))
+    refer_to = headers.get("Refer-To")
+    if refer_to is not None and "replaces=" in refer_to.lower():
+
+        def embedded(match: re.Match[str]) -> str:
+            mapped = map_replaces(urllib.parse.unquote(match.group(3)), lookup)
+            return match.group(1) + match.group(2) + urllib.parse.quote(mapped, safe="")
+
+        headers.set("Refer-To", _EMBEDDED_REPLACES.sub(embedded, refer_to))
 
 
 @attrs.frozen
@@ -493,7 +565,8 @@ class Call:
         leg.invite_cseq = leg.local_cseq
         request = leg.request(self.method, leg.local_cseq, manager.stack.new_branch())
         request.headers.set("Max-Forwards", self.max_forwards)
-        copy_end_to_end(original, request.headers)
+        if copy_end_to_end(original, request.headers):
+            rewrite_dialog_refs(request.headers, manager.dialog_ref)
         request.body = original.body
         self.b = leg
         self.last_outbound = adjacency.name
@@ -911,7 +984,8 @@ class Call:
         if method == "INVITE":
             other.invite_cseq = cseq
         relayed = other.request(method, cseq, stack.new_branch(), self._max_forwards(request))
-        copy_end_to_end(request, relayed.headers)
+        if copy_end_to_end(request, relayed.headers):
+            rewrite_dialog_refs(relayed.headers, self.manager.dialog_ref)
         rack = request.headers.get("RAck")
         if rack is not None and method == "PRACK":
             parts = rack.split()

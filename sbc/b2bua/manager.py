@@ -355,6 +355,27 @@ class CallManager:
         if found is not None and found[1] is leg:
             del self.dialogs[leg.dialog_key]
 
+    def dialog_ref(self, call_id: str, to_tag: str, from_tag: str) -> tuple[str, str, str] | None:
+        """A dialog named from one side, as (Call-ID, to-tag, from-tag) of the other leg.
+
+        ``to_tag`` / ``from_tag`` come from a Replaces header; whichever of
+        them is the SBC's own tag on that leg, the mapped pair keeps the
+        same orientation on the other leg (the SBC's tag where the SBC's
+        was, the far party's where the near party's was). ``None`` when
+        the SBC holds no such dialog.
+        """
+        for ours, theirs in ((to_tag, from_tag), (from_tag, to_tag)):
+            found = self.dialogs.get((call_id, ours))
+            if found is None:
+                continue
+            call, leg = found
+            other = call.other(leg)
+            if leg.remote_tag != theirs or other is None or other.remote_tag is None:
+                return None
+            far, near = other.remote_tag, other.local_tag
+            return (other.call_id, far, near) if ours == to_tag else (other.call_id, near, far)
+        return None
+
     def forget(self, call: Call) -> None:
         """Drop ``call`` from the call table (idempotent)."""
         self.calls.pop(call.id, None)

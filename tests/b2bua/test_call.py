@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import Callable, Sequence
 
 import attrs
@@ -898,3 +899,53 @@ class DeadlineBucketsTests(SynchronousTestCase):
         self.assertEqual(buckets.due(10.9), [])
         self.assertEqual(buckets.due(11.0), [first, second])
         self.assertEqual((len(buckets), buckets.next_deadline()), (0, None))
+
+
+class DialogReferenceTests(CallTestCase):
+    """Replaces / Refer-To?Replaces name the other leg's dialog (topology hiding, RFC 3891)."""
+
+    def second_call(self) -> tuple[Response, Request]:
+        """Another answered call from the caller: (the 200 it got, the B-leg INVITE)."""
+        request = invite(call_id="a-call-2", branch="z9hG4bKa2")
+        sent = self.net.feed(request, A_FLOW, ACCESS)
+        [(_, b_invite)] = self.net.requests(sent, "INVITE")
+        sent = self.net.feed(answer(b_invite, 200, tag="b2tag", body=SDP), B_FLOW, CORE)
+        [(_, ok)] = self.net.responses(sent)
+        ack = invite(method="ACK", call_id="a-call-2", to_tag=ok.to.tag, branch="z9hG4bKk2")
+        self.net.feed(ack, A_FLOW, ACCESS)
+        return ok, b_invite
+
+    def test_refer_with_replaces_is_mapped_to_the_other_legs_dialog(self) -> None:
+        _a_invite, b_invite, ok = self.establish()
+        ok2, b_invite2 = self.second_call()
+        # attended transfer: the caller names call 2 as it sees it (to-tag = the SBC's tag)
+        replaces = f"a-call-2;to-tag={ok2.to.tag};from-tag=atag"
+        refer = invite(method="REFER", to_tag=ok.to.tag, branch="z9hG4bKref", cseq=2, body=b"")
+        refer.headers.add(
+            "Refer-To", f"<sip:carol@remote.test?Replaces={urllib.parse.quote(replaces, safe='')}>"
+        )
+        [(flow, relayed)] = self.net.requests(self.net.feed(refer, A_FLOW, ACCESS), "REFER")
+        self.assertEqual((flow, relayed.call_id), (B_FLOW, b_invite.call_id))
+        refer_to = relayed.headers.get("Refer-To") or ""
+        embedded = urllib.parse.unquote(refer_to.split("Replaces=", 1)[1].rstrip(">"))
+        # call 2's B-leg: Call-ID of the SBC, to-tag the callee's, from-tag the SBC's
+        self.assertEqual(
+            embedded, f"{b_invite2.call_id};to-tag=b2tag;from-tag={b_invite2.from_.tag}"
+        )
+        self.assertNotIn("a-call-2", refer_to)
+        self.assertNotIn("atag", refer_to)
+
+    def test_invite_with_replaces_is_mapped_and_unknown_dialogs_left_alone(self) -> None:
+        _a_invite, b_invite, ok = self.establish()
+        pickup = invite(call_id="a-call-3", branch="z9hG4bKa3")
+        pickup.headers.add("Replaces", f"a-call-1;from-tag={ok.to.tag};to-tag=atag;early-only")
+        sent = self.net.feed(pickup, A_FLOW, ACCESS)
+        [(_, b_pickup)] = self.net.requests(sent, "INVITE")
+        self.assertEqual(
+            b_pickup.headers.get("Replaces"),
+            f"{b_invite.call_id};from-tag=btag;to-tag={b_invite.from_.tag};early-only",
+        )
+        other = invite(call_id="a-call-4", branch="z9hG4bKa4")
+        other.headers.add("Replaces", "elsewhere-1;to-tag=x;from-tag=y")
+        [(_, b_other)] = self.net.requests(self.net.feed(other, A_FLOW, ACCESS), "INVITE")
+        self.assertEqual(b_other.headers.get("Replaces"), "elsewhere-1;to-tag=x;from-tag=y")
