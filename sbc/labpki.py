@@ -205,7 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     written = write_lab_pki(directory)
     if written:
         print(WARNING, file=sys.stderr)
-        print(f"sbc-lab-pki: wrote {len(written)} files to {directory}", file=sys.stderr)
+        names = " ".join(os.path.basename(path) for path in written)
+        print(f"sbc-lab-pki: wrote {len(written)} files to {directory}: {names}", file=sys.stderr)
     else:
         print(f"sbc-lab-pki: {directory} already holds a PKI; left unchanged", file=sys.stderr)
     return 0

@@ -122,6 +122,10 @@ COUNTER_FAMILIES: Mapping[str, CounterFamily] = {
         total=True,
         reason_help="TCP/TLS connections the SBC closed itself, by reason.",
     ),
+    "connections-reused": CounterFamily(
+        "Messages sent on an outbound TCP/TLS connection already open to the same peer "
+        "(same verified identity for TLS)."
+    ),
     "connect-failures": CounterFamily("Outbound TCP/TLS connection attempts that failed."),
     "transmit-failures": CounterFamily("Messages that could not be sent."),
     "listen-failures": CounterFamily(
@@ -142,7 +146,8 @@ COUNTER_FAMILIES: Mapping[str, CounterFamily] = {
     "attempts": CounterFamily("Requests sent to a hunt target, on the outbound adjacency."),
     "hunt-refused": CounterFamily("Hunt targets refused by the security rules."),
     "hunt-skip": CounterFamily(
-        "Hunt targets given up for the next one, by status code or failure.", label="reason"
+        "Hunt targets given up (the next one is tried, if any), by status code or failure.",
+        label="reason",
     ),
     "calls-answered": CounterFamily("Calls answered (2xx), on the outbound adjacency."),
     "calls-rejected": CounterFamily(

@@ -402,6 +402,15 @@ class SbcService(MultiService):
                     f"% commit {pending.commit_id} is waiting for confirmation: "
                     "'commit' confirms it first"
                 ]
+            # The way back must be a commit the SBC accepts: not one that
+            # changes the security of an adjacency this trial attaches.
+            stuck = security_changes_while_attached(candidate, self.config)
+            if stuck:
+                return [
+                    f"% commit confirmed could not roll back: it attaches adjacency {stuck[0]} "
+                    "with a new security, which cannot be undone while it is attached; "
+                    "commit without 'confirmed'"
+                ]
         errors = self._apply_config(candidate, user=user, client=client, comment=comment)
         if not errors:
             record = self.commits.records[-1]

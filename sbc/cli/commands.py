@@ -467,6 +467,11 @@ class Session:
                 if any(line.startswith("%") for line in lines):
                     raise _CliError("\n".join(lines))
                 return lines
+            if waiting is not None:
+                return [
+                    f"No configuration changes to commit; commit {waiting[0]} is still rolled "
+                    f"back in {waiting[1]} seconds unless 'commit' confirms it."
+                ]
             return ["No configuration changes to commit."]
         errors = self.backend.commit(
             candidate,
@@ -579,7 +584,14 @@ class Session:
                 [str(n), str(r.id), r.user or "-", r.client or "-", r.timestamp, r.comment]
                 for n, r in enumerate(reversed(records), start=1)
             ]
-            return format_table(["SNo.", "ID", "User", "Client", "Time", "Comment"], rows)
+            table = format_table(["SNo.", "ID", "User", "Client", "Time", "Comment"], rows)
+            waiting = self.backend.pending_confirmation()
+            if waiting is not None:
+                table.append(
+                    f"! commit {waiting[0]} is on trial: rolled back in {waiting[1]} seconds "
+                    "unless 'commit' confirms it"
+                )
+            return table
         if len(args) == 2 and args[0] == "changes" and args[1].isdigit():
             found = [r for r in records if r.id == int(args[1])]
             if not found:

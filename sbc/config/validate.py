@@ -76,7 +76,7 @@ def _check_adjacencies(cfg: SbcConfig, certificate_configured: bool) -> Iterator
             yield (
                 security_line,
                 f"adjacency '{adj.name}' is trusted-encrypted but no certificate is "
-                "configured (start sbc with --certificate and --private-key)",
+                "configured (start sbc with --certificate, --private-key and --ca-certificates)",
             )
         address = adj.signaling_address
         for net in adj.remote_addresses:

@@ -584,7 +584,17 @@ class CommitHistoryTests(SynchronousTestCase):
         )
         self.assertEqual(self.backend.history.records[-1].comment, "trial")
         text, ok = self.session.execute("commit confirmed")
-        self.assertEqual(text, "No configuration changes to commit.")
+        self.assertEqual(
+            text,
+            f"No configuration changes to commit; commit {commit_id} is still rolled back in "
+            "120 seconds unless 'commit' confirms it.",
+        )
+        listing = self.session.execute("show configuration commit list")[0].split("\n")
+        self.assertEqual(
+            listing[-1],
+            f"! commit {commit_id} is on trial: rolled back in 120 seconds unless 'commit' "
+            "confirms it",
+        )
         text, ok = self.session.execute("commit")
         self.assertEqual((text, ok), (f"Commit {commit_id} confirmed.", True))
         text, ok = self.session.execute("commit")

@@ -394,6 +394,27 @@ class CommitConfirmedTests(_ServiceCase):
         self.reactor().advance(600)
         self.assertEqual(self.port(), 5073)
 
+    def test_trial_that_could_not_be_rolled_back_is_refused(self) -> None:
+        """Attaching an adjacency with a new security: the way back would be refused."""
+        text = RUNNING.replace("security trusted-encrypted\n", "").replace(
+            "   signaling-port 5070\n",
+            "   signaling-port 5070\n   security trusted-unencrypted\n   attach\n",
+        )
+        before = self.service.config
+        errors = self.service.apply_config(parse_config(text), confirm_within=60)
+        self.assertEqual(
+            errors,
+            [
+                "% commit confirmed could not roll back: it attaches adjacency test with a new "
+                "security, which cannot be undone while it is attached; commit without 'confirmed'"
+            ],
+        )
+        self.assertIs(self.service.config, before)
+        self.assertEqual(self.service.commits.records, ())
+        self.assertEqual(
+            self.service.apply_config(parse_config(text)), []
+        )  # a plain commit is fine
+
     def test_trial_through_the_cli_session(self) -> None:
         session = Session(ServiceBackend(self.service), user="alice", client="cli")
         for line in ("configure", "sbc mysbc", "sbe", "adjacency sip test", "signaling-port 5075"):

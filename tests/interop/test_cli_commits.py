@@ -158,7 +158,9 @@ class CommitInteropTests(CliTestCase):
             result.stdout.decode(),
         )
         result = yield self.sbc_cli(path, "configure", "commit confirmed 60", "end")
-        self.assertIn("No configuration changes to commit.", result.stdout.decode())
+        self.assertIn(
+            "No configuration changes to commit; commit 1000000001 is still", result.stdout.decode()
+        )
         result = yield self.sbc_cli(path, "configure", "commit", "end")
         self.assertEqual(result.exit_code, 0, result.text())
         self.assertIn("Commit 1000000001 confirmed.", result.stdout.decode())
