@@ -484,7 +484,7 @@ class Call:
         #: The best failure of the candidates tried (RFC 3261 §16.7 step 6), for the caller.
         self.last_failure: Response | SipError | None = None
         #: The second the B-leg INVITE's timer ends (manager.b_deadlines), if armed.
-        self.b_deadline: int | None = None
+        self.deadline: int | None = None
         #: Timer C fired on the current B-leg: its final response counts as 408.
         self.no_answer = False
         self.relays: set[Relay] = set()
@@ -577,12 +577,12 @@ class Call:
         manager.bind_client(transaction, self)
         if self.dialog:
             manager.bind_dialog(self, leg)
-            self._arm_b(now + manager.no_answer_timeout())
+            manager.b_deadlines.arm(self, now + manager.no_answer_timeout())
         manager.count(adjacency.name, "attempts")
         return outputs
 
     def _drop_b(self) -> None:
-        self._disarm_b()
+        self.manager.b_deadlines.disarm(self)
         self.no_answer = False
         if self.b is not None:
             self.manager.unbind_dialog(self.b)
@@ -624,7 +624,7 @@ class Call:
             # 2xx retransmissions reach the call through its dialog (CallManager)
             self.manager.unbind_client(self.b_transaction)
             self.b_transaction = None
-            self._disarm_b()
+            self.manager.b_deadlines.disarm(self)
         if self.state is CallState.ENDED or leg is None:
             return self._late_final(response, now)
         if status < 200:
@@ -649,7 +649,7 @@ class Call:
         """The B-leg request timed out or could not be sent: hunt on."""
         leg = self.b
         self.b_transaction = None
-        self._disarm_b()
+        self.manager.b_deadlines.disarm(self)
         if self.state is CallState.ENDED or leg is None:
             self._drop_b()
             self.maybe_forget()
@@ -668,9 +668,9 @@ class Call:
         self.b_provisional = True
         if (self.cancel_pending or self.no_answer) and self.b_transaction is not None:
             return self._cancel_b(now)
-        if response.status > 100 and not self.cancel_sent and self.b_deadline is not None:
+        if response.status > 100 and not self.cancel_sent and self.deadline is not None:
             # RFC 3261 §16.7 step 2: a provisional response above 100 restarts Timer C
-            self._arm_b(now + self.manager.no_answer_timeout())
+            self.manager.b_deadlines.arm(self, now + self.manager.no_answer_timeout())
         if not self.dialog or response.status == 100 or self.answered:
             return outputs
         contacts = [c for c in response.contacts if not c.is_star]
@@ -846,30 +846,19 @@ class Call:
         _, outputs = self.manager.stack.send_request(cancel, leg.flow, now)
         self.cancel_sent = True  # one CANCEL is enough
         # RFC 3261 §9.1: the INVITE's final response should follow within 64*T1
-        self._arm_b(now + 64 * self.manager.stack.transactions.settings.t1)
+        self.manager.b_deadlines.arm(self, now + 64 * self.manager.stack.transactions.settings.t1)
         return outputs
 
     # -- the B-leg INVITE timer: Timer C, then the wait after a CANCEL ---------
 
-    def _arm_b(self, at: float) -> None:
-        deadlines = self.manager.b_deadlines
-        if self.b_deadline is not None:
-            deadlines.disarm(self.b_deadline, self)
-        self.b_deadline = deadlines.arm(at, self)
-
-    def _disarm_b(self) -> None:
-        if self.b_deadline is not None:
-            self.manager.b_deadlines.disarm(self.b_deadline, self)
-            self.b_deadline = None
-
     def deadline_passed(self, now: float) -> list[StackOutput]:
         """The B-leg INVITE's timer ran out (called by the manager).
 
-        Timer C (no final response): CANCEL the INVITE once it had a
-        provisional response, else abandon it; either way it counts as 408.
-        After a CANCEL: its final response never came, give the INVITE up.
+        Timer C (no final response): CANCEL the INVITE now if it had a
+        provisional response, else on its first one (Timer B ends a silent
+        one); either way its end counts as 408. After a CANCEL: its final
+        response never came, give the INVITE up.
         """
-        self.b_deadline = None
         leg = self.b
         if self.b_transaction is None or leg is None:
             return []
@@ -1000,7 +989,7 @@ class Call:
         self.manager.bind_server(transaction, relay)
         if method == "INVITE":
             self.reinvite = relay
-            self._arm_relay(relay, now + self.manager.no_answer_timeout())
+            self.manager.b_deadlines.arm(relay, now + self.manager.no_answer_timeout())
         if method == "BYE":
             self.manager.count(leg.adjacency, "calls-ended")
             self.end_why = "BYE from the caller" if leg is self.a else "BYE from the callee"
@@ -1024,7 +1013,8 @@ class Call:
             if relay.cancel_pending and not relay.cancel_sent:
                 return self._cancel_relayed(relay, now)
             if status > 100 and not relay.cancel_sent and relay.deadline is not None:
-                self._arm_relay(relay, now + self.manager.no_answer_timeout())  # §16.7 step 2
+                # §16.7 step 2
+                self.manager.b_deadlines.arm(relay, now + self.manager.no_answer_timeout())
         if relay.answered:
             return []
         if status == 100:
@@ -1074,9 +1064,7 @@ class Call:
         return stack.reject(relay.server, error, relay.source.flow, now)
 
     def _forget(self, relay: Relay) -> None:
-        if relay.deadline is not None:
-            self.manager.b_deadlines.disarm(relay.deadline, relay)
-            relay.deadline = None
+        self.manager.b_deadlines.disarm(relay)
         self.relays.discard(relay)
         if relay.client is not None:
             self.manager.unbind_client(relay.client)
@@ -1112,14 +1100,8 @@ class Call:
             build_cancel(relay.client.request), relay.target.flow, now
         )
         # §9.1: the INVITE's final response should follow within 64*T1
-        self._arm_relay(relay, now + 64 * manager.stack.transactions.settings.t1)
+        manager.b_deadlines.arm(relay, now + 64 * manager.stack.transactions.settings.t1)
         return sent
-
-    def _arm_relay(self, relay: Relay, at: float) -> None:
-        deadlines = self.manager.b_deadlines
-        if relay.deadline is not None:
-            deadlines.disarm(relay.deadline, relay)
-        relay.deadline = deadlines.arm(at, relay)
 
     def relay_deadline_passed(self, relay: Relay, now: float) -> list[StackOutput]:
         """Timer C of a relayed re-INVITE, or the end of the wait after its CANCEL.
@@ -1129,7 +1111,6 @@ class Call:
         a CANCEL with no final response for 64*T1, the re-INVITE is given
         up (RFC 3261 §9.1) and the relay forgotten.
         """
-        relay.deadline = None
         client = relay.client
         if client is None or relay not in self.relays:
             return []
@@ -1230,7 +1211,7 @@ class Call:
                 leg.unacked.clear()
                 self.manager.unbind_dialog(leg)
         if not keep_b and self.b_transaction is not None:
-            self._disarm_b()
+            self.manager.b_deadlines.disarm(self)
             self.manager.unbind_client(self.b_transaction)
             # The INVITE transactions linger up to 64*T1 for retransmissions
             # only: their messages need no typed header values any more.

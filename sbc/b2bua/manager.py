@@ -101,21 +101,28 @@ class DeadlineBuckets:
     def __len__(self) -> int:
         return sum(len(bucket) for bucket in self._buckets.values())
 
-    def arm(self, at: float, call: Call | Relay) -> int:
-        """Wake ``call`` at ``at`` rounded up to a second; returns that second."""
+    def arm(self, waiting: Call | Relay, at: float) -> None:
+        """Wake ``waiting`` at ``at`` rounded up to a second (instead of any earlier arming).
+
+        The second is kept in ``waiting.deadline`` (``None`` when not armed).
+        """
+        self.disarm(waiting)
         second = math.ceil(at)
         bucket = self._buckets.get(second)
         if bucket is None:
             bucket = self._buckets[second] = {}
             heapq.heappush(self._seconds, second)
-        bucket[call] = None
-        return second
+        bucket[waiting] = None
+        waiting.deadline = second
 
-    def disarm(self, second: int, call: Call | Relay) -> None:
-        """Forget ``call``'s deadline at ``second`` (what :meth:`arm` returned)."""
-        bucket = self._buckets.get(second)
-        if bucket is not None:
-            bucket.pop(call, None)
+    def disarm(self, waiting: Call | Relay) -> None:
+        """Forget ``waiting``'s deadline, if it has one."""
+        second = waiting.deadline
+        if second is not None:
+            waiting.deadline = None
+            bucket = self._buckets.get(second)
+            if bucket is not None:
+                bucket.pop(waiting, None)
 
     def next_deadline(self) -> int | None:
         """The first second with a call due, or ``None``."""
@@ -125,13 +132,15 @@ class DeadlineBuckets:
         return seconds[0] if seconds else None
 
     def due(self, now: float) -> list[Call | Relay]:
-        """Remove and return the calls whose deadline is ``now`` or earlier, in order."""
+        """Remove and return (disarmed) what is due at ``now`` or earlier, in order."""
         calls: list[Call | Relay] = []
         seconds, buckets = self._seconds, self._buckets
         while seconds and seconds[0] <= now:
             bucket = buckets.pop(heapq.heappop(seconds), None)
             if bucket:
                 calls.extend(bucket)
+        for waiting in calls:
+            waiting.deadline = None
         return calls
 
 

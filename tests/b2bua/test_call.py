@@ -888,17 +888,34 @@ class DeadlineBucketsTests(SynchronousTestCase):
 
     def test_arm_rounds_up_disarm_forgets_due_in_order(self) -> None:
         buckets = DeadlineBuckets()
-        first, second, third = object(), object(), object()
-        self.assertEqual(buckets.arm(10.2, first), 11)  # type: ignore[arg-type]
-        self.assertEqual(buckets.arm(11.0, second), 11)  # type: ignore[arg-type]
-        self.assertEqual(buckets.arm(5.5, third), 6)  # type: ignore[arg-type]
+        first, second, third = _Waiting(), _Waiting(), _Waiting()
+        buckets.arm(first, 10.2)  # type: ignore[arg-type]
+        buckets.arm(second, 11.0)  # type: ignore[arg-type]
+        buckets.arm(third, 5.5)  # type: ignore[arg-type]
+        self.assertEqual((first.deadline, second.deadline, third.deadline), (11, 11, 6))
         self.assertEqual((len(buckets), buckets.next_deadline()), (3, 6))
-        buckets.disarm(6, third)  # type: ignore[arg-type]
-        buckets.disarm(6, third)  # type: ignore[arg-type]  # twice: no harm
+        buckets.disarm(third)  # type: ignore[arg-type]
+        buckets.disarm(third)  # type: ignore[arg-type]  # twice: no harm
+        self.assertIsNone(third.deadline)
         self.assertEqual((len(buckets), buckets.next_deadline()), (2, 11))
         self.assertEqual(buckets.due(10.9), [])
         self.assertEqual(buckets.due(11.0), [first, second])
+        self.assertEqual((first.deadline, second.deadline), (None, None))
         self.assertEqual((len(buckets), buckets.next_deadline()), (0, None))
+
+    def test_rearming_moves_the_deadline(self) -> None:
+        buckets = DeadlineBuckets()
+        waiting = _Waiting()
+        buckets.arm(waiting, 3.0)  # type: ignore[arg-type]
+        buckets.arm(waiting, 8.5)  # type: ignore[arg-type]  # a 180: Timer C starts again
+        self.assertEqual((waiting.deadline, len(buckets), buckets.next_deadline()), (9, 1, 9))
+        self.assertEqual(buckets.due(8.0), [])
+
+
+class _Waiting:
+    """Stands in for a call or relay: only the ``deadline`` the buckets keep."""
+
+    deadline: int | None = None
 
 
 class DialogReferenceTests(CallTestCase):
