@@ -80,7 +80,7 @@ from sbc.sip.transaction import (
     ServerTransaction,
     build_cancel,
 )
-from sbc.sip.uri import URI
+from sbc.sip.uri import URI, host_text
 
 if TYPE_CHECKING:
     from sbc.b2bua.manager import CallManager
@@ -142,10 +142,6 @@ def new_call_id(host: str) -> str:
     return f"{secrets.token_hex(12)}@{host.strip('[]')}"
 
 
-def _host_text(address: str) -> str:
-    return f"[{address}]" if ":" in address and not address.startswith("[") else address
-
-
 def outbound_flow(adjacency: AdjacencyConfig, uri: URI) -> Flow:
     """Where a request out of ``adjacency`` to ``uri`` goes (behaviour.md §2, §3).
 
@@ -187,12 +183,12 @@ def contact_for(flow: Flow, user: str | None = None) -> NameAddr:
         params, scheme = (("transport", "tcp"),), "sip"
     else:
         params, scheme = (), "sip"
-    return NameAddr(None, URI(scheme, user, None, _host_text(host), port, params))
+    return NameAddr(None, URI(scheme, user, None, host_text(host), port, params))
 
 
 def _via(flow: Flow, branch: str) -> Via:
     host, port = flow.local
-    return Via(flow.transport, _host_text(host), port, (("branch", branch), ("rport", None)))
+    return Via(flow.transport, host_text(host), port, (("branch", branch), ("rport", None)))
 
 
 #: Headers naming a dialog by Call-ID and tags (RFC 3891 Replaces, RFC 3515

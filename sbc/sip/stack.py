@@ -40,6 +40,7 @@ from sbc.sip.transaction import (
     TransportError,
 )
 from sbc.sip.transaction import Output as TransactionOutput
+from sbc.sip.uri import host_text
 
 MAGIC_COOKIE = "z9hG4bK"
 
@@ -162,9 +163,8 @@ def note_source(request: Request, flow: Flow) -> None:
 
 
 def _local_host(flow: Flow) -> str:
-    """The flow's local address as a warn-agent host (an IPv6 address in brackets)."""
-    host = flow.local[0]
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+    """The flow's local address as the warn-agent host."""
+    return host_text(flow.local[0])
 
 
 class SipStack:

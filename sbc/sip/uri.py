@@ -23,7 +23,7 @@ from typing import Literal, NoReturn, cast
 
 from sbc.errors import ParseError
 
-__all__ = ["URI", "UnsupportedSchemeError", "parse_uri", "unescape"]
+__all__ = ["URI", "UnsupportedSchemeError", "host_text", "parse_uri", "unescape"]
 
 
 class UnsupportedSchemeError(ParseError):
@@ -403,6 +403,11 @@ def _canon(s: str) -> str:
         else:
             out.append("%" + piece)
     return "".join(out)
+
+
+def host_text(address: str) -> str:
+    """An address as the host of a URI, Via or warn-agent: an IPv6 address in brackets."""
+    return f"[{address}]" if ":" in address and not address.startswith("[") else address
 
 
 def _canon_opt(s: str | None) -> str | None:

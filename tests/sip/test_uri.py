@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from sbc.errors import ParseError
-from sbc.sip.uri import URI, UnsupportedSchemeError, parse_uri, unescape
+from sbc.sip.uri import URI, UnsupportedSchemeError, host_text, parse_uri, unescape
 
 
 class ParseSipTests(SynchronousTestCase):
@@ -686,3 +686,11 @@ class PropertyTests(SynchronousTestCase):
         except ParseError:
             return
         self.assertEqual(u.serialize(), mutated)
+
+
+class HostTextTests(SynchronousTestCase):
+    def test_ipv6_bracketed_once_others_unchanged(self) -> None:
+        self.assertEqual(host_text("2001:db8::1"), "[2001:db8::1]")
+        self.assertEqual(host_text("[2001:db8::1]"), "[2001:db8::1]")
+        self.assertEqual(host_text("192.0.2.1"), "192.0.2.1")
+        self.assertEqual(host_text("sbc.example.net"), "sbc.example.net")
