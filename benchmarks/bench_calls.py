@@ -42,7 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -400,23 +400,32 @@ def print_step(name: str, step: Step) -> None:
     )
 
 
-def table(steps: Sequence[Step]) -> str:
-    head = (
-        "| rate/s | calls | completed | failed | failed % | retrans | UDP drops "
-        "| CPU s | CPU % core | CPU ms/call | RSS MiB before -> after |"
-    )
-    rule = "|" + "|".join("-" * (len(cell) - 1) + ":" for cell in head.split("|")[1:-1]) + "|"
-    lines = [head, rule]
-    for s in steps:
-        per_call = f"{s.ms_per_call:.3f}" if s.ms_per_call is not None else "-"
-        retrans = str(s.stats.retransmissions) if s.stats else "-"
-        lines.append(
-            f"| {s.rate} | {s.calls} | {s.completed} | {s.failed} "
-            f"| {s.failed_ratio:.2%} | {retrans} | {s.drops} | {s.cpu_ms / 1000:.2f} "
-            f"| {100 * s.cpu_ms / 1000 / s.wall_s:.0f} % | {per_call} "
-            f"| {s.rss_before_kib / 1024:.1f} -> {s.rss_after_kib / 1024:.1f} |"
-        )
+def markdown_table(columns: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    """A Markdown table, every column right-aligned (numbers read best that way)."""
+    lines = [
+        "| " + " | ".join(columns) + " |",
+        "|" + "|".join("-" * len(c) + ":" for c in columns) + "|",
+    ]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def table(steps: Sequence[Step]) -> str:
+    columns = (
+        "rate/s", "calls", "completed", "failed", "failed %", "retrans", "UDP drops",
+        "CPU s", "CPU % core", "CPU ms/call", "RSS MiB before -> after",
+    )  # fmt: skip
+
+    def row(s: Step) -> tuple[object, ...]:
+        return (
+            s.rate, s.calls, s.completed, s.failed, f"{s.failed_ratio:.2%}",
+            s.stats.retransmissions if s.stats else "-", s.drops, f"{s.cpu_ms / 1000:.2f}",
+            f"{100 * s.cpu_ms / 1000 / s.wall_s:.0f} %",
+            f"{s.ms_per_call:.3f}" if s.ms_per_call is not None else "-",
+            f"{s.rss_before_kib / 1024:.1f} -> {s.rss_after_kib / 1024:.1f}",
+        )  # fmt: skip
+
+    return markdown_table(columns, [row(s) for s in steps])
 
 
 def log_problems(text: str, limit: int = 60) -> list[str]:

@@ -618,23 +618,22 @@ def calls(
 
 
 def calls_table(steps: Sequence[CallStep]) -> str:
-    head = (
-        "| rate/s | calls | completed | failed | retrans | UDP drops | CPU s (calls + drain) "
-        "| CPU ms/call | CPU ms/call (calls only) | RSS MiB before -> after |"
-    )
-    rule = "|" + "|".join("-" * (len(cell) - 1) + ":" for cell in head.split("|")[1:-1]) + "|"
-    lines = [head, rule]
-    for c in steps:
+    columns = (
+        "rate/s", "calls", "completed", "failed", "retrans", "UDP drops", "CPU s (calls + drain)",
+        "CPU ms/call", "CPU ms/call (calls only)", "RSS MiB before -> after",
+    )  # fmt: skip
+
+    def row(c: CallStep) -> tuple[object, ...]:
         s = c.step
-        per_call = f"{s.ms_per_call:.3f}" if s.ms_per_call is not None else "-"
-        only = f"{c.ms_per_call_calls:.3f}" if c.ms_per_call_calls is not None else "-"
-        retrans = str(s.stats.retransmissions) if s.stats else "-"
-        lines.append(
-            f"| {s.rate} | {s.calls} | {s.completed} | {s.failed} | {retrans} | {s.drops} "
-            f"| {s.cpu_ms / 1000:.2f} | {per_call} | {only} "
-            f"| {s.rss_before_kib / 1024:.1f} -> {s.rss_after_kib / 1024:.1f} |"
-        )
-    return "\n".join(lines)
+        return (
+            s.rate, s.calls, s.completed, s.failed,
+            s.stats.retransmissions if s.stats else "-", s.drops, f"{s.cpu_ms / 1000:.2f}",
+            f"{s.ms_per_call:.3f}" if s.ms_per_call is not None else "-",
+            f"{c.ms_per_call_calls:.3f}" if c.ms_per_call_calls is not None else "-",
+            f"{s.rss_before_kib / 1024:.1f} -> {s.rss_after_kib / 1024:.1f}",
+        )  # fmt: skip
+
+    return bc.markdown_table(columns, [row(c) for c in steps])
 
 
 def report(
