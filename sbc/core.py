@@ -223,11 +223,11 @@ class SbcCore:
     def _answer_locally(
         self, request: Request, transaction: ServerTransaction, flow: Flow, now: float
     ) -> list[StackOutput]:
-        if request.method == "OPTIONS":
-            response = response_to(request, 200)
-            response.headers.add("Supported", SUPPORTED)
-            response.headers.add("Accept", ACCEPT)
-        else:
-            response = response_to(request, 405)  # §21.4.6: 405 lists what is allowed
+        if request.method != "OPTIONS":
+            # §21.4.6: a 405 lists what is allowed.
+            raise SipError(405, "Method Not Allowed", headers=(("Allow", ALLOW),))
+        response = response_to(request, 200)
+        response.headers.add("Supported", SUPPORTED)
+        response.headers.add("Accept", ACCEPT)
         response.headers.add("Allow", ALLOW)
         return self.stack.respond(transaction, response, now)

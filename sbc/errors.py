@@ -24,6 +24,9 @@ class SipError(SbcError):
     ``status`` and ``reason`` are the response's status line; ``warning`` is an
     optional RFC 3261 §20.43 warn-code (e.g. 380 "SIPS Not Allowed") that the
     responder adds as a Warning header with its own host as warn-agent.
+    ``headers`` are further ``(name, value)`` pairs the response carries, in
+    order: ``WWW-Authenticate`` / ``Proxy-Authenticate`` of a digest challenge,
+    ``Allow`` of a 405, ``Retry-After`` of a 503.
     """
 
     def __init__(
@@ -31,11 +34,13 @@ class SipError(SbcError):
         status: int,
         reason: str,
         warning: tuple[int, str] | None = None,
+        headers: tuple[tuple[str, str], ...] = (),
     ) -> None:
         super().__init__(f"{status} {reason}")
         self.status = status
         self.reason = reason
         self.warning = warning
+        self.headers = headers
 
 
 class ParseError(SipError):

@@ -167,6 +167,38 @@ def _local_host(flow: Flow) -> str:
     return host_text(flow.local[0])
 
 
+def error_response(request: Request, error: SipError, warn_agent: str) -> Response:
+    """The response for ``error``: status, reason, Warning (RFC 5630 §9) and its headers.
+
+    Every response the SBC generates for a failure is built here, whether the
+    stack answers it or a transport answers a framing error on the spot
+    (:func:`error_answer`).
+    """
+    response = response_to(request, error.status, error.reason)
+    if error.warning is not None:
+        code, text = error.warning
+        response.headers.add("Warning", f'{code} {warn_agent} "{text}"')
+    for name, value in error.headers:
+        response.headers.add(name, value)
+    return response
+
+
+def error_answer(error: ParseError) -> bytes | None:
+    """The bytes answering a framing or parse error on the spot, when it can be answered.
+
+    Used by the transports for what never reaches the stack (a stream's
+    framing error, a datagram over the size limit): the answer goes back on
+    the connection or to the source it came from.
+    """
+    request = error.request
+    if request is None:
+        return None
+    try:
+        return error_response(request, error, "").serialize()
+    except ParseError:
+        return None
+
+
 class SipStack:
     """Parse, match to transactions, hand to the TU, and answer errors.
 
@@ -266,12 +298,8 @@ class SipStack:
         return f"{self._branch_prefix}.{next(self._branch_counter)}"
 
     def error_response(self, request: Request, error: SipError, flow: Flow) -> Response:
-        """The response for ``error``: status, reason and Warning (RFC 5630 §9)."""
-        response = response_to(request, error.status, error.reason)
-        if error.warning is not None:
-            code, text = error.warning
-            response.headers.add("Warning", f'{code} {self._agent(flow)} "{text}"')
-        return response
+        """The response for ``error``, with this stack's warn-agent (see :func:`error_response`)."""
+        return error_response(request, error, self._agent(flow))
 
     # -- internals ------------------------------------------------------------
 

@@ -46,7 +46,7 @@ from sbc.config import Limits
 from sbc.errors import ParseError
 from sbc.identity import PeerIdentities
 from sbc.sip.framing import KEEPALIVE_PING, StreamFramer
-from sbc.sip.message import response_to
+from sbc.sip.stack import error_answer
 from sbc.transport.tls import PeerVerificationError, peer_identities
 
 if TYPE_CHECKING:
@@ -61,7 +61,6 @@ __all__ = [
     "StreamFactory",
     "StreamHost",
     "address_of",
-    "error_answer",
     "starts_like_tls",
 ]
 
@@ -78,17 +77,6 @@ CLOSE_GRACE = 5.0
 def starts_like_tls(data: bytes) -> bool:
     """True when ``data`` begins with a TLS record header (0x16 0x03)."""
     return data[:2] == TLS_RECORD_PREFIX
-
-
-def error_answer(error: ParseError) -> bytes | None:
-    """The response to a framing or parse error, when the request can be answered."""
-    request = error.request
-    if request is None:
-        return None
-    try:
-        return response_to(request, error.status, error.reason).serialize()
-    except ParseError:
-        return None
 
 
 def address_of(address: IAddress) -> tuple[str, int]:

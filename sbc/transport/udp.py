@@ -25,8 +25,9 @@ from twisted.internet.protocol import DatagramProtocol
 from sbc.adjacencies import ListenerKey
 from sbc.config import Limits
 from sbc.errors import ParseError
-from sbc.sip.message import Request, parse_message, response_to
-from sbc.transport.stream import error_answer, starts_like_tls
+from sbc.sip.message import Request, parse_message
+from sbc.sip.stack import error_answer
+from sbc.transport.stream import starts_like_tls
 
 __all__ = ["DatagramHost", "UdpListener"]
 
@@ -104,10 +105,7 @@ class UdpListener(DatagramProtocol):
             answer = error_answer(ParseError("Message Too Large", 513, error.request))
         else:
             if isinstance(message, Request):
-                try:
-                    answer = response_to(message, 513, "Message Too Large").serialize()
-                except ParseError:
-                    answer = None
+                answer = error_answer(ParseError("Message Too Large", 513, message))
         if answer is not None:
             self.send(answer, source)
         self.host.event(

@@ -17,11 +17,11 @@ from twisted.trial.unittest import SynchronousTestCase
 from sbc.adjacencies import ListenerKey
 from sbc.config import Limits
 from sbc.labpki import issue, make_ca
+from sbc.sip.stack import error_answer
 from sbc.transport.stream import (
     KEEPALIVE_PONG,
     StreamConnection,
     StreamFactory,
-    error_answer,
     starts_like_tls,
 )
 from sbc.transport.tls import (
