@@ -30,6 +30,7 @@ import attrs
 from sbc.commits import CONFIRM_SECONDS_RANGE, DEFAULT_CONFIRM_SECONDS, CommitRecord
 from sbc.config import (
     ROOT,
+    Authentication,
     ConfigBuilder,
     Mode,
     ModeKind,
@@ -201,6 +202,23 @@ def _counter_lines(values: Mapping[str, int], indent: str) -> list[str]:
     return [f"{indent}{name.ljust(width)}  {value}" for name, value in values.items()]
 
 
+def access_lines(adj: AdjacencyConfig) -> list[str]:
+    """The phone settings of ``adj`` for ``detail`` (docs/phones.md)."""
+    lines = []
+    if adj.listens_tls:
+        lines.append(f"  Client certificate: {adj.client_certificate.value}")
+    if adj.authentication is Authentication.DIGEST:
+        algorithms = ", ".join(a.token for a in adj.offered_algorithms)
+        lines.append(f"  Authentication: digest ({algorithms})")
+    elif adj.authentication is Authentication.DELEGATED:
+        lines.append("  Authentication: delegated")
+    else:
+        lines.append("  Authentication: none")
+    if adj.listens_tls and adj.sends_tls:
+        lines.append(f"  SIP over TLS: {'enabled' if adj.sip_over_tls else 'disabled'}")
+    return lines
+
+
 def describe_adjacency(
     adj: AdjacencyConfig,
     counters: Mapping[str, int] | None = None,
@@ -225,6 +243,8 @@ def describe_adjacency(
         f"  Signaling peer: {peer}",
         f"  Remote addresses: {remotes}",
     ]
+    if counters is not None:
+        lines.extend(access_lines(adj))
     if active_calls is not None:
         lines.append(f"  Active calls: {active_calls}")
     if counters is not None:

@@ -10,13 +10,17 @@ Every problem is a :class:`sbc.errors.ConfigError` naming file and line.
 """
 
 from sbc.config.model import (
+    DEFAULT_DIGEST_ALGORITHMS,
     DEFAULT_PORT,
     DEFAULT_ROUTING_POLICY,
     DEFAULT_TLS_PORT,
     LIMIT_SETTINGS,
     Action,
     AdjacencyConfig,
+    Authentication,
     CallPolicySet,
+    ClientCertificate,
+    DigestAlgorithm,
     FrozenMap,
     Limits,
     LimitSetting,
@@ -51,6 +55,7 @@ from sbc.config.validate import (
 )
 
 __all__ = [
+    "DEFAULT_DIGEST_ALGORITHMS",
     "DEFAULT_PORT",
     "DEFAULT_ROUTING_POLICIES",
     "DEFAULT_ROUTING_POLICY",
@@ -60,9 +65,12 @@ __all__ = [
     "SECURITY_CHANGE_MESSAGE",
     "Action",
     "AdjacencyConfig",
+    "Authentication",
     "CallPolicySet",
+    "ClientCertificate",
     "CommandHelp",
     "ConfigBuilder",
+    "DigestAlgorithm",
     "Frame",
     "FrozenMap",
     "LimitSetting",

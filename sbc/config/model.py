@@ -21,13 +21,17 @@ from typing import TypeVar
 import attrs
 
 __all__ = [
+    "DEFAULT_DIGEST_ALGORITHMS",
     "DEFAULT_PORT",
     "DEFAULT_ROUTING_POLICY",
     "DEFAULT_TLS_PORT",
     "LIMIT_SETTINGS",
     "Action",
     "AdjacencyConfig",
+    "Authentication",
     "CallPolicySet",
+    "ClientCertificate",
+    "DigestAlgorithm",
     "FrozenMap",
     "IPAddress",
     "IPNetwork",
@@ -93,6 +97,40 @@ class Transport(enum.StrEnum):
     def tcp(self) -> bool:
         """True when TCP is used."""
         return self is not Transport.UDP
+
+
+class ClientCertificate(enum.StrEnum):
+    """Whether a TLS client of an inbound trusted-encrypted adjacency must show a certificate."""
+
+    REQUIRED = "required"
+    OPTIONAL = "optional"
+    NONE = "none"
+
+
+class Authentication(enum.StrEnum):
+    """Who authenticates requests that start something on an adjacency (docs/phones.md)."""
+
+    DIGEST = "digest"
+    DELEGATED = "delegated"
+
+
+class DigestAlgorithm(enum.StrEnum):
+    """A digest algorithm a challenge may offer (RFC 7616, RFC 8760)."""
+
+    SHA256 = "sha-256"
+    MD5 = "md5"
+
+    @property
+    def token(self) -> str:
+        """The ``algorithm=`` value on the wire: ``SHA-256`` or ``MD5``."""
+        return self.value.upper()
+
+
+DEFAULT_DIGEST_ALGORITHMS: tuple[DigestAlgorithm, ...] = (
+    DigestAlgorithm.SHA256,
+    DigestAlgorithm.MD5,
+)
+"""Offered in this order when ``digest-algorithms`` is not configured (RFC 8760 §3)."""
 
 
 class TableKind(enum.StrEnum):
@@ -170,15 +208,26 @@ def _networks(values: Iterable[IPNetwork | str]) -> tuple[IPNetwork, ...]:
     return tuple(ipaddress.ip_network(v) for v in values)
 
 
+def _optional_authentication(value: Authentication | str | None) -> Authentication | None:
+    return None if value is None else Authentication(value)
+
+
+def _optional_algorithms(
+    values: Iterable[DigestAlgorithm | str] | None,
+) -> tuple[DigestAlgorithm, ...] | None:
+    return None if values is None else tuple(DigestAlgorithm(v) for v in values)
+
+
 @attrs.frozen
 class AdjacencyConfig:
-    """One ``adjacency sip NAME`` block (behaviour.md §2).
+    """One ``adjacency sip NAME`` block (docs/configuration.md).
 
     ``signaling_port`` and ``signaling_peer_port`` are what was configured
     (None when absent); :attr:`port` and :attr:`peer_port` give the values in
-    effect. ``signaling_address`` may be None only while the adjacency is
-    detached (an adjacency being built, as in the seed's steps); use
-    :attr:`address` where the adjacency is known to be attached.
+    effect. ``digest_algorithms`` is None when not configured;
+    :attr:`offered_algorithms` gives the ones in effect. ``signaling_address``
+    may be None only while the adjacency is detached (an adjacency being
+    built); use :attr:`address` where the adjacency is known to be attached.
     """
 
     name: str
@@ -191,10 +240,35 @@ class AdjacencyConfig:
     security_inbound: Security = attrs.field(default=Security.UNTRUSTED, converter=Security)
     security_outbound: Security = attrs.field(default=Security.UNTRUSTED, converter=Security)
     attached: bool = False
+    client_certificate: ClientCertificate = attrs.field(
+        default=ClientCertificate.REQUIRED, converter=ClientCertificate
+    )
+    authentication: Authentication | None = attrs.field(
+        default=None, converter=_optional_authentication
+    )
+    digest_algorithms: tuple[DigestAlgorithm, ...] | None = attrs.field(
+        default=None, converter=_optional_algorithms
+    )
+    sip_over_tls: bool = False
     line: int = attrs.field(default=0, eq=False, repr=False)
     setting_lines: FrozenMap[str, int] = attrs.field(
         factory=FrozenMap, converter=_lines, eq=False, repr=False
     )
+
+    @property
+    def offered_algorithms(self) -> tuple[DigestAlgorithm, ...]:
+        """The digest algorithms a challenge offers, in order (default SHA-256, then MD5)."""
+        if self.digest_algorithms is None:
+            return DEFAULT_DIGEST_ALGORITHMS
+        return self.digest_algorithms
+
+    @property
+    def certificate_optional(self) -> bool:
+        """True when a TLS client may connect without a certificate (optional or none)."""
+        return (
+            self.security_inbound.encrypted
+            and self.client_certificate is not ClientCertificate.REQUIRED
+        )
 
     @property
     def address(self) -> IPAddress:
@@ -476,6 +550,16 @@ LIMIT_SETTINGS: tuple[LimitSetting, ...] = (
         "Failed SSH authentication requests tolerated on one connection",
     ),
     LimitSetting(
+        "nonce-lifetime",
+        "nonce_lifetime",
+        300,
+        10,
+        86400,
+        "seconds",
+        "How long a digest challenge's nonce stays valid; a later answer gets a new "
+        "challenge with stale=true",
+    ),
+    LimitSetting(
         "commit-history",
         "commit_history",
         100,
@@ -513,6 +597,7 @@ class Limits:
     cli_idle_timeout: int = _LIMIT_DEFAULTS["cli_idle_timeout"]
     ssh_login_timeout: int = _LIMIT_DEFAULTS["ssh_login_timeout"]
     ssh_max_auth_tries: int = _LIMIT_DEFAULTS["ssh_max_auth_tries"]
+    nonce_lifetime: int = _LIMIT_DEFAULTS["nonce_lifetime"]
     commit_history: int = _LIMIT_DEFAULTS["commit_history"]
     line: int = attrs.field(default=0, eq=False, repr=False)
     setting_lines: FrozenMap[str, int] = attrs.field(
@@ -542,8 +627,9 @@ class SbcConfig:
     """The whole configuration: one ``sbc NAME`` service and its ``sbe``.
 
     ``adjacencies`` keep configuration order; ``limits`` are the transport
-    guards (all defaults when the file has no ``limits`` block). ``source`` is the file the
-    model came from (for error messages; not part of equality).
+    guards (all defaults when the file has no ``limits`` block);
+    ``user_database`` is the digest credentials file (``user-database FILE``).
+    ``source`` is the file the model came from (for error messages; not part of equality).
     """
 
     service_name: str
@@ -555,6 +641,7 @@ class SbcConfig:
     active_call_policy_set: int | None = None
     routing_policy: str = DEFAULT_ROUTING_POLICY
     limits: Limits = attrs.field(factory=Limits)
+    user_database: str | None = None
     source: str = attrs.field(default="<string>", eq=False, repr=False)
     line: int = attrs.field(default=0, eq=False, repr=False)
     setting_lines: FrozenMap[str, int] = attrs.field(

@@ -25,6 +25,7 @@ import enum
 import ipaddress
 import re
 from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
 
 import attrs
 
@@ -33,7 +34,10 @@ from sbc.config.model import (
     LIMIT_SETTINGS,
     Action,
     AdjacencyConfig,
+    Authentication,
     CallPolicySet,
+    ClientCertificate,
+    DigestAlgorithm,
     IPAddress,
     IPNetwork,
     Limits,
@@ -194,6 +198,10 @@ class _AdjacencyDraft:
     security_inbound: Security = Security.UNTRUSTED
     security_outbound: Security = Security.UNTRUSTED
     attached: bool = False
+    client_certificate: ClientCertificate = ClientCertificate.REQUIRED
+    authentication: Authentication | None = None
+    digest_algorithms: tuple[DigestAlgorithm, ...] | None = None
+    sip_over_tls: bool = False
     setting_lines: dict[str, int] = attrs.Factory(dict)
 
 
@@ -321,6 +329,23 @@ def _security(word: str) -> Security:
         ) from None
 
 
+_E = TypeVar("_E", bound=enum.StrEnum)
+
+
+def _choice(kind: type[_E], word: str, what: str) -> _E:
+    try:
+        return kind(word)
+    except ValueError:
+        expected = ", ".join(member.value for member in kind)
+        raise _InvalidError(f"bad {what} '{word}': expected one of {expected}") from None
+
+
+def _file_name(word: str, what: str) -> str:
+    if not word or any(ord(c) < 32 for c in word):
+        raise _InvalidError(f"bad {what} file name {word!r}")
+    return word
+
+
 def _transport(word: str) -> Transport:
     try:
         return Transport(word)
@@ -432,6 +457,7 @@ class ConfigBuilder:
         self.call_policy_sets: dict[int, _PolicySetDraft] = {}
         self.active_call_policy_set: int | None = None
         self.routing_policy = DEFAULT_ROUTING_POLICY
+        self.user_database: str | None = None
         self.setting_lines: dict[str, int] = {}
         # limits: attribute -> value for the settings given; keyword -> line
         self.limits: dict[str, int] = {}
@@ -449,6 +475,7 @@ class ConfigBuilder:
         self.call_policy_sets = {}
         self.active_call_policy_set = None
         self.routing_policy = DEFAULT_ROUTING_POLICY
+        self.user_database = None
         self.setting_lines = {}
         self._clear_limits()
 
@@ -483,6 +510,10 @@ class ConfigBuilder:
                 security_inbound=adj.security_inbound,
                 security_outbound=adj.security_outbound,
                 attached=adj.attached,
+                client_certificate=adj.client_certificate,
+                authentication=adj.authentication,
+                digest_algorithms=adj.digest_algorithms,
+                sip_over_tls=adj.sip_over_tls,
                 setting_lines=dict(adj.setting_lines),
             )
         for number, cps in cfg.call_policy_sets.items():
@@ -508,6 +539,7 @@ class ConfigBuilder:
             b.call_policy_sets[number] = draft
         b.active_call_policy_set = cfg.active_call_policy_set
         b.routing_policy = cfg.routing_policy
+        b.user_database = cfg.user_database
         for setting in LIMIT_SETTINGS:
             value = getattr(cfg.limits, setting.attribute)
             if value != setting.default:
@@ -649,6 +681,10 @@ class ConfigBuilder:
                     security_inbound=adj.security_inbound,
                     security_outbound=adj.security_outbound,
                     attached=adj.attached,
+                    client_certificate=adj.client_certificate,
+                    authentication=adj.authentication,
+                    digest_algorithms=adj.digest_algorithms,
+                    sip_over_tls=adj.sip_over_tls,
                     line=adj.line,
                     setting_lines=adj.setting_lines,
                 )
@@ -682,6 +718,7 @@ class ConfigBuilder:
             call_policy_sets=policy_sets,
             active_call_policy_set=self.active_call_policy_set,
             routing_policy=self.routing_policy,
+            user_database=self.user_database,
             limits=Limits(
                 **self.limits,
                 line=self.limits_line,
@@ -874,6 +911,26 @@ def _routing_policy(
     _arity(args, "routing-policy NAME", 1)
     b.routing_policy = _name(args[0], "routing-policy name")
     b.setting_lines["routing-policy"] = line
+    return mode
+
+
+@_command(
+    ModeKind.SBE,
+    "user-database FILE",
+    "Digest credentials file (htdigest lines user:realm:HA1[:HA1-SHA-256]; see sbc-passwd)",
+    "no user-database",
+)
+def _user_database(
+    b: ConfigBuilder, mode: Mode, args: Sequence[str], line: int, negate: bool
+) -> Mode:
+    if negate:
+        _arity(args, "no user-database [FILE]", 0, 1)
+        b.user_database = None
+        b.setting_lines.pop("user-database", None)
+        return mode
+    _arity(args, "user-database FILE", 1)
+    b.user_database = _file_name(args[0], "user-database")
+    b.setting_lines["user-database"] = line
     return mode
 
 
@@ -1090,6 +1147,85 @@ def _security_cmd(
     if side in (None, "outbound"):
         adj.security_outbound = level
         _set_line(adj.setting_lines, "security outbound", line, negate)
+    return mode
+
+
+@_command(
+    ModeKind.ADJACENCY,
+    "client-certificate required|optional|none",
+    "Inbound TLS: must a client show a certificate (default required)",
+    "no client-certificate",
+)
+def _client_certificate(
+    b: ConfigBuilder, mode: Mode, args: Sequence[str], line: int, negate: bool
+) -> Mode:
+    adj = b._adjacency(mode)
+    if negate:
+        _arity(args, "no client-certificate [required|optional|none]", 0, 1)
+        adj.client_certificate = ClientCertificate.REQUIRED
+    else:
+        _arity(args, "client-certificate required|optional|none", 1)
+        adj.client_certificate = _choice(ClientCertificate, args[0], "client-certificate mode")
+    _set_line(adj.setting_lines, "client-certificate", line, negate)
+    return mode
+
+
+@_command(
+    ModeKind.ADJACENCY,
+    "authentication digest|delegated",
+    "Who authenticates requests that start something: the SBC (digest) or the far side",
+    "no authentication",
+)
+def _authentication(
+    b: ConfigBuilder, mode: Mode, args: Sequence[str], line: int, negate: bool
+) -> Mode:
+    adj = b._adjacency(mode)
+    if negate:
+        _arity(args, "no authentication [digest|delegated]", 0, 1)
+        adj.authentication = None
+    else:
+        _arity(args, "authentication digest|delegated", 1)
+        adj.authentication = _choice(Authentication, args[0], "authentication")
+    _set_line(adj.setting_lines, "authentication", line, negate)
+    return mode
+
+
+@_command(
+    ModeKind.ADJACENCY,
+    "digest-algorithms sha-256|md5 [sha-256|md5]",
+    "Digest algorithms offered in a challenge, in order (default sha-256 md5)",
+    "no digest-algorithms",
+)
+def _digest_algorithms(
+    b: ConfigBuilder, mode: Mode, args: Sequence[str], line: int, negate: bool
+) -> Mode:
+    adj = b._adjacency(mode)
+    if negate:
+        _arity(args, "no digest-algorithms [ALGORITHM...]", 0, 2)
+        adj.digest_algorithms = None
+    else:
+        _arity(args, "digest-algorithms sha-256|md5 [sha-256|md5]", 1, 2)
+        algorithms = tuple(_choice(DigestAlgorithm, word, "digest algorithm") for word in args)
+        if len(set(algorithms)) != len(algorithms):
+            raise _InvalidError(f"digest algorithm '{algorithms[0]}' is given twice")
+        adj.digest_algorithms = algorithms
+    _set_line(adj.setting_lines, "digest-algorithms", line, negate)
+    return mode
+
+
+@_command(
+    ModeKind.ADJACENCY,
+    "sip-over-tls",
+    "This TLS adjacency also carries sip: (not only sips:) requests, as phones send them",
+    "no sip-over-tls",
+)
+def _sip_over_tls(
+    b: ConfigBuilder, mode: Mode, args: Sequence[str], line: int, negate: bool
+) -> Mode:
+    adj = b._adjacency(mode)
+    _arity(args, "no sip-over-tls" if negate else "sip-over-tls", 0)
+    adj.sip_over_tls = not negate
+    _set_line(adj.setting_lines, "sip-over-tls", line, negate)
     return mode
 
 

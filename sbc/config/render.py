@@ -14,6 +14,7 @@ from sbc.config.model import (
     Action,
     AdjacencyConfig,
     CallPolicySet,
+    ClientCertificate,
     SbcConfig,
     Transport,
 )
@@ -45,6 +46,14 @@ def _adjacency(adj: AdjacencyConfig) -> list[str]:
     else:
         body.append(f"security inbound {adj.security_inbound}")
         body.append(f"security outbound {adj.security_outbound}")
+    if adj.client_certificate is not ClientCertificate.REQUIRED:
+        body.append(f"client-certificate {adj.client_certificate}")
+    if adj.authentication is not None:
+        body.append(f"authentication {adj.authentication}")
+    if adj.digest_algorithms is not None:
+        body.append("digest-algorithms " + " ".join(a.value for a in adj.digest_algorithms))
+    if adj.sip_over_tls:
+        body.append("sip-over-tls")
     if adj.attached:
         body.append("attach")
     return [*lines, *(" " + line for line in body), "!"]
@@ -82,6 +91,8 @@ def render_config(cfg: SbcConfig) -> str:
     if cfg.active_call_policy_set is not None:
         sbe.append(f"active-call-policy-set {cfg.active_call_policy_set}")
     sbe.append(f"routing-policy {cfg.routing_policy}")
+    if cfg.user_database is not None:
+        sbe.append(f"user-database {cfg.user_database}")
     changed = cfg.limits.changed
     if changed:
         sbe.append("limits")

@@ -13,7 +13,9 @@ from collections.abc import Collection, Iterator, Mapping
 from sbc.config.model import (
     Action,
     AdjacencyConfig,
+    Authentication,
     CallPolicySet,
+    ClientCertificate,
     SbcConfig,
     Transport,
 )
@@ -78,6 +80,7 @@ def _check_adjacencies(cfg: SbcConfig, certificate_configured: bool) -> Iterator
                 f"adjacency '{adj.name}' is trusted-encrypted but no certificate is "
                 "configured (start sbc with --certificate, --private-key and --ca-certificates)",
             )
+        yield from _check_access(cfg, adj)
         address = adj.signaling_address
         for net in adj.remote_addresses:
             if address is not None and net.version != address.version:
@@ -86,6 +89,33 @@ def _check_adjacencies(cfg: SbcConfig, certificate_configured: bool) -> Iterator
                     f"adjacency '{adj.name}': remote-address {net} is IPv{net.version} but "
                     f"the signaling-address is IPv{address.version}",
                 )
+
+
+def _check_access(cfg: SbcConfig, adj: AdjacencyConfig) -> Iterator[_Problem]:
+    """The phone settings: client certificates, authentication, sip-over-tls."""
+    lines = adj.setting_lines
+    if adj.client_certificate is not ClientCertificate.REQUIRED and not adj.listens_tls:
+        yield (
+            _line(lines, "client-certificate", default=adj.line),
+            f"adjacency '{adj.name}': client-certificate {adj.client_certificate} applies to "
+            "an inbound trusted-encrypted (TLS) adjacency only",
+        )
+    if adj.sip_over_tls and not (adj.listens_tls and adj.sends_tls):
+        yield (
+            _line(lines, "sip-over-tls", default=adj.line),
+            f"adjacency '{adj.name}': sip-over-tls needs security trusted-encrypted on both "
+            "the inbound and the outbound side",
+        )
+    if adj.digest_algorithms is not None and adj.authentication is not Authentication.DIGEST:
+        yield (
+            _line(lines, "digest-algorithms", default=adj.line),
+            f"adjacency '{adj.name}': digest-algorithms needs authentication digest",
+        )
+    if adj.authentication is Authentication.DIGEST and cfg.user_database is None:
+        yield (
+            _line(lines, "authentication", default=adj.line),
+            f"adjacency '{adj.name}': authentication digest needs a user-database under sbe",
+        )
 
 
 def _check_listeners(cfg: SbcConfig) -> Iterator[_Problem]:

@@ -11,7 +11,10 @@ from sbc.config import (
     ROOT,
     Action,
     AdjacencyConfig,
+    Authentication,
+    ClientCertificate,
     ConfigBuilder,
+    DigestAlgorithm,
     Frame,
     Limits,
     Mode,
@@ -416,6 +419,91 @@ class AdjacencyCommandTests(ParseErrorMixin):
             for i, n in enumerate(["zeta", "alpha", "mid"], start=1)
         )
         self.assertEqual([a.name for a in parse(text).adjacencies], ["zeta", "alpha", "mid"])
+
+
+class AccessCommandTests(ParseErrorMixin):
+    """client-certificate, authentication, digest-algorithms, sip-over-tls, user-database."""
+
+    def adj(self, *lines: str) -> AdjacencyConfig:
+        return parse(HEAD + "\n".join(lines) + "\n").adjacency("a")
+
+    def test_defaults(self) -> None:
+        adj = self.adj()
+        self.assertIs(adj.client_certificate, ClientCertificate.REQUIRED)
+        self.assertIsNone(adj.authentication)
+        self.assertIsNone(adj.digest_algorithms)
+        self.assertEqual(adj.offered_algorithms, (DigestAlgorithm.SHA256, DigestAlgorithm.MD5))
+        self.assertFalse(adj.sip_over_tls)
+        self.assertIsNone(parse(HEAD).user_database)
+
+    def test_client_certificate(self) -> None:
+        for word, mode in (
+            ("optional", ClientCertificate.OPTIONAL),
+            ("none", ClientCertificate.NONE),
+            ("required", ClientCertificate.REQUIRED),
+        ):
+            self.assertIs(self.adj(f"client-certificate {word}").client_certificate, mode)
+        adj = self.adj("client-certificate none", "no client-certificate")
+        self.assertIs(adj.client_certificate, ClientCertificate.REQUIRED)
+        self.assertRefused(
+            HEAD + "client-certificate maybe\n",
+            5,
+            "bad client-certificate mode 'maybe'",
+            "required, optional, none",
+        )
+        self.assertRefused(HEAD + "client-certificate\n", 5, "incomplete command")
+
+    def test_authentication_last_one_wins(self) -> None:
+        self.assertIs(self.adj("authentication digest").authentication, Authentication.DIGEST)
+        adj = self.adj("authentication digest", "authentication delegated")
+        self.assertIs(adj.authentication, Authentication.DELEGATED)
+        self.assertIsNone(self.adj("authentication digest", "no authentication").authentication)
+        self.assertRefused(HEAD + "authentication basic\n", 5, "bad authentication 'basic'")
+
+    def test_digest_algorithms(self) -> None:
+        adj = self.adj("digest-algorithms md5")
+        self.assertEqual(adj.digest_algorithms, (DigestAlgorithm.MD5,))
+        self.assertEqual(adj.offered_algorithms, (DigestAlgorithm.MD5,))
+        adj = self.adj("digest-algorithms md5 sha-256")
+        self.assertEqual(adj.offered_algorithms, (DigestAlgorithm.MD5, DigestAlgorithm.SHA256))
+        self.assertIsNone(
+            self.adj("digest-algorithms md5", "no digest-algorithms").digest_algorithms
+        )
+        self.assertRefused(HEAD + "digest-algorithms md5 md5\n", 5, "given twice")
+        self.assertRefused(HEAD + "digest-algorithms sha-512\n", 5, "bad digest algorithm")
+        self.assertRefused(HEAD + "digest-algorithms\n", 5, "incomplete command")
+        self.assertEqual(DigestAlgorithm.SHA256.token, "SHA-256")
+
+    def test_sip_over_tls(self) -> None:
+        self.assertTrue(self.adj("sip-over-tls").sip_over_tls)
+        self.assertFalse(self.adj("sip-over-tls", "no sip-over-tls").sip_over_tls)
+        self.assertRefused(HEAD + "sip-over-tls yes\n", 5, "too many words")
+
+    def test_user_database(self) -> None:
+        cfg = parse("sbc s\nsbe\nuser-database /etc/sbc/users\n")
+        self.assertEqual(cfg.user_database, "/etc/sbc/users")
+        cfg = parse("sbc s\nsbe\nuser-database users\nno user-database\n")
+        self.assertIsNone(cfg.user_database)
+        self.assertRefused("sbc s\nsbe\nuser-database\n", 3, "incomplete command")
+
+    def test_rendered_and_parsed_back(self) -> None:
+        text = (
+            HEAD
+            + "security trusted-encrypted\nclient-certificate optional\n"
+            + "authentication digest\ndigest-algorithms md5\nsip-over-tls\nexit\n"
+            + "user-database users.htdigest\n"
+        )
+        cfg = parse(text)
+        rendered = render_config(cfg)
+        for line in (
+            "   client-certificate optional\n",
+            "   authentication digest\n",
+            "   digest-algorithms md5\n",
+            "   sip-over-tls\n",
+            "  user-database users.htdigest\n",
+        ):
+            self.assertIn(line, rendered)
+        self.assertEqual(parse_config(rendered), cfg)
 
 
 class SbeCommandTests(ParseErrorMixin):
@@ -852,6 +940,7 @@ class BuilderApiTests(SynchronousTestCase):
                 "call-policy-set",
                 "active-call-policy-set",
                 "routing-policy",
+                "user-database",
                 "limits",
                 "exit",
                 "end",
@@ -874,6 +963,7 @@ class BuilderApiTests(SynchronousTestCase):
                 "cli-idle-timeout",
                 "ssh-login-timeout",
                 "ssh-max-auth-tries",
+                "nonce-lifetime",
                 "commit-history",
                 "exit",
                 "end",
@@ -889,6 +979,10 @@ class BuilderApiTests(SynchronousTestCase):
                 "signaling-peer",
                 "signaling-peer-port",
                 "security",
+                "client-certificate",
+                "authentication",
+                "digest-algorithms",
+                "sip-over-tls",
                 "attach",
                 "exit",
                 "end",

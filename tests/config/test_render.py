@@ -13,7 +13,10 @@ from sbc.config import (
     LIMIT_SETTINGS,
     Action,
     AdjacencyConfig,
+    Authentication,
     CallPolicySet,
+    ClientCertificate,
+    DigestAlgorithm,
     Limits,
     RoutingEntry,
     RoutingTable,
@@ -53,6 +56,13 @@ def adjacencies(draw: st.DrawFn, name: str) -> AdjacencyConfig:
         security_inbound=draw(securities),
         security_outbound=draw(securities),
         attached=draw(st.booleans()),
+        client_certificate=draw(st.sampled_from(ClientCertificate)),
+        authentication=draw(st.none() | st.sampled_from(Authentication)),
+        digest_algorithms=draw(
+            st.none()
+            | st.lists(st.sampled_from(DigestAlgorithm), min_size=1, max_size=2, unique=True)
+        ),
+        sip_over_tls=draw(st.booleans()),
     )
 
 
@@ -116,6 +126,7 @@ def configs(draw: st.DrawFn) -> SbcConfig:
         active_call_policy_set=draw(st.none() | st.integers(1, 2**31 - 1)),
         routing_policy=draw(names),
         limits=draw(limits()),
+        user_database=draw(st.none() | st.from_regex(r"[a-z0-9/._\-]{1,30}", fullmatch=True)),
     )
 
 

@@ -158,6 +158,58 @@ class TransportTests(ValidateTestCase):
         self.assertInvalid(text, 5, "remote-address ::1/128 is IPv6", "signaling-address is IPv4")
 
 
+PHONES = """\
+sbc s
+ sbe
+  user-database users
+  adjacency sip phones
+   signaling-address ipv4 127.0.0.1
+   security trusted-encrypted
+   client-certificate optional
+   authentication digest
+   digest-algorithms md5
+   sip-over-tls
+   attach
+"""
+"""Valid with a certificate. Lines: user-database 3, phones 4, client-certificate 7."""
+
+
+class AccessSettingTests(ValidateTestCase):
+    def test_phones_adjacency_is_valid(self) -> None:
+        validate(parsed(PHONES), certificate_configured=True)
+
+    def test_client_certificate_needs_inbound_tls(self) -> None:
+        text = PHONES.replace(
+            "   security trusted-encrypted\n", "   security outbound trusted-encrypted\n"
+        )
+        self.assertInvalid(
+            text, 7, "client-certificate optional applies to an inbound trusted-encrypted"
+        )
+
+    def test_sip_over_tls_needs_tls_both_ways(self) -> None:
+        text = PHONES.replace(
+            "   security trusted-encrypted\n",
+            "   security inbound trusted-unencrypted\n   security outbound trusted-encrypted\n",
+        ).replace("   client-certificate optional\n", "")
+        self.assertInvalid(text, 10, "sip-over-tls needs security trusted-encrypted on both")
+
+    def test_digest_algorithms_need_authentication_digest(self) -> None:
+        text = PHONES.replace("   authentication digest\n", "   authentication delegated\n")
+        self.assertInvalid(text, 9, "digest-algorithms needs authentication digest")
+        text = PHONES.replace("   authentication digest\n", "")
+        self.assertInvalid(text, 8, "digest-algorithms needs authentication digest")
+
+    def test_authentication_digest_needs_a_user_database(self) -> None:
+        text = PHONES.replace("  user-database users\n", "")
+        self.assertInvalid(text, 7, "authentication digest needs a user-database")
+
+    def test_delegated_needs_no_user_database(self) -> None:
+        text = PHONES.replace("  user-database users\n", "").replace(
+            "   authentication digest\n   digest-algorithms md5\n", "   authentication delegated\n"
+        )
+        validate(parsed(text), certificate_configured=True)
+
+
 class ListenerTests(ValidateTestCase):
     def test_tls_and_plain_cannot_share_a_port(self) -> None:
         text = GOOD.replace(
