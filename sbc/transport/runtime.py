@@ -67,7 +67,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from sbc.adjacencies import TCP, TLS, UDP, AdjacencyTable, InboundContext, ListenerKey
-from sbc.config import Limits
+from sbc.config import ClientCertificate, Limits
 from sbc.counters import Counters
 from sbc.identity import ip_literal
 from sbc.sip.stack import Dropped, Flow, StackOutput, Transmit
@@ -229,7 +229,8 @@ class _CurrentIdentityCreator:
         identity = self._runtime.tls
         if identity is None:
             raise NoTlsIdentityError("no certificate is configured")
-        return server_context_factory(identity).serverConnectionForTLS(tlsProtocol)
+        mode = self._runtime.client_certificate_for(tlsProtocol.wrappedProtocol)
+        return server_context_factory(identity, mode).serverConnectionForTLS(tlsProtocol)
 
 
 def _address_text(address: tuple[str, int]) -> str:
@@ -445,6 +446,19 @@ class SipRuntime:
 
     def next_connection_id(self) -> int:
         return next(self._ids)
+
+    def client_certificate_for(self, protocol: object) -> ClientCertificate:
+        """The client-certificate setting for a new inbound TLS connection.
+
+        The adjacency is the one the source address classifies into on the
+        connection's listener; an unclassified source gets ``required`` (its
+        connection is refused anyway).
+        """
+        if isinstance(protocol, StreamConnection):
+            adjacency = self.table.classify(protocol.listener, protocol.remote[0])
+            if adjacency is not None:
+                return adjacency.client_certificate
+        return ClientCertificate.REQUIRED
 
     def classify(self, listener: ListenerKey, source_ip: str) -> str | None:
         adjacency = self.table.classify(listener, source_ip)

@@ -47,7 +47,7 @@ from sbc.errors import ParseError
 from sbc.identity import PeerIdentities
 from sbc.sip.framing import KEEPALIVE_PING, StreamFramer
 from sbc.sip.stack import error_answer
-from sbc.transport.tls import PeerVerificationError, peer_identities
+from sbc.transport.tls import PeerVerificationError, anonymous_peer, peer_identities
 
 if TYPE_CHECKING:
     from sbc.transport.pool import PoolKey
@@ -224,6 +224,13 @@ class StreamConnection(TwistedProtocol):
             return
         self._cancel("_handshake_timer")
         identities = peer_identities(self.transport)
+        if identities is None and anonymous_peer(self.transport):
+            # client-certificate optional/none: a phone without a certificate;
+            # its requests are authenticated by other means (docs/phones.md)
+            self.host.count(self.adjacency, "handshakes")
+            self.host.count(self.adjacency, "handshakes-without-certificate")
+            self._become_ready()
+            return
         if identities is None:  # cannot happen with sbc's creators; fail closed
             self.host.event(
                 self.adjacency,
@@ -462,6 +469,10 @@ class StreamFactory(Factory):
             self.listener,
             self.host.next_connection_id(),
         )
+        if addr is not None:
+            # known before connectionMade, so the TLS layer can pick the
+            # client-certificate setting of the source's adjacency
+            connection.remote = address_of(addr)
         connection.factory = self
         return connection
 

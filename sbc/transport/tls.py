@@ -5,7 +5,8 @@
   (``crypto reload`` swaps in the result only when it succeeded).
 - :func:`server_context_factory` gives the connection creator for listeners:
   TLS 1.2 minimum, the SBC's certificate, a client certificate requested and
-  required, verified against the trust anchors.
+  required (or, per adjacency, optional or not requested), verified against
+  the trust anchors.
 - :func:`client_connection_creator` is the one way outbound TLS is made: TLS 1.2
   minimum, the SBC's certificate as client certificate, SNI, the chain verified
   against the trust anchors and the leaf checked against the expected name with
@@ -47,6 +48,7 @@ from twisted.internet.interfaces import (
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from sbc.config import ClientCertificate
 from sbc.errors import ConfigError, SbcError
 from sbc.identity import PeerIdentities, identity_matches, ip_literal
 
@@ -59,6 +61,7 @@ __all__ = [
     "TlsConfigError",
     "TlsFilePaths",
     "TlsIdentity",
+    "anonymous_peer",
     "client_connection_creator",
     "extract_identities",
     "load_tls_identity",
@@ -348,6 +351,9 @@ class _HandshakeState:
     identities: PeerIdentities | None = None
     failure: str | None = None
     handshake_done: bool = False
+    #: A client may complete the handshake without a certificate (client-certificate
+    #: optional or none); one that offers a certificate must still verify.
+    anonymous_allowed: bool = False
 
     def refuse(self, reason: str) -> bool:
         """Record the first refusal and end the connection with a typed reason."""
@@ -390,7 +396,7 @@ class _HandshakeState:
         if not where & SSL.SSL_CB_HANDSHAKE_DONE or self.handshake_done:
             return
         self.handshake_done = True
-        if self.identities is None and self.failure is None:
+        if self.identities is None and self.failure is None and not self.anonymous_allowed:
             # Unreachable with resumption off; fail closed all the same.
             try:
                 self.refuse("handshake finished without a verified peer certificate")
@@ -405,26 +411,46 @@ class _SbcConnection(SSL.Connection):
 
 
 def _new_connection(
-    context: SSL.Context, protocol: TLSMemoryBIOProtocol, expected_name: str | None, mode: int
+    context: SSL.Context,
+    protocol: TLSMemoryBIOProtocol,
+    expected_name: str | None,
+    mode: int,
+    anonymous_allowed: bool = False,
 ) -> _SbcConnection:
     connection = _SbcConnection(context, None)
-    state = _HandshakeState(expected_name, weakref.ref(protocol))
+    state = _HandshakeState(
+        expected_name, weakref.ref(protocol), anonymous_allowed=anonymous_allowed
+    )
     connection.sbc_state = state
     connection.set_verify(mode, state.verify)
     connection.set_info_callback(state.info)
     return connection
 
 
+#: OpenSSL verify mode of a server connection, by client-certificate setting.
+_SERVER_VERIFY_MODES = {
+    ClientCertificate.REQUIRED: (
+        SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT | SSL.VERIFY_CLIENT_ONCE
+    ),
+    # asked for; a certificate that is offered must verify, none at all is fine
+    ClientCertificate.OPTIONAL: SSL.VERIFY_PEER | SSL.VERIFY_CLIENT_ONCE,
+    # not asked for (no CertificateRequest is sent)
+    ClientCertificate.NONE: SSL.VERIFY_NONE,
+}
+
+
 @implementer(IOpenSSLServerConnectionCreator)
 class _ServerCreator:
-    """Connections for a listener: a verified client certificate is required."""
+    """Connections for a listener, with the adjacency's client-certificate setting."""
 
-    def __init__(self, identity: TlsIdentity) -> None:
+    def __init__(self, identity: TlsIdentity, client_certificate: ClientCertificate) -> None:
         self.identity = identity
+        self.client_certificate = client_certificate
 
     def serverConnectionForTLS(self, tlsProtocol: TLSMemoryBIOProtocol) -> SSL.Connection:
-        mode = SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT | SSL.VERIFY_CLIENT_ONCE
-        return _new_connection(self.identity.server_context, tlsProtocol, None, mode)
+        mode = _SERVER_VERIFY_MODES[self.client_certificate]
+        anonymous = self.client_certificate is not ClientCertificate.REQUIRED
+        return _new_connection(self.identity.server_context, tlsProtocol, None, mode, anonymous)
 
 
 @implementer(IOpenSSLClientConnectionCreator)
@@ -456,15 +482,20 @@ def _server_name_indication(expected_name: str) -> bytes | None:
         raise ValueError(f"not a usable host name for TLS: {expected_name!r}") from None
 
 
-def server_context_factory(identity: TlsIdentity) -> IOpenSSLServerConnectionCreator:
+def server_context_factory(
+    identity: TlsIdentity, client_certificate: ClientCertificate = ClientCertificate.REQUIRED
+) -> IOpenSSLServerConnectionCreator:
     """The connection creator for TLS listeners (``TLSMemoryBIOFactory(..., isClient=False)``).
 
-    TLS 1.2 minimum; presents the SBC's certificate and chain; requests and
-    requires a client certificate that chains to a trust anchor, else the
-    handshake fails. The peer's identities are then available through
-    :func:`peer_identities`.
+    TLS 1.2 minimum; presents the SBC's certificate and chain. With
+    ``client_certificate`` required (the default) a client certificate that
+    chains to a trust anchor is requested and required, else the handshake
+    fails; with optional it is requested, and one that is offered must
+    verify, but a client may offer none; with none it is not requested. The
+    peer's identities are then available through :func:`peer_identities`
+    (None for a client without a certificate: :func:`anonymous_peer`).
     """
-    return _ServerCreator(identity)
+    return _ServerCreator(identity, client_certificate)
 
 
 def client_connection_creator(
@@ -511,6 +542,18 @@ def peer_identities(tls_transport: object) -> PeerIdentities | None:
     if state is None or not state.handshake_done or state.failure is not None:
         return None
     return state.identities
+
+
+def anonymous_peer(tls_transport: object) -> bool:
+    """True when the handshake is done and the client (allowed to) showed no certificate."""
+    state = _state_of(tls_transport)
+    return (
+        state is not None
+        and state.handshake_done
+        and state.failure is None
+        and state.identities is None
+        and state.anonymous_allowed
+    )
 
 
 def verification_failure(tls_transport: object) -> str | None:

@@ -32,6 +32,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from sbc.config import ClientCertificate
 from sbc.errors import ConfigError
 from sbc.identity import PeerIdentities
 from sbc.labpki import Identity, issue, make_ca
@@ -40,6 +41,7 @@ from sbc.transport.tls import (
     PeerVerificationError,
     TlsConfigError,
     TlsIdentity,
+    anonymous_peer,
     client_connection_creator,
     extract_identities,
     load_tls_identity,
@@ -484,6 +486,81 @@ class HandshakeTests(PkiMixin, SynchronousTestCase):
         identity = tls_identity(self, self.client_leaf, self.ca)
         self.assertRaises(ValueError, client_connection_creator, identity, "")
         self.assertRaises(ValueError, client_connection_creator, identity, "  ")
+
+
+class ClientCertificateModeTests(PkiMixin, SynchronousTestCase):
+    """client-certificate optional / none: phones without a certificate."""
+
+    def server(self, mode: ClientCertificate) -> IOpenSSLServerConnectionCreator:
+        return server_context_factory(tls_identity(self, self.sbc_leaf, self.ca), mode)
+
+    def anonymous_client(self) -> IOpenSSLClientConnectionCreator:
+        return optionsForClientTLS(
+            "sbc.lab.test", trustRoot=Certificate.loadPEM(self.ca.certificate_pem)
+        )
+
+    def exchange(self, link: Loopback) -> None:
+        link.client_tls.write(b"OPTIONS sips:lab.test SIP/2.0\r\n\r\n")
+        link.pump.flush()
+
+    def test_optional_accepts_a_client_without_certificate(self) -> None:
+        link = loopback(self.server(ClientCertificate.OPTIONAL), self.anonymous_client())
+        self.exchange(link)
+        self.assertTrue(link.server.handshake_done)
+        self.assertIsNone(link.server.lost)
+        self.assertEqual(link.server.data, b"OPTIONS sips:lab.test SIP/2.0\r\n\r\n")
+        self.assertIsNone(peer_identities(link.server_handle))
+        self.assertTrue(anonymous_peer(link.server_handle))
+
+    def test_optional_still_verifies_an_offered_certificate(self) -> None:
+        link = loopback(
+            self.server(ClientCertificate.OPTIONAL),
+            client_connection_creator(
+                tls_identity(self, self.client_leaf, self.ca), "sbc.lab.test"
+            ),
+        )
+        self.exchange(link)
+        self.assertTrue(link.server.handshake_done)
+        identities = peer_identities(link.server_handle)
+        assert identities is not None
+        self.assertEqual(identities.sip_domains, ("lab.test",))
+        self.assertFalse(anonymous_peer(link.server_handle))
+
+    def test_optional_refuses_a_certificate_that_does_not_verify(self) -> None:
+        stranger = issue(make_ca("stranger CA"), None, sip_uris=["sip:lab.test"])
+        client = client_connection_creator(tls_identity(self, stranger, self.ca), "sbc.lab.test")
+        link = loopback(self.server(ClientCertificate.OPTIONAL), client)
+        if link.client.lost is None:
+            self.exchange(link)
+        self.assertTrue(link.both_closed)
+        self.assertFalse(link.server.handshake_done)
+        self.assertEqual(link.server.data, b"")
+        assert link.server.lost is not None
+        self.assertIsInstance(link.server.lost.value, PeerVerificationError)
+        self.assertFalse(anonymous_peer(link.server_handle))
+
+    def test_none_does_not_ask_for_a_certificate(self) -> None:
+        """A client holding a certificate is not asked for it: no identities."""
+        link = loopback(
+            self.server(ClientCertificate.NONE),
+            client_connection_creator(
+                tls_identity(self, self.client_leaf, self.ca), "sbc.lab.test"
+            ),
+        )
+        self.exchange(link)
+        self.assertTrue(link.server.handshake_done)
+        self.assertIsNone(peer_identities(link.server_handle))
+        self.assertTrue(anonymous_peer(link.server_handle))
+
+    def test_required_stays_the_default(self) -> None:
+        link = loopback(
+            server_context_factory(tls_identity(self, self.sbc_leaf, self.ca)),
+            self.anonymous_client(),
+        )
+        if link.client.lost is None:
+            self.exchange(link)
+        self.assertFalse(link.server.handshake_done)
+        self.assertFalse(anonymous_peer(link.server_handle))
 
 
 class ExtractIdentitiesTests(SynchronousTestCase):
