@@ -104,12 +104,22 @@ class SbcCore:
     # -- time -----------------------------------------------------------------
 
     def next_deadline(self) -> float | None:
-        """When :meth:`advance` must next be called (the B2BUA's own timers)."""
-        return self.calls.next_deadline()
+        """When :meth:`advance` must next be called (B2BUA timers, binding expiry)."""
+        calls = self.calls.next_deadline()
+        bindings = self.registrar.next_deadline()
+        if bindings is None:
+            return calls
+        return bindings if calls is None else min(calls, bindings)
 
     def advance(self, now: float) -> list[StackOutput]:
-        """Run the B2BUA timers due at ``now``."""
+        """Run the B2BUA timers due at ``now`` and remove expired bindings."""
+        self.registrar.expire(now)
         return self.calls.advance(now)
+
+    def connection_closed(self, connection_id: int, now: float) -> list[StackOutput]:
+        """A stream connection closed: the bindings registered over it go (flows)."""
+        self.registrar.connection_closed(connection_id, now)
+        return []
 
     # -- TransactionUser ------------------------------------------------------
 
@@ -158,8 +168,16 @@ class SbcCore:
         except SipError as error:
             self._refuse(request, context, secure, error, now)
         if local_register:
-            source = transaction.peer if isinstance(transaction.peer, Flow) else flow
-            response = self.registrar.register(request, source, inbound.name, now, trusted=trusted)
+            # the flow it arrived on: the source address and port (UDP, NAT) or
+            # the connection (TCP/TLS) that calls to the contact will use
+            response = self.registrar.register(
+                request,
+                flow,
+                inbound.name,
+                now,
+                trusted=trusted,
+                over_tls=security.reached_over_tls(inbound, flow.transport),
+            )
             return self.stack.respond(transaction, response, now)
         return self.calls.new_request(request, transaction, flow, inbound, now)
 

@@ -128,5 +128,14 @@ class ILocationService(Interface):
     def purge(now: float) -> int:
         """Drop every expired binding; return how many went."""
 
+    def expire(now: float) -> list[Binding]:
+        """Remove and return every binding whose expiry is at or before ``now``."""
+
+    def remove_connection(connection_id: int, now: float) -> list[Binding]:
+        """Remove and return the bindings registered over that stream connection."""
+
+    def next_expiry() -> float | None:
+        """When :meth:`expire` may next have something to remove, or ``None``."""
+
     def __len__() -> int:
         """The number of bindings held."""

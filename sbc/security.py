@@ -62,24 +62,33 @@ def admit(caller_trusted: bool, secure_target: bool) -> None:
         raise SipError(403, "Forbidden", warning=SIPS_NOT_ALLOWED)
 
 
-def may_send_out_of(adjacency: AdjacencyConfig, secure_target: bool) -> bool:
+def may_send_out_of(
+    adjacency: AdjacencyConfig, secure_target: bool, caller_trusted: bool = True
+) -> bool:
     """May a call with this target security leave through ``adjacency``?
 
     Only attached adjacencies are considered. A secure call may use a
     trusted (encrypted or unencrypted) outbound side; an insecure call an
-    untrusted or trusted-unencrypted one.
+    untrusted or trusted-unencrypted one, or a trusted-encrypted one with
+    ``sip-over-tls`` (it rides TLS, but stays an insecure-target call)
+    unless the caller is untrusted: an untrusted caller never leaves
+    through a trusted-encrypted adjacency (docs/security-model.md).
     """
     if not adjacency.attached:
         return False
-    allowed = _SECURE_CAPABLE if secure_target else _INSECURE_CAPABLE
-    return adjacency.security_outbound in allowed
+    outbound = adjacency.security_outbound
+    if secure_target:
+        return outbound in _SECURE_CAPABLE
+    if outbound in _INSECURE_CAPABLE:
+        return True
+    return adjacency.sip_over_tls and caller_trusted
 
 
 def permitted_candidates(
-    candidates: Iterable[AdjacencyConfig], secure_target: bool
+    candidates: Iterable[AdjacencyConfig], secure_target: bool, caller_trusted: bool = True
 ) -> list[AdjacencyConfig]:
     """The candidates that :func:`may_send_out_of` allows, in their order."""
-    return [a for a in candidates if may_send_out_of(a, secure_target)]
+    return [a for a in candidates if may_send_out_of(a, secure_target, caller_trusted)]
 
 
 def no_route(secure_target: bool) -> SipError:
@@ -98,8 +107,9 @@ def secure_destinations(
     ``SipError`` to answer with (403 + 380, or 480 with or without 380).
     """
     secure = requires_secure_target(scheme)
-    admit(caller_is_trusted(inbound), secure)
-    allowed = permitted_candidates(candidates, secure)
+    trusted = caller_is_trusted(inbound)
+    admit(trusted, secure)
+    allowed = permitted_candidates(candidates, secure, trusted)
     if not allowed:
         raise no_route(secure)
     return allowed
@@ -110,14 +120,49 @@ def outbound_scheme(inbound_scheme: str) -> str:
     return inbound_scheme.lower()
 
 
-def check_redirect(contact_schemes: Sequence[str], secure_target: bool) -> SipError | None:
+def reached_over_tls(adjacency: AdjacencyConfig | None, transport: str) -> bool:
+    """Is a ``sip:`` URI learnt over ``transport`` on ``adjacency`` reached over TLS?
+
+    True only for a TLS connection of an adjacency with ``sip-over-tls``:
+    there a phone's ``sip:...;transport=tls`` Contact is reached over the
+    same TLS connection, so it is not a scheme downgrade for the rules
+    below (docs/security-model.md). Everywhere else a ``sip:`` URI is insecure.
+    """
+    return adjacency is not None and adjacency.sip_over_tls and transport.upper() == "TLS"
+
+
+def _secure_enough(scheme: str, over_tls: bool) -> bool:
+    """A SIPS URI, or a SIP URI reached over a ``sip-over-tls`` TLS connection."""
+    return scheme == "sips" or (over_tls and scheme == "sip")
+
+
+def registered_contact_usable(call_scheme: str, contact_scheme: str, over_tls: bool) -> bool:
+    """May a call to an AOR use a contact registered with ``contact_scheme``?
+
+    The scheme is kept (a ``sip:`` call reaches ``sip:`` contacts, a
+    ``sips:`` call ``sips:`` ones), except that a ``sips:`` call may reach a
+    ``sip:`` contact that registered over a ``sip-over-tls`` TLS connection.
+    """
+    call, contact = call_scheme.lower(), contact_scheme.lower()
+    if call == contact:
+        return True
+    return call == "sips" and _secure_enough(contact, over_tls)
+
+
+def check_redirect(
+    contact_schemes: Sequence[str], secure_target: bool, over_tls: bool = False
+) -> SipError | None:
     """A 3xx's Contacts must not move the call across the secure line.
 
     Returns the error that brings the call down (the redirect is then not
-    followed at all), or ``None`` when every Contact may be tried.
+    followed at all), or ``None`` when every Contact may be tried. The same
+    rule applies to the Contact of a 2xx or reliable 1xx (the new remote
+    target). ``over_tls``: the response came over a ``sip-over-tls`` TLS
+    connection (see :func:`reached_over_tls`), where a ``sip:`` Contact
+    still counts as secure.
     """
     schemes = [s.lower() for s in contact_schemes]
-    if secure_target and any(s != "sips" for s in schemes):
+    if secure_target and not all(_secure_enough(s, over_tls) for s in schemes):
         return SipError(480, "Temporarily Unavailable", warning=SIPS_NOT_ALLOWED)
     # An untrusted caller's call is never secure (admit() refused it), so the
     # rule "no SIPS Contact for an untrusted caller" is covered here too.
@@ -126,20 +171,34 @@ def check_redirect(contact_schemes: Sequence[str], secure_target: bool) -> SipEr
     return None
 
 
-def check_target_refresh(old_scheme: str, new_scheme: str) -> SipError | None:
-    """A target refresh may not change the remote target's scheme (400, then BYE both legs)."""
-    if old_scheme.lower() != new_scheme.lower():
-        return SipError(400, "Bad Request - target refresh changes the URI scheme")
-    return None
+def check_target_refresh(
+    old_scheme: str, new_scheme: str, over_tls: bool = False
+) -> SipError | None:
+    """A target refresh may not change the remote target's scheme (400, then BYE both legs).
+
+    ``over_tls``: the refresh came over a ``sip-over-tls`` TLS connection,
+    where ``sip:`` and ``sips:`` targets are both reached over that TLS
+    connection, so a change between them crosses no secure line.
+    """
+    old, new = old_scheme.lower(), new_scheme.lower()
+    if old == new or (_secure_enough(old, over_tls) and _secure_enough(new, over_tls)):
+        return None
+    return SipError(400, "Bad Request - target refresh changes the URI scheme")
 
 
-def check_registration(aor_scheme: str, contact_schemes: Sequence[str]) -> SipError | None:
+def check_registration(
+    aor_scheme: str, contact_schemes: Sequence[str], over_tls: bool = False
+) -> SipError | None:
     """RFC 5630 §5.2: a SIPS address-of-record registers only SIPS Contacts.
 
     ``contact_schemes`` excludes the ``*`` wildcard. Returns the 400 to send
-    (and no binding changes) or ``None``.
+    (and no binding changes) or ``None``. ``over_tls``: the REGISTER came
+    over a ``sip-over-tls`` TLS connection, where a ``sip:`` Contact is
+    reached over that connection and is accepted.
     """
-    if aor_scheme.lower() == "sips" and any(s.lower() != "sips" for s in contact_schemes):
+    if aor_scheme.lower() == "sips" and not all(
+        _secure_enough(s.lower(), over_tls) for s in contact_schemes
+    ):
         return SipError(400, "Bad Request - SIPS AOR needs SIPS Contacts")
     return None
 

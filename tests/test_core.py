@@ -166,7 +166,7 @@ class CoreTests(SynchronousTestCase):
         stack = SipStack(core)
         core.stack = stack
         stack.receive(request("INVITE", "sip:bob@lab.test"), FLOW, 0.0, ACCESS)
-        self.assertEqual(keys, [RouteKey("access", "lab.test", "bob", False)])
+        self.assertEqual(keys, [RouteKey("access", "lab.test", "bob", False, trusted_caller=False)])
 
 
 class RefusalCounterTests(SynchronousTestCase):

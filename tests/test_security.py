@@ -166,3 +166,56 @@ class FromDomainTests(SynchronousTestCase):
         self.assertTrue(security.from_domain_matches(peer, "LAB.test"))
         self.assertFalse(security.from_domain_matches(peer, "other.test"))
         self.assertFalse(security.from_domain_matches(peer, "sub.lab.test"))
+
+
+class SipOverTlsTests(SynchronousTestCase):
+    """sip-over-tls (docs/security-model.md): sip: over a TLS adjacency, seed rules kept."""
+
+    def phones(self, sip_over_tls: bool = True) -> AdjacencyConfig:
+        return AdjacencyConfig(
+            name="phones",
+            signaling_address="127.0.0.1",
+            security_inbound=TE,
+            security_outbound=TE,
+            attached=True,
+            sip_over_tls=sip_over_tls,
+        )
+
+    def test_insecure_call_from_a_trusted_caller_may_leave(self) -> None:
+        self.assertTrue(security.may_send_out_of(self.phones(), False, caller_trusted=True))
+        self.assertTrue(security.may_send_out_of(self.phones(), True, caller_trusted=True))
+
+    def test_untrusted_caller_never_leaves_through_trusted_encrypted(self) -> None:
+        self.assertFalse(security.may_send_out_of(self.phones(), False, caller_trusted=False))
+        caller = adjacency("in", U, U, True)
+        with self.assertRaises(SipError) as raised:
+            security.secure_destinations(caller, "sip", [self.phones()])
+        self.assertEqual(raised.exception.status, 480)
+
+    def test_without_the_flag_the_seed_rule_holds(self) -> None:
+        self.assertFalse(security.may_send_out_of(self.phones(False), False, caller_trusted=True))
+
+    def test_reached_over_tls(self) -> None:
+        self.assertTrue(security.reached_over_tls(self.phones(), "TLS"))
+        self.assertFalse(security.reached_over_tls(self.phones(), "TCP"))
+        self.assertFalse(security.reached_over_tls(self.phones(False), "TLS"))
+        self.assertFalse(security.reached_over_tls(None, "TLS"))
+
+    def test_sip_contact_over_tls_is_no_downgrade(self) -> None:
+        self.assertIsNone(security.check_redirect(["sip"], True, over_tls=True))
+        self.assertIsNotNone(security.check_redirect(["sip"], True, over_tls=False))
+        self.assertIsNone(security.check_target_refresh("sips", "sip", over_tls=True))
+        self.assertIsNotNone(security.check_target_refresh("sips", "sip", over_tls=False))
+        self.assertIsNone(security.check_registration("sips", ["sip"], over_tls=True))
+        # an insecure call still refuses a SIPS Contact (481 Warning 381)
+        error = security.check_redirect(["sips"], False, over_tls=True)
+        self.assertEqual(error.warning if error else None, security.SIPS_REQUIRED)
+        # other schemes are never secure
+        self.assertIsNotNone(security.check_redirect(["tel"], True, over_tls=True))
+
+    def test_registered_contact_usable(self) -> None:
+        self.assertTrue(security.registered_contact_usable("sip", "sip", False))
+        self.assertTrue(security.registered_contact_usable("sips", "sips", False))
+        self.assertFalse(security.registered_contact_usable("sips", "sip", False))
+        self.assertTrue(security.registered_contact_usable("sips", "sip", True))
+        self.assertFalse(security.registered_contact_usable("sip", "sips", True))

@@ -173,12 +173,17 @@ def outbound_flow(adjacency: AdjacencyConfig, uri: URI) -> Flow:
     return Flow(transport, local, remote, None, server_name)
 
 
-def contact_for(flow: Flow, user: str | None = None) -> NameAddr:
-    """Our Contact on a leg that uses ``flow``: sips and ``transport=tls`` on TLS."""
+def contact_for(flow: Flow, user: str | None = None, *, secure: bool = True) -> NameAddr:
+    """Our Contact on a leg that uses ``flow``; it follows the dialog's scheme on TLS.
+
+    On TLS: ``sips:...;transport=tls`` in a ``sips:`` dialog (``secure``),
+    ``sip:...;transport=tls`` in a ``sip:`` one (a ``sip:`` UA cannot send
+    to a ``sips:`` Contact, RFC 5630 §3.1.2). On TCP ``transport=tcp``.
+    """
     host, port = flow.local
     if flow.transport == "TLS":
         params: tuple[tuple[str, str | None], ...] = (("transport", "tls"),)
-        scheme = "sips"
+        scheme = "sips" if secure else "sip"
     elif flow.transport == "TCP":
         params, scheme = (("transport", "tcp"),), "sip"
     else:
@@ -313,6 +318,7 @@ class Leg:
 
     ``local`` is our address (with our tag), ``remote`` the peer's (its tag
     in ``remote_tag`` once known). ``flow`` is where requests to the peer go.
+    ``secure``: the dialog's Request-URI is ``sips:`` (our Contact follows it).
     """
 
     def __init__(
@@ -324,6 +330,7 @@ class Leg:
         flow: Flow,
         adjacency: str,
         local_cseq: int,
+        secure: bool = True,
     ) -> None:
         self.name = name
         self.call_id = call_id
@@ -332,7 +339,7 @@ class Leg:
         self.remote_tag: str | None = remote.tag
         self.flow = flow
         self.adjacency = adjacency
-        self.contact = contact_for(flow)
+        self.contact = contact_for(flow, secure=secure)
         self.local_cseq = local_cseq
         self.remote_cseq: int | None = None
         self.invite_cseq = local_cseq
@@ -452,6 +459,7 @@ class Call:
         self.transaction = transaction
         self.inbound = inbound
         self.secure = security.requires_secure_target(request.uri.scheme)
+        self.trusted = security.caller_is_trusted(inbound)
         self.started_at = now
         self.state = CallState.PROCEEDING
         a_flow = transaction.peer if isinstance(transaction.peer, Flow) else flow
@@ -463,6 +471,7 @@ class Call:
             a_flow,
             inbound.name,
             secrets.randbelow(2**16) + 1,
+            self.secure,
         )
         self.a.remote_cseq = request.cseq.seq
         self.a.invite_cseq = request.cseq.seq
@@ -524,7 +533,9 @@ class Call:
             target = self.hunt.popleft()
             adjacency = manager.table().get(target.adjacency)
             # the routing policy's choice is re-checked against the security rules
-            if adjacency is None or not security.may_send_out_of(adjacency, self.secure):
+            if adjacency is None or not security.may_send_out_of(
+                adjacency, self.secure, self.trusted
+            ):
                 manager.count(target.adjacency, "hunt-refused")
                 why = "not attached" if adjacency is None else "refused by the security rules"
                 calllog.log_hunt(self, None, why, target.adjacency, target.uri, skipped=True)
@@ -556,6 +567,7 @@ class Call:
             flow,
             adjacency.name,
             secrets.randbelow(2**16) + 1,
+            security.requires_secure_target(target.uri.scheme),
         )
         leg.remote_target = target.uri
         leg.invite_cseq = leg.local_cseq
@@ -576,6 +588,11 @@ class Call:
             manager.b_deadlines.arm(self, now + manager.no_answer_timeout())
         manager.count(adjacency.name, "attempts")
         return outputs
+
+    def _over_tls(self, leg: Leg) -> bool:
+        """Does ``leg`` talk over a ``sip-over-tls`` TLS connection (see security)?"""
+        adjacency = self.manager.table().get(leg.adjacency)
+        return security.reached_over_tls(adjacency, leg.flow.transport)
 
     def _drop_b(self) -> None:
         self.manager.b_deadlines.disarm(self)
@@ -657,6 +674,10 @@ class Call:
             return self._no_answer(now)
         self.manager.count(leg.adjacency, f"hunt-skip:{reason}")
         self.hunt_why = reason
+        if leg.flow.pinned:
+            # a registered contact whose connection is gone: unavailable, not a
+            # failure of the SBC (480 when no other contact answers)
+            self._note_failure(SipError(480, "Temporarily Unavailable"))
         return self._try_next(now)
 
     def _on_provisional(self, leg: Leg, response: Response, now: float) -> list[StackOutput]:
@@ -673,7 +694,9 @@ class Call:
         if contacts and response.to.tag is not None:
             # an early dialog's remote target may not cross the secure line
             # either (behaviour.md §5: 1xx-reliable target refresh)
-            error = security.check_redirect([contacts[0].uri.scheme], self.secure)
+            error = security.check_redirect(
+                [contacts[0].uri.scheme], self.secure, self._over_tls(leg)
+            )
             if error is not None:
                 self.manager.count(leg.adjacency, "target-refresh-refused")
                 self.outcome_hint = "rejected"
@@ -704,7 +727,7 @@ class Call:
                 leg.remote_target = leg.remote_target or self.request.uri
             return self._ack(leg, leg.invite_cseq, b"", None) + self._bye(leg, now) + self.end(now)
         new_scheme = contacts[0].uri.scheme
-        error = security.check_redirect([new_scheme], self.secure)
+        error = security.check_redirect([new_scheme], self.secure, self._over_tls(leg))
         leg.learn_target(response)
         if error is not None:
             manager.count(leg.adjacency, "target-refresh-refused")
@@ -717,7 +740,9 @@ class Call:
         leg = self.b
         assert leg is not None
         contacts = [c for c in response.contacts if not c.is_star]
-        error = security.check_redirect([c.uri.scheme for c in contacts], self.secure)
+        error = security.check_redirect(
+            [c.uri.scheme for c in contacts], self.secure, self._over_tls(leg)
+        )
         if error is not None:
             self.manager.count(leg.adjacency, "redirects-refused")
             self._drop_b()
@@ -959,7 +984,9 @@ class Call:
             contacts = [c for c in request.contacts if not c.is_star]
             if contacts:
                 old = leg.remote_target.scheme if leg.remote_target else self.request.uri.scheme
-                error = security.check_target_refresh(old, contacts[0].uri.scheme)
+                error = security.check_target_refresh(
+                    old, contacts[0].uri.scheme, self._over_tls(leg)
+                )
                 if error is not None:
                     self.manager.count(leg.adjacency, "target-refresh-refused")
                     outputs = stack.reject(transaction, error, leg.flow, now)
@@ -1020,7 +1047,7 @@ class Call:
             contacts = [c for c in response.contacts if not c.is_star]
             if contacts and target.remote_target is not None:
                 error = security.check_target_refresh(
-                    target.remote_target.scheme, contacts[0].uri.scheme
+                    target.remote_target.scheme, contacts[0].uri.scheme, self._over_tls(target)
                 )
                 if error is not None:
                     self.manager.count(target.adjacency, "target-refresh-refused")

@@ -248,15 +248,22 @@ class CallManager:
                 allowed = []
                 for target in located:
                     adjacency = table.get(target.adjacency)
-                    if adjacency is None or not security.may_send_out_of(adjacency, call.secure):
+                    if adjacency is None or not security.may_send_out_of(
+                        adjacency, call.secure, call.trusted
+                    ):
                         continue
-                    if target.uri.scheme != uri.scheme:  # the scheme is kept (behaviour §5)
+                    transport = target.flow.transport if target.flow is not None else ""
+                    if not security.registered_contact_usable(
+                        uri.scheme,
+                        target.uri.scheme,
+                        security.reached_over_tls(adjacency, transport),
+                    ):
                         continue
                     allowed.append(target)
                 if not allowed:
                     raise security.no_route(call.secure)
                 return allowed
-        key = RouteKey.from_uri(call.inbound.name, uri)
+        key = RouteKey.from_uri(call.inbound.name, uri, call.trusted)
         if key.secure != call.secure:
             key = attrs.evolve(key, secure=call.secure)
         decision = self.router(key, self.table(), self.active_calls)

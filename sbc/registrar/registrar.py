@@ -1,4 +1,4 @@
-"""The registrar for the ``local-domain`` domains (RFC 3261 §10.3, behaviour.md §7).
+"""The registrar for the ``local-domain`` domains (RFC 3261 §10.3, docs/phones.md).
 
 :class:`Registrar` turns one REGISTER into binding changes and the 200 that
 lists the AOR's current bindings. Admission (an untrusted adjacency may not
@@ -6,11 +6,20 @@ register a SIPS AOR: 403 + Warning 380) is applied by the caller before
 :meth:`Registrar.register`, like for every other secure request; the SIPS
 AOR rule of RFC 5630 §5.2 is :func:`sbc.security.check_registration`.
 Failures are raised as :class:`~sbc.errors.SipError`; the stack answers them.
+
+Flows (RFC 5626 §5.3): a binding keeps the flow its REGISTER arrived on, the
+source address and port for UDP (a phone behind NAT is reached there, not at
+its Contact's host) and the connection for TCP/TLS (pinned: a call reaches it
+over that connection only). When the connection closes its bindings go
+(:meth:`Registrar.connection_closed`); expired bindings are removed by
+:meth:`Registrar.expire`. Every binding added, refreshed, removed or expired
+is a log event (docs/logging.md, ``registration.*``).
 """
 
 from __future__ import annotations
 
 import attrs
+from twisted.logger import Logger
 
 from sbc import security
 from sbc.errors import SipError
@@ -30,6 +39,44 @@ class RegistrarSettings:
     max_expires: int = 7200
 
 
+_log = Logger(namespace="sbc.registrar")
+
+_EVENT_TEXT = {
+    "registration.added": "registered {contact} for {aor} from {adjacency} ({source}), {expires} s",
+    "registration.refreshed": "refreshed {contact} for {aor} from {adjacency} ({source}), "
+    "{expires} s",
+    "registration.removed": "removed {contact} for {aor} on {adjacency} ({source}): {reason}",
+    "registration.expired": "expired {contact} for {aor} on {adjacency} ({source})",
+}
+
+
+def _source(binding: Binding) -> str:
+    host, port = binding.flow.remote
+    host = f"[{host}]" if ":" in host else host
+    return f"{binding.flow.transport} {host}:{port}"
+
+
+def log_binding(event: str, binding: Binding, now: float, reason: str | None = None) -> None:
+    """One ``registration.*`` event (refreshes at debug level, the others at info)."""
+    (_log.debug if event == "registration.refreshed" else _log.info)(
+        _EVENT_TEXT[event],
+        event=event,
+        aor=binding.aor,
+        contact=binding.contact.serialize(),
+        adjacency=binding.adjacency,
+        source=_source(binding),
+        expires=binding.remaining(now),
+        reason=reason,
+    )
+
+
+def _flow_of(flow: Flow) -> Flow:
+    """The flow a binding keeps: a stream connection is pinned (never re-opened)."""
+    if flow.connection_id is not None and not flow.pinned:
+        return attrs.evolve(flow, pinned=True)
+    return flow
+
+
 class Registrar:
     """Apply REGISTER requests to a location service; ``now`` is always passed in."""
 
@@ -42,7 +89,14 @@ class Registrar:
         self.settings = settings or RegistrarSettings()
 
     def register(
-        self, request: Request, flow: Flow, adjacency: str, now: float, *, trusted: bool = False
+        self,
+        request: Request,
+        flow: Flow,
+        adjacency: str,
+        now: float,
+        *,
+        trusted: bool = False,
+        over_tls: bool = False,
     ) -> Response:
         """Process ``request`` (a REGISTER for a local domain); return the 200.
 
@@ -56,6 +110,10 @@ class Registrar:
         refreshes and removes (``*`` included) the bindings registered from
         untrusted adjacencies: it can neither learn nor remove a contact
         registered over a trusted (e.g. TLS) adjacency.
+
+        ``over_tls``: the REGISTER came over a ``sip-over-tls`` TLS
+        connection, where a ``sips:`` AOR may register a ``sip:`` Contact
+        (:func:`sbc.security.check_registration`).
         """
         aor_uri = request.to.uri
         if aor_uri.scheme not in ("sip", "sips"):
@@ -67,7 +125,7 @@ class Registrar:
         if star and header_expires != 0:
             raise SipError(400, "Bad Request - Contact * needs Expires: 0")
         schemes = [c.uri.scheme for c in contacts if not c.is_star]
-        error = security.check_registration(aor_uri.scheme, schemes)
+        error = security.check_registration(aor_uri.scheme, schemes, over_tls)
         if error is not None:
             raise error
         every = self.location.lookup(aor, now)
@@ -79,8 +137,12 @@ class Registrar:
         if star:
             self._check_order(current, call_id, cseq)
             self.location.update(aor, kept, now)
+            for binding in current:
+                log_binding("registration.removed", binding, now, "unregistered (Contact *)")
             return self._ok(request, [], now)
+        flow = _flow_of(flow)
         updated = list(current)
+        events: list[tuple[str, Binding, str | None]] = []
         for contact in contacts:
             uri = contact.uri
             expires = contact.expires
@@ -93,13 +155,38 @@ class Registrar:
             self._check_order(existing, call_id, cseq)
             updated = [b for b in updated if b not in existing]
             if expires > 0:
-                updated.append(
-                    Binding(
-                        aor, uri, now + expires, adjacency, flow, call_id, cseq, contact.q, trusted
-                    )
+                binding = Binding(
+                    aor, uri, now + expires, adjacency, flow, call_id, cseq, contact.q, trusted
+                )
+                updated.append(binding)
+                event = "registration.refreshed" if existing else "registration.added"
+                events.append((event, binding, None))
+            else:
+                events.extend(
+                    ("registration.removed", old, "unregistered (expires 0)") for old in existing
                 )
         self.location.update(aor, kept + updated, now)
+        for event, binding, reason in events:
+            log_binding(event, binding, now, reason)
         return self._ok(request, updated, now)
+
+    def connection_closed(self, connection_id: int, now: float) -> list[Binding]:
+        """Remove (and log) the bindings registered over a stream connection that closed."""
+        gone = self.location.remove_connection(connection_id, now)
+        for binding in gone:
+            log_binding("registration.removed", binding, now, "connection closed")
+        return gone
+
+    def expire(self, now: float) -> list[Binding]:
+        """Remove (and log) the bindings whose expiry has come."""
+        gone = self.location.expire(now)
+        for binding in gone:
+            log_binding("registration.expired", binding, now)
+        return gone
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`expire` next has work."""
+        return self.location.next_expiry()
 
     def lookup(self, aor: str, now: float) -> list[Binding]:
         """The live bindings of ``aor`` (see :func:`aor_key`)."""

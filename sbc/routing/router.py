@@ -156,7 +156,9 @@ class Router:
             if not isinstance(destination, Destination):
                 return False
             adjacency = adjacencies.get(destination.adjacency)
-            return adjacency is not None and may_send_out_of(adjacency, key.secure)
+            return adjacency is not None and may_send_out_of(
+                adjacency, key.secure, key.trusted_caller
+            )
 
         found, path = self.candidates(key, adjacencies)
         allowed = [d for d in found if permitted(d)]

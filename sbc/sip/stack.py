@@ -56,6 +56,10 @@ class Flow:
     has no connection yet. ``server_name`` is, for outbound TLS, the name the
     peer's certificate must match and the SNI to send (the ``signaling-peer``
     or the Request-URI host, RFC 5922 §7.3); ``None`` means ``remote``'s host.
+    ``pinned``: the flow of a registered contact (RFC 5626 §5.3): only its
+    own connection may carry a message; when it is gone the send fails, it
+    never opens a new connection to ``remote`` (a phone behind NAT cannot
+    accept one).
     """
 
     transport: str
@@ -63,6 +67,7 @@ class Flow:
     remote: tuple[str, int]
     connection_id: int | None = None
     server_name: str | None = None
+    pinned: bool = False
 
     @property
     def reliable(self) -> bool:
@@ -128,6 +133,9 @@ class TransactionUser(Protocol):
 
     def advance(self, now: float) -> list[StackOutput]:
         """Run the TU's timers due at ``now``."""
+
+    def connection_closed(self, connection_id: int, now: float) -> list[StackOutput]:
+        """The stream connection ``connection_id`` is gone (its flows with it)."""
 
 
 def response_flow(request: Request, flow: Flow) -> Flow:
@@ -261,6 +269,10 @@ class SipStack:
     def transport_error(self, key: TransactionKey, now: float) -> list[StackOutput]:
         """The edge could not send a message of transaction ``key``."""
         return self._run(self.transactions.transport_error(key, now), now)
+
+    def connection_closed(self, connection_id: int, now: float) -> list[StackOutput]:
+        """The edge lost stream connection ``connection_id``: the TU forgets its flows."""
+        return self.tu.connection_closed(connection_id, now)
 
     # -- from the TU ----------------------------------------------------------
 

@@ -127,11 +127,7 @@ def event_name(counter: str) -> str:
 
 
 class SipStackLike(Protocol):
-    """The part of :class:`sbc.sip.stack.SipStack` the runtime drives.
-
-    ``connection_closed(connection_id, now)`` is called too when the stack
-    has it (stack-api.md).
-    """
+    """The part of :class:`sbc.sip.stack.SipStack` the runtime drives."""
 
     def receive(
         self, data: bytes, flow: Flow, now: float, context: object = None
@@ -142,6 +138,8 @@ class SipStackLike(Protocol):
     def next_deadline(self) -> float | None: ...
 
     def transport_error(self, key: TransactionKey, now: float) -> list[StackOutput]: ...
+
+    def connection_closed(self, connection_id: int, now: float) -> list[StackOutput]: ...
 
 
 EndpointFactory = Callable[[Any, PoolKey, "TlsIdentity | None", float], IStreamClientEndpoint]
@@ -567,9 +565,7 @@ class SipRuntime:
             self._decrement(self._per_source, connection.remote[0])
         self.pool.remove(connection)
         self.count(connection.adjacency, "connections-closed")
-        closed = getattr(self.stack, "connection_closed", None)
-        if closed is not None:
-            self.process(closed(connection.connection_id, self.reactor.seconds()))
+        self.process(self.stack.connection_closed(connection.connection_id, self.reactor.seconds()))
 
     # -- internals: listeners -------------------------------------------------
 
@@ -745,6 +741,12 @@ class SipRuntime:
             connection = self._connections.get(flow.connection_id)
             if connection is not None and connection.send(output.data):
                 self.count(connection.adjacency, "messages-sent")
+                return
+            if flow.pinned:
+                # a registered contact's flow: never a new connection (RFC 5626 §5.3)
+                self._transmit_failed(
+                    output, "the connection the contact registered over is closed"
+                )
                 return
         expected: str | None = None
         if flow.transport == TLS:

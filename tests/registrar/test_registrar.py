@@ -176,7 +176,49 @@ class LocationServiceTests(SynchronousTestCase):
         self.assertEqual([b.contact.user for b in store.lookup("bob@example.com", 0.0)], ["b", "a"])
         self.assertEqual(store.next_expiry(), 10.0)
         self.assertEqual([b.contact.user for b in store.lookup("bob@example.com", 10.0)], ["b"])
-        self.assertEqual(store.purge(20.0), 1)
+        # a lookup only hides expired bindings; expire()/purge() removes and reports them
+        self.assertEqual(store.purge(20.0), 2)
+        self.assertEqual(len(store), 0)
+
+    def test_expire_reports_each_binding_once_and_skips_refreshed_ones(self) -> None:
+        store = LocationService()
+        a, b = self.binding("sip:a@h", 10.0), self.binding("sip:b@h", 20.0)
+        store.update("bob@example.com", [a, b], 0.0)
+        refreshed = self.binding("sip:a@h", 30.0)
+        store.update("bob@example.com", [refreshed, b], 5.0)
+        # a's old expiry (10) is stale: next_expiry skips it
+        self.assertEqual(store.next_expiry(), 20.0)
+        self.assertEqual(store.expire(15.0), [])
+        self.assertEqual(store.expire(20.0), [b])
+        self.assertEqual(store.next_expiry(), 30.0)
+        self.assertEqual(store.expire(40.0), [refreshed])
+        self.assertEqual(store.expire(50.0), [])
+        self.assertIsNone(store.next_expiry())
+        self.assertEqual(len(store), 0)
+
+    def test_remove_connection(self) -> None:
+        tls = Flow("TLS", ("127.0.0.1", 5061), ("127.0.0.3", 40000), 7, pinned=True)
+        other = Flow("TLS", ("127.0.0.1", 5061), ("127.0.0.3", 40001), 8, pinned=True)
+        store = LocationService()
+        on_7 = Binding(
+            "bob@example.com", parse_uri("sip:bob@p;transport=tls"), 99.0, "a", tls, "c", 1
+        )
+        on_8 = Binding(
+            "bob@example.com", parse_uri("sip:bob@q;transport=tls"), 99.0, "a", other, "d", 1
+        )
+        alice = Binding(
+            "alice@example.com", parse_uri("sip:al@p;transport=tls"), 99.0, "a", tls, "e", 1
+        )
+        store.update("bob@example.com", [on_7, on_8], 0.0)
+        store.update("alice@example.com", [alice], 0.0)
+        self.assertEqual(
+            sorted(b.aor for b in store.remove_connection(7, 1.0)),
+            ["alice@example.com", "bob@example.com"],
+        )
+        self.assertEqual(store.lookup("bob@example.com", 1.0), [on_8])
+        self.assertEqual(store.lookup("alice@example.com", 1.0), [])
+        self.assertEqual(store.remove_connection(7, 2.0), [])
+        self.assertEqual(store.remove_connection(8, 2.0), [on_8])
         self.assertEqual(len(store), 0)
 
     def test_aor_key_ignores_scheme_and_host_case(self) -> None:

@@ -85,6 +85,12 @@ class RecordingUser:
         self.timer_at = None
         return []
 
+    closed_connections: list[int] = []
+
+    def connection_closed(self, connection_id: int, now: float) -> list[StackOutput]:
+        self.closed_connections = [*self.closed_connections, connection_id]
+        return []
+
 
 def make_stack() -> tuple[SipStack, RecordingUser]:
     user = RecordingUser()
