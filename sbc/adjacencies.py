@@ -1,6 +1,6 @@
 """Which listeners the adjacencies need, and which adjacency a message belongs to.
 
-Pure functions over the configuration model (behaviour.md §2): several
+Pure functions over the configuration model (docs/configuration.md): several
 adjacencies may share one listening socket; an inbound message belongs to the
 attached adjacency whose listener it arrived on and whose ``remote-address``
 matches its source, the most specific prefix winning. An adjacency without

@@ -3,7 +3,7 @@
 :class:`SbcCore` is handed every request by the :class:`~sbc.sip.stack.SipStack`.
 It applies, in order:
 
-1. the TLS peer check (RFC 5922, behaviour.md §3): a request whose From
+1. the TLS peer check (RFC 5922, docs/security-model.md): a request whose From
    domain the peer's certificate does not vouch for is dropped unanswered;
 2. requests addressed to the SBC itself (Request-URI host is one of its
    signaling addresses, no user part): OPTIONS is answered 200;

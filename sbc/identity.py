@@ -5,7 +5,7 @@ from a verified peer certificate; everything above it decides with
 :func:`identity_matches` whether that peer speaks for a domain. No OpenSSL
 or Twisted import here: the rule is readable on its own.
 
-RFC 5922 §7.1 (behaviour.md §3), in order:
+RFC 5922 §7.1 (docs/security-model.md), in order:
 
 1. ``subjectAltName`` URIs of scheme ``sip`` with no user part give SIP domains;
 2. ``dNSName`` entries count only when no such URI is present;

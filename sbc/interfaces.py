@@ -1,6 +1,6 @@
 """Every zope interface of sbc: the seams where behaviour can be swapped.
 
-- :class:`IRoutingNode`: a node of the routing tree (behaviour.md §6), walked
+- :class:`IRoutingNode`: a node of the routing tree (docs/routing.md), walked
   by :func:`sbc.routing.walk` the way ``twisted.web.resource`` walks
   resources.
 - :class:`IRoutingPolicy`: orders (or narrows) the candidate destinations of
@@ -8,8 +8,7 @@
 - :class:`IRoutingPolicyFactory`: a Twisted plugin (found in the
   :mod:`sbc.plugins` package) that makes a policy; ``routing-policy NAME``
   in the configuration selects one by its :attr:`name`.
-- :class:`ILocationService`: the registrar's binding store (behaviour.md
-  §7), :class:`sbc.registrar.LocationService` in memory.
+- :class:`ILocationService`: the registrar's binding store (docs/phones.md), :class:`sbc.registrar.LocationService` in memory.
 
 Only interfaces live here. The types named in the signatures are defined in
 :mod:`sbc.routing` and :mod:`sbc.config`.

@@ -5,10 +5,10 @@ this file. Each rule is a pure function; the call logic applies them in this
 order:
 
 1. :func:`caller_is_trusted` and :func:`requires_secure_target` mark the inbound
-   request (UAS side, behaviour.md §4).
+   request (UAS side, docs/security-model.md).
 2. :func:`admit` rejects an untrusted caller asking for a SIPS target
    (403 + Warning 380) before any routing happens.
-3. :func:`may_send_out_of` filters the routing candidates (behaviour.md §6);
+3. :func:`may_send_out_of` filters the routing candidates (docs/routing.md);
    it is applied again to whatever a routing policy returns, so a policy can
    reorder or narrow the candidates but never weaken the rules.
    :func:`no_route` is the response when nothing is left.

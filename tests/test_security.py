@@ -1,4 +1,4 @@
-"""The seed's security rules as decision tables (behaviour.md §4-§8)."""
+"""The seed's security rules as decision tables (docs/security-model.md)."""
 
 from __future__ import annotations
 

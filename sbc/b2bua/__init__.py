@@ -1,4 +1,4 @@
-"""The signaling B2BUA: calls made of an A-leg and B-legs tried in turn (behaviour.md §1, §5)."""
+"""The signaling B2BUA: calls made of an A-leg and B-legs tried in turn (docs/security-model.md)."""
 
 from sbc.b2bua.call import (
     DEFAULT_CONTINUE_ON,

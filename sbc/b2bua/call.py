@@ -2,7 +2,7 @@
 
 The inbound leg (the *A-leg*) ends at the SBC, which is its UAS; each
 outbound attempt is a *B-leg* the SBC originates as a UAC with its own
-Call-ID, From tag, CSeq, Via and Contact (behaviour.md §1). The two legs
+Call-ID, From tag, CSeq, Via and Contact (docs/security-model.md). The two legs
 share nothing that reveals topology: only the Request-URI / From / To
 addresses, the end-to-end headers and the body (SDP, unchanged) cross.
 
@@ -101,7 +101,7 @@ __all__ = [
 DEFAULT_CONTINUE_ON: frozenset[int] = frozenset({408, 503})
 
 #: Headers never copied from one leg to the other: they describe one hop or
-#: one dialog (topology hiding, behaviour.md §1), or are rebuilt per leg.
+#: one dialog (topology hiding, docs/security-model.md), or are rebuilt per leg.
 HOP_HEADERS: frozenset[str] = frozenset(
     h.lower()
     for h in (
@@ -143,7 +143,7 @@ def new_call_id(host: str) -> str:
 
 
 def outbound_flow(adjacency: AdjacencyConfig, uri: URI) -> Flow:
-    """Where a request out of ``adjacency`` to ``uri`` goes (behaviour.md §2, §3).
+    """Where a request out of ``adjacency`` to ``uri`` goes (docs/configuration.md, docs/security-model.md).
 
     TLS when the adjacency's outbound security is trusted-encrypted, TCP
     when it is ``transport tcp``, else UDP. The next hop is the
@@ -256,7 +256,7 @@ def map_replaces(value: str, lookup: DialogMap) -> str:
 def rewrite_dialog_refs(headers: Headers, lookup: DialogMap) -> None:
     """Map Replaces (and a Replaces embedded in Refer-To) onto the other legs' dialogs.
 
-    Topology hiding (behaviour.md §1) for attended transfer and call pickup:
+    Topology hiding (docs/security-model.md) for attended transfer and call pickup:
     the Call-ID and tags of one side never reach the other, and the far UA
     gets the identifiers of *its* dialog with the SBC, which it can match.
     """
@@ -693,7 +693,7 @@ class Call:
         contacts = [c for c in response.contacts if not c.is_star]
         if contacts and response.to.tag is not None:
             # an early dialog's remote target may not cross the secure line
-            # either (behaviour.md §5: 1xx-reliable target refresh)
+            # either (docs/security-model.md: a reliable 1xx is a target refresh)
             error = security.check_redirect(
                 [contacts[0].uri.scheme], self.secure, self._over_tls(leg)
             )

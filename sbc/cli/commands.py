@@ -10,7 +10,7 @@ small :class:`SbcBackend` (plain data in, error lines out), so this module
 never touches a reactor or a socket; :mod:`sbc.cli.server` adapts a running
 :class:`~sbc.service.SbcService` to it.
 
-Modes and prompts (behaviour.md §9)::
+Modes and prompts (docs/cli.md)::
 
     sbc#                                  exec
     sbc(config)#                          configure

@@ -576,7 +576,7 @@ _LIMIT_DEFAULTS = {setting.attribute: setting.default for setting in LIMIT_SETTI
 
 @attrs.frozen
 class Limits:
-    """The ``limits`` block of ``sbe``: transport guards (behaviour.md §3).
+    """The ``limits`` block of ``sbe``: transport guards (docs/security-model.md).
 
     Every field has the default of :data:`LIMIT_SETTINGS`, so a
     configuration without the block gets sane limits. Sizes are in bytes,

@@ -4,7 +4,7 @@ Each binding has an absolute expiry time (``expires_at``, on the same
 monotonic clock as every ``now`` the SBC passes around); nothing here reads
 a clock. A binding also remembers where it was registered from (the
 adjacency and the :class:`~sbc.sip.stack.Flow`), because calls to the AOR
-are sent back over that adjacency and connection (behaviour.md §1, §7).
+are sent back over that adjacency and connection (docs/phones.md).
 """
 
 from __future__ import annotations

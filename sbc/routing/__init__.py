@@ -1,4 +1,4 @@
-"""Routing (behaviour.md §6): which adjacencies a new call is tried on, in order.
+"""Routing (docs/routing.md): which adjacencies a new call is tried on, in order.
 
 - :class:`RouteKey`: what routing reads from a request, computed once.
 - :func:`walk` over :class:`RoutingNode` trees (built from a

@@ -4,7 +4,7 @@ A routing policy (:class:`sbc.interfaces.IRoutingPolicy`) receives the
 candidates the routing tree yielded, already filtered by the security rules,
 and returns the destinations to try in order. The router re-checks the
 security rules on the result, so a policy can reorder or narrow but never
-weaken them (behaviour.md §6).
+weaken them (docs/routing.md).
 
 Stock policies, selected with ``routing-policy NAME``:
 

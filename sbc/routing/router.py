@@ -1,4 +1,4 @@
-"""The router: tree walk, routing policy, security re-check (behaviour.md §6).
+"""The router: tree walk, routing policy, security re-check (docs/routing.md).
 
 :meth:`Router.route` applies, in this order:
 

@@ -1,4 +1,4 @@
-"""Outbound TCP/TLS connections, reused by verified identity (RFC 5923, behaviour.md §3).
+"""Outbound TCP/TLS connections, reused by verified identity (RFC 5923, docs/security-model.md).
 
 A :class:`PoolKey` names a destination: transport, the local address the
 flow is sent from, the remote address and port, and for TLS the name the

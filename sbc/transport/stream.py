@@ -5,7 +5,7 @@
 (built by an :class:`OutboundFactory` for the connection pool). TLS is
 ``twisted.protocols.tls.TLSMemoryBIOProtocol`` wrapped around it, so the same
 protocol sees plaintext in both cases. It guards the connection
-(behaviour.md §3) and hands each complete message to its
+(docs/security-model.md) and hands each complete message to its
 :class:`StreamHost` (the runtime), which owns classification, limits on the
 number of connections, counters and the SIP stack:
 

@@ -856,7 +856,7 @@ class FlowTests(SynchronousTestCase):
         )
 
     def test_tls_flow_to_an_ip_signaling_peer_checks_the_uri_domain(self) -> None:
-        """behaviour.md §3 / RFC 5922 §7.3: an IP peer is no name; the URI's domain is."""
+        """docs/security-model.md / RFC 5922 §7.3: an IP peer is no name; the URI's domain is."""
         adjacency = attrs.evolve(self.config.adjacency("tls"), signaling_peer="192.0.2.9")
         flow = outbound_flow(adjacency, parse_uri("sips:bob@Remote.test"))
         self.assertEqual((flow.remote, flow.server_name), (("192.0.2.9", 5061), "Remote.test"))

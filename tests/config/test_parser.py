@@ -77,7 +77,7 @@ class LexerTests(SynchronousTestCase):
 
 
 class BehaviourExampleTests(SynchronousTestCase):
-    """The example of behaviour.md §9, word for word."""
+    """The reference example configuration, word for word."""
 
     text = """\
         sbc mysbc

@@ -1,4 +1,4 @@
-"""``crypto reload`` and SIGHUP against a real ``twistd -n sbc`` (behaviour.md §3).
+"""``crypto reload`` and SIGHUP against a real ``twistd -n sbc`` (docs/security-model.md).
 
 New handshakes get the certificate now on disk, a connection made before the
 reload keeps working, and a bad key file changes nothing.
