@@ -9,6 +9,8 @@
   :mod:`sbc.plugins` package) that makes a policy; ``routing-policy NAME``
   in the configuration selects one by its :attr:`name`.
 - :class:`ILocationService`: the registrar's binding store (docs/phones.md), :class:`sbc.registrar.LocationService` in memory.
+- :class:`IAuthenticator`: checks a request's credentials (SIP digest,
+  docs/authentication.md), :class:`sbc.auth.DigestAuthenticator`.
 
 Only interfaces live here. The types named in the signatures are defined in
 :mod:`sbc.routing` and :mod:`sbc.config`.
@@ -19,7 +21,7 @@ Only interfaces live here. The types named in the signatures are defined in
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from twisted.plugin import IPlugin
@@ -29,8 +31,15 @@ if TYPE_CHECKING:
     from sbc.config import SbcConfig
     from sbc.registrar.bindings import Binding
     from sbc.routing import Destination, RouteKey, RoutingContext
+    from sbc.sip.message import Request
 
-__all__ = ["ILocationService", "IRoutingNode", "IRoutingPolicy", "IRoutingPolicyFactory"]
+__all__ = [
+    "IAuthenticator",
+    "ILocationService",
+    "IRoutingNode",
+    "IRoutingPolicy",
+    "IRoutingPolicyFactory",
+]
 
 
 class IRoutingNode(Interface):
@@ -138,3 +147,42 @@ class ILocationService(Interface):
 
     def __len__() -> int:
         """The number of bindings held."""
+
+
+class IAuthenticator(Interface):
+    """Decides whether a request carries valid credentials (docs/authentication.md).
+
+    Pure: ``now`` is the caller's clock; nothing is sent. A refusal is raised
+    as a :class:`sbc.errors.SipError` subclass
+    (:class:`sbc.auth.AuthenticationError`) that the SIP stack answers with.
+    """
+
+    def authenticate(
+        request: Request,
+        *,
+        realm: str,
+        user: str | None,
+        registrar: bool,
+        now: float,
+        algorithms: Sequence[str] | None = None,
+    ) -> str:
+        """Return the authenticated user name, or raise ``AuthenticationError``.
+
+        Only credentials for ``realm`` are considered: ``Authorization`` when
+        ``registrar`` (the SBC answers as the registrar: 401 +
+        ``WWW-Authenticate``), ``Proxy-Authorization`` otherwise (407 +
+        ``Proxy-Authenticate``); credentials for other realms belong to
+        someone further on and are ignored. ``user`` is the AOR's user (To
+        for REGISTER, From otherwise); valid credentials for another user, or
+        for another of the authenticator's realms, raise a 403. ``user``
+        None accepts any user of ``realm``. Malformed credentials raise a
+        400. ``algorithms`` overrides the offered algorithms ("SHA-256",
+        "MD5", in order) for this call.
+        """
+
+    def strip_credentials(request: Request, realms: Iterable[str]) -> None:
+        """Remove the ``Authorization`` / ``Proxy-Authorization`` values for ``realms``.
+
+        Every other value (other realms, other schemes) stays, so only
+        credentials meant for someone further on are relayed.
+        """
