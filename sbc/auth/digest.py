@@ -66,9 +66,15 @@ _MAC_BYTES: Final = 16
 _NONCE_BYTES: Final = _TIME.size + _SALT_BYTES + _MAC_BYTES
 _NONCE_CHARS: Final = 43
 
-_token_at = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]++").match
+_TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]++"
+_token_at = re.compile(_TOKEN).match
 _blank_at = re.compile(r"[ \t\r\n]*+").match
 _nonce_match = re.compile(rf"[A-Za-z0-9_\-]{{{_NONCE_CHARS}}}").fullmatch
+# One whole parameter: name = (quoted-string without escapes | token), then
+# a comma (group 4) or the end. Possessive throughout: linear, no backtracking.
+_param_at = re.compile(
+    rf'({_TOKEN})[ \t\r\n]*+=[ \t\r\n]*+(?:"([^"\\]*+)"|({_TOKEN}))[ \t\r\n]*+(?:(,)[ \t\r\n]*+|\Z)'
+).match
 _nc_match = re.compile(r"[0-9A-Fa-f]{8}").fullmatch
 
 
@@ -203,6 +209,18 @@ def parse_credentials(value: str) -> DigestCredentials | None:
     pos = gap
     params: dict[str, str] = {}
     while True:
+        m = _param_at(value, pos)
+        if m is not None:
+            # the usual parameter in one step: no escapes, then "," or the end
+            name, quoted, token, comma = m.groups()
+            name = name.lower()
+            if name in params:
+                raise MalformedCredentialsError(f"{name[:32]} given twice")
+            params[name] = token if quoted is None else quoted
+            if comma is None:
+                return DigestCredentials(params)
+            pos = m.end()
+            continue
         m = _token_at(value, pos)
         if m is None:
             raise MalformedCredentialsError("parameter name expected")
