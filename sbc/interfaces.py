@@ -8,7 +8,8 @@
 - :class:`IRoutingPolicyFactory`: a Twisted plugin (found in the
   :mod:`sbc.plugins` package) that makes a policy; ``routing-policy NAME``
   in the configuration selects one by its :attr:`name`.
-- :class:`ILocationService`: the registrar's binding store (docs/phones.md), :class:`sbc.registrar.LocationService` in memory.
+- :class:`ILocationService`: the registrar's binding store (docs/phones.md),
+  :class:`sbc.registrar.LocationService` in memory.
 - :class:`IAuthenticator`: checks a request's credentials (SIP digest,
   docs/authentication.md), :class:`sbc.auth.DigestAuthenticator`.
 
