@@ -10,10 +10,19 @@ It applies, in order:
 3. Max-Forwards 0 on a request to forward: 483;
 4. the seed's admission rule (:mod:`sbc.security`): an untrusted request
    to a SIPS Request-URI, or a REGISTER for a SIPS AOR, gets 403 + Warning 380
-   (refusals at 3 and 4, and by routing at 5, are logged as ``call.refused``,
+   (refusals at 3, 4 and 5, and by routing at 6, are logged as ``call.refused``,
    docs/logging.md, and counted as ``calls-refused:RULE`` on the inbound
    adjacency, docs/metrics.md);
-5. dispatch: ACK and CANCEL to the B2BUA; in-dialog requests (To tag
+5. authentication (:func:`sbc.security.authentication_step`): a request from
+   a peer whose certificate vouches for its From domain passes; with
+   ``authentication digest`` the :class:`~sbc.interfaces.IAuthenticator`
+   checks its credentials (401/407 challenges, 403, 400: counted as
+   ``auth-challenges`` / ``auth-failures``, failures logged as
+   ``auth.failed``) and the credentials it checked are removed before the
+   request goes on; with ``authentication delegated`` it passes to the far
+   side; on an adjacency whose TLS clients may lack a certificate, a request
+   nothing can authenticate gets 403;
+6. dispatch: ACK and CANCEL to the B2BUA; in-dialog requests (To tag
    present) to their call; REGISTER for a ``local-domain`` to the
    :class:`~sbc.registrar.Registrar`; every other request outside a dialog
    to the B2BUA (:class:`~sbc.b2bua.CallManager`), which routes it (to the
@@ -33,12 +42,15 @@ from typing import NoReturn
 
 from sbc import security
 from sbc.adjacencies import AdjacencyTable, InboundContext
+from sbc.auth import AuthenticationError
 from sbc.b2bua import CallManager, HuntPolicy, RouterFunction, Target, calllog
 from sbc.config import AdjacencyConfig
 from sbc.errors import SipError
+from sbc.interfaces import IAuthenticator
 from sbc.registrar import Registrar, aor_key
 from sbc.routing import Router
 from sbc.routing.policies import DefaultPolicy
+from sbc.security import AuthenticationStep
 from sbc.sip.message import Request, Response, response_to
 from sbc.sip.stack import Flow, SipStack, StackOutput
 from sbc.sip.transaction import ClientTransaction, ServerTransaction
@@ -61,7 +73,9 @@ class SbcCore:
     default routes to every other attached adjacency with the default
     policy. ``local_domains`` (or a callable returning them) are the
     registrar's domains. ``no_answer_timeout`` returns Timer C in seconds
-    (default 180). Set :attr:`stack` before feeding the stack any message.
+    (default 180). ``authenticator`` checks digest credentials on adjacencies
+    with ``authentication digest``. Set :attr:`stack` before feeding the stack
+    any message.
     """
 
     def __init__(
@@ -72,8 +86,13 @@ class SbcCore:
         hunting: HuntPolicy | None = None,
         registrar: Registrar | None = None,
         no_answer_timeout: Callable[[], float] | None = None,
+        authenticator: IAuthenticator | None = None,
     ) -> None:
         self._table = table
+        self.authenticator = authenticator
+        #: called with the source IP address of every failed digest attempt
+        #: (a flood guard may count them toward a ban)
+        self.on_auth_failure: Callable[[str, float], None] | None = None
         if router is None:
             router = Router(None, DefaultPolicy()).route
         self._local_domains = local_domains
@@ -167,6 +186,12 @@ class SbcCore:
             security.admit(trusted, secure)
         except SipError as error:
             self._refuse(request, context, secure, error, now)
+        certificate = isinstance(context, InboundContext) and context.peer_identities is not None
+        step = security.authentication_step(inbound, certificate, local_register)
+        if step is AuthenticationStep.REFUSE:
+            self._refuse(request, context, secure, security.unauthenticated(), now)
+        elif step is AuthenticationStep.DIGEST:
+            self._authenticate(request, inbound, flow, local_register, now)
         if local_register:
             # the flow it arrived on: the source address and port (UDP, NAT) or
             # the connection (TCP/TLS) that calls to the contact will use
@@ -192,6 +217,51 @@ class SbcCore:
         return self.calls.failure(transaction, reason, now)
 
     # -- helpers --------------------------------------------------------------
+
+    def _authenticate(
+        self,
+        request: Request,
+        inbound: AdjacencyConfig,
+        flow: Flow,
+        registrar: bool,
+        now: float,
+    ) -> None:
+        """The digest check; raises the 401/407/403/400 to answer with."""
+        authenticator = self.authenticator
+        if authenticator is None:
+            raise SipError(500, "Server Internal Error - no user database loaded")
+        aor = request.to.uri if request.method == "REGISTER" else request.from_.uri
+        realm = aor.host.lower()
+        try:
+            authenticator.authenticate(
+                request,
+                realm=realm,
+                user=aor.user,
+                registrar=registrar,
+                now=now,
+                algorithms=tuple(a.token for a in inbound.offered_algorithms),
+            )
+        except AuthenticationError as error:
+            if error.is_challenge:
+                self.calls.count(inbound.name, "auth-challenges")
+            if error.failure is not None:
+                self.calls.count(inbound.name, "auth-failures")
+                calllog.log_auth_failure(
+                    request,
+                    inbound,
+                    flow.describe(),
+                    realm,
+                    error.username,
+                    error.failure,
+                    error.status,
+                    self.calls.refusals,
+                    now,
+                )
+                if self.on_auth_failure is not None:
+                    self.on_auth_failure(flow.remote[0], now)
+            raise
+        # what the SBC checked is not for whoever comes next
+        authenticator.strip_credentials(request, (realm,))
 
     def _refuse(
         self, request: Request, context: object, secure: bool, error: SipError, now: float

@@ -135,6 +135,18 @@ COUNTER_FAMILIES: Mapping[str, CounterFamily] = {
     "handshakes": CounterFamily("TLS handshakes completed with a verified peer certificate."),
     "handshake-failures": CounterFamily("TLS handshakes that failed."),
     "verification-failures": CounterFamily("TLS peer certificates refused."),
+    "handshakes-without-certificate": CounterFamily(
+        "TLS handshakes completed by a client without a certificate (client-certificate "
+        "optional or none)."
+    ),
+    # authentication
+    "auth-challenges": CounterFamily(
+        "Digest challenges sent (401/407), on the adjacency of the challenged request."
+    ),
+    "auth-failures": CounterFamily(
+        "Requests whose digest credentials failed (wrong password, unknown user, stale or "
+        "replayed nonce, wrong user or realm, malformed)."
+    ),
     # calls (B2BUA)
     "calls-started": CounterFamily("Calls (INVITE) admitted and routed, on the inbound adjacency."),
     "requests-started": CounterFamily(
@@ -158,7 +170,7 @@ COUNTER_FAMILIES: Mapping[str, CounterFamily] = {
     "calls-refused": CounterFamily(
         "Out-of-dialog requests refused before any attempt (admission or routing), on the "
         "inbound adjacency, by rule (sips-from-untrusted, no-secure-route, no-route, "
-        "max-forwards, routing).",
+        "max-forwards, unauthenticated, routing).",
         label="reason",
     ),
     "calls-failed": CounterFamily("Calls with no target left to try, on the inbound adjacency."),

@@ -19,6 +19,10 @@ order:
 6. :func:`check_registration` applies RFC 5630 §5.2 to REGISTER.
 7. :func:`from_domain_matches` ties a TLS peer's certificate to the domain
    its requests claim to come from (RFC 5922); a mismatch is dropped silently.
+8. :func:`authentication_step` says how a request that starts something is
+   authenticated (after admission, before dispatch): not at all (the seed's
+   peers, or a certificate that vouches for its From domain), by the SBC's
+   digest check, by the far side (delegated), or not possible: 403.
 
 What the SBC does not detect (the seed says so): a trusted proxy that
 redirects a secure call to an insecure target and sends it back through the
@@ -27,9 +31,10 @@ SBC. The two legs look like two different calls.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterable, Sequence
 
-from sbc.config import AdjacencyConfig, Security
+from sbc.config import AdjacencyConfig, Authentication, Security
 from sbc.errors import SipError
 from sbc.identity import PeerIdentities, identity_matches
 
@@ -212,3 +217,49 @@ def from_domain_matches(identities: PeerIdentities | None, from_host: str) -> bo
     if identities is None:
         return True
     return identity_matches(identities, from_host)
+
+
+class AuthenticationStep(enum.Enum):
+    """How a request that starts something is authenticated (docs/security-model.md)."""
+
+    NONE = "none"
+    """Nothing to check: the seed's adjacencies, or a certificate matching the From domain."""
+    DIGEST = "digest"
+    """The SBC challenges it (``authentication digest``)."""
+    DELEGATED = "delegated"
+    """The registrar or PBX it is relayed to challenges it (``authentication delegated``)."""
+    REFUSE = "refuse"
+    """Nobody can authenticate it: 403 (:func:`unauthenticated`)."""
+
+
+def authentication_step(
+    inbound: AdjacencyConfig, certificate_verified: bool, local_register: bool = False
+) -> AuthenticationStep:
+    """How to authenticate a request from ``inbound`` that starts something.
+
+    ``certificate_verified``: the request came over TLS from a peer whose
+    verified certificate vouches for its From domain (:func:`from_domain_matches`
+    already held). Such a peer is never challenged. Otherwise the adjacency's
+    ``authentication`` decides. On an adjacency whose TLS clients may come
+    without a certificate (``client-certificate optional``/``none``) a request
+    with no means of authentication is refused, so nothing unauthenticated is
+    ever marked trusted; that includes a REGISTER for a ``local-domain`` on a
+    delegated adjacency (the SBC is the registrar: there is no far side to
+    authenticate it).
+    """
+    if certificate_verified:
+        return AuthenticationStep.NONE
+    if inbound.authentication is Authentication.DIGEST:
+        return AuthenticationStep.DIGEST
+    if inbound.authentication is Authentication.DELEGATED and not local_register:
+        return AuthenticationStep.DELEGATED
+    if inbound.certificate_optional:
+        return AuthenticationStep.REFUSE
+    if inbound.authentication is Authentication.DELEGATED:
+        return AuthenticationStep.DELEGATED
+    return AuthenticationStep.NONE
+
+
+def unauthenticated() -> SipError:
+    """403 for a request that nothing can authenticate (no certificate, no authentication)."""
+    return SipError(403, "Forbidden - authentication required")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import secrets
 import signal
 import socket
 from typing import Any
@@ -28,6 +29,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from sbc.adjacencies import TCP, TLS, UDP, AdjacencyTable, ListenerKey
+from sbc.auth import DigestAuthenticator, UserDatabase, UserDatabaseError, load_user_database
 from sbc.commits import (
     CONFIRM_SECONDS_RANGE,
     CommitHistory,
@@ -120,9 +122,12 @@ class SbcService(MultiService):
         metrics_endpoint: str | None = None,
         tune_gc: bool = False,
         reload_on_sighup: bool = False,
+        users: UserDatabase | None = None,
     ) -> None:
         super().__init__()
         self.config = config
+        #: The digest credentials (``user-database``); replaced whole by a reload.
+        self.users = users if users is not None else UserDatabase()
         #: Tune the garbage collector once listening (a daemon owns its process).
         self.tune_gc = tune_gc
         #: Install a SIGHUP handler that reloads the TLS identity (a daemon owns its signals).
@@ -145,11 +150,19 @@ class SbcService(MultiService):
         self.tls_files: TlsFilePaths | None = tls.files if tls is not None else None
         self.setName(f"sbc {config.service_name}")
         self.router = Router.from_config(config)
+        #: Digest authentication (``authentication digest``): a new secret per
+        #: process, so nonces do not outlive a restart.
+        self.authenticator = DigestAuthenticator(
+            secrets.token_bytes(32),
+            lambda: self.users,
+            nonce_lifetime=config.limits.nonce_lifetime,
+        )
         self.core = SbcCore(
             lambda: self.runtime.table,
             lambda key, table, active: self.router.route(key, table, active),
             local_domains=lambda: self.config.local_domains,
             no_answer_timeout=lambda: self.config.limits.no_answer_timeout,
+            authenticator=self.authenticator,
         )
         # Transactions waiting only for retransmissions end on whole seconds:
         # one wake-up ends all of a second's, instead of one wake-up each.
@@ -192,7 +205,8 @@ class SbcService(MultiService):
         """Validate ``config``, load the TLS identity and build the service.
 
         Raises ``ConfigError`` (naming the file and line) when the
-        configuration or a TLS file is refused; nothing is started then.
+        configuration, a TLS file or the ``user-database`` file is refused;
+        nothing is started then.
         ``config_path`` is where a CLI commit saves the configuration;
         ``cli_endpoint`` (a strports description) starts the management CLI,
         ``ssh`` serves the same CLI over SSH, ``metrics_endpoint`` (strports)
@@ -214,6 +228,9 @@ class SbcService(MultiService):
             routing_policies=tuple(available_policies()),
         )
         identity = load_tls_identity(tls) if tls is not None else None
+        users = None
+        if config.user_database is not None:
+            users = load_user_database(user_database_path(config.user_database, config_path))
         return cls(
             config,
             reactor,
@@ -224,6 +241,7 @@ class SbcService(MultiService):
             metrics_endpoint=metrics_endpoint,
             tune_gc=tune_gc,
             reload_on_sighup=reload_on_sighup,
+            users=users,
         )
 
     def startService(self) -> None:
@@ -357,10 +375,53 @@ class SbcService(MultiService):
         self.reactor.callFromThread(self._reload_on_signal)
 
     def _reload_on_signal(self) -> None:
-        self.log.info("SIGHUP: reloading the TLS identity")
+        self.log.info("SIGHUP: reloading the TLS identity and the user database")
         errors = self.reload_tls()
         if errors == ["% no TLS identity is configured"]:
             self.log.info("SIGHUP: no TLS identity is configured, nothing to reload")
+        if self.config.user_database is not None:
+            self.reload_user_database()
+
+    # -- the user database (``reload user-database``, SIGHUP) ------------------
+
+    def reload_user_database(self) -> list[str]:
+        """Read ``user-database`` again and use it at once; the ``%`` error lines.
+
+        All or nothing: a file that cannot be read or has a bad line changes
+        nothing, and the one ``%`` line names the file, the line and the
+        problem (never a hash). Returns an empty list on success.
+        """
+        name = self.config.user_database
+        if name is None:
+            return ["% no user-database is configured"]
+        path = user_database_path(name, self.config_path)
+        try:
+            users = load_user_database(path)
+        except UserDatabaseError as error:
+            self.log.error(
+                "user database not reloaded: {error}",
+                event="auth.users-reload-failed",
+                error=str(error),
+            )
+            return [f"% user database not reloaded: {error}"]
+        self.users = users
+        self.log.info(
+            "user database reloaded: {summary}",
+            event="auth.users-reloaded",
+            path=path,
+            users=len(users),
+            summary=self.describe_user_database(),
+        )
+        return []
+
+    def describe_user_database(self) -> str:
+        """``PATH: N users in M realms`` for the CLI and the log."""
+        path = self.config.user_database or "(none)"
+        realms = len(self.users.realms)
+        return (
+            f"{path}: {len(self.users)} user{'s' if len(self.users) != 1 else ''} "
+            f"in {realms} realm{'s' if realms != 1 else ''}"
+        )
 
     # -- commit (the management CLI) -------------------------------------------
 
@@ -446,6 +507,16 @@ class SbcService(MultiService):
             if len(refused) > 1:
                 line += f" (also: {', '.join(refused[1:])})"
             return [line]
+        users = self.users
+        if candidate.user_database is not None and (
+            candidate.user_database != self.config.user_database or not len(users)
+        ):
+            try:
+                users = load_user_database(
+                    user_database_path(candidate.user_database, self.config_path)
+                )
+            except UserDatabaseError as error:
+                return [f"% user-database not usable: {error}"]
         table = AdjacencyTable(candidate.adjacencies)
         if self.running:
             for key in sorted(set(table.listeners) - set(self.runtime.listening)):
@@ -477,6 +548,8 @@ class SbcService(MultiService):
         ]
         self.config = candidate
         self.router = router
+        self.users = users
+        self.authenticator.nonce_lifetime = float(candidate.limits.nonce_lifetime)
         # ``no attach`` releases the calls using the adjacency; their BYEs,
         # responses and CANCELs leave before its listeners close.
         now = self.reactor.seconds()
@@ -608,6 +681,13 @@ class SbcService(MultiService):
         if errors:
             return errors
         return [f"Configuration rolled back ({label}): commit {self.commits.records[-1].id}."]
+
+
+def user_database_path(name: str, config_path: str | None) -> str:
+    """Where ``user-database NAME`` is: a relative name is beside the configuration file."""
+    if os.path.isabs(name) or config_path is None:
+        return name
+    return os.path.join(os.path.dirname(os.path.abspath(config_path)), name)
 
 
 def describe_tls_identity(identity: TlsIdentity) -> str:

@@ -143,7 +143,7 @@ def new_call_id(host: str) -> str:
 
 
 def outbound_flow(adjacency: AdjacencyConfig, uri: URI) -> Flow:
-    """Where a request out of ``adjacency`` to ``uri`` goes (docs/configuration.md, docs/security-model.md).
+    """Where a request out of ``adjacency`` to ``uri`` goes (docs/security-model.md).
 
     TLS when the adjacency's outbound security is trusted-encrypted, TCP
     when it is ``transport tcp``, else UDP. The next hop is the

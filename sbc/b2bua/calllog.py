@@ -134,6 +134,7 @@ _RULES: dict[tuple[int, int | None], tuple[str, str]] = {
     (480, 380): ("no-secure-route", "SIPS Not Allowed: no secure route"),
     (480, None): ("no-route", "no route"),
     (483, None): ("max-forwards", "Max-Forwards exhausted"),
+    (403, None): ("unauthenticated", "no certificate and no authentication"),
 }
 
 
@@ -237,6 +238,52 @@ def log_refused(
 
 
 _SUPPRESSED = " ({suppressed} similar refusals before this one were not logged)"
+
+_AUTH_FAILED = (
+    "{method} from {adjacency} ({source}): digest authentication failed for user "
+    "{user} realm {realm}: {failure}, answered {status}"
+)
+
+
+def log_auth_failure(
+    request: Request,
+    inbound: AdjacencyConfig,
+    source: str,
+    realm: str,
+    user: str | None,
+    failure: str,
+    status: int,
+    limiter: RefusalLimiter | None = None,
+    now: float = 0.0,
+) -> None:
+    """``auth.failed``: credentials that did not pass (never the password or a hash).
+
+    ``user`` is the user name the credentials claimed; ``failure`` the
+    authenticator's reason (``wrong-response``, ``stale-nonce``...). Capped
+    like refusals per (adjacency, failure).
+    """
+    suppressed = 0
+    if limiter is not None:
+        admitted = limiter.admit((inbound.name, "auth:" + failure), now)
+        if admitted is None:
+            return
+        suppressed = admitted
+    _emit(
+        LogLevel.info,
+        _AUTH_FAILED if not suppressed else _AUTH_FAILED + _SUPPRESSED,
+        {
+            "event": "auth.failed",
+            "method": request.method,
+            "adjacency": inbound.name,
+            "source": source,
+            "user": user or "-",
+            "realm": realm,
+            "failure": failure,
+            "status": status,
+            "suppressed": suppressed,
+        },
+    )
+
 
 _ROUTED = (
     "call {call_id} {method} from {adjacency} ({trust}) to {target}: routed to {outbound} "

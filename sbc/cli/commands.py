@@ -78,6 +78,9 @@ class RegistrationInfo:
     contact: str
     adjacency: str
     expires_in: int
+    #: how the contact is reached: ``TLS 192.0.2.50:40123`` (its connection) or
+    #: ``UDP 198.51.100.7:61000`` (the REGISTER's source)
+    flow: str = ""
 
 
 class SbcBackend(Protocol):
@@ -135,6 +138,10 @@ class SbcBackend(Protocol):
 
     def reload_tls(self) -> list[str]:
         """Reload the TLS files: ``TLS identity reloaded: ...`` or the ``%`` error lines."""
+        ...
+
+    def reload_users(self) -> list[str]:
+        """Re-read the user database: ``user database reloaded: ...`` or the ``%`` lines."""
         ...
 
 
@@ -256,6 +263,7 @@ def describe_adjacency(
 _EXEC_HELP = (
     ("configure", "Enter configuration mode (edits go to a candidate configuration)"),
     ("crypto reload", "Reload the TLS certificate, key and CA files (new handshakes use them)"),
+    ("reload user-database", "Re-read the digest user database file (user-database)"),
     ("rollback configuration last N", "Return to the configuration before the last N commits"),
     ("rollback configuration to ID", "Return to the configuration right after commit ID"),
     ("show", "Show running configuration, adjacencies, calls, registrations, statistics"),
@@ -357,6 +365,10 @@ class Session:
             if words[1:] != ["reload"]:
                 raise _CliError("bad command: usage: crypto reload")
             return self._crypto_reload()
+        if keyword == "reload":
+            if words[1:] != ["user-database"]:
+                raise _CliError("bad command: usage: reload user-database")
+            return self._checked(self.backend.reload_users())
         if keyword == "rollback":
             return self._rollback(words[1:])
         if keyword in ("exit", "quit", "logout"):
@@ -384,7 +396,11 @@ class Session:
         return lines
 
     def _crypto_reload(self) -> list[str]:
-        lines = self.backend.reload_tls()
+        return self._checked(self.backend.reload_tls())
+
+    @staticmethod
+    def _checked(lines: list[str]) -> list[str]:
+        """``lines``, or a CLI error when one of them is a ``%`` line."""
         if any(line.startswith("%") for line in lines):
             raise _CliError("\n".join(lines))
         return lines
@@ -712,9 +728,11 @@ class Session:
         bindings = sorted(self.backend.registrations(), key=lambda r: (r.aor, r.contact))
         if not bindings:
             return ["No registrations."]
-        rows = [[r.aor, r.contact, r.adjacency, f"{r.expires_in}s"] for r in bindings]
+        rows = [
+            [r.aor, r.contact, r.adjacency, r.flow or "-", f"{r.expires_in}s"] for r in bindings
+        ]
         return [
-            *format_table(["AOR", "Contact", "Adjacency", "Expires"], rows),
+            *format_table(["AOR", "Contact", "Adjacency", "Flow", "Expires"], rows),
             f"{len(bindings)} binding(s)",
         ]
 
@@ -752,10 +770,11 @@ class Session:
 
     def _exec_options(self, words: list[str]) -> set[str]:
         if not words:
-            return {"configure", "crypto", "exit", "rollback", "show"}
+            return {"configure", "crypto", "exit", "reload", "rollback", "show"}
         grammar = {
             "configure": ["terminal"],
             "crypto": ["reload"],
+            "reload": ["user-database"],
             "rollback": ["configuration", "last|to"],
         }
         if words[0] == "show":

@@ -106,6 +106,12 @@ class ServiceBackend:
             return errors or ["% no TLS identity is configured"]
         return [f"TLS identity reloaded: {describe_tls_identity(self.service.tls)}"]
 
+    def reload_users(self) -> list[str]:
+        errors = self.service.reload_user_database()
+        if errors:
+            return errors
+        return [f"user database reloaded: {self.service.describe_user_database()}"]
+
     def counters(self) -> Mapping[str, Mapping[str, int]]:
         merged: dict[str, dict[str, int]] = {}
         sources = [self.service.runtime.counters, self.service.core.calls.counters]
@@ -145,7 +151,9 @@ class ServiceBackend:
         except TypeError:  # a location service that cannot be listed
             return []
         return [
-            RegistrationInfo(b.aor, str(b.contact), b.adjacency, b.remaining(now))
+            RegistrationInfo(
+                b.aor, str(b.contact), b.adjacency, b.remaining(now), b.flow.describe()
+            )
             for b in bindings
             if b.remaining(now) > 0
         ]

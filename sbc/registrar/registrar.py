@@ -50,12 +50,6 @@ _EVENT_TEXT = {
 }
 
 
-def _source(binding: Binding) -> str:
-    host, port = binding.flow.remote
-    host = f"[{host}]" if ":" in host else host
-    return f"{binding.flow.transport} {host}:{port}"
-
-
 def log_binding(event: str, binding: Binding, now: float, reason: str | None = None) -> None:
     """One ``registration.*`` event (refreshes at debug level, the others at info)."""
     (_log.debug if event == "registration.refreshed" else _log.info)(
@@ -64,7 +58,7 @@ def log_binding(event: str, binding: Binding, now: float, reason: str | None = N
         aor=binding.aor,
         contact=binding.contact.serialize(),
         adjacency=binding.adjacency,
-        source=_source(binding),
+        source=binding.flow.describe(),
         expires=binding.remaining(now),
         reason=reason,
     )

@@ -74,6 +74,11 @@ class Flow:
         """True for stream transports (no retransmissions, §17)."""
         return self.transport != "UDP"
 
+    def describe(self) -> str:
+        """The transport and the peer, for logs and show commands: ``TLS 192.0.2.50:40123``."""
+        host, port = self.remote
+        return f"{self.transport} {host_text(host)}:{port}"
+
 
 @attrs.frozen
 class Transmit:

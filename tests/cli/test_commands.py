@@ -121,6 +121,13 @@ class FakeBackend:
         self.reloads += 1
         return self.reload_result
 
+    users_result = ["user database reloaded: users.htdigest, 2 users in 1 realm"]
+    user_reloads = 0
+
+    def reload_users(self) -> list[str]:
+        self.user_reloads += 1
+        return self.users_result
+
 
 def run(session: Session, *lines: str) -> list[tuple[str, str, bool]]:
     """(prompt before, output, ok) of each line."""
@@ -397,12 +404,17 @@ class ShowTests(SynchronousTestCase):
         )
         self.assertEqual(lines[-1], "1 call(s)")
         backend.bindings = [
-            RegistrationInfo("alice@lab.test", "sip:alice@10.0.0.1:5060", "test", 3600)
+            RegistrationInfo(
+                "alice@lab.test", "sip:alice@10.0.0.1:5060", "test", 3600, "UDP 10.0.0.1:5060"
+            )
         ]
         text, _ = session.execute("show services sbc mysbc sbe registrations")
         self.assertEqual(
+            text.split("\n")[0].split(), ["AOR", "Contact", "Adjacency", "Flow", "Expires"]
+        )
+        self.assertEqual(
             text.split("\n")[2].split(),
-            ["alice@lab.test", "sip:alice@10.0.0.1:5060", "test", "3600s"],
+            ["alice@lab.test", "sip:alice@10.0.0.1:5060", "test", "UDP", "10.0.0.1:5060", "3600s"],
         )
         backend.counter_values = {
             "core": {"handshakes": 2},
@@ -726,7 +738,7 @@ class CompletionTests(SynchronousTestCase):
     def test_exec_mode(self) -> None:
         session = Session(FakeBackend())
         cases = {
-            "": ["configure", "crypto", "exit", "rollback", "show"],
+            "": ["configure", "crypto", "exit", "reload", "rollback", "show"],
             "sh": ["show"],
             "show ": ["configuration", "running-config", "services"],
             "show services sbc ": ["mysbc"],
@@ -762,3 +774,30 @@ class CompletionTests(SynchronousTestCase):
         self.assertEqual(session.complete("no security "), ["inbound", "outbound"])
         self.assertEqual(session.complete("show configuration "), ["commit", "diff"])
         self.assertEqual(session.complete("show configuration commit "), ["changes", "list"])
+
+
+class ReloadUserDatabaseTests(SynchronousTestCase):
+    def test_reload_user_database(self) -> None:
+        backend = FakeBackend()
+        session = Session(backend)
+        [(_, text, ok)] = run(session, "reload user-database")
+        self.assertTrue(ok)
+        self.assertEqual(text, "user database reloaded: users.htdigest, 2 users in 1 realm")
+        self.assertEqual(backend.user_reloads, 1)
+
+    def test_refused_reload_is_one_percent_line(self) -> None:
+        backend = FakeBackend()
+        backend.users_result = ["% user database not reloaded: users:3: bad HA1"]
+        [(_, text, ok)] = run(Session(backend), "reload user-database")
+        self.assertFalse(ok)
+        self.assertEqual(text, "% user database not reloaded: users:3: bad HA1")
+
+    def test_usage(self) -> None:
+        [(_, text, ok)] = run(Session(FakeBackend()), "reload users")
+        self.assertFalse(ok)
+        self.assertIn("usage: reload user-database", text)
+
+    def test_completion(self) -> None:
+        session = Session(FakeBackend())
+        self.assertIn("reload", session.complete(""))
+        self.assertEqual(session.complete("reload "), ["user-database"])

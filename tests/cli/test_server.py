@@ -26,6 +26,7 @@ from sbc.cli.server import (
     unsafe_endpoint,
 )
 from sbc.config import load_config, parse_config
+from sbc.errors import ConfigError
 from sbc.labpki import Identity, issue, make_ca
 from sbc.service import SbcService, TlsFiles
 from tests.cli.test_commands import RUNNING, FakeBackend
@@ -669,3 +670,104 @@ class IdleTimeoutTests(SynchronousTestCase):
         self.assertEqual(clock.getDelayedCalls(), [])
         clock.advance(100000)
         self.assertFalse(transport.disconnecting)
+
+
+USERS_CONFIG = """\
+sbc mysbc
+ sbe
+  local-domain lab.test
+  user-database users.htdigest
+  adjacency sip phones
+   signaling-address ipv4 127.0.0.1
+   signaling-port 5070
+   authentication digest
+   attach
+"""
+
+
+class UserDatabaseTests(SynchronousTestCase):
+    """``user-database``: loaded at start, ``reload user-database``, SIGHUP, commits."""
+
+    def setUp(self) -> None:
+        self.directory = os.path.abspath(self.mktemp())
+        os.makedirs(self.directory)
+        self.config_path = os.path.join(self.directory, "sbc.conf")
+        self.users_path = os.path.join(self.directory, "users.htdigest")
+        with open(self.config_path, "w") as f:
+            f.write(USERS_CONFIG)
+        self.write_users("alice:lab.test:" + "0" * 32, "bob:lab.test:" + "1" * 32)
+        self.reactor = ThreadedReactor()
+
+    def write_users(self, *lines: str) -> None:
+        with open(self.users_path, "w") as f:
+            f.write("".join(line + "\n" for line in lines))
+
+    def service(self, **kwargs: Any) -> SbcService:
+        return SbcService.from_config(
+            load_config(self.config_path),
+            reactor=self.reactor,
+            config_path=self.config_path,
+            **kwargs,
+        )
+
+    def test_loaded_at_start_beside_the_config_file(self) -> None:
+        service = self.service()
+        self.assertEqual(len(service.users), 2)
+        self.assertEqual(service.describe_user_database(), "users.htdigest: 2 users in 1 realm")
+
+    def test_a_bad_file_stops_the_start_with_file_and_line(self) -> None:
+        self.write_users("alice:lab.test:" + "0" * 32, "bob:lab.test:nothex")
+        error = self.assertRaises(ConfigError, self.service)
+        self.assertTrue(str(error).startswith(f"{self.users_path}:2: "), str(error))
+
+    def test_reload_uses_the_new_file(self) -> None:
+        service = self.service()
+        self.write_users("carol:lab.test:" + "2" * 32)
+        with capturedLogs() as events:
+            self.assertEqual(
+                ServiceBackend(service).reload_users(),
+                ["user database reloaded: users.htdigest: 1 user in 1 realm"],
+            )
+        self.assertIn(("carol", "lab.test"), service.users)
+        self.assertIn("auth.users-reloaded", [e.get("event") for e in events])
+
+    def test_a_bad_reload_changes_nothing_and_says_why(self) -> None:
+        service = self.service()
+        before = service.users
+        self.write_users("carol:lab.test")
+        with capturedLogs() as events:
+            errors = service.reload_user_database()
+        [line] = errors
+        self.assertTrue(line.startswith(f"% user database not reloaded: {self.users_path}:1: "))
+        self.assertNotIn("\n", line)
+        self.assertIs(service.users, before)
+        self.assertIn("auth.users-reload-failed", [e.get("event") for e in events])
+
+    def test_sighup_reloads_the_user_database(self) -> None:
+        before = signal.getsignal(signal.SIGHUP)
+        self.addCleanup(signal.signal, signal.SIGHUP, before)
+        service = self.service(reload_on_sighup=True)
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.write_users("dave:lab.test:" + "3" * 32)
+        handler = signal.getsignal(signal.SIGHUP)
+        assert callable(handler)
+        handler(signal.SIGHUP, None)
+        self.reactor.run_queued()
+        self.assertIn(("dave", "lab.test"), service.users)
+
+    def test_commit_naming_a_bad_file_is_refused_whole(self) -> None:
+        service = self.service()
+        with open(os.path.join(self.directory, "broken"), "w") as f:
+            f.write("x\n")
+        candidate = parse_config(USERS_CONFIG.replace("users.htdigest", "broken"))
+        [line] = service.apply_config(candidate)
+        self.assertTrue(line.startswith("% user-database not usable: "), line)
+        self.assertIn("broken:1:", line)
+        self.assertEqual(service.config.user_database, "users.htdigest")
+
+    def test_commit_changes_the_nonce_lifetime(self) -> None:
+        service = self.service()
+        candidate = parse_config(USERS_CONFIG + "  limits\n   nonce-lifetime 60\n")
+        self.assertEqual(service.apply_config(candidate), [])
+        self.assertEqual(service.authenticator.nonce_lifetime, 60.0)
