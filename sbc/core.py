@@ -192,6 +192,10 @@ class SbcCore:
             self._refuse(request, context, secure, security.unauthenticated(), now)
         elif step is AuthenticationStep.DIGEST:
             self._authenticate(request, inbound, flow, local_register, now)
+        if method == "REGISTER" and not local_register:
+            # relayed as a plain request it would lose its Contacts (a hop
+            # header) and the phone would hear 200 with nothing registered
+            raise SipError(403, "Forbidden - not a local-domain; REGISTER is not relayed")
         if local_register:
             # the flow it arrived on: the source address and port (UDP, NAT) or
             # the connection (TCP/TLS) that calls to the contact will use

@@ -154,12 +154,17 @@ class RegistrarTests(SynchronousTestCase):
         self.assertEqual([m.status for _, m in self.net.responses(sent) if m.status >= 200], [480])
         self.assertEqual(self.net.core.calls.calls, {})
 
-    def test_register_for_other_domain_is_routed(self) -> None:
+    def test_register_for_other_domain_is_refused_not_relayed_without_contacts(self) -> None:
+        """Never relay a REGISTER with its Contacts stripped: the phone would believe it is
+        registered while the registrar holds nothing (a 200 with no binding)."""
         request = register("sip:bob@remote.test")
         request.uri = parse_uri("sip:remote.test")
         sent = self.net.feed(request, T_FLOW, TRUSTED)
-        [(_, relayed)] = self.net.requests(sent, "REGISTER")
-        self.assertNotEqual(relayed.call_id, "reg-1")
+        self.assertEqual(self.net.requests(sent, "REGISTER"), [])
+        [(_, refusal)] = self.net.responses(sent)
+        self.assertEqual(refusal.status, 403)
+        self.assertIn("not a local-domain", refusal.reason)
+        self.assertEqual(self.net.core.calls.calls, {})
 
 
 class LocationServiceTests(SynchronousTestCase):
