@@ -24,7 +24,10 @@ It applies, in order:
    nothing can authenticate gets 403;
 6. dispatch: ACK and CANCEL to the B2BUA; in-dialog requests (To tag
    present) to their call; REGISTER for a ``local-domain`` to the
-   :class:`~sbc.registrar.Registrar`; every other request outside a dialog
+   :class:`~sbc.registrar.Registrar`, for any other domain to the
+   :class:`~sbc.registrar.relay.RegistrationRelay` (relayed to the registrar
+   behind an outbound adjacency; requests for its tokens come back to the
+   phones through the locator); every other request outside a dialog
    to the B2BUA (:class:`~sbc.b2bua.CallManager`), which routes it (to the
    registered contacts for an AOR in a local domain, else through the
    router) and relays it on a new outbound leg.
@@ -48,7 +51,8 @@ from sbc.config import AdjacencyConfig
 from sbc.errors import SipError
 from sbc.interfaces import IAuthenticator
 from sbc.registrar import Registrar, aor_key
-from sbc.routing import Router
+from sbc.registrar.relay import RegistrationRelay
+from sbc.routing import RouteKey, Router
 from sbc.routing.policies import DefaultPolicy
 from sbc.security import AuthenticationStep
 from sbc.sip.message import Request, Response, response_to
@@ -87,6 +91,7 @@ class SbcCore:
         registrar: Registrar | None = None,
         no_answer_timeout: Callable[[], float] | None = None,
         authenticator: IAuthenticator | None = None,
+        register_refresh_min: Callable[[], float] | None = None,
     ) -> None:
         self._table = table
         self.authenticator = authenticator
@@ -100,6 +105,9 @@ class SbcCore:
         self.calls = CallManager(
             table, router, hunting, self._locate, no_answer_timeout=no_answer_timeout
         )
+        self.relay = RegistrationRelay(
+            table, self._registrars_for, self.calls.count, register_refresh_min or (lambda: 0.0)
+        )
         self._stack: SipStack | None = None
 
     @property
@@ -112,6 +120,7 @@ class SbcCore:
     def stack(self, stack: SipStack) -> None:
         self._stack = stack
         self.calls.stack = stack
+        self.relay.stack = stack
 
     @property
     def local_domains(self) -> frozenset[str]:
@@ -124,20 +133,27 @@ class SbcCore:
 
     def next_deadline(self) -> float | None:
         """When :meth:`advance` must next be called (B2BUA timers, binding expiry)."""
-        calls = self.calls.next_deadline()
-        bindings = self.registrar.next_deadline()
-        if bindings is None:
-            return calls
-        return bindings if calls is None else min(calls, bindings)
+        times = [
+            t
+            for t in (
+                self.calls.next_deadline(),
+                self.registrar.next_deadline(),
+                self.relay.next_deadline(),
+            )
+            if t is not None
+        ]
+        return min(times) if times else None
 
     def advance(self, now: float) -> list[StackOutput]:
         """Run the B2BUA timers due at ``now`` and remove expired bindings."""
         self.registrar.expire(now)
+        self.relay.expire(now)
         return self.calls.advance(now)
 
     def connection_closed(self, connection_id: int, now: float) -> list[StackOutput]:
         """A stream connection closed: the bindings registered over it go (flows)."""
         self.registrar.connection_closed(connection_id, now)
+        self.relay.connection_closed(connection_id, now)
         return []
 
     # -- TransactionUser ------------------------------------------------------
@@ -193,9 +209,8 @@ class SbcCore:
         elif step is AuthenticationStep.DIGEST:
             self._authenticate(request, inbound, flow, local_register, now)
         if method == "REGISTER" and not local_register:
-            # relayed as a plain request it would lose its Contacts (a hop
-            # header) and the phone would hear 200 with nothing registered
-            raise SipError(403, "Forbidden - not a local-domain; REGISTER is not relayed")
+            # registration relay: never as a plain request (its Contacts would go)
+            return self.relay.register(request, transaction, flow, inbound, trusted, now)
         if local_register:
             # the flow it arrived on: the source address and port (UDP, NAT) or
             # the connection (TCP/TLS) that calls to the contact will use
@@ -213,11 +228,15 @@ class SbcCore:
     def response_received(
         self, response: Response, transaction: ClientTransaction, now: float
     ) -> list[StackOutput]:
+        if self.relay.owns(transaction):
+            return self.relay.response(response, transaction, now)
         return self.calls.response(response, transaction, now)
 
     def transaction_failed(
         self, transaction: ClientTransaction | ServerTransaction, reason: str, now: float
     ) -> list[StackOutput]:
+        if isinstance(transaction, ClientTransaction) and self.relay.owns(transaction):
+            return self.relay.failure(transaction, reason, now)
         return self.calls.failure(transaction, reason, now)
 
     # -- helpers --------------------------------------------------------------
@@ -289,13 +308,27 @@ class SbcCore:
     def _is_local(self, uri: URI) -> bool:
         return uri.scheme in ("sip", "sips") and uri.host.lower() in self.local_domains
 
-    def _locate(self, uri: URI, now: float) -> list[Target] | None:
-        """Registered contacts for an AOR in a local domain; ``None`` for other URIs."""
+    def _locate(self, uri: URI, inbound: str, now: float) -> list[Target] | None:
+        """Registered contacts: of an AOR in a local domain, or of a relayed registration's
+        token (404 once it ended); ``None`` for other URIs (routing decides)."""
+        relayed = self.relay.locate(uri, inbound, now)
+        if relayed is not None:
+            return [Target(b.inbound, b.phone_contact, b.flow) for b in relayed]
         if uri.user is None or not self._is_local(uri):
             return None
         return [
             Target(b.adjacency, b.contact, b.flow) for b in self.registrar.lookup(aor_key(uri), now)
         ]
+
+    def _registrars_for(
+        self, request: Request, inbound: AdjacencyConfig, now: float
+    ) -> list[AdjacencyConfig]:
+        """Where a REGISTER for a foreign domain goes: routed like a call (docs/routing.md)."""
+        key = RouteKey.from_uri(inbound.name, request.uri, security.caller_is_trusted(inbound))
+        decision = self.calls.router(key, self._table(), self.calls.active_calls)
+        table = self._table()
+        found = [table.get(d.adjacency) for d in decision.destinations]
+        return [a for a in found if a is not None]
 
     def _inbound_adjacency(self, context: object) -> AdjacencyConfig:
         if isinstance(context, InboundContext):

@@ -139,6 +139,14 @@ COUNTER_FAMILIES: Mapping[str, CounterFamily] = {
         "TLS handshakes completed by a client without a certificate (client-certificate "
         "optional or none)."
     ),
+    # registration relay
+    "register-forwarded": CounterFamily(
+        "Phone REGISTERs relayed to a registrar behind the SBC, on the phone's adjacency."
+    ),
+    "register-answered-locally": CounterFamily(
+        "Phone registration refreshes the SBC answered itself (register-refresh-min), on "
+        "the phone's adjacency."
+    ),
     # authentication
     "auth-challenges": CounterFamily(
         "Digest challenges sent (401/407), on the adjacency of the challenged request."

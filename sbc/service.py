@@ -163,6 +163,7 @@ class SbcService(MultiService):
             local_domains=lambda: self.config.local_domains,
             no_answer_timeout=lambda: self.config.limits.no_answer_timeout,
             authenticator=self.authenticator,
+            register_refresh_min=lambda: self.config.limits.register_refresh_min,
         )
         # Transactions waiting only for retransmissions end on whole seconds:
         # one wake-up ends all of a second's, instead of one wake-up each.
@@ -555,6 +556,7 @@ class SbcService(MultiService):
         now = self.reactor.seconds()
         for name in detached:
             self.runtime.process(self.core.calls.release_adjacency(name, now))
+            self.core.relay.release_adjacency(name, now)
         applied = self.runtime.apply(table, candidate.limits)
         applied.addErrback(
             lambda failure: self.log.error(

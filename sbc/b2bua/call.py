@@ -392,6 +392,22 @@ class Leg:
             self.remote_target = contacts[0].uri
 
 
+@attrs.frozen
+class Challenged:
+    """An outbound request answered 401/407: its retry goes out on the same dialog.
+
+    RFC 3261 §22.2: a UAC retries with the same Call-ID and From tag and the
+    next CSeq; a registrar or PBX that binds its nonces to the dialog needs
+    the SBC's outbound request to do the same (``authentication delegated``).
+    """
+
+    call_id: str
+    from_tag: str
+    cseq: int
+    adjacency: str
+    until: float
+
+
 @attrs.define
 class PendingAck:
     """A 2xx sent as UAS on a leg, retransmitted until its ACK (§13.3.1.4)."""
@@ -494,6 +510,9 @@ class Call:
         self.no_answer = False
         self.relays: set[Relay] = set()
         self.reinvite: Relay | None = None
+        #: the outbound dialog of this request's challenged first try, if any
+        #: (CallManager.note_challenge): the retry reuses it
+        self.challenged: Challenged | None = manager.challenge_for(request, now)
         max_forwards = request.max_forwards
         self.max_forwards = 70 if max_forwards is None else max(0, max_forwards - 1)
         # for the call log (sbc.b2bua.calllog)
@@ -559,14 +578,21 @@ class Call:
         self._drop_b()
         flow = target.flow or outbound_flow(adjacency, target.uri)
         original = self.request
+        challenged, self.challenged = self.challenged, None
+        if challenged is not None and challenged.adjacency == adjacency.name:
+            # the retry of a challenged request: same outbound dialog, next CSeq
+            call_id, from_tag, cseq = challenged.call_id, challenged.from_tag, challenged.cseq + 1
+        else:
+            call_id, from_tag = new_call_id(flow.local[0]), new_tag()
+            cseq = secrets.randbelow(2**16) + 1
         leg = Leg(
             "B",
-            new_call_id(flow.local[0]),
-            NameAddr(original.from_.display_name, original.from_.uri, {"tag": new_tag()}),
+            call_id,
+            NameAddr(original.from_.display_name, original.from_.uri, {"tag": from_tag}),
             NameAddr(original.to.display_name, original.to.uri),
             flow,
             adjacency.name,
-            secrets.randbelow(2**16) + 1,
+            cseq,
             security.requires_secure_target(target.uri.scheme),
         )
         leg.remote_target = target.uri
@@ -656,6 +682,10 @@ class Call:
             self.hunt_why = f"{status} {response.reason}"
             return self._try_next(now)
         self.manager.count(leg.adjacency, f"calls-rejected:{status}")
+        if status in (401, 407):
+            # the far side authenticates (authentication delegated): the
+            # caller's retry goes out on this same outbound Call-ID and From tag
+            self.manager.note_challenge(self, leg, now)
         return self._answer_a(response, now) + self.end(now)
 
     def on_failure(self, reason: str, now: float) -> list[StackOutput]:

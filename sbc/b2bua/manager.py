@@ -31,7 +31,16 @@ import attrs
 from sbc import security
 from sbc.adjacencies import AdjacencyTable
 from sbc.b2bua import calllog
-from sbc.b2bua.call import Call, CallState, HuntPolicy, Leg, PendingAck, Relay, Target
+from sbc.b2bua.call import (
+    Call,
+    CallState,
+    Challenged,
+    HuntPolicy,
+    Leg,
+    PendingAck,
+    Relay,
+    Target,
+)
 from sbc.config import AdjacencyConfig
 from sbc.counters import Counters
 from sbc.errors import SipError
@@ -45,8 +54,9 @@ __all__ = ["CallManager", "DeadlineBuckets", "Locator", "RouterFunction", "Timer
 
 #: The routing API (sbc.routing.Router.route has this signature).
 RouterFunction = Callable[[RouteKey, AdjacencyTable, Callable[[str], int]], RoutingDecision]
-#: Registered contacts for a URI in a local domain (``None``: not a local domain).
-Locator = Callable[[URI, float], "list[Target] | None"]
+#: Registered contacts for a URI (a local domain's AOR, or a relayed registration's
+#: token), given the inbound adjacency's name; ``None``: routing decides.
+Locator = Callable[[URI, str, float], "list[Target] | None"]
 
 Handler = Call | Relay
 
@@ -55,6 +65,10 @@ REGISTRAR_PATH = ("registered contacts",)
 
 #: Timer C when nothing else is configured: the RFC 3261 §16.6 minimum, 3 minutes.
 DEFAULT_NO_ANSWER_TIMEOUT = 180.0
+#: Seconds a caller has to retry a challenged request on the same outbound dialog.
+CHALLENGE_TTL = 32.0
+#: Challenged dialogs remembered at most (expired ones go first, then all).
+MAX_CHALLENGES = 10000
 
 
 def _never(now: float) -> list[StackOutput]:
@@ -179,6 +193,8 @@ class CallManager:
         self._call_ids = itertools.count(1)
         #: Caps call.refused log events under a flood (calllog.RefusalLimiter).
         self.refusals = calllog.RefusalLimiter()
+        #: (caller's Call-ID, From tag) -> the outbound dialog of its challenged request
+        self.challenges: dict[tuple[str, str], Challenged] = {}
 
     # -- queries ----------------------------------------------------------------
 
@@ -241,7 +257,7 @@ class CallManager:
         Records the matched routing path in ``call.route_path``.
         """
         if self.locate is not None:
-            located = self.locate(uri, now)
+            located = self.locate(uri, call.inbound.name, now)
             if located is not None:
                 call.route_path = REGISTRAR_PATH
                 table = self.table()
@@ -342,6 +358,28 @@ class CallManager:
             if call.state is not CallState.ENDED and name in call.adjacencies:
                 outputs += call.release(name, now)
         return outputs
+
+    # -- challenges relayed to the caller (authentication delegated) -------------
+
+    def note_challenge(self, call: Call, leg: Leg, now: float) -> None:
+        """``leg``'s request was answered 401/407: remember its dialog for the retry."""
+        if len(self.challenges) >= MAX_CHALLENGES:
+            self.challenges = {k: c for k, c in self.challenges.items() if c.until > now}
+            if len(self.challenges) >= MAX_CHALLENGES:
+                self.challenges.clear()
+        key = (call.request.call_id, call.request.from_.tag or "")
+        self.challenges[key] = Challenged(
+            leg.call_id, leg.local_tag, leg.local_cseq, leg.adjacency, now + CHALLENGE_TTL
+        )
+
+    def challenge_for(self, request: Request, now: float) -> Challenged | None:
+        """The challenged dialog a new request retries (same Call-ID and From tag), if any."""
+        if not self.challenges:
+            return None
+        found = self.challenges.pop((request.call_id, request.from_.tag or ""), None)
+        if found is None or found.until <= now:
+            return None
+        return found
 
     # -- tables -------------------------------------------------------------------
 

@@ -81,6 +81,8 @@ class RegistrationInfo:
     #: how the contact is reached: ``TLS 192.0.2.50:40123`` (its connection) or
     #: ``UDP 198.51.100.7:61000`` (the REGISTER's source)
     flow: str = ""
+    #: for a registration relayed to a registrar: the outbound adjacency
+    relayed_to: str = ""
 
 
 class SbcBackend(Protocol):
@@ -729,10 +731,18 @@ class Session:
         if not bindings:
             return ["No registrations."]
         rows = [
-            [r.aor, r.contact, r.adjacency, r.flow or "-", f"{r.expires_in}s"] for r in bindings
+            [
+                r.aor,
+                r.contact,
+                r.adjacency,
+                r.flow or "-",
+                f"{r.expires_in}s",
+                f"relayed to {r.relayed_to}" if r.relayed_to else "local",
+            ]
+            for r in bindings
         ]
         return [
-            *format_table(["AOR", "Contact", "Adjacency", "Flow", "Expires"], rows),
+            *format_table(["AOR", "Contact", "Adjacency", "Flow", "Expires", "Registrar"], rows),
             f"{len(bindings)} binding(s)",
         ]
 

@@ -150,13 +150,26 @@ class ServiceBackend:
             bindings = list(location)
         except TypeError:  # a location service that cannot be listed
             return []
-        return [
+        local = [
             RegistrationInfo(
                 b.aor, str(b.contact), b.adjacency, b.remaining(now), b.flow.describe()
             )
             for b in bindings
             if b.remaining(now) > 0
         ]
+        relayed = [
+            RegistrationInfo(
+                r.aor,
+                str(r.phone_contact),
+                r.inbound,
+                r.remaining(now),
+                r.flow.describe(),
+                relayed_to=r.outbound,
+            )
+            for r in self.service.core.relay.bindings()
+            if r.remaining(now) > 0
+        ]
+        return local + relayed
 
 
 class CliProtocol(LineReceiver):

@@ -560,6 +560,16 @@ LIMIT_SETTINGS: tuple[LimitSetting, ...] = (
         "challenge with stale=true",
     ),
     LimitSetting(
+        "register-refresh-min",
+        "register_refresh_min",
+        0,
+        0,
+        86400,
+        "seconds",
+        "Relayed registrations: a phone's refresh is answered by the SBC itself while the "
+        "registrar's binding has more than this left (0: every refresh is forwarded)",
+    ),
+    LimitSetting(
         "commit-history",
         "commit_history",
         100,
@@ -598,6 +608,7 @@ class Limits:
     ssh_login_timeout: int = _LIMIT_DEFAULTS["ssh_login_timeout"]
     ssh_max_auth_tries: int = _LIMIT_DEFAULTS["ssh_max_auth_tries"]
     nonce_lifetime: int = _LIMIT_DEFAULTS["nonce_lifetime"]
+    register_refresh_min: int = _LIMIT_DEFAULTS["register_refresh_min"]
     commit_history: int = _LIMIT_DEFAULTS["commit_history"]
     line: int = attrs.field(default=0, eq=False, repr=False)
     setting_lines: FrozenMap[str, int] = attrs.field(

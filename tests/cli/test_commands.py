@@ -410,11 +410,20 @@ class ShowTests(SynchronousTestCase):
         ]
         text, _ = session.execute("show services sbc mysbc sbe registrations")
         self.assertEqual(
-            text.split("\n")[0].split(), ["AOR", "Contact", "Adjacency", "Flow", "Expires"]
+            text.split("\n")[0].split(),
+            ["AOR", "Contact", "Adjacency", "Flow", "Expires", "Registrar"],
         )
         self.assertEqual(
             text.split("\n")[2].split(),
-            ["alice@lab.test", "sip:alice@10.0.0.1:5060", "test", "UDP", "10.0.0.1:5060", "3600s"],
+            [
+                "alice@lab.test",
+                "sip:alice@10.0.0.1:5060",
+                "test",
+                "UDP",
+                "10.0.0.1:5060",
+                "3600s",
+                "local",
+            ],
         )
         backend.counter_values = {
             "core": {"handshakes": 2},

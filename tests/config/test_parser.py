@@ -964,6 +964,7 @@ class BuilderApiTests(SynchronousTestCase):
                 "ssh-login-timeout",
                 "ssh-max-auth-tries",
                 "nonce-lifetime",
+                "register-refresh-min",
                 "commit-history",
                 "exit",
                 "end",

@@ -1,0 +1,563 @@
+"""Registration relay: phones register through the SBC with a registrar behind it.
+
+The access-SBC deployment (docs/phones.md, "Phones registering with a PBX"): a
+REGISTER for a domain that is not a ``local-domain`` is routed like a call to
+the registrar behind an outbound adjacency. :class:`RegistrationRelay`
+
+- sends it on with every Contact replaced by one of the SBC's own: the
+  outbound adjacency's address and port, the scheme of the outbound leg and a
+  user part that is an opaque token unique to that binding (``expires``,
+  ``+sip.instance`` and ``reg-id`` are kept). The Request-URI, To, From and
+  every end-to-end header (``Authorization`` included) are unchanged, so a
+  registrar's digest stays valid; one outbound Call-ID per phone Call-ID,
+  kept for every refresh, with an increasing CSeq (RFC 3261 §10.2);
+- relays the registrar's answer: a 401/407 challenge unchanged, a 2xx as
+  the phone's own Contacts with the expiries the registrar granted (and
+  nothing else: other bindings of the AOR are not shown), any other failure
+  as it is. Nothing is bound at the SBC before the registrar's 2xx;
+- keeps token -> :class:`RelayedBinding` (phone Contact, flow, adjacencies,
+  expiry). A request arriving on the outbound adjacency for a token is
+  delivered to the phone over its flow (:meth:`RegistrationRelay.locate`);
+  ``Expires: 0``, ``*``, expiry and the phone's connection closing end the
+  mapping, and a request for an ended token gets 404;
+- throttles refreshes (``register-refresh-min``): a phone's refresh over the
+  same flow and Call-ID, for the same Contacts, is answered by the SBC itself
+  while the registrar's binding has more than that many seconds left; the
+  registrar is then asked for at least twice that (counted
+  ``register-answered-locally`` / ``register-forwarded``).
+
+Everything is pure: the stack, routing and tables are handed in, time is an
+argument.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+
+import attrs
+from twisted.logger import Logger
+
+from sbc import security
+from sbc.adjacencies import AdjacencyTable
+from sbc.b2bua.call import contact_for, copy_end_to_end, new_call_id, new_tag, outbound_flow
+from sbc.config import AdjacencyConfig
+from sbc.errors import SipError
+from sbc.registrar.bindings import aor_key
+from sbc.sip.headers import CSeq, Headers, NameAddr, Via
+from sbc.sip.message import Request, Response, response_to
+from sbc.sip.stack import Flow, SipStack, StackOutput
+from sbc.sip.transaction import ClientTransaction, ServerTransaction, TransactionKey
+from sbc.sip.uri import URI, host_text
+
+__all__ = ["TOKEN_PREFIX", "RegistrationRelay", "RelayedBinding"]
+
+#: Every token starts with this, so a request for an ended token can be told apart (404).
+TOKEN_PREFIX = "sbcr-"
+#: Contact parameters of the phone's Contact that the registrar sees unchanged.
+KEPT_CONTACT_PARAMS = frozenset({"expires", "+sip.instance", "reg-id", "q"})
+#: Expiry when neither the Contact nor the REGISTER names one (RFC 3261 §10.2.1.1).
+DEFAULT_EXPIRES = 3600
+#: Tried once on a REGISTER: how many candidate registrars at most.
+MAX_CANDIDATES = 4
+#: Seconds a session without a binding (a challenged REGISTER) waits for the retry.
+SESSION_GRACE = 300.0
+
+_log = Logger(namespace="sbc.registrar")
+
+RouteFunction = Callable[[Request, AdjacencyConfig, float], "list[AdjacencyConfig]"]
+"""``(request, inbound, now) -> outbound adjacencies``, in order (raises the routing SipError)."""
+
+
+def new_token() -> str:
+    """An unguessable user part naming one relayed binding."""
+    return TOKEN_PREFIX + secrets.token_urlsafe(12)
+
+
+@attrs.define(eq=False)
+class RelayedBinding:
+    """One phone Contact registered through the SBC: what its token stands for."""
+
+    token: str
+    aor: str
+    phone_contact: URI
+    flow: Flow
+    inbound: str
+    outbound: str
+    #: when the registrar's binding ends (what it granted)
+    expires_at: float
+    #: when the phone's binding ends (what the phone was told; at most expires_at)
+    phone_expires_at: float
+    session: RelaySession
+
+    def remaining(self, now: float) -> int:
+        """Whole seconds the phone's binding has left."""
+        return max(0, int(self.phone_expires_at - now + 0.5))
+
+
+@attrs.define(eq=False)
+class RelaySession:
+    """One phone Call-ID's registrations, and the outbound 'dialog' they use."""
+
+    key: tuple[str, str]  # (inbound adjacency, phone Call-ID)
+    aor: str
+    outbound: str
+    call_id: str
+    from_tag: str
+    cseq: int
+    #: the phone's Contacts (canonical text) -> their binding
+    bindings: dict[str, RelayedBinding] = attrs.Factory(dict)
+    #: with no binding (challenged, not answered yet): when to forget it
+    forget_at: float | None = None
+    #: tokens offered for Contacts not bound yet (a retry after a challenge reuses them)
+    offered: dict[str, str] = attrs.Factory(dict)
+
+
+@attrs.define(eq=False)
+class PendingRegister:
+    """A relayed REGISTER waiting for the registrar's final response."""
+
+    session: RelaySession
+    request: Request  # the phone's
+    server: ServerTransaction
+    flow: Flow
+    inbound: AdjacencyConfig
+    #: phone Contact (canonical) -> (its NameAddr, token, expires asked of the registrar)
+    contacts: dict[str, tuple[NameAddr, str, int]]
+    star: bool
+    candidates: list[AdjacencyConfig]
+    phone_expires: dict[str, int]
+    client: ClientTransaction | None = None
+    new_session: bool = False
+
+
+def _canonical(uri: URI) -> str:
+    return uri.serialize().lower()
+
+
+class RegistrationRelay:
+    """REGISTER relay to registrars behind the SBC; see the module docstring.
+
+    ``table`` gives the attached adjacencies, ``route`` the outbound
+    adjacencies for a REGISTER, ``count(adjacency, name)`` counts,
+    ``refresh_min`` returns ``register-refresh-min`` (0: off). Set
+    :attr:`stack` before use.
+    """
+
+    stack: SipStack
+
+    def __init__(
+        self,
+        table: Callable[[], AdjacencyTable],
+        route: RouteFunction,
+        count: Callable[[str, str], None],
+        refresh_min: Callable[[], float] = lambda: 0.0,
+    ) -> None:
+        self._table = table
+        self._route = route
+        self._count = count
+        self._refresh_min = refresh_min
+        self.tokens: dict[str, RelayedBinding] = {}
+        self.sessions: dict[tuple[str, str], RelaySession] = {}
+        self.pending: dict[TransactionKey, PendingRegister] = {}
+
+    # -- queries ---------------------------------------------------------------------
+
+    def owns(self, transaction: ClientTransaction | ServerTransaction) -> bool:
+        """True for a client transaction of a relayed REGISTER."""
+        return transaction.key in self.pending
+
+    def bindings(self) -> list[RelayedBinding]:
+        """Every live relayed binding."""
+        return list(self.tokens.values())
+
+    def locate(self, uri: URI, inbound: str, now: float) -> list[RelayedBinding] | None:
+        """The binding a request for ``uri`` (arriving on ``inbound``) is for.
+
+        None when ``uri`` names no token of the SBC (routing then decides);
+        raises ``SipError(404)`` for a token that has ended, or that arrives
+        on another adjacency than the one its registration was relayed to.
+        """
+        user = uri.user
+        if user is None or not user.startswith(TOKEN_PREFIX):
+            return None
+        if uri.host.strip("[]") not in self._table().addresses:
+            return None
+        binding = self.tokens.get(user)
+        if binding is None or binding.outbound != inbound or binding.phone_expires_at <= now:
+            raise SipError(404, "Not Found - registration ended")
+        return [binding]
+
+    # -- REGISTER from a phone ---------------------------------------------------------
+
+    def register(
+        self,
+        request: Request,
+        server: ServerTransaction,
+        flow: Flow,
+        inbound: AdjacencyConfig,
+        trusted: bool,
+        now: float,
+    ) -> list[StackOutput]:
+        """Relay a phone's REGISTER (or answer a throttled refresh); raises the SipError."""
+        aor_uri = request.to.uri
+        if aor_uri.scheme not in ("sip", "sips") or aor_uri.user is None:
+            raise SipError(400, "Bad Request - AOR must be a SIP or SIPS URI with a user")
+        contacts = request.contacts
+        star = any(c.is_star for c in contacts)
+        header_expires = request.expires
+        if star and (header_expires != 0 or len(contacts) != 1):
+            raise SipError(400, "Bad Request - Contact * needs Expires: 0 and no other Contact")
+        over_tls = security.reached_over_tls(inbound, flow.transport)
+        error = security.check_registration(
+            aor_uri.scheme, [c.uri.scheme for c in contacts if not c.is_star], over_tls
+        )
+        if error is not None:
+            raise error
+        key = (inbound.name, request.call_id)
+        session = self.sessions.get(key)
+        aor = aor_key(aor_uri)
+        if session is not None and session.aor != aor:
+            raise SipError(400, "Bad Request - one Call-ID registers one address-of-record")
+        refresh_min = self._refresh_min()
+        requested: dict[str, tuple[NameAddr, int]] = {}
+        for contact in contacts:
+            if contact.is_star:
+                continue
+            expires = contact.expires
+            if expires is None:
+                expires = header_expires if header_expires is not None else DEFAULT_EXPIRES
+            requested[_canonical(contact.uri)] = (contact, expires)
+        if session is not None and not star and refresh_min > 0:
+            answered = self._answer_locally(request, server, flow, session, requested, now)
+            if answered is not None:
+                return answered
+        new_session = session is None or not session.bindings
+        if session is None:
+            candidates = self._candidates(request, inbound, now)
+            session = RelaySession(
+                key, aor, candidates[0].name, "", new_tag(), secrets.randbelow(2**16) + 1
+            )
+            session.forget_at = now + SESSION_GRACE
+            self.sessions[key] = session
+        else:
+            outbound = self._table().get(session.outbound)
+            if outbound is None:
+                raise SipError(503, "Service Unavailable - registrar adjacency detached")
+            candidates = [outbound]
+        pending_contacts: dict[str, tuple[NameAddr, str, int]] = {}
+        for canonical, (contact, expires) in requested.items():
+            bound = session.bindings.get(canonical)
+            if bound is not None:
+                token = bound.token
+            else:
+                token = session.offered.setdefault(canonical, new_token())
+            asked = expires
+            if expires > 0 and refresh_min > 0:
+                asked = max(expires, int(2 * refresh_min))
+            pending_contacts[canonical] = (contact, token, asked)
+        pending = PendingRegister(
+            session,
+            request,
+            server,
+            flow,
+            inbound,
+            pending_contacts,
+            star,
+            candidates,
+            {c: e for c, (_, e) in requested.items()},
+            new_session=new_session,
+        )
+        return self._send(pending, now)
+
+    def _candidates(
+        self, request: Request, inbound: AdjacencyConfig, now: float
+    ) -> list[AdjacencyConfig]:
+        found = self._route(request, inbound, now)
+        if not found:
+            raise SipError(480, "Temporarily Unavailable")
+        return found[:MAX_CANDIDATES]
+
+    def _answer_locally(
+        self,
+        request: Request,
+        server: ServerTransaction,
+        flow: Flow,
+        session: RelaySession,
+        requested: dict[str, tuple[NameAddr, int]],
+        now: float,
+    ) -> list[StackOutput] | None:
+        """A throttled refresh: answered from what the registrar granted, or None to forward."""
+        if not requested or set(requested) != set(session.bindings):
+            return None
+        refresh_min = self._refresh_min()
+        bindings = session.bindings
+        for canonical, (_, expires) in requested.items():
+            binding = bindings[canonical]
+            if expires <= 0 or binding.flow != _pinned(flow):
+                return None
+            if binding.expires_at - now <= refresh_min:
+                return None
+        response = response_to(request, 200)
+        for canonical, (contact, expires) in requested.items():
+            binding = bindings[canonical]
+            granted = min(float(expires), binding.expires_at - now)
+            binding.phone_expires_at = now + granted
+            response.headers.add("Contact", _phone_contact(contact, int(granted)))
+        self._count(session.key[0], "register-answered-locally")
+        return self.stack.respond(server, response, now)
+
+    def _send(self, pending: PendingRegister, now: float) -> list[StackOutput]:
+        table = self._table()
+        while pending.candidates:
+            outbound = pending.candidates.pop(0)
+            if table.get(outbound.name) is None:
+                continue
+            return self._send_to(pending, outbound, now)
+        raise SipError(503, "Service Unavailable - no registrar reachable")
+
+    def _send_to(
+        self, pending: PendingRegister, outbound: AdjacencyConfig, now: float
+    ) -> list[StackOutput]:
+        session = pending.session
+        phone = pending.request
+        flow = outbound_flow(outbound, phone.uri)
+        if session.outbound != outbound.name or not session.call_id:
+            session.outbound = outbound.name
+            session.call_id = new_call_id(flow.local[0])
+        session.cseq += 1
+        secure = security.requires_secure_target(phone.uri.scheme)
+        own = contact_for(flow, secure=secure).uri
+        headers = Headers()
+        headers.add(
+            "Via",
+            Via(
+                flow.transport,
+                host_text(flow.local[0]),
+                flow.local[1],
+                (
+                    ("branch", self.stack.new_branch()),
+                    ("rport", None),
+                ),
+            ),
+        )
+        max_forwards = phone.max_forwards
+        headers.add("Max-Forwards", 70 if max_forwards is None else max(0, max_forwards - 1))
+        headers.add("From", phone.from_.with_tag(session.from_tag))
+        headers.add("To", phone.to)
+        headers.add("Call-ID", session.call_id)
+        headers.add("CSeq", CSeq(session.cseq, "REGISTER"))
+        if pending.star:
+            headers.add("Contact", "*")
+        for contact, token, asked in pending.contacts.values():
+            uri = own.replace(user=token)
+            params = [(n, v) for n, v in contact.params if n.lower() in KEPT_CONTACT_PARAMS]
+            params = [(n, v) for n, v in params if n.lower() != "expires"]
+            params.append(("expires", str(asked)))
+            headers.add("Contact", NameAddr(None, uri, params))
+        copy_end_to_end(phone, headers)
+        if phone.expires is not None and not pending.star:
+            asked_all = [a for _, _, a in pending.contacts.values()]
+            headers.set("Expires", max(asked_all) if asked_all else phone.expires)
+        request = Request("REGISTER", phone.uri, headers)
+        transaction, outputs = self.stack.send_request(request, flow, now)
+        pending.client = transaction
+        self.pending[transaction.key] = pending
+        self._count(pending.inbound.name, "register-forwarded")
+        return outputs
+
+    # -- the registrar's answer ------------------------------------------------------
+
+    def response(
+        self, response: Response, transaction: ClientTransaction, now: float
+    ) -> list[StackOutput]:
+        """A response to a relayed REGISTER."""
+        status = response.status
+        if status < 200:
+            return []
+        pending = self.pending.pop(transaction.key, None)
+        if pending is None:
+            return []
+        if status < 300:
+            return self._registered(pending, response, now)
+        if status in (408, 503) and pending.new_session and pending.candidates:
+            return self._retry(pending, now)
+        if pending.new_session and status not in (401, 407):
+            # a challenge keeps the session: the retry goes on the same Call-ID
+            self._forget_session(pending.session)
+        reply = response_to(pending.request, status, response.reason)
+        copy_end_to_end(response, reply.headers)
+        return self.stack.respond(pending.server, reply, now)
+
+    def failure(self, transaction: ClientTransaction, reason: str, now: float) -> list[StackOutput]:
+        """The relayed REGISTER timed out or could not be sent."""
+        pending = self.pending.pop(transaction.key, None)
+        if pending is None:
+            return []
+        if pending.new_session and pending.candidates:
+            return self._retry(pending, now)
+        if pending.new_session:
+            self._forget_session(pending.session)
+        status = 408 if reason == "timeout" else 503
+        error = SipError(status, "Request Timeout" if status == 408 else "Service Unavailable")
+        return self.stack.respond(
+            pending.server, self.stack.error_response(pending.request, error, pending.flow), now
+        )
+
+    def _retry(self, pending: PendingRegister, now: float) -> list[StackOutput]:
+        try:
+            return self._send(pending, now)
+        except SipError as error:
+            self._forget_session(pending.session)
+            return self.stack.respond(
+                pending.server, self.stack.error_response(pending.request, error, pending.flow), now
+            )
+
+    def _registered(
+        self, pending: PendingRegister, response: Response, now: float
+    ) -> list[StackOutput]:
+        session = pending.session
+        self.sessions[session.key] = session
+        session.forget_at = None
+        if pending.star:
+            for binding in list(session.bindings.values()):
+                self._end(binding, now, "unregistered (Contact *)")
+            for binding in [b for b in self.tokens.values() if b.aor == session.aor]:
+                self._end(binding, now, "unregistered (Contact *)")
+        granted = self._granted(response)
+        reply = response_to(pending.request, 200, response.reason)
+        for canonical, (contact, token, _) in pending.contacts.items():
+            seconds = granted.get(token)
+            current = session.bindings.get(canonical)
+            if not seconds:
+                if current is not None:
+                    reason = (
+                        "unregistered (expires 0)"
+                        if pending.phone_expires.get(canonical, 1) == 0
+                        else "not kept by the registrar"
+                    )
+                    self._end(current, now, reason)
+                continue
+            phone_seconds = min(seconds, pending.phone_expires.get(canonical, seconds))
+            if current is None:
+                current = RelayedBinding(
+                    token,
+                    session.aor,
+                    contact.uri,
+                    _pinned(pending.flow),
+                    pending.inbound.name,
+                    session.outbound,
+                    now + seconds,
+                    now + phone_seconds,
+                    session,
+                )
+                session.bindings[canonical] = current
+                session.offered.pop(canonical, None)
+                self.tokens[token] = current
+                _log_binding("registration.added", current, now)
+            else:
+                current.flow = _pinned(pending.flow)
+                current.expires_at = now + seconds
+                current.phone_expires_at = now + phone_seconds
+                _log_binding("registration.refreshed", current, now)
+            reply.headers.add("Contact", _phone_contact(contact, phone_seconds))
+        if not session.bindings:
+            self._forget_session(session)
+        copy_end_to_end(response, reply.headers)
+        reply.headers.remove("Expires")
+        return self.stack.respond(pending.server, reply, now)
+
+    @staticmethod
+    def _granted(response: Response) -> dict[str, int]:
+        """token -> seconds the registrar granted, from its 2xx's Contacts."""
+        default = response.expires
+        out: dict[str, int] = {}
+        for contact in response.contacts:
+            if contact.is_star:
+                continue
+            user = contact.uri.user
+            if user is None or not user.startswith(TOKEN_PREFIX):
+                continue
+            seconds = contact.expires
+            if seconds is None:
+                seconds = default if default is not None else DEFAULT_EXPIRES
+            out[user] = seconds
+        return out
+
+    # -- ending ----------------------------------------------------------------------
+
+    def _end(self, binding: RelayedBinding, now: float, reason: str | None) -> None:
+        if self.tokens.get(binding.token) is not binding:
+            return
+        del self.tokens[binding.token]
+        session = binding.session
+        for canonical, bound in list(session.bindings.items()):
+            if bound is binding:
+                del session.bindings[canonical]
+        if not session.bindings:
+            self._forget_session(session)
+        if reason is None:
+            _log_binding("registration.expired", binding, now)
+        else:
+            _log_binding("registration.removed", binding, now, reason)
+
+    def _forget_session(self, session: RelaySession) -> None:
+        if self.sessions.get(session.key) is session and not session.bindings:
+            if any(p.session is session for p in self.pending.values()):
+                return  # a REGISTER of it is still on its way
+            del self.sessions[session.key]
+
+    def connection_closed(self, connection_id: int, now: float) -> None:
+        """End the bindings of phones that registered over that connection."""
+        for binding in [b for b in self.tokens.values() if b.flow.connection_id == connection_id]:
+            self._end(binding, now, "connection closed")
+
+    def expire(self, now: float) -> None:
+        """End the bindings whose phone-facing expiry has come, and idle sessions."""
+        for binding in [b for b in self.tokens.values() if b.phone_expires_at <= now]:
+            self._end(binding, now, None)
+        for session in list(self.sessions.values()):
+            if session.forget_at is not None and session.forget_at <= now:
+                self._forget_session(session)
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`expire` next has work."""
+        times = [b.phone_expires_at for b in self.tokens.values()]
+        times += [s.forget_at for s in self.sessions.values() if s.forget_at is not None]
+        return min(times) if times else None
+
+    def release_adjacency(self, name: str, now: float) -> None:
+        """``no attach``: the bindings relayed to or from ``name`` end."""
+        for binding in [b for b in self.tokens.values() if name in (b.inbound, b.outbound)]:
+            self._end(binding, now, f"adjacency {name} detached")
+
+
+def _pinned(flow: Flow) -> Flow:
+    if flow.connection_id is not None and not flow.pinned:
+        return attrs.evolve(flow, pinned=True)
+    return flow
+
+
+def _phone_contact(contact: NameAddr, seconds: int) -> NameAddr:
+    params = [(n, v) for n, v in contact.params if n.lower() != "expires"]
+    params.append(("expires", str(int(seconds))))
+    return NameAddr(contact.display_name, contact.uri, params)
+
+
+def _log_binding(
+    event: str, binding: RelayedBinding, now: float, reason: str | None = None
+) -> None:
+    (_log.debug if event == "registration.refreshed" else _log.info)(
+        "{event_text} {contact} for {aor} from {adjacency} ({source}), relayed to {relayed_to}"
+        + (": {reason}" if reason else ""),
+        event=event,
+        event_text=event.partition(".")[2],
+        aor=binding.aor,
+        contact=binding.phone_contact.serialize(),
+        adjacency=binding.inbound,
+        source=binding.flow.describe(),
+        relayed_to=binding.outbound,
+        token=binding.token,
+        expires=binding.remaining(now),
+        reason=reason,
+    )
