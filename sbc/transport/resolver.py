@@ -89,6 +89,29 @@ def system_dns_servers(path: str = RESOLV_CONF) -> list[tuple[str, int]]:
     return servers or [("127.0.0.1", DNS_PORT)]
 
 
+class _QuietReactor:
+    """The reactor as Twisted Names' client sees it: its sockets say nothing when they start.
+
+    The client opens one UDP socket per query (a random source port, so an
+    off-path attacker must guess it as well as the query id); Twisted would log
+    "Starting protocol" and "Stopping protocol" for each of them.
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)
+
+    def listenUDP(self, port: int, protocol: Any, *args: Any, **kwargs: Any) -> Any:
+        protocol.noisy = False
+        return self._reactor.listenUDP(port, protocol, *args, **kwargs)
+
+    def connectTCP(self, host: str, port: int, factory: Any, *args: Any, **kwargs: Any) -> Any:
+        factory.noisy = False
+        return self._reactor.connectTCP(host, port, factory, *args, **kwargs)
+
+
 def names_resolver(
     reactor: Any, servers: Sequence[tuple[str, int]] = (), hosts_file: str = HOSTS_FILE
 ) -> ResolverBase:
@@ -97,7 +120,7 @@ def names_resolver(
     return resolve.ResolverChain(
         [
             hosts.Resolver(file=hosts_file.encode()),
-            client.Resolver(servers=chosen, reactor=reactor),
+            client.Resolver(servers=chosen, reactor=_QuietReactor(reactor)),
         ]
     )
 

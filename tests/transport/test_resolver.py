@@ -310,6 +310,15 @@ class SystemConfigurationTests(SynchronousTestCase):
         self.assertEqual(answer.records, ("192.0.2.77",))
         self.assertTrue(os.path.exists(hosts))
 
+    def test_query_sockets_are_quiet(self) -> None:
+        """One UDP socket per query: Twisted's Starting/Stopping protocol lines are left out."""
+        reactor = Reactor()
+        chain = names_resolver(reactor, [("192.0.2.53", 53)], self.mktemp())
+        asked = chain.lookupService("_sip._udp.x.test", (1,))
+        [port] = reactor.udpServers
+        self.assertFalse(port.protocol.noisy)
+        self.assertNoResult(asked)  # waiting for an answer that this fake network never brings
+
 
 class OncePerIntervalTests(SynchronousTestCase):
     def test_once_per_key_per_interval_and_bounded(self) -> None:
