@@ -9,13 +9,13 @@ whether the SBC asked again or used its cache.
 
 Topology::
 
-    SIPp UAC --UDP--> access (untrusted) --\\            trunk.test (NAPTR, SRV)
-                                            +--> trunk (untrusted, TCP,
-                                            |          signaling-peer trunk.test) --> SIPp UAS / dead port
-    raw UDP --------> core (trusted-unenc.) -+--> secure (trusted-encrypted,
-                                            |          signaling-peer secure.test) --> TLS peer (this process)
-                                            \\--> open (untrusted, TCP, no peer:
-                                                       the Request-URI's domain)
+    SIPp UAC -UDP-> access (untrusted) ---\\
+                                           +-> trunk (untrusted, TCP, signaling-peer
+                                           |   trunk.test) --> SIPp UAS / dead port / recorder
+    raw UDP -----> core (trusted-unenc.) --+-> secure (trusted-encrypted, signaling-peer
+                                           |   secure.test) --> TLS peer (this process)
+                                           \\-> open (untrusted, TCP, no peer: the
+                                               Request-URI's domain) --> SIPp UAS
 """
 
 from __future__ import annotations
