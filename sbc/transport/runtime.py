@@ -856,15 +856,17 @@ class SipRuntime:
             if resolution.failed:
                 self._dns_failed(output, resolution)
             else:
+                destinations = [
+                    f"{d.transport} {_address_text((d.address, d.port))} ({d.name})"
+                    for d in resolution.destinations
+                ]
                 self.log.debug(
-                    "{domain}: {destinations} ({queries} DNS queries)",
+                    "{domain} (adjacency {adjacency}): {found}; {queries} DNS queries",
                     event="dns.resolved",
                     domain=resolution.hop.host,
                     adjacency=output.adjacency,
-                    destinations=[
-                        f"{d.transport} {_address_text((d.address, d.port))} ({d.name})"
-                        for d in resolution.destinations
-                    ],
+                    destinations=destinations,
+                    found=", ".join(destinations),
                     queries=resolution.queries,
                 )
             if not self.running:

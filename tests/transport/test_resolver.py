@@ -378,6 +378,11 @@ class RuntimeResolveTests(SynchronousTestCase):
         self.assertEqual(self.runtime.counters.get("trunk", "messages-sent"), 1)
         [resolved] = [e for e in self.events if e.get("event") == "dns.resolved"]
         self.assertEqual(resolved["queries"], 4)
+        self.assertEqual(
+            formatEvent(resolved),
+            "trunk.test (adjacency trunk): TCP 192.0.2.1:5070 (a.trunk.test), "
+            "TCP 192.0.2.2:5080 (b.trunk.test); 4 DNS queries",
+        )
 
     def test_failure_counted_every_time_logged_once_per_domain_per_interval(self) -> None:
         for _ in range(3):
