@@ -458,6 +458,11 @@ class SipRuntime:
             self._resolver = NextHopResolver(cache)
         return self._resolver
 
+    @property
+    def dns_servers(self) -> tuple[tuple[str, int], ...]:
+        """The configured DNS servers, (address, port) pairs; empty: the system's."""
+        return self._dns_servers
+
     def set_dns_servers(self, servers: Iterable[tuple[str, int]]) -> None:
         """Ask ``servers`` from now on (none: the system's); the cache starts empty.
 
