@@ -79,7 +79,7 @@ from sbc.b2bua.nexthop import destination_flow, next_hop
 from sbc.config import AdjacencyConfig
 from sbc.errors import SipError
 from sbc.sip.headers import CSeq, Headers, NameAddr, Via
-from sbc.sip.locate import Resolution
+from sbc.sip.locate import NextHop, Resolution
 from sbc.sip.message import Request, Response, response_to
 from sbc.sip.stack import Flow, Resolve, StackOutput
 from sbc.sip.transaction import (
@@ -555,8 +555,12 @@ class Call:
             else:
                 calllog.log_routed(self, self.candidates, target.adjacency)
             self.tried.add(key)
-            if target.flow is None and not next_hop(adjacency, target.uri).numeric:
-                return self._resolve(target, adjacency)
+            if target.flow is None:
+                hop = next_hop(adjacency, target.uri)
+                if not hop.numeric:
+                    return self._resolve(target, adjacency, hop)
+                flow = destination_flow(adjacency, target.uri, hop.default_destination)
+                target = Target(target.adjacency, target.uri, flow)
             return self._send_b(target, adjacency, now)
         if not self.tried:
             calllog.log_routed(self, self.candidates, None)
@@ -564,10 +568,11 @@ class Call:
 
     # -- set-up: next hops found by DNS (RFC 3263) -------------------------------
 
-    def _resolve(self, target: Target, adjacency: AdjacencyConfig) -> list[StackOutput]:
-        """Ask the edge where ``target``'s next hop (a host name) is; :meth:`_resolved` goes on."""
+    def _resolve(
+        self, target: Target, adjacency: AdjacencyConfig, hop: NextHop
+    ) -> list[StackOutput]:
+        """Ask the edge where ``hop`` (``target``'s, a host name) is; :meth:`_resolved` goes on."""
         self.last_outbound = self.resolving = adjacency.name
-        hop = next_hop(adjacency, target.uri)
 
         def reply(resolution: Resolution, now: float) -> list[StackOutput]:
             return self._resolved(target, resolution, now)

@@ -35,6 +35,7 @@ parallel), and the caller feeds back one :class:`Answer` per query.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import random
 from collections.abc import Generator, Iterable, Mapping, Sequence
@@ -77,7 +78,9 @@ def normalize_name(name: str) -> str:
     return name.strip().rstrip(".").lower()
 
 
+@functools.lru_cache(maxsize=1024)
 def _is_address(host: str) -> bool:
+    """True for an IP address (IPv6 with or without brackets); remembered for repeated hosts."""
     try:
         ipaddress.ip_address(host.strip("[]"))
     except ValueError:
