@@ -144,9 +144,16 @@ def recorder(case: TestCase) -> tuple[int, list[bytes]]:
     return listener.getHost().port, received
 
 
-def dead_port() -> int:
-    """A port on 127.0.0.1 where nothing listens: a connection is refused at once."""
-    return free_port(socket.SOCK_STREAM)
+def dead_port(case: TestCase) -> int:
+    """A port on 127.0.0.1 that refuses connections at once, held for the test.
+
+    The socket is bound but never listens: a SYN gets a reset, and no other
+    socket (the SBC's listeners, SIPp) can take the port meanwhile.
+    """
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    case.addCleanup(holder.close)
+    holder.bind((HOST, 0))
+    return int(holder.getsockname()[1])
 
 
 class _DnsTestCase(TestCase):
@@ -240,7 +247,7 @@ class SrvOrderTests(_DnsTestCase):
     @defer.inlineCallbacks
     def test_failover_to_the_second_target_when_the_first_refuses(self) -> Any:
         callee = yield start_sipp_uas(self, "calls_uas.xml", keys={"contact_scheme": "sip"})
-        dead = dead_port()
+        dead = dead_port(self)
         yield self.start(
             {
                 "trunk.test": [naptr(10, b"SIP+D2T", b"_sip._tcp.trunk.test")],
