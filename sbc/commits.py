@@ -247,6 +247,8 @@ def summarize_changes(before: SbcConfig, after: SbcConfig) -> list[str]:
             changes.append(f"adjacency {adjacency.name} {state}")
     if before.local_domains != after.local_domains:
         changes.append("local-domain changed")
+    if before.dns_servers != after.dns_servers:
+        changes.append("dns-server changed")
     if (before.call_policy_sets, before.active_call_policy_set, before.routing_policy) != (
         after.call_policy_sets,
         after.active_call_policy_set,

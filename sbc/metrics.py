@@ -131,6 +131,10 @@ COUNTER_FAMILIES: Mapping[str, CounterFamily] = {
     "listen-failures": CounterFamily(
         "Listeners that could not be opened (counted under (unclassified)).", zero=False
     ),
+    # DNS
+    "dns-failures": CounterFamily(
+        "Next-hop DNS lookups (RFC 3263) that found no address, on the outbound adjacency."
+    ),
     # TLS
     "handshakes": CounterFamily("TLS handshakes completed with a verified peer certificate."),
     "handshake-failures": CounterFamily("TLS handshakes that failed."),

@@ -175,6 +175,7 @@ class SbcService(MultiService):
             AdjacencyTable(config.adjacencies),
             limits=config.limits,
             tls=tls,
+            dns_servers=_dns_servers(config),
         )
         if cli_endpoint is not None:
             from sbc.cli.server import CliService
@@ -557,6 +558,8 @@ class SbcService(MultiService):
         for name in detached:
             self.runtime.process(self.core.calls.release_adjacency(name, now))
             self.core.relay.release_adjacency(name, now)
+        if candidate.dns_servers != before.dns_servers:
+            self.runtime.set_dns_servers(_dns_servers(candidate))
         applied = self.runtime.apply(table, candidate.limits)
         applied.addErrback(
             lambda failure: self.log.error(
@@ -766,3 +769,8 @@ def tune_garbage_collector() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+
+
+def _dns_servers(config: SbcConfig) -> list[tuple[str, int]]:
+    """The configured ``dns-server`` lines as (address, port) pairs (none: the system's)."""
+    return [(str(server.address), server.port) for server in config.dns_servers]

@@ -114,7 +114,8 @@ class SummaryTests(SynchronousTestCase):
                 "signaling-port 5070\n", "signaling-port 5071\n   attach\n"
             )
             + "  adjacency sip c\n   signaling-address ipv4 127.0.0.1\n"
-            + "  local-domain example.com\n  limits\n   tcp-idle-timeout 60\n"
+            + "  local-domain example.com\n  dns-server 192.0.2.53\n"
+            + "  limits\n   tcp-idle-timeout 60\n"
         )
         self.assertEqual(
             summarize_changes(before, after),
@@ -124,6 +125,7 @@ class SummaryTests(SynchronousTestCase):
                 "adjacency b attached",
                 "adjacency c added (detached)",
                 "local-domain changed",
+                "dns-server changed",
                 "limits changed: tcp-idle-timeout",
             ],
         )

@@ -11,8 +11,10 @@ from sbc.core import SbcCore
 from sbc.identity import PeerIdentities
 from sbc.routing import Destination, RouteKey, RoutingDecision
 from sbc.sip import parse_message
+from sbc.sip.locate import Destination as Place
+from sbc.sip.locate import NextHop, Resolution
 from sbc.sip.message import Request, Response
-from sbc.sip.stack import Dropped, Flow, SipStack, Transmit
+from sbc.sip.stack import Dropped, Flow, Resolve, SipStack, Transmit
 
 CONFIG = """
 sbc t
@@ -130,13 +132,26 @@ class CoreTests(SynchronousTestCase):
         self.assertEqual(response.status, 483)
 
     def test_routable_call_is_relayed(self) -> None:
-        """A call that passes every check leaves on a new leg (default routing)."""
+        """A call that passes every check leaves on a new leg (default routing).
+
+        Its next hop is a domain: the core asks the edge to resolve it (a
+        Resolve output) and sends once the answer comes back.
+        """
         outputs = self.stack.receive(request("INVITE", "sip:bob@lab.test"), FLOW, 0.0, ACCESS)
         sent = [(o.flow, parse_message(o.data)) for o in outputs if isinstance(o, Transmit)]
         responses = [m.status for _, m in sent if isinstance(m, Response)]
         self.assertEqual(responses, [100])
-        [(flow, relayed)] = [(f, m) for f, m in sent if isinstance(m, Request)]
-        self.assertEqual(flow, Flow("TCP", ("127.0.0.1", 5062), ("lab.test", 5060)))
+        [resolve] = [o for o in outputs if isinstance(o, Resolve)]
+        self.assertEqual(resolve.hop, NextHop("lab.test", None, ("TCP",), 4))
+        self.assertEqual(resolve.adjacency, "plain-out")
+        found = Resolution(resolve.hop, (Place("TCP", "192.0.2.8", 5060, "lab.test"),))
+        outputs = resolve.reply(found, 0.1)
+        [(flow, relayed)] = [
+            (o.flow, parse_message(o.data)) for o in outputs if isinstance(o, Transmit)
+        ]
+        self.assertEqual(flow, Flow("TCP", ("127.0.0.1", 5062), ("192.0.2.8", 5060)))
+        self.assertEqual(flow.adjacency, "plain-out")
+        assert isinstance(relayed, Request)
         self.assertEqual(relayed.method, "INVITE")
         self.assertNotEqual(relayed.call_id, "core-1")
         self.assertEqual(self.core.calls.active_calls("plain-out"), 1)

@@ -44,7 +44,9 @@ def imported_by(*modules: str) -> set[str]:
 class LayeringTests(SynchronousTestCase):
     def test_sip_core_imports_no_twisted(self) -> None:
         """sbc.sip is sans-I/O: stdlib and attrs only."""
-        loaded = imported_by("sbc.sip", "sbc.sip.uri", "sbc.sip.message", "sbc.sip.framing")
+        loaded = imported_by(
+            "sbc.sip", "sbc.sip.uri", "sbc.sip.message", "sbc.sip.framing", "sbc.sip.locate"
+        )
         self.assertEqual(sorted(m for m in loaded if m.split(".")[0] == "twisted"), [])
 
     def test_policy_layer_imports_no_io(self) -> None:

@@ -31,6 +31,13 @@ Choices made here (documented in behaviour terms):
   every candidate failed the caller gets the best failure received
   (RFC 3261 §16.7 step 6: a 6xx, else the lowest class, so a 408 before a
   503), or 503 when none was.
+* **Next hops found by DNS** (RFC 3263, :mod:`sbc.sip.locate`): a candidate
+  whose next hop is a host name is first resolved: the call hands a
+  :class:`~sbc.sip.stack.Resolve` to the edge and goes on when its reply
+  comes (:meth:`Call._resolved`). Each destination found (every address of
+  every SRV target, in priority and weight order) becomes a hunt entry of
+  its own, so a dead one fails over to the next like any failed candidate.
+  Nothing found counts as a 503 from that candidate (``hunt-skip:dns``).
 * **No answer (Timer C, RFC 3261 §16.6 step 11 and §16.8)**: a B-leg
   INVITE with no final response ``no-answer-timeout`` seconds (default
   180) after it was sent, or after its latest provisional response above
@@ -68,12 +75,13 @@ import attrs
 
 from sbc import security
 from sbc.b2bua import calllog
-from sbc.config import AdjacencyConfig, Transport
+from sbc.b2bua.nexthop import destination_flow, next_hop
+from sbc.config import AdjacencyConfig
 from sbc.errors import SipError
-from sbc.identity import ip_literal
 from sbc.sip.headers import CSeq, Headers, NameAddr, Via
+from sbc.sip.locate import NextHop, Resolution
 from sbc.sip.message import Request, Response, response_to
-from sbc.sip.stack import Flow, StackOutput
+from sbc.sip.stack import Flow, Resolve, StackOutput
 from sbc.sip.transaction import (
     ClientTransaction,
     IllegalTransitionError,
@@ -143,34 +151,20 @@ def new_call_id(host: str) -> str:
 
 
 def outbound_flow(adjacency: AdjacencyConfig, uri: URI) -> Flow:
-    """Where a request out of ``adjacency`` to ``uri`` goes (docs/security-model.md).
+    """Where a request out of ``adjacency`` to ``uri`` goes before any DNS (docs/routing.md).
 
-    TLS when the adjacency's outbound security is trusted-encrypted, TCP
-    when it is ``transport tcp``, else UDP. The next hop is the
-    ``signaling-peer`` when configured, else the Request-URI's host and
-    port. For TLS, :attr:`Flow.server_name` is the name the certificate
-    must match (and the SNI): the signaling peer when it is a host name,
-    else the Request-URI's host, the domain the request is for (RFC 5922
-    §7.3); an IP address only when that is what the URI names.
+    TLS when the adjacency's outbound security is trusted-encrypted, else its
+    transport (UDP first for ``udp-tcp``, or the Request-URI's
+    ``;transport=``). The next hop is the ``signaling-peer`` when configured,
+    else the Request-URI's host and port (see :mod:`sbc.b2bua.nexthop`). For
+    TLS, :attr:`Flow.server_name` is the name the certificate must match (and
+    the SNI): the signaling peer when it is a host name, else the
+    Request-URI's host, the domain the request is for (RFC 5922 §7.3); an IP
+    address only when that is what the URI names. A host name next hop is
+    resolved by the hunt first (:meth:`Call._resolve`); this flow is the one
+    used for an IP address.
     """
-    if adjacency.sends_tls:
-        transport = "TLS"
-    elif adjacency.transport is Transport.TCP:
-        transport = "TCP"
-    else:
-        transport = "UDP"
-    local = (str(adjacency.address), adjacency.port)
-    if adjacency.signaling_peer is not None:
-        remote = (adjacency.signaling_peer, adjacency.peer_port)
-    else:
-        default_port = 5061 if transport == "TLS" else 5060
-        remote = (uri.host.strip("[]"), uri.port or default_port)
-    server_name = None
-    if transport == "TLS":
-        peer = adjacency.signaling_peer
-        named_peer = peer is not None and ip_literal(peer) is None
-        server_name = peer if named_peer else uri.host.strip("[]")
-    return Flow(transport, local, remote, None, server_name)
+    return destination_flow(adjacency, uri, next_hop(adjacency, uri).default_destination)
 
 
 def contact_for(flow: Flow, user: str | None = None, *, secure: bool = True) -> NameAddr:
@@ -277,8 +271,10 @@ def rewrite_dialog_refs(headers: Headers, lookup: DialogMap) -> None:
 class Target:
     """One hunt candidate: an outbound adjacency and the Request-URI to use.
 
-    ``flow`` is set for a registered contact (the flow it registered from);
-    otherwise :func:`outbound_flow` decides.
+    ``flow`` is set for a registered contact (the flow it registered from)
+    and for each destination DNS found for a target (RFC 3263); otherwise the
+    hunt resolves the next hop first (a host name) or uses :func:`outbound_flow`
+    (an IP address).
     """
 
     adjacency: str
@@ -295,6 +291,13 @@ class HuntPolicy:
     def continues(self, status: int) -> bool:
         """True when ``status`` from one candidate means: try the next."""
         return status in self.continue_on
+
+
+def _hunt_key(target: Target) -> tuple[object, ...]:
+    """What makes two hunt entries the same attempt: adjacency, URI and destination."""
+    flow = target.flow
+    where = None if flow is None else (flow.transport, flow.remote, flow.connection_id)
+    return (target.adjacency, target.uri.serialize(), where)
 
 
 def _failure_rank(status: int) -> tuple[int, int]:
@@ -496,7 +499,7 @@ class Call:
         self.b: Leg | None = None
         self.b_transaction: ClientTransaction | None = None
         self.hunt: deque[Target] = deque()
-        self.tried: set[tuple[str, str]] = set()
+        self.tried: set[tuple[object, ...]] = set()
         self.redirects = 0
         self.answered = False  # a final response went to the A-leg
         self.b_provisional = False  # the current B INVITE got a 1xx (CANCEL allowed)
@@ -520,6 +523,7 @@ class Call:
         self.candidates: tuple[Target, ...] = ()
         self.last_outbound: str | None = None  # the adjacency of the latest B-leg
         self.hunt_why: str | None = None  # why the latest candidate failed
+        self.resolving: str | None = None  # the adjacency whose next hop DNS is looking up
         self.outcome_hint: str | None = None  # cancelled, failed, released
         self.answered_at: float | None = None  # when a 2xx to the INVITE went to the caller
         self.answer: tuple[int, str] = (0, "")  # that 2xx's status and reason
@@ -538,6 +542,8 @@ class Call:
         names = {self.a.adjacency}
         if self.b is not None:
             names.add(self.b.adjacency)
+        if self.resolving is not None:
+            names.add(self.resolving)
         return names
 
     def start(self, targets: Iterable[Target], now: float) -> list[StackOutput]:
@@ -559,7 +565,7 @@ class Call:
                 why = "not attached" if adjacency is None else "refused by the security rules"
                 calllog.log_hunt(self, None, why, target.adjacency, target.uri, skipped=True)
                 continue
-            key = (target.adjacency, target.uri.serialize())
+            key = _hunt_key(target)
             if key in self.tried:
                 continue
             if self.tried:
@@ -568,10 +574,52 @@ class Call:
             else:
                 calllog.log_routed(self, self.candidates, target.adjacency)
             self.tried.add(key)
+            if target.flow is None:
+                hop = next_hop(adjacency, target.uri)
+                if not hop.numeric:
+                    return self._resolve(target, adjacency, hop)
+                flow = destination_flow(adjacency, target.uri, hop.default_destination)
+                target = Target(target.adjacency, target.uri, flow)
             return self._send_b(target, adjacency, now)
         if not self.tried:
             calllog.log_routed(self, self.candidates, None)
         return self._exhausted(now)
+
+    # -- set-up: next hops found by DNS (RFC 3263) -------------------------------
+
+    def _resolve(
+        self, target: Target, adjacency: AdjacencyConfig, hop: NextHop
+    ) -> list[StackOutput]:
+        """Ask the edge where ``hop`` (``target``'s, a host name) is; :meth:`_resolved` goes on."""
+        self.last_outbound = self.resolving = adjacency.name
+
+        def reply(resolution: Resolution, now: float) -> list[StackOutput]:
+            return self._resolved(target, resolution, now)
+
+        return [Resolve(hop, reply, adjacency.name)]
+
+    def _resolved(self, target: Target, resolution: Resolution, now: float) -> list[StackOutput]:
+        """DNS answered for ``target``: each destination found is a hunt entry, tried in order.
+
+        Nothing found (the edge counted and logged why): the target fails as
+        a 503 would, and hunting goes on.
+        """
+        self.resolving = None
+        if self.state is CallState.ENDED or self.cancel_pending or self.answered:
+            return []
+        adjacency = self.manager.table().get(target.adjacency)
+        if adjacency is None or resolution.failed:
+            self._note_failure(SipError(503, "Service Unavailable"))
+            self.manager.count(target.adjacency, "hunt-skip:dns")
+            self.hunt_why = f"DNS: {resolution.error}" if resolution.failed else "not attached"
+            return self._try_next(now)
+        found = [
+            attrs.evolve(target, flow=destination_flow(adjacency, target.uri, destination))
+            for destination in resolution.destinations
+        ]
+        self.hunt.extendleft(reversed(found[1:]))
+        self.tried.add(_hunt_key(found[0]))
+        return self._send_b(found[0], adjacency, now)
 
     def _send_b(self, target: Target, adjacency: AdjacencyConfig, now: float) -> list[StackOutput]:
         manager = self.manager

@@ -41,6 +41,7 @@ from sbc.config import (
 from sbc.config.model import AdjacencyConfig
 from sbc.counters import UNCLASSIFIED
 from sbc.errors import ConfigError
+from sbc.identity import ip_literal
 
 __all__ = [
     "EXEC_PROMPT",
@@ -234,10 +235,12 @@ def describe_adjacency(
     active_calls: int | None = None,
 ) -> list[str]:
     """The ``show ... adjacencies`` block of one adjacency; ``counters`` for ``detail``."""
-    if adj.signaling_peer is not None:
-        peer = _host_port(adj.signaling_peer, adj.peer_port)
+    if adj.signaling_peer is None:
+        peer = f"(Request-URI host), port from the URI, by DNS SRV, else {adj.peer_port}"
+    elif adj.signaling_peer_port is None and ip_literal(adj.signaling_peer) is None:
+        peer = f"{adj.signaling_peer}, port by DNS SRV, else {adj.peer_port}"
     else:
-        peer = f"(Request-URI host), port {adj.peer_port}"
+        peer = _host_port(adj.signaling_peer, adj.peer_port)
     remotes = ", ".join(str(n) for n in adj.remote_addresses) or "any"
     if adj.signaling_address is None:
         address = f"(not set), port {adj.port}"

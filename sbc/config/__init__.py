@@ -11,6 +11,7 @@ Every problem is a :class:`sbc.errors.ConfigError` naming file and line.
 
 from sbc.config.model import (
     DEFAULT_DIGEST_ALGORITHMS,
+    DEFAULT_DNS_PORT,
     DEFAULT_PORT,
     DEFAULT_ROUTING_POLICY,
     DEFAULT_TLS_PORT,
@@ -21,6 +22,7 @@ from sbc.config.model import (
     CallPolicySet,
     ClientCertificate,
     DigestAlgorithm,
+    DnsServer,
     FrozenMap,
     Limits,
     LimitSetting,
@@ -56,6 +58,7 @@ from sbc.config.validate import (
 
 __all__ = [
     "DEFAULT_DIGEST_ALGORITHMS",
+    "DEFAULT_DNS_PORT",
     "DEFAULT_PORT",
     "DEFAULT_ROUTING_POLICIES",
     "DEFAULT_ROUTING_POLICY",
@@ -71,6 +74,7 @@ __all__ = [
     "CommandHelp",
     "ConfigBuilder",
     "DigestAlgorithm",
+    "DnsServer",
     "Frame",
     "FrozenMap",
     "LimitSetting",

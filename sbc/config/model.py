@@ -22,6 +22,7 @@ import attrs
 
 __all__ = [
     "DEFAULT_DIGEST_ALGORITHMS",
+    "DEFAULT_DNS_PORT",
     "DEFAULT_PORT",
     "DEFAULT_ROUTING_POLICY",
     "DEFAULT_TLS_PORT",
@@ -32,6 +33,7 @@ __all__ = [
     "CallPolicySet",
     "ClientCertificate",
     "DigestAlgorithm",
+    "DnsServer",
     "FrozenMap",
     "IPAddress",
     "IPNetwork",
@@ -50,6 +52,8 @@ DEFAULT_PORT = 5060
 DEFAULT_TLS_PORT = 5061
 """Port of a trusted-encrypted (SIP over TLS) adjacency."""
 DEFAULT_ROUTING_POLICY = "default"
+DEFAULT_DNS_PORT = 53
+"""Port of a ``dns-server`` given without one."""
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -405,6 +409,22 @@ def _adjacencies(values: Iterable[AdjacencyConfig]) -> tuple[AdjacencyConfig, ..
 
 
 @attrs.frozen
+class DnsServer:
+    """One ``dns-server ADDRESS [PORT]``: a DNS server the SBC asks for next hops."""
+
+    address: IPAddress = attrs.field(converter=_address)
+    port: int = DEFAULT_DNS_PORT
+
+    def __str__(self) -> str:
+        host = f"[{self.address}]" if self.address.version == 6 else str(self.address)
+        return f"{host}:{self.port}"
+
+
+def _dns_servers(values: Iterable[DnsServer]) -> tuple[DnsServer, ...]:
+    return tuple(values)
+
+
+@attrs.frozen
 class LimitSetting:
     """One command of the ``limits`` block: its keyword, model attribute, default and range."""
 
@@ -578,6 +598,35 @@ LIMIT_SETTINGS: tuple[LimitSetting, ...] = (
         "commits",
         "Commits kept for show configuration commit list and rollback; older ones are deleted",
     ),
+    LimitSetting(
+        "dns-timeout",
+        "dns_timeout",
+        5,
+        1,
+        60,
+        "seconds",
+        "Time a DNS server has to answer one query for a next hop (asked again after "
+        "1 second); a lookup with no answer fails the candidate (503)",
+    ),
+    LimitSetting(
+        "dns-negative-cache-time",
+        "dns_negative_cache_time",
+        30,
+        0,
+        3600,
+        "seconds",
+        "How long a DNS answer saying no (no such domain, no records) or a DNS failure is "
+        "remembered; positive answers are kept for their own TTL",
+    ),
+    LimitSetting(
+        "dns-cache-entries",
+        "dns_cache_entries",
+        10000,
+        10,
+        1000000,
+        "record sets",
+        "DNS answers kept in the cache at most; beyond that the oldest are forgotten",
+    ),
 )
 """Every ``limits`` setting, in canonical (render) order."""
 
@@ -610,6 +659,9 @@ class Limits:
     nonce_lifetime: int = _LIMIT_DEFAULTS["nonce_lifetime"]
     register_refresh_min: int = _LIMIT_DEFAULTS["register_refresh_min"]
     commit_history: int = _LIMIT_DEFAULTS["commit_history"]
+    dns_timeout: int = _LIMIT_DEFAULTS["dns_timeout"]
+    dns_negative_cache_time: int = _LIMIT_DEFAULTS["dns_negative_cache_time"]
+    dns_cache_entries: int = _LIMIT_DEFAULTS["dns_cache_entries"]
     line: int = attrs.field(default=0, eq=False, repr=False)
     setting_lines: FrozenMap[str, int] = attrs.field(
         factory=FrozenMap, converter=_lines, eq=False, repr=False
@@ -640,6 +692,8 @@ class SbcConfig:
     ``adjacencies`` keep configuration order; ``limits`` are the transport
     guards (all defaults when the file has no ``limits`` block);
     ``user_database`` is the digest credentials file (``user-database FILE``).
+    ``dns_servers`` are the DNS servers asked for next hops, in order (empty:
+    the system's, from ``/etc/resolv.conf``).
     ``source`` is the file the model came from (for error messages; not part of equality).
     """
 
@@ -653,6 +707,7 @@ class SbcConfig:
     routing_policy: str = DEFAULT_ROUTING_POLICY
     limits: Limits = attrs.field(factory=Limits)
     user_database: str | None = None
+    dns_servers: tuple[DnsServer, ...] = attrs.field(default=(), converter=_dns_servers)
     source: str = attrs.field(default="<string>", eq=False, repr=False)
     line: int = attrs.field(default=0, eq=False, repr=False)
     setting_lines: FrozenMap[str, int] = attrs.field(

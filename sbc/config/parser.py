@@ -30,6 +30,7 @@ from typing import TypeVar
 import attrs
 
 from sbc.config.model import (
+    DEFAULT_DNS_PORT,
     DEFAULT_ROUTING_POLICY,
     LIMIT_SETTINGS,
     Action,
@@ -38,6 +39,7 @@ from sbc.config.model import (
     CallPolicySet,
     ClientCertificate,
     DigestAlgorithm,
+    DnsServer,
     IPAddress,
     IPNetwork,
     Limits,
@@ -453,6 +455,7 @@ class ConfigBuilder:
         self.service_name: str | None = None
         self.service_line = 0
         self.local_domains: dict[str, int] = {}
+        self.dns_servers: dict[DnsServer, int] = {}
         self.adjacencies: dict[str, _AdjacencyDraft] = {}
         self.call_policy_sets: dict[int, _PolicySetDraft] = {}
         self.active_call_policy_set: int | None = None
@@ -471,6 +474,7 @@ class ConfigBuilder:
 
     def _clear_sbe(self) -> None:
         self.local_domains = {}
+        self.dns_servers = {}
         self.adjacencies = {}
         self.call_policy_sets = {}
         self.active_call_policy_set = None
@@ -496,6 +500,9 @@ class ConfigBuilder:
         b.service_line = cfg.line
         b.local_domains = {
             d: cfg.setting_lines.get(f"local-domain {d}", 0) for d in cfg.local_domains
+        }
+        b.dns_servers = {
+            server: cfg.setting_lines.get(_dns_server_key(server), 0) for server in cfg.dns_servers
         }
         for adj in cfg.adjacencies:
             b.adjacencies[adj.name] = _AdjacencyDraft(
@@ -547,7 +554,9 @@ class ConfigBuilder:
         b.limits_line = cfg.limits.line
         b.limits_lines = dict(cfg.limits.setting_lines)
         b.setting_lines = {
-            k: v for k, v in cfg.setting_lines.items() if not k.startswith("local-domain ")
+            k: v
+            for k, v in cfg.setting_lines.items()
+            if not k.startswith(("local-domain ", "dns-server "))
         }
         return b
 
@@ -724,11 +733,13 @@ class ConfigBuilder:
                 line=self.limits_line,
                 setting_lines=self.limits_lines,
             ),
+            dns_servers=tuple(self.dns_servers),
             source=self.path,
             line=self.service_line,
             setting_lines={
                 **self.setting_lines,
                 **{f"local-domain {d}": n for d, n in self.local_domains.items()},
+                **{_dns_server_key(d): n for d, n in self.dns_servers.items()},
             },
         )
 
@@ -821,6 +832,39 @@ def _local_domain(
         del b.local_domains[domain]
     elif domain not in b.local_domains:
         b.local_domains[domain] = line
+    return mode
+
+
+def _dns_server_key(server: DnsServer) -> str:
+    """The ``setting_lines`` key of one ``dns-server`` line."""
+    return f"dns-server {server.address} {server.port}"
+
+
+@_command(
+    ModeKind.SBE,
+    "dns-server ADDRESS [PORT]",
+    "A DNS server asked for next hops (repeatable, asked in order; default: /etc/resolv.conf)",
+    "no dns-server [ADDRESS [PORT]]",
+)
+def _dns_server(b: ConfigBuilder, mode: Mode, args: Sequence[str], line: int, negate: bool) -> Mode:
+    if negate:
+        _arity(args, "no dns-server [ADDRESS [PORT]]", 0, 2)
+        if not args:
+            b.dns_servers = {}
+            return mode
+    else:
+        _arity(args, "dns-server ADDRESS [PORT]", 1, 2)
+    try:
+        address = ipaddress.ip_address(args[0])
+    except ValueError:
+        raise _InvalidError(f"bad dns-server '{args[0]}': expected an IP address") from None
+    server = DnsServer(address, _port(args[1]) if len(args) > 1 else DEFAULT_DNS_PORT)
+    if negate:
+        if server not in b.dns_servers:
+            raise _InvalidError(f"dns-server {args[0]} {server.port} is not configured")
+        del b.dns_servers[server]
+    elif server not in b.dns_servers:
+        b.dns_servers[server] = line
     return mode
 
 

@@ -11,10 +11,12 @@ when a limit differs from its default). ``parse_config(render_config(m))
 from __future__ import annotations
 
 from sbc.config.model import (
+    DEFAULT_DNS_PORT,
     Action,
     AdjacencyConfig,
     CallPolicySet,
     ClientCertificate,
+    DnsServer,
     SbcConfig,
     Transport,
 )
@@ -59,6 +61,12 @@ def _adjacency(adj: AdjacencyConfig) -> list[str]:
     return [*lines, *(" " + line for line in body), "!"]
 
 
+def _dns_server(server: DnsServer) -> str:
+    if server.port == DEFAULT_DNS_PORT:
+        return f"dns-server {server.address}"
+    return f"dns-server {server.address} {server.port}"
+
+
 def _policy_set(number: int, cps: CallPolicySet) -> list[str]:
     out = [f"call-policy-set {number}"]
     if cps.first_call_routing_table is not None:
@@ -84,6 +92,7 @@ def _policy_set(number: int, cps: CallPolicySet) -> list[str]:
 def render_config(cfg: SbcConfig) -> str:
     """The canonical configuration text of ``cfg`` (ends with a newline)."""
     sbe: list[str] = [f"local-domain {domain}" for domain in cfg.local_domains]
+    sbe.extend(_dns_server(server) for server in cfg.dns_servers)
     for adj in cfg.adjacencies:
         sbe.extend(_adjacency(adj))
     for number in sorted(cfg.call_policy_sets):

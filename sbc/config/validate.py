@@ -246,6 +246,28 @@ def _check_top(cfg: SbcConfig, routing_policies: Collection[str]) -> Iterator[_P
         )
 
 
+def _check_dns_servers(cfg: SbcConfig) -> Iterator[_Problem]:
+    """A ``dns-server`` must not be one of the SBC's own UDP listeners (it would ask itself)."""
+    for server in cfg.dns_servers:
+        for adj in cfg.adjacencies:
+            if (
+                adj.attached
+                and adj.signaling_address == server.address
+                and adj.port == server.port
+                and adj.transport.udp
+                and not adj.listens_tls
+            ):
+                yield (
+                    _line(
+                        cfg.setting_lines,
+                        f"dns-server {server.address} {server.port}",
+                        default=cfg.line,
+                    ),
+                    f"dns-server {server.address} {server.port} is the SIP listener of "
+                    f"adjacency '{adj.name}': the SBC would send its DNS queries to itself",
+                )
+
+
 def find_problems(
     cfg: SbcConfig,
     *,
@@ -262,6 +284,7 @@ def find_problems(
             for problem in _check_policy_set(cfg, number, cps)
         ),
         *_check_top(cfg, routing_policies),
+        *_check_dns_servers(cfg),
     ]
     unique = dict.fromkeys(problems)
     ordered = sorted(unique, key=lambda p: (p[0] == 0, p[0]))

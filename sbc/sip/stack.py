@@ -9,8 +9,9 @@ where an error becomes a SIP response.
 
 The edge feeds it with :meth:`SipStack.receive`, keeps one timer armed for
 :meth:`SipStack.next_deadline` and calls :meth:`SipStack.advance` when it
-fires; it carries out the returned :class:`Transmit` outputs and counts the
-:class:`Dropped` ones.
+fires; it carries out the returned :class:`Transmit` outputs, counts the
+:class:`Dropped` ones, and answers each :class:`Resolve` (a next hop to find
+in DNS, RFC 3263) by calling its ``reply`` with the :class:`~sbc.sip.locate.Resolution`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Protocol, TypeAlias
 import attrs
 
 from sbc.errors import ParseError, SipError
+from sbc.sip.locate import NextHop, Resolution
 from sbc.sip.message import Request, Response, parse_message, response_to
 from sbc.sip.timers import TimerSettings
 from sbc.sip.transaction import (
@@ -60,6 +62,9 @@ class Flow:
     own connection may carry a message; when it is gone the send fails, it
     never opens a new connection to ``remote`` (a phone behind NAT cannot
     accept one).
+    ``adjacency`` names the adjacency the flow belongs to when the sender
+    knows it (an outbound leg): the edge counts and logs by it. It is a label,
+    not part of where the flow goes (no part of equality).
     """
 
     transport: str
@@ -68,6 +73,7 @@ class Flow:
     connection_id: int | None = None
     server_name: str | None = None
     pinned: bool = False
+    adjacency: str | None = attrs.field(default=None, eq=False)
 
     @property
     def reliable(self) -> bool:
@@ -98,7 +104,23 @@ class Dropped:
     context: object = None
 
 
-StackOutput: TypeAlias = Transmit | Dropped
+@attrs.frozen(eq=False)
+class Resolve:
+    """Find where ``hop`` is (RFC 3263, :mod:`sbc.sip.locate`), then call ``reply``.
+
+    The edge looks the next hop up without blocking and calls
+    ``reply(resolution, now)`` exactly once, with the destinations found (or
+    why there are none); the outputs ``reply`` returns are carried out like
+    any others. ``adjacency`` is the outbound adjacency the lookup is for
+    (counters and logs).
+    """
+
+    hop: NextHop
+    reply: Callable[[Resolution, float], list[StackOutput]]
+    adjacency: str | None = None
+
+
+StackOutput: TypeAlias = Transmit | Dropped | Resolve
 
 
 class TransactionUser(Protocol):
@@ -157,7 +179,10 @@ def response_flow(request: Request, flow: Flow) -> Flow:
     port = via.port or (5061 if via.transport == "TLS" else 5060)
     if port == flow.remote[1]:
         return flow
-    return Flow(flow.transport, flow.local, (flow.remote[0], port), flow.connection_id)
+    return Flow(
+        flow.transport, flow.local, (flow.remote[0], port), flow.connection_id,
+        adjacency=flow.adjacency,
+    )  # fmt: skip
 
 
 def note_source(request: Request, flow: Flow) -> None:

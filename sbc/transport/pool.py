@@ -22,8 +22,10 @@ pool through :meth:`ConnectionPool.remove`.
 :func:`client_endpoint` builds the endpoint used to connect: TCP4/TCP6 for
 an IP literal, ``HostnameEndpoint`` (A/AAAA lookups without blocking the
 reactor) for a name, wrapped in TLS with
-:func:`sbc.transport.tls.client_connection_creator` (always verified). RFC
-3263 NAPTR/SRV resolution is not done (a known gap).
+:func:`sbc.transport.tls.client_connection_creator` (always verified). The
+B2BUA's requests reach the pool with addresses already found by RFC 3263
+(:mod:`sbc.transport.resolver`); a host name still arrives here only for a
+response whose connection is gone (its Via's sent-by).
 """
 
 from __future__ import annotations
@@ -67,12 +69,15 @@ class PoolKey:
     ``local`` is the address and port of the flow (the adjacency's
     signaling address; the socket binds that address with an ephemeral
     port). ``expected_name`` is required for TLS and None for TCP.
+    ``adjacency`` names the adjacency the connection is opened for, when the
+    sender knows it (a label: no part of equality).
     """
 
     transport: str
     local: tuple[str, int]
     remote: tuple[str, int]
     expected_name: str | None = None
+    adjacency: str | None = attrs.field(default=None, eq=False)
 
     def __attrs_post_init__(self) -> None:
         if self.transport not in (TCP, TLS):

@@ -70,9 +70,17 @@ from sbc.adjacencies import TCP, TLS, UDP, AdjacencyTable, InboundContext, Liste
 from sbc.config import ClientCertificate, Limits
 from sbc.counters import Counters
 from sbc.identity import ip_literal
-from sbc.sip.stack import Dropped, Flow, StackOutput, Transmit
+from sbc.sip.locate import Resolution
+from sbc.sip.stack import Dropped, Flow, Resolve, StackOutput, Transmit
 from sbc.sip.transaction import TransactionKey
 from sbc.transport.pool import ConnectionPool, NoTlsIdentityError, PoolKey, client_endpoint
+from sbc.transport.resolver import (
+    DnsCache,
+    NextHopResolver,
+    OncePerInterval,
+    names_query,
+    names_resolver,
+)
 from sbc.transport.stream import OutboundFactory, StreamConnection, StreamFactory
 from sbc.transport.tls import TlsIdentity, server_context_factory
 from sbc.transport.udp import UdpListener
@@ -97,6 +105,7 @@ EVENT_NAMES: dict[str, str] = {
     "drops": "message.dropped",
     "transmit-failures": "message.send-failed",
     "listen-failures": "listener.failed",
+    "dns-failures": "dns.failed",
 }
 """The log event name of each counter (the part before ``:``); others: ``transport.COUNTER``."""
 
@@ -244,6 +253,9 @@ class SipRuntime:
     :class:`~sbc.sip.stack.SipStack`; ``table`` the attached adjacencies.
     ``tls`` is the SBC's identity (needed by TLS listeners and outbound TLS).
     ``endpoint_factory`` builds outbound endpoints (tests replace it).
+    ``resolver`` finds next hops in DNS (:class:`~sbc.sip.stack.Resolve`
+    outputs); by default one is built on first use, asking ``dns_servers``
+    (``(address, port)`` pairs; none: the system's) through Twisted Names.
     """
 
     log = Logger()
@@ -260,6 +272,8 @@ class SipRuntime:
         endpoint_factory: EndpointFactory = client_endpoint,
         log_interval: float = 10.0,
         log: Logger | None = None,
+        resolver: NextHopResolver | None = None,
+        dns_servers: Iterable[tuple[str, int]] = (),
     ) -> None:
         self.reactor = reactor
         self.stack = stack
@@ -271,6 +285,11 @@ class SipRuntime:
         if log is not None:
             self.log = log
         self.ratelog = RateLimitedLog(self.log, reactor, log_interval)
+        self._resolver = resolver
+        self._own_resolver = resolver is None
+        self._dns_servers = tuple(dns_servers)
+        #: DNS failures are logged once per domain per interval.
+        self.dns_log = OncePerInterval(reactor, log_interval)
         self.pool = ConnectionPool(self._connect)
         self.running = False
         self._ids = itertools.count(1)
@@ -425,6 +444,36 @@ class SipRuntime:
                 wanted=wanted,
             )
 
+    @property
+    def resolver(self) -> NextHopResolver:
+        """What finds next hops in DNS (built on first use, see the class docstring)."""
+        if self._resolver is None:
+            names = names_resolver(self.reactor, self._dns_servers)
+            cache = DnsCache(
+                self.reactor,
+                names_query(names, lambda: self._limits.dns_timeout),
+                negative_ttl=lambda: self._limits.dns_negative_cache_time,
+                max_entries=lambda: self._limits.dns_cache_entries,
+            )
+            self._resolver = NextHopResolver(cache)
+        return self._resolver
+
+    @property
+    def dns_servers(self) -> tuple[tuple[str, int], ...]:
+        """The configured DNS servers, (address, port) pairs; empty: the system's."""
+        return self._dns_servers
+
+    def set_dns_servers(self, servers: Iterable[tuple[str, int]]) -> None:
+        """Ask ``servers`` from now on (none: the system's); the cache starts empty.
+
+        Also re-reads ``/etc/resolv.conf`` when no server is configured.
+        Lookups on their way finish with the servers they started with. A
+        resolver given to the constructor is kept as it is.
+        """
+        self._dns_servers = tuple(servers)
+        if self._own_resolver:
+            self._resolver = None
+
     def set_tls_identity(self, identity: TlsIdentity) -> None:
         """Use ``identity`` for every new handshake (``crypto reload``)."""
         self.tls = identity
@@ -436,6 +485,8 @@ class SipRuntime:
                 self._transmit(output)
             elif isinstance(output, Dropped):
                 self._dropped(output)
+            elif isinstance(output, Resolve):
+                self._resolve(output)
             else:
                 self.log.error("unknown stack output {output!r} ignored", output=output)
         self._rearm()
@@ -689,8 +740,14 @@ class SipRuntime:
                 return adjacency.name
         return None
 
+    def _flow_adjacency(self, flow: Flow) -> str | None:
+        """The adjacency of ``flow``: the one it names, else worked out from its addresses."""
+        if flow.adjacency is not None:
+            return flow.adjacency
+        return self._adjacency_for(flow.transport, flow.local, flow.remote[0])
+
     def _connect(self, key: PoolKey) -> Deferred[StreamConnection]:
-        adjacency = self._adjacency_for(key.transport, key.local, key.remote[0])
+        adjacency = key.adjacency or self._adjacency_for(key.transport, key.local, key.remote[0])
         listener = ListenerKey(key.local[0], key.local[1], key.transport)
         factory = OutboundFactory(self, key, listener, adjacency)
         endpoint = self.endpoint_factory(
@@ -751,11 +808,9 @@ class SipRuntime:
         expected: str | None = None
         if flow.transport == TLS:
             expected = flow.server_name or flow.remote[0]
-        key = PoolKey(flow.transport, flow.local, flow.remote, expected)
+        key = PoolKey(flow.transport, flow.local, flow.remote, expected, flow.adjacency)
         if self.pool.find(key) is not None:
-            self.count(
-                self._adjacency_for(key.transport, key.local, key.remote[0]), "connections-reused"
-            )
+            self.count(self._flow_adjacency(flow), "connections-reused")
         waiter = self.pool.get(key)
 
         def write(connection: StreamConnection) -> None:
@@ -776,7 +831,7 @@ class SipRuntime:
             self._transmit_failed(output, f"no UDP listener on {_address_text(flow.local)}")
             return
         host, port = flow.remote
-        adjacency = self._adjacency_for(UDP, flow.local, host)
+        adjacency = self._flow_adjacency(flow)
         if ip_literal(host) is not None:
             if listener.send(output.data, (host.strip("[]"), port)):
                 self.count(adjacency, "messages-sent")
@@ -796,10 +851,72 @@ class SipRuntime:
 
         resolving.addCallbacks(resolved, failed)
 
+    def _resolve(self, output: Resolve) -> None:
+        """Look ``output.hop`` up in DNS; hand the result to ``output.reply`` (then carry out
+        what it returns). A lookup that found nothing is counted (``dns-failures``) and
+        logged once per domain per interval."""
+        resolving = self.resolver.resolve(output.hop)
+
+        def resolved(resolution: Resolution) -> None:
+            if resolution.failed:
+                self._dns_failed(output, resolution)
+            else:
+                destinations = [
+                    f"{d.transport} {_address_text((d.address, d.port))} ({d.name})"
+                    for d in resolution.destinations
+                ]
+                self.log.debug(
+                    "{domain} (adjacency {adjacency}): {found}; {queries} DNS queries",
+                    event="dns.resolved",
+                    domain=resolution.hop.host,
+                    adjacency=output.adjacency,
+                    destinations=destinations,
+                    found=", ".join(destinations),
+                    queries=resolution.queries,
+                )
+            if not self.running:
+                return
+            try:
+                outputs = output.reply(resolution, self.reactor.seconds())
+            except Exception:
+                self.count(output.adjacency, "stack-errors")
+                self.log.failure(
+                    "the SIP stack failed on a DNS answer for {domain}", domain=output.hop.host
+                )
+                self._rearm()
+                return
+            self.process(outputs)
+
+        resolving.addCallback(resolved)
+        resolving.addErrback(
+            lambda failure: self.log.failure(
+                "DNS lookup of {domain}", failure, domain=output.hop.host
+            )
+        )
+
+    def _dns_failed(self, output: Resolve, resolution: Resolution) -> None:
+        domain = resolution.hop.host
+        self.count(output.adjacency, "dns-failures")
+        allowed, held = self.dns_log.allow(domain)
+        if not allowed:
+            return
+        text = "cannot resolve {domain} (adjacency {adjacency}): {why}"
+        if held:
+            text += " ({held} similar lines suppressed)"
+        self.log.warn(
+            text,
+            event="dns.failed",
+            counter="dns-failures",
+            adjacency=output.adjacency,
+            domain=domain,
+            why=resolution.error,
+            held=held,
+        )
+
     def _transmit_failed(self, output: Transmit, why: str) -> None:
         flow = output.flow
         self.event(
-            self._adjacency_for(flow.transport, flow.local, flow.remote[0]),
+            self._flow_adjacency(flow),
             "transmit-failures",
             "cannot send to {transport} {remote}: {why}",
             transport=flow.transport,
@@ -816,7 +933,7 @@ class SipRuntime:
         if isinstance(context, InboundContext):
             adjacency: str | None = context.adjacency
         else:
-            adjacency = self._adjacency_for(flow.transport, flow.local, flow.remote[0])
+            adjacency = self._flow_adjacency(flow)
         self.event(
             adjacency,
             f"drops:{output.reason}",

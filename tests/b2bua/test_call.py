@@ -16,8 +16,10 @@ from sbc.core import SbcCore
 from sbc.errors import SipError
 from sbc.routing import Destination, RouteKey, RoutingDecision
 from sbc.sip import parse_message
+from sbc.sip.locate import DEFAULT_PORTS, NextHop, Resolution
+from sbc.sip.locate import Destination as Place
 from sbc.sip.message import Request, Response, response_to
-from sbc.sip.stack import Flow, SipStack, StackOutput, Transmit
+from sbc.sip.stack import Flow, Resolve, SipStack, StackOutput, Transmit
 from sbc.sip.uri import parse_uri
 
 CONFIG = """
@@ -67,6 +69,8 @@ A_FLOW = Flow("UDP", ("127.0.0.1", 5060), ("127.0.0.2", 5070))
 T_FLOW = Flow("UDP", ("127.0.0.1", 5060), ("127.0.0.3", 5070))
 B_FLOW = Flow("UDP", ("127.0.0.1", 5062), ("10.0.0.5", 5060))
 B2_FLOW = Flow("UDP", ("127.0.0.1", 5064), ("10.0.0.6", 5060))
+#: The names the stand-in DNS of :class:`Net` knows.
+DNS = {"peer.lab.test": ["192.0.2.30"], "remote.test": ["192.0.2.20"]}
 ACCESS = InboundContext("access", ListenerKey("127.0.0.1", 5060, "UDP"))
 TRUSTED = InboundContext("trusted", ListenerKey("127.0.0.1", 5060, "UDP"))
 CORE = InboundContext("core", ListenerKey("127.0.0.1", 5062, "UDP"))
@@ -162,11 +166,58 @@ class Net:
         self.core.stack = self.stack
         self.now = 0.0
         self.log: list[tuple[Flow, Request | Response]] = []
+        #: What DNS knows (host name -> addresses) and the next hops asked, in order.
+        self.dns: dict[str, list[str]] = dict(DNS)
+        self.looked_up: list[NextHop] = []
+        #: With ``hold_dns``, lookups wait in ``held`` until :meth:`release_dns`.
+        self.hold_dns = False
+        self.held: list[Resolve] = []
+        self.transmits: list[Transmit] = []
+
+    def release_dns(
+        self, resolution: Resolution | None = None
+    ) -> list[tuple[Flow, Request | Response]]:
+        """Answer the oldest held lookup (with ``resolution``, else from ``self.dns``)."""
+        output = self.held.pop(0)
+        answer = resolution if resolution is not None else self.locate(output.hop)
+        return self._collect(output.reply(answer, self.now))
+
+    def locate(self, hop: NextHop) -> Resolution:
+        """A stand-in for the edge's resolver: every address of ``self.dns``, default port."""
+        addresses = self.dns.get(hop.host)
+        if not addresses:
+            return Resolution(hop, (), f"{hop.host} A: no such domain")
+        transport = hop.transports[0]
+        port = hop.port or DEFAULT_PORTS[transport]
+        return Resolution(hop, tuple(Place(transport, a, port, hop.host) for a in addresses))
 
     def _collect(self, outputs: list[StackOutput]) -> list[tuple[Flow, Request | Response]]:
-        sent = [(o.flow, parse_message(o.data)) for o in outputs if isinstance(o, Transmit)]
+        pending = list(outputs)
+        done: list[StackOutput] = []
+        while pending:
+            output = pending.pop(0)
+            if isinstance(output, Resolve):
+                self.looked_up.append(output.hop)
+                if self.hold_dns:
+                    self.held.append(output)
+                else:
+                    pending[0:0] = output.reply(self.locate(output.hop), self.now)
+            else:
+                done.append(output)
+        transmits = [o for o in done if isinstance(o, Transmit)]
+        self.transmits.extend(transmits)
+        sent = [(o.flow, parse_message(o.data)) for o in transmits]
         self.log.extend(sent)
         return sent
+
+    def fail_transport(self, flow: Flow) -> list[tuple[Flow, Request | Response]]:
+        """The edge could not send the latest request of a transaction to ``flow`` (refused)."""
+        [key, *_] = [
+            o.transaction_key
+            for o in reversed(self.transmits)
+            if o.flow == flow and o.transaction_key is not None
+        ]
+        return self._collect(self.stack.transport_error(key, self.now))
 
     def feed(
         self, message: Request | Response, flow: Flow, context: InboundContext

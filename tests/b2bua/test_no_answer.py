@@ -25,7 +25,7 @@ from tests.b2bua.test_call import (
     invite,
 )
 
-TCP_FLOW = Flow("TCP", ("127.0.0.1", 5066), ("remote.test", 5060))
+TCP_FLOW = Flow("TCP", ("127.0.0.1", 5066), ("192.0.2.20", 5060))  # remote.test, from DNS
 TCP_OUT = InboundContext("tcp-out", ListenerKey("127.0.0.1", 5066, "TCP"))
 
 

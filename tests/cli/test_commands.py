@@ -6,10 +6,11 @@ from collections.abc import Mapping, Sequence
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from sbc.cli.commands import CallInfo, RegistrationInfo, Session, config_diff
+from sbc.cli.commands import CallInfo, RegistrationInfo, Session, config_diff, describe_adjacency
 from sbc.commits import CommitHistory, CommitRecord
 from sbc.config import (
     SECURITY_CHANGE_MESSAGE,
+    AdjacencyConfig,
     SbcConfig,
     parse_config,
     render_config,
@@ -810,3 +811,31 @@ class ReloadUserDatabaseTests(SynchronousTestCase):
         session = Session(FakeBackend())
         self.assertIn("reload", session.complete(""))
         self.assertEqual(session.complete("reload "), ["user-database"])
+
+
+class SignalingPeerDisplayTests(SynchronousTestCase):
+    """How ``show ... adjacencies`` says where requests go: DNS SRV for a domain without port."""
+
+    def peer_line(self, **settings: object) -> str:
+        adjacency = AdjacencyConfig("a", "10.0.0.1", **settings)  # type: ignore[arg-type]
+        [line] = [x for x in describe_adjacency(adjacency) if "Signaling peer" in x]
+        return line.strip()
+
+    def test_forms(self) -> None:
+        self.assertEqual(
+            self.peer_line(),
+            "Signaling peer: (Request-URI host), port from the URI, by DNS SRV, else 5060",
+        )
+        self.assertEqual(
+            self.peer_line(
+                signaling_peer="core.example.net", security_outbound="trusted-encrypted"
+            ),
+            "Signaling peer: core.example.net, port by DNS SRV, else 5061",
+        )
+        self.assertEqual(
+            self.peer_line(signaling_peer="core.example.net", signaling_peer_port=5070),
+            "Signaling peer: core.example.net:5070",
+        )
+        self.assertEqual(
+            self.peer_line(signaling_peer="2001:db8::7"), "Signaling peer: [2001:db8::7]:5060"
+        )

@@ -104,6 +104,26 @@ class ServiceCommitTests(SynchronousTestCase):
         self.assertEqual(load_config(self.path), candidate)
         self.assertEqual([a.name for a in self.service.runtime.table.attached], ["core", "test"])
 
+    def test_commit_of_dns_servers_switches_the_resolver(self) -> None:
+        runtime = self.service.runtime
+        self.assertEqual(runtime.dns_servers, ())
+        first = runtime.resolver
+        base = RUNNING.replace("   security trusted-encrypted\n", "")
+        candidate = parse_config(base + "  dns-server 192.0.2.53\n  dns-server ::1 5353\n")
+        self.assertEqual(self.backend.commit(candidate), [])
+        self.assertEqual(runtime.dns_servers, (("192.0.2.53", 53), ("::1", 5353)))
+        self.assertIsNot(runtime.resolver, first)
+        second = runtime.resolver
+        self.assertEqual(
+            self.backend.commit(
+                parse_config(
+                    base + "  dns-server 192.0.2.53\n  dns-server ::1 5353\n  local-domain x.test\n"
+                )
+            ),
+            [],
+        )
+        self.assertIs(runtime.resolver, second)  # unchanged list: the cache is kept
+
     def test_security_change_refused_and_nothing_changes(self) -> None:
         before = self.service.config
         candidate = parse_config(

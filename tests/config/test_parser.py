@@ -517,6 +517,28 @@ class SbeCommandTests(ParseErrorMixin):
         self.assertRefused("sbc s\nsbe\nno local-domain b.test\n", 3, "not configured")
         self.assertRefused("sbc s\nsbe\nlocal-domain bad..domain\n", 3, "bad domain")
 
+    def test_dns_servers(self) -> None:
+        cfg = parse(
+            "sbc s\nsbe\ndns-server 192.0.2.53\ndns-server 127.0.0.1 5353\n"
+            "dns-server 2001:db8::53 53\ndns-server 192.0.2.53 53\n"
+        )
+        self.assertEqual(
+            [(str(d.address), d.port) for d in cfg.dns_servers],
+            [("192.0.2.53", 53), ("127.0.0.1", 5353), ("2001:db8::53", 53)],
+        )
+        self.assertEqual(cfg.setting_lines["dns-server 127.0.0.1 5353"], 4)
+        again = ConfigBuilder.from_config(cfg).freeze()
+        self.assertEqual((again, again.setting_lines), (cfg, cfg.setting_lines))
+        cfg = parse("sbc s\nsbe\ndns-server 192.0.2.53\ndns-server ::1\nno dns-server 192.0.2.53\n")
+        self.assertEqual([str(d) for d in cfg.dns_servers], ["[::1]:53"])
+        cfg = parse("sbc s\nsbe\ndns-server 192.0.2.53\ndns-server ::1\nno dns-server\n")
+        self.assertEqual(cfg.dns_servers, ())
+        self.assertRefused("sbc s\nsbe\nno dns-server 192.0.2.9\n", 3, "not configured")
+        self.assertRefused("sbc s\nsbe\ndns-server ns.lab.test\n", 3, "expected an IP address")
+        self.assertRefused("sbc s\nsbe\ndns-server 192.0.2.53 0\n", 3, "bad port")
+        self.assertRefused("sbc s\nsbe\ndns-server\n", 3, "usage: dns-server ADDRESS [PORT]")
+        self.assertRefused("sbc s\nsbe\ndns-server 1.2.3.4 53 x\n", 3, "too many words")
+
     def test_second_service(self) -> None:
         self.assertRefused("sbc one\nsbe\nsbc two\n", 3, "only one sbc service", "'one'", "line 1")
 
@@ -936,6 +958,7 @@ class BuilderApiTests(SynchronousTestCase):
             keywords(["sbc s", "sbe"]),
             {
                 "local-domain",
+                "dns-server",
                 "adjacency",
                 "call-policy-set",
                 "active-call-policy-set",
@@ -966,6 +989,9 @@ class BuilderApiTests(SynchronousTestCase):
                 "nonce-lifetime",
                 "register-refresh-min",
                 "commit-history",
+                "dns-timeout",
+                "dns-negative-cache-time",
+                "dns-cache-entries",
                 "exit",
                 "end",
             },

@@ -17,6 +17,7 @@ from sbc.config import (
     CallPolicySet,
     ClientCertificate,
     DigestAlgorithm,
+    DnsServer,
     Limits,
     RoutingEntry,
     RoutingTable,
@@ -113,6 +114,9 @@ def limits(draw: st.DrawFn) -> Limits:
     return Limits(**values)
 
 
+dns_servers = st.builds(DnsServer, st.ip_addresses(), st.just(53) | ports)
+
+
 @st.composite
 def configs(draw: st.DrawFn) -> SbcConfig:
     adjacency_names = draw(st.lists(names, max_size=4, unique=True))
@@ -127,6 +131,7 @@ def configs(draw: st.DrawFn) -> SbcConfig:
         routing_policy=draw(names),
         limits=draw(limits()),
         user_database=draw(st.none() | st.from_regex(r"[a-z0-9/._\-]{1,30}", fullmatch=True)),
+        dns_servers=draw(st.lists(dns_servers, max_size=3, unique=True)),
     )
 
 
@@ -252,3 +257,22 @@ class LimitsRenderTests(SynchronousTestCase):
             ),
         )
         self.assertEqual(parse_config(render_config(cfg)), cfg)
+
+
+class DnsServerRenderTests(SynchronousTestCase):
+    def test_dns_servers_after_the_domains_port_53_left_out(self) -> None:
+        cfg = SbcConfig(
+            "s",
+            local_domains=("lab.test",),
+            dns_servers=(
+                DnsServer(ipaddress.ip_address("127.0.0.1"), 5353),
+                DnsServer(ipaddress.ip_address("2001:db8::53")),
+            ),
+        )
+        text = render_config(cfg)
+        self.assertEqual(
+            text,
+            "sbc s\n sbe\n  local-domain lab.test\n  dns-server 127.0.0.1 5353\n"
+            "  dns-server 2001:db8::53\n  routing-policy default\n !\n!\n",
+        )
+        self.assertEqual(parse_config(text), cfg)

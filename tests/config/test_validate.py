@@ -487,3 +487,34 @@ class SecurityChangeTests(SynchronousTestCase):
             ),
         )
         self.assertEqual(security_changes_while_attached(running, candidate), ["b", "a"])
+
+
+class DnsServerTests(ValidateTestCase):
+    def with_dns(self, text: str, line: str) -> str:
+        return text.replace("  routing-policy default\n", f"  routing-policy default\n  {line}\n")
+
+    def test_dns_server_on_an_own_udp_listener_refused(self) -> None:
+        self.assertInvalid(
+            self.with_dns(GOOD, "dns-server 127.0.0.1 5060"),
+            28,
+            "dns-server 127.0.0.1 5060 is the SIP listener of adjacency 'access'",
+        )
+
+    def test_other_ports_and_addresses_are_fine(self) -> None:
+        for line in ("dns-server 127.0.0.1 5353", "dns-server 10.0.0.53", "dns-server ::1 5060"):
+            validate(parsed(self.with_dns(GOOD, line)), certificate_configured=True)
+
+    def test_detached_or_tcp_only_adjacencies_do_not_count(self) -> None:
+        text = """\
+        sbc s
+         sbe
+          dns-server 127.0.0.1 5060
+          adjacency sip spare
+           signaling-address ipv4 127.0.0.1
+           remote-address ipv4 10.0.0.0/8
+          adjacency sip tcp-only
+           signaling-address ipv4 127.0.0.1
+           transport tcp
+           attach
+        """
+        validate(parsed(text), certificate_configured=False)
