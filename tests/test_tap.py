@@ -90,6 +90,7 @@ class BuildServiceTests(SynchronousTestCase):
                 "TCP 127.0.0.1:5060",
                 "TCP 127.0.0.1:5062",
                 "TLS 127.0.0.1:5061",
+                "TLS 127.0.0.1:5063",
                 "UDP 127.0.0.1:5060",
             ],
         )
@@ -266,11 +267,13 @@ class TwistdProcessTests(TestCase):
         config = os.path.abspath(self.mktemp())
         with open(LAB_CONF) as f:
             text = f.read()
-        for port in ("5060", "5061", "5062", "5070", "5071"):
+        for port in ("5060", "5061", "5062", "5063", "5070", "5071"):
             text = text.replace(f" {port}\n", f" {free_port()}\n")
         self.assertNotIn(" 5060\n", text)
         with open(config, "w") as f:
             f.write(text)
+        # the user database the example names, beside the config as make run puts it
+        shutil.copy(os.path.join(REPO, "examples", "lab-users.htdigest"), os.path.dirname(config))
         collector = _Collector(b"started with")
         # UNIX socket paths are limited to 107 bytes: the trial temp path may be longer.
         cli_directory = tempfile.mkdtemp(prefix="sbc-tap-")
@@ -285,7 +288,7 @@ class TwistdProcessTests(TestCase):
             collector, TWISTD, args, env=dict(os.environ), path=REPO
         )
         yield collector.started
-        for name in (b"access", b"core-tls", b"trunk"):
+        for name in (b"access", b"core-tls", b"phones", b"trunk"):
             self.assertIn(b"adjacency " + name, collector.output)
         process.signalProcess(signal.SIGTERM)
         ended = yield collector.ended

@@ -9,9 +9,13 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from sbc.auth import load_user_database
 from sbc.config import (
     ROOT,
+    Authentication,
+    ClientCertificate,
     ConfigBuilder,
+    DigestAlgorithm,
     Security,
     TableKind,
     Transport,
@@ -39,14 +43,24 @@ class LabConfigTests(SynchronousTestCase):
         cfg = load_config(str(LAB))
         validate(cfg, certificate_configured=True)
         self.assertEqual(cfg.local_domains, ("lab.test",))
-        self.assertEqual([a.name for a in cfg.adjacencies], ["access", "core-tls", "trunk"])
+        self.assertEqual(
+            [a.name for a in cfg.adjacencies], ["access", "core-tls", "phones", "trunk"]
+        )
         loopback = ipaddress.ip_address("127.0.0.1")
         for adj in cfg.adjacencies:
             self.assertEqual(adj.signaling_address, loopback)
             self.assertTrue(adj.attached)
             self.assertTrue(5000 <= adj.port < 5100)
             self.assertTrue(5000 <= adj.peer_port < 5100)
-        access, core, trunk = cfg.adjacencies
+        access, core, phones, trunk = cfg.adjacencies
+        self.assertEqual(
+            (phones.port, phones.client_certificate, phones.authentication, phones.sip_over_tls),
+            (5063, ClientCertificate.OPTIONAL, Authentication.DIGEST, True),
+        )
+        self.assertEqual(phones.offered_algorithms, (DigestAlgorithm.MD5,))
+        self.assertEqual(cfg.user_database, "lab-users.htdigest")
+        users = load_user_database(str(LAB.parent / cfg.user_database))
+        self.assertIn(("alice", "lab.test"), users)
         self.assertEqual(
             (access.security_inbound, access.security_outbound, access.transport, access.port),
             (Security.UNTRUSTED, Security.UNTRUSTED, Transport.UDP_TCP, 5060),
@@ -72,6 +86,7 @@ class LabConfigTests(SynchronousTestCase):
         self.assertIs(first.kind, TableKind.SRC_ADJACENCY)
         routes = {e.match: e.dst_adjacency for e in first.entries}
         self.assertEqual(routes["access"], "trunk")
+        self.assertEqual(routes["phones"], "trunk")
 
     def test_lab_config_needs_the_certificate(self) -> None:
         cfg = load_config(str(LAB))
