@@ -18,6 +18,7 @@ from typing import Any
 
 from twisted.internet import defer
 
+from tests.interop.calls_harness import start_sipp_uas
 from tests.interop.phones import HOST, PhonesTestCase
 
 #: What the SBC logs for a TLS client without a certificate (OpenSSL's words).
@@ -60,6 +61,45 @@ class BaresipStrictTests(PhonesTestCase):
         self.assertIn("timed out", reason, phone.describe())
         rows = yield self.bindings()
         self.assertEqual(rows, [], self.context())
+
+    @defer.inlineCallbacks
+    def test_sip_call_to_phone_refused_without_sip_over_tls(self) -> Any:
+        """A sip: call from the trunk to alice (bound over TLS): 480, nothing reaches baresip.
+
+        Without ``sip-over-tls`` a ``sip:`` call never leaves through a
+        trusted-encrypted adjacency (§4-§6), registered contact or not.
+        """
+        yield self.start_sbc()
+        phone = self.baresip(with_certificate=True)
+        yield phone.start()
+        yield phone.wait_registered()
+        caller = self.trunk_caller("phones_uac_480.xml", "sip:alice@lab.test")
+        yield self.sipp_succeeds(caller)
+        yield self.sbc_logged(r"INVITE from trunk \(trusted\) to sip:alice@lab\.test: refused 480")
+        invites = [m for m in phone.sip_messages() if m.is_request("INVITE")]
+        self.assertEqual(invites, [], phone.describe())
+
+    @defer.inlineCallbacks
+    def test_calls_out_to_trunk(self) -> Any:
+        """baresip dials sip:bob@trunk.test: the SBC's Contact is sip:...;transport=tls (§5).
+
+        baresip can only ACK and BYE a ``sip:`` Contact in a ``sip:`` dialog
+        (a ``sips:`` one ends its call with "Function not implemented").
+        """
+        callee = yield start_sipp_uas(self, "calls_uas.xml", keys={"contact_scheme": "sip"})
+        yield self.start_sbc(trunk_peer_port=callee.port)
+        phone = self.baresip(with_certificate=True)
+        yield phone.start()
+        yield phone.wait_registered()
+        yield phone.dial("sip:bob@trunk.test")
+        yield phone.wait_call_established()
+        yield phone.hangup()
+        yield self.sipp_succeeds(callee)
+        yield phone.wait_call_closed()
+        messages = phone.sip_messages()
+        ok = next(m for m in messages if not m.sent and m.is_response(200, "INVITE"))
+        self.assertRegex(ok.header("Contact")[0], r"^<sip:[^>]*;transport=tls>", phone.describe())
+        self.assertTrue(any(m.sent and m.is_request("ACK") for m in messages), phone.describe())
 
 
 class LinphonecStrictTests(PhonesTestCase):
