@@ -1,7 +1,6 @@
 """Real soft phones as test peers: baresip 1.0 and linphonec 5.1, headless, on 127.0.0.1.
 
-What the phones do here is written down in the project's notes (the exact
-account and rc lines, and every string matched below); the short version:
+How each phone is run, and the output it is read from:
 
 - :class:`Baresip` runs ``baresip -f DIR -s`` with a per-test config
   directory. The only modules are ``g711`` (a codec, so an SDP offer can be

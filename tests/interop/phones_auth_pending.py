@@ -16,7 +16,7 @@ adjacency ``client-certificate optional``, ``authentication digest``,
 ``digest-algorithms md5``, ``sip-over-tls``; under ``sbe``
 ``user-database FILE`` with htdigest lines ``user:realm:HA1``.
 
-Facts about the phones these tests rely on (measured, see the notes):
+Facts about the phones these tests rely on (measured on Debian 12's packages):
 
 - baresip 1.0 gives up with "Function not implemented" on any challenge
   that lists ``algorithm=SHA-256``, even after an MD5 one; it retries a
@@ -26,7 +26,8 @@ Facts about the phones these tests rely on (measured, see the notes):
   ``algorithm`` parameter (MD5).
 - linphonec 5.1 answers a ``sips:`` INVITE whose From/To are ``sip:`` with
   ``Contact: <sip:carol@...;transport=tls>``; with sips: From/To it answers
-  with a ``sips:`` Contact.
+  with a ``sips:`` Contact. Offered SHA-256 and MD5 challenges, it answers
+  the MD5 one (``algorithm=MD5``); a SHA-256-only challenge makes it fail.
 """
 
 from __future__ import annotations
