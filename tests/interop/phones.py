@@ -69,9 +69,11 @@ __all__ = [
     "Linphonec",
     "PhoneAdjacency",
     "PhonesTestCase",
+    "Registration",
     "SipMessage",
     "free_port_pair",
     "htdigest_line",
+    "parse_registrations",
     "phone_certificate",
     "registrations",
     "render_phones_config",
@@ -206,12 +208,42 @@ def phone_certificate(pki: Pki, stem: str, domain: str = DOMAIN) -> tuple[str, s
 
 @attrs.frozen
 class Registration:
-    """One row of ``show services sbc NAME sbe registrations``."""
+    """One row of ``show services sbc NAME sbe registrations`` (``flow``: "" if not shown)."""
 
     aor: str
     contact: str
     adjacency: str
     expires: str
+    flow: str = ""
+
+
+def parse_registrations(text: str) -> list[Registration]:
+    """The rows of the registrations table, found by its header and dashed rule."""
+    lines = text.splitlines()
+    for index, line in enumerate(lines[:-1]):
+        if line.startswith("AOR ") and set(lines[index + 1]) <= {"-", " "}:
+            header, rule, rows = line, lines[index + 1], lines[index + 2 :]
+            break
+    else:
+        return []
+    starts = [m.start() for m in re.finditer(r"-+", rule)]
+    spans = list(zip(starts, [*starts[1:], None], strict=True))
+    names = [header[a:b].strip().lower() for a, b in spans]
+    found = []
+    for row in rows:
+        if not row.strip() or row.strip().endswith("binding(s)"):
+            break
+        cells = dict(zip(names, (row[a:b].strip() for a, b in spans), strict=True))
+        found.append(
+            Registration(
+                cells.get("aor", ""),
+                cells.get("contact", ""),
+                cells.get("adjacency", ""),
+                cells.get("expires", ""),
+                cells.get("flow", ""),
+            )
+        )
+    return found
 
 
 @defer.inlineCallbacks
@@ -223,12 +255,10 @@ def registrations(sbc: SbcProcess, service: str = "phones") -> Any:
         40.0,
         "sbc-cli show registrations",
     )
-    rows = []
-    for line in result.text().splitlines():
-        fields = line.split()
-        if len(fields) == 4 and "@" in fields[0] and fields[0] != "AOR":
-            rows.append(Registration(*fields))
-    return rows
+    text = result.text()
+    if result.exit_code != 0 or not ("No registrations." in text or "AOR" in text):
+        raise FailTest(f"sbc-cli {command!r} failed (exit {result.exit_code}):\n{text}")
+    return parse_registrations(text)
 
 
 # --- shared process plumbing ------------------------------------------------
@@ -443,6 +473,10 @@ class Baresip(_Phone):
         regint: int = 600,
     ) -> None:
         super().__init__(case)
+        for value in (auth_user, auth_pass):
+            if value is not None and re.search(r"[\s;\"]", value):
+                # baresip 1.0 cuts the account line's values at a space (measured).
+                raise ValueError(f"baresip cannot take {value!r} in its account line")
         self.outbound_port = outbound_port
         self.ca = ca
         self.aor = aor

@@ -45,7 +45,8 @@ from tests.interop.phones import HOST, PhonesTestCase, write_user_database
 from tests.interop.test_cli import SBC_CLI, cli_socket
 from tests.support.peers import run
 
-PASSWORD = "correct horse"
+#: No spaces: baresip cuts ``auth_pass`` at the first space of its account line.
+PASSWORD = "correct-horse-42"
 
 #: The phones' adjacency as an operator sets it up for baresip (issue 9, docs/phones.md).
 BARESIP_SETTINGS = ("client-certificate optional", "authentication digest", "digest-algorithms md5")
@@ -141,7 +142,7 @@ class BaresipDigestRegistrationTests(_DigestTestCase):
     def test_wrong_password_refused_no_binding(self) -> Any:
         """A wrong password: REGISTER refused (401/403), no binding, counted as auth-failures."""
         yield self.start_digest_sbc()
-        phone = self.baresip(auth_user="alice", auth_pass="not the password")
+        phone = self.baresip(auth_user="alice", auth_pass="not-the-password")
         yield phone.start()
         reason = yield phone.wait_register_failed(seconds=30.0)
         self.assertRegex(reason, r"^40[13] ", phone.describe())
@@ -149,7 +150,7 @@ class BaresipDigestRegistrationTests(_DigestTestCase):
         self.assertEqual(rows, [], self.context())
         shown = yield self.sbc_show("show services sbc phones sbe statistics")
         self.assertRegex(shown, r"auth-failures\s+[1-9]", shown)
-        self.assertNotIn("not the password", self.sbc.output() if self.sbc else "")
+        self.assertNotIn("not-the-password", self.sbc.output() if self.sbc else "")
 
     @defer.inlineCallbacks
     def test_optional_certificate_without_digest_is_403(self) -> Any:

@@ -17,9 +17,11 @@ import re
 from typing import Any
 
 from twisted.internet import defer
+from twisted.trial.unittest import TestCase
 
+from sbc.cli.commands import format_table
 from tests.interop.calls_harness import start_sipp_uas
-from tests.interop.phones import HOST, PhonesTestCase
+from tests.interop.phones import HOST, PhonesTestCase, Registration, parse_registrations
 
 #: What the SBC logs for a TLS client without a certificate (OpenSSL's words).
 NO_CERTIFICATE = r"TLS 127\.0\.0\.1:\d+: handshake failed: .*peer did not return a certificate"
@@ -176,3 +178,36 @@ class LinphonecStrictTests(PhonesTestCase):
         self.assertTrue(
             any(not m.sent and m.is_request("BYE") for m in messages), "no BYE to the phone"
         )
+
+
+class RegistrationTableTests(TestCase):
+    """The harness reads ``show ... registrations`` by its header and rule, whatever the columns."""
+
+    def test_columns_found_by_header(self) -> None:
+        rows = [
+            [
+                "alice@lab.test",
+                "sip:a@127.0.0.1:5;transport=tls",
+                "phones",
+                "TLS 127.0.0.1:9",
+                "9s",
+            ],
+            ["carol@lab.test", "sips:c@127.0.0.1:7", "phones", "-", "600s"],
+        ]
+        table = format_table(["AOR", "Contact", "Adjacency", "Flow", "Expires"], rows)
+        self.assertEqual(
+            parse_registrations("\n".join([*table, "2 binding(s)"])),
+            [
+                Registration(
+                    "alice@lab.test",
+                    "sip:a@127.0.0.1:5;transport=tls",
+                    "phones",
+                    "9s",
+                    "TLS 127.0.0.1:9",
+                ),
+                Registration("carol@lab.test", "sips:c@127.0.0.1:7", "phones", "600s", "-"),
+            ],
+        )
+
+    def test_no_registrations(self) -> None:
+        self.assertEqual(parse_registrations("No registrations."), [])
