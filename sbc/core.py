@@ -98,6 +98,7 @@ class SbcCore:
         #: called with the source IP address of every failed digest attempt
         #: (a flood guard may count them toward a ban)
         self.on_auth_failure: Callable[[str, float], None] | None = None
+        self._auth_log_limiter = calllog.RefusalLimiter(calllog.AUTH_FAILURES_PER_WINDOW)
         if router is None:
             router = Router(None, DefaultPolicy()).route
         self._local_domains = local_domains
@@ -277,7 +278,7 @@ class SbcCore:
                     error.username,
                     error.failure,
                     error.status,
-                    self.calls.refusals,
+                    self._auth_log_limiter,
                     now,
                 )
                 if self.on_auth_failure is not None:

@@ -167,6 +167,9 @@ REFUSALS_PER_WINDOW = 20
 """``call.refused`` events logged per adjacency and rule in each :data:`REFUSAL_WINDOW`."""
 REFUSAL_WINDOW = 10.0
 """Seconds of one refusal-logging window; the rest of a flood is only counted."""
+AUTH_FAILURES_PER_WINDOW = 5
+"""``auth.failed`` events logged per adjacency and failure reason in each window (a phone
+with a wrong password retries a dozen times a second; a password guesser far more)."""
 
 
 class RefusalLimiter:
@@ -177,7 +180,8 @@ class RefusalLimiter:
     left out (``suppressed``). Counters and metrics still count every one.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, per_window: int = REFUSALS_PER_WINDOW) -> None:
+        self.per_window = per_window
         self._windows: dict[tuple[str, str], list[float]] = {}  # [start, logged, held]
 
     def admit(self, key: tuple[str, str], now: float) -> int | None:
@@ -189,7 +193,7 @@ class RefusalLimiter:
                 self._windows.clear()
             self._windows[key] = [now, 1, 0]
             return held
-        if window[1] < REFUSALS_PER_WINDOW:
+        if window[1] < self.per_window:
             window[1] += 1
             return 0
         window[2] += 1

@@ -170,6 +170,15 @@ class DigestStepTests(SynchronousTestCase):
         self.assertNotIn("wrong", text.replace("wrong-response", ""))
         self.assertNotIn(compute_ha1("MD5", "alice", "lab.test", "secret"), text)
 
+    def test_failures_are_all_counted_but_the_log_is_capped(self) -> None:
+        net = AuthNet()
+        offer = net.final(net.feed(register())).headers.get_all("WWW-Authenticate")[0]
+        for cseq in range(2, 10):
+            net.feed(register(cseq, answer(offer, password="wrong", nc=cseq)))
+        self.assertEqual(net.counters().get("auth-failures"), 8)
+        logged = [e for e in self.events if e.get("event") == "auth.failed"]
+        self.assertEqual(len(logged), 5)
+
     def test_credentials_of_another_user_get_403(self) -> None:
         net = AuthNet()
         offer = net.final(net.feed(register())).headers.get_all("WWW-Authenticate")[0]

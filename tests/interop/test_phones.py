@@ -1,11 +1,11 @@
-"""Real soft phones (baresip 1.0, linphonec 5.1) against the SBC over TLS, as it is today.
+"""Real soft phones (baresip 1.0, linphonec 5.1) against the SBC over TLS, strict mode.
 
-Contract: docs behaviour §3 (client certificates), §5 (Contact scheme),
-§7 (registrar), §8 (480 + Warning 380). The phones' adjacency here is the
-seed's strict one: ``client-certificate required``, no digest, only
-``sips:`` calls out of it. These tests hold with every new setting off and
-must keep holding; the tests of the phone features (digest, optional client
-certificates, ``sip-over-tls``, flows) are in ``phones_auth_pending.py``.
+What they check is in docs/security-model.md (client certificates, the
+SBC's Contact scheme, the registrar, 480 + Warning 380). The phones'
+adjacency here is the seed's strict one: ``client-certificate required``, no
+digest, only ``sips:`` calls out of it. These tests hold with every phone
+setting off; the tests of the phone features (digest, optional client
+certificates, ``sip-over-tls``, flows) are in ``test_phones_auth.py``.
 
 Harness: :mod:`tests.interop.phones` (how each phone is run and what its
 output looks like).

@@ -1,20 +1,13 @@
-"""PENDING: issue 9's "Done when" interop tests, for features sbc does not have yet.
+"""Issue 9's interop tests: real baresip and linphonec through the phone settings.
 
-This module is deliberately NOT named ``test_*.py``: trial does not collect
-it, so it cannot fail on a branch where the features are missing. When the
-features land (``client-certificate optional``, ``authentication digest``,
-``digest-algorithms``, ``user-database FILE``, ``sip-over-tls``, flows),
-rename it to ``tests/interop/test_phones_auth.py`` (``git mv``) and every
-test below must pass; run it before that with::
-
-    .venv/bin/python -m twisted.trial tests.interop.phones_auth_pending
-
-Contract: docs behaviour §3 (client-certificate modes, flows), §5 (the SBC's
-Contact follows the dialog's scheme), §7 and §11 (digest, ``sip-over-tls``).
-The configuration lines used are exactly those of issue 9: on the phones'
+The configuration lines are those of docs/phones.md: on the phones'
 adjacency ``client-certificate optional``, ``authentication digest``,
 ``digest-algorithms md5``, ``sip-over-tls``; under ``sbe``
 ``user-database FILE`` with htdigest lines ``user:realm:HA1``.
+
+What they check is described in docs/phones.md and docs/security-model.md
+(client-certificate modes, flows, the SBC's Contact scheme, digest,
+``sip-over-tls``).
 
 Facts about the phones these tests rely on (measured on Debian 12's packages):
 
