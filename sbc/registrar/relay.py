@@ -40,13 +40,15 @@ from twisted.logger import Logger
 
 from sbc import security
 from sbc.adjacencies import AdjacencyTable
-from sbc.b2bua.call import contact_for, copy_end_to_end, new_call_id, new_tag, outbound_flow
+from sbc.b2bua.call import contact_for, copy_end_to_end, new_call_id, new_tag
+from sbc.b2bua.nexthop import destination_flow, next_hop
 from sbc.config import AdjacencyConfig
 from sbc.errors import SipError
 from sbc.registrar.bindings import aor_key
 from sbc.sip.headers import CSeq, Headers, NameAddr, Via
+from sbc.sip.locate import Resolution
 from sbc.sip.message import Request, Response, response_to
-from sbc.sip.stack import Flow, SipStack, StackOutput
+from sbc.sip.stack import Flow, Resolve, SipStack, StackOutput
 from sbc.sip.transaction import ClientTransaction, ServerTransaction, TransactionKey
 from sbc.sip.uri import URI, host_text
 
@@ -313,15 +315,32 @@ class RegistrationRelay:
             outbound = pending.candidates.pop(0)
             if table.get(outbound.name) is None:
                 continue
-            return self._send_to(pending, outbound, now)
+            hop = next_hop(outbound, pending.request.uri)
+            if hop.numeric:
+                flow = destination_flow(outbound, pending.request.uri, hop.default_destination)
+                return self._send_to(pending, outbound, flow, now)
+            return [Resolve(hop, self._resolved_for(pending, outbound), outbound.name)]
         raise SipError(503, "Service Unavailable - no registrar reachable")
 
+    def _resolved_for(
+        self, pending: PendingRegister, outbound: AdjacencyConfig
+    ) -> Callable[[Resolution, float], list[StackOutput]]:
+        """What to do once DNS found the registrar (RFC 3263): send to the first destination."""
+
+        def reply(resolution: Resolution, now: float) -> list[StackOutput]:
+            if resolution.failed or not resolution.destinations:
+                self._count(outbound.name, "hunt-skip:dns")
+                return self._retry(pending, now)
+            flow = destination_flow(outbound, pending.request.uri, resolution.destinations[0])
+            return self._send_to(pending, outbound, flow, now)
+
+        return reply
+
     def _send_to(
-        self, pending: PendingRegister, outbound: AdjacencyConfig, now: float
+        self, pending: PendingRegister, outbound: AdjacencyConfig, flow: Flow, now: float
     ) -> list[StackOutput]:
         session = pending.session
         phone = pending.request
-        flow = outbound_flow(outbound, phone.uri)
         if session.outbound != outbound.name or not session.call_id:
             session.outbound = outbound.name
             session.call_id = new_call_id(flow.local[0])

@@ -18,8 +18,9 @@ from sbc.core import SbcCore
 from sbc.registrar.relay import TOKEN_PREFIX
 from sbc.routing import Router
 from sbc.sip import parse_message
+from sbc.sip.locate import Destination, Resolution
 from sbc.sip.message import Request, Response, response_to
-from sbc.sip.stack import Flow, SipStack, StackOutput, Transmit
+from sbc.sip.stack import Flow, Resolve, SipStack, StackOutput, Transmit
 from tests.b2bua.test_call import invite
 
 CONFIG = """
@@ -336,3 +337,45 @@ class DelegatedInviteTests(SynchronousTestCase):
         other = invite("sip:bob@core.test", call_id="another", branch="z9hG4bKo")
         _, second = net.one(net.feed(other, PHONE, PHONES), "INVITE")
         self.assertNotEqual(second.call_id, first.call_id)
+
+
+class RegistrarByDnsTests(SynchronousTestCase):
+    """A registrar named by domain is found with RFC 3263 like any next hop."""
+
+    def net(self) -> RelayNet:
+        net = RelayNet()
+        config = parse_config(
+            CONFIG.replace("signaling-peer 10.0.0.5", "signaling-peer pbx.core.test")
+        )
+        table = AdjacencyTable(config.adjacencies)
+        net.core = SbcCore(lambda: table, Router.from_config(config).route)
+        net.stack = SipStack(net.core)
+        net.core.stack = net.stack
+        return net
+
+    def test_register_waits_for_dns_then_goes_to_the_first_destination(self) -> None:
+        net = self.net()
+        outputs = net.stack.receive(register().serialize(), PHONE, 0.0, PHONES)
+        [resolve] = [o for o in outputs if isinstance(o, Resolve)]
+        self.assertEqual(resolve.hop.host, "pbx.core.test")
+        self.assertEqual(resolve.adjacency, "core")
+        found = Resolution(
+            resolve.hop,
+            (
+                Destination("UDP", "10.0.0.7", 5070, "sip1.core.test"),
+                Destination("UDP", "10.0.0.8", 5070, "sip2.core.test"),
+            ),
+        )
+        sent = net.collect(resolve.reply(found, 0.1))
+        flow, relayed = net.one(sent, "REGISTER")
+        self.assertEqual(flow.remote, ("10.0.0.7", 5070))
+        self.assertEqual(str(relayed.uri), "sip:core.test")
+
+    def test_unknown_domain_gets_503(self) -> None:
+        net = self.net()
+        outputs = net.stack.receive(register().serialize(), PHONE, 0.0, PHONES)
+        [resolve] = [o for o in outputs if isinstance(o, Resolve)]
+        sent = net.collect(resolve.reply(Resolution(resolve.hop, error="NXDOMAIN"), 0.1))
+        _, answer = net.one(sent, "503")
+        self.assertEqual(answer.status, 503)
+        self.assertEqual(net.core.relay.sessions, {})
