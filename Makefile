@@ -27,7 +27,7 @@ $(PKI)/ca.pem: | $(STAMP)
 $(RUN_CONFIG):
 	mkdir -p $(RUN_DIR)
 	cp $(CONFIG) $(RUN_CONFIG)
-	cp examples/lab-users.htdigest $(RUN_DIR)/
+	install -m 600 examples/lab-users.htdigest $(RUN_DIR)/lab-users.htdigest
 
 run: $(STAMP) $(PKI)/ca.pem $(RUN_CONFIG)
 	@echo "sbc: lab PKI in $(PKI) is for testing only"

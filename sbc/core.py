@@ -204,7 +204,8 @@ class SbcCore:
         except SipError as error:
             self._refuse(request, context, secure, error, now)
         certificate = isinstance(context, InboundContext) and context.peer_identities is not None
-        step = security.authentication_step(inbound, certificate, local_register)
+        anonymous_tls = not certificate and flow.transport == "TLS"
+        step = security.authentication_step(inbound, certificate, local_register, anonymous_tls)
         if step is AuthenticationStep.REFUSE:
             self._refuse(request, context, secure, security.unauthenticated(), now)
         elif step is AuthenticationStep.DIGEST:

@@ -233,7 +233,10 @@ class AuthenticationStep(enum.Enum):
 
 
 def authentication_step(
-    inbound: AdjacencyConfig, certificate_verified: bool, local_register: bool = False
+    inbound: AdjacencyConfig,
+    certificate_verified: bool,
+    local_register: bool = False,
+    anonymous_tls: bool = False,
 ) -> AuthenticationStep:
     """How to authenticate a request from ``inbound`` that starts something.
 
@@ -245,7 +248,10 @@ def authentication_step(
     with no means of authentication is refused, so nothing unauthenticated is
     ever marked trusted; that includes a REGISTER for a ``local-domain`` on a
     delegated adjacency (the SBC is the registrar: there is no far side to
-    authenticate it).
+    authenticate it). ``anonymous_tls``: the request came over a TLS
+    connection whose client showed no certificate; it is held to the same
+    rule whatever ``client-certificate`` says now (a connection accepted
+    under ``optional`` outlives a commit back to ``required``).
     """
     if certificate_verified:
         return AuthenticationStep.NONE
@@ -253,7 +259,7 @@ def authentication_step(
         return AuthenticationStep.DIGEST
     if inbound.authentication is Authentication.DELEGATED and not local_register:
         return AuthenticationStep.DELEGATED
-    if inbound.certificate_optional:
+    if inbound.certificate_optional or anonymous_tls:
         return AuthenticationStep.REFUSE
     if inbound.authentication is Authentication.DELEGATED:
         return AuthenticationStep.DELEGATED

@@ -60,6 +60,14 @@ def _read_password(use_stdin: bool, prompt_for: str, stdin: TextIO) -> str | Non
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; the exit status: 0 done, 1 refused (message on stderr), 2 usage."""
     args = _parser().parse_args(argv)
+    if args.realm != args.realm.lower():
+        # the SBC challenges with the AOR's domain in lower case: this line could never match
+        print(
+            f"sbc-passwd: realm {args.realm!r} has capital letters; the SBC's realms are "
+            f"domains in lower case (use {args.realm.lower()!r}); nothing changed",
+            file=sys.stderr,
+        )
+        return 1
     password = _read_password(args.stdin, f"{args.user} in realm {args.realm}", sys.stdin)
     if password is None:
         return 1

@@ -253,3 +253,33 @@ class NoAuthenticationTests(SynchronousTestCase):
         self.assertEqual([m.method for _, m in sent if isinstance(m, Request)], ["INVITE"])
         # the SBC is the registrar for lab.test: nobody behind it could authenticate this
         self.assertEqual(net.final(net.feed(register())).status, 403)
+
+
+class TightenedAdjacencyTests(SynchronousTestCase):
+    """A connection accepted without a certificate outlives a commit back to ``required``."""
+
+    def test_anonymous_connection_refused_once_authentication_is_gone(self) -> None:
+        config = parse_config(
+            CONFIG.format(authentication="").replace("   client-certificate optional\n", "")
+        )
+        table = AdjacencyTable(config.adjacencies)
+        core = SbcCore(lambda: table, Router(None, DefaultPolicy()).route, ("lab.test",))
+        stack = SipStack(core)
+        core.stack = stack
+        outputs = stack.receive(invite("sip:bob@far.test").serialize(), PHONE, 0.0, ANONYMOUS)
+        finals = [parse_message(o.data) for o in outputs if isinstance(o, Transmit)]
+        statuses = [m.status for m in finals if isinstance(m, Response) and m.status >= 200]
+        self.assertEqual(statuses, [403])
+        # a peer with a certificate on the same adjacency is routed as before
+        outputs = stack.receive(
+            invite("sip:bob@far.test", call_id="c2", branch="z9hG4bKc2").serialize(),
+            PHONE,
+            0.0,
+            CERTIFIED,
+        )
+        methods = [
+            m.method
+            for m in (parse_message(o.data) for o in outputs if isinstance(o, Transmit))
+            if isinstance(m, Request)
+        ]
+        self.assertEqual(methods, ["INVITE"])

@@ -104,6 +104,11 @@ class PasswdTests(SynchronousTestCase):
         )
         self.assertEqual(self.run_main("--stdin", self.dir + "/new", "a:b", REALM, stdin="pw"), 1)
 
+    def test_realm_with_capitals_is_refused(self) -> None:
+        self.assertEqual(self.run_main("--stdin", self.file, "erin", "Lab.Test", stdin="pw"), 1)
+        self.assertIn("use 'lab.test'", self.err.getvalue())
+        self.assertFalse(os.path.exists(self.file))
+
     def test_help_and_usage(self) -> None:
         error = self.assertRaises(SystemExit, self.run_main, "--help")
         self.assertEqual(error.code, 0)
