@@ -255,10 +255,10 @@ def summarize_changes(before: SbcConfig, after: SbcConfig) -> list[str]:
         after.routing_policy,
     ):
         changes.append("routing changed")
+    if before.blocked_user_agents != after.blocked_user_agents:
+        changes.append("blocked-user-agent changed")
     limits = [
-        s.keyword
-        for s in LIMIT_SETTINGS
-        if getattr(before.limits, s.attribute) != getattr(after.limits, s.attribute)
+        s.keyword for s in LIMIT_SETTINGS if s.values(before.limits) != s.values(after.limits)
     ]
     if limits:
         changes.append(f"limits changed: {', '.join(limits)}")

@@ -47,6 +47,7 @@ from sbc.config import (
 )
 from sbc.core import SbcCore
 from sbc.errors import ConfigError, SbcError
+from sbc.flood import SourceGuard
 from sbc.routing import Router, available_policies
 from sbc.sip.stack import SipStack
 from sbc.sip.timers import TimerSettings
@@ -177,6 +178,7 @@ class SbcService(MultiService):
             tls=tls,
             dns_servers=_dns_servers(config),
         )
+        self.guard.configure(config.limits, config.blocked_user_agents)
         if cli_endpoint is not None:
             from sbc.cli.server import CliService
 
@@ -189,6 +191,11 @@ class SbcService(MultiService):
             from sbc.metrics import MetricsService
 
             MetricsService(self, metrics_endpoint).setServiceParent(self)
+
+    @property
+    def guard(self) -> SourceGuard:
+        """The flood and scanner defence (bans, rate limits): ``note_auth_failure`` goes here."""
+        return self.runtime.guard
 
     @classmethod
     def from_config(
@@ -561,6 +568,7 @@ class SbcService(MultiService):
         if candidate.dns_servers != before.dns_servers:
             self.runtime.set_dns_servers(_dns_servers(candidate))
         applied = self.runtime.apply(table, candidate.limits)
+        self.guard.configure(candidate.limits, candidate.blocked_user_agents)
         applied.addErrback(
             lambda failure: self.log.error(
                 "commit: cannot open a listener: {error}", error=failure.getErrorMessage()

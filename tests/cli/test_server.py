@@ -791,3 +791,86 @@ class UserDatabaseTests(SynchronousTestCase):
         candidate = parse_config(USERS_CONFIG + "  limits\n   nonce-lifetime 60\n")
         self.assertEqual(service.apply_config(candidate), [])
         self.assertEqual(service.authenticator.nonce_lifetime, 60.0)
+
+
+FLOOD_CONFIG = """\
+sbc mysbc
+ sbe
+  adjacency sip access
+   signaling-address ipv4 127.0.0.1
+   signaling-port 5060
+   transport udp
+   remote-address ipv4 10.0.0.0/8
+   attach
+  blocked-user-agent friendly-scanner
+  limits
+   source-rate-limit 5 10
+   source-ban-time 120
+"""
+
+OPTIONS_FROM_SCANNER = (
+    b"OPTIONS sip:127.0.0.1 SIP/2.0\r\n"
+    b"Via: SIP/2.0/UDP 10.6.6.6:5060;branch=z9hG4bK-scan\r\n"
+    b"From: <sip:100@10.6.6.6>;tag=1\r\nTo: <sip:100@127.0.0.1>\r\n"
+    b"Call-ID: scan-1\r\nCSeq: 1 OPTIONS\r\nUser-Agent: sipvicious\r\n"
+    b"Content-Length: 0\r\n\r\n"
+)
+
+
+class BlockedSourceServiceTests(SynchronousTestCase):
+    """show/clear blocked sources through ServiceBackend on a running (in-memory) service."""
+
+    def setUp(self) -> None:
+        self.reactor = Reactor()
+        self.reactor.advance(1800000000.0)
+        self.service = SbcService.from_config(parse_config(FLOOD_CONFIG), reactor=self.reactor)
+        self.service.startService()
+        self.addCleanup(self.service.stopService)
+        self.session = Session(ServiceBackend(self.service))
+
+    def udp(self, data: bytes, source: tuple[str, int]) -> None:
+        self.reactor.udp_protocol(5060, "127.0.0.1").datagramReceived(data, source)
+
+    def test_show_and_clear(self) -> None:
+        for _ in range(10):
+            self.udp(OPTIONS_FROM_SCANNER, ("10.6.6.6", 5060))
+        self.reactor.advance(30)
+        text, ok = self.session.execute("show services sbc mysbc sbe blocked-sources")
+        self.assertTrue(ok)
+        row = text.split("\n")[2].split()
+        self.assertEqual(row[:3], ["10.6.6.6", "access", "rate-limit"])
+        self.assertEqual(row[-2:], ["90s", "5"])
+        text, ok = self.session.execute("clear services sbc mysbc sbe blocked-source 10.6.6.6")
+        self.assertEqual(
+            (text, ok), ("10.6.6.6 released (banned for rate-limit on access; 5 dropped).", True)
+        )
+        text, ok = self.session.execute("clear services sbc mysbc sbe blocked-source 10.6.6.6")
+        self.assertEqual(
+            (text, ok),
+            ("% 10.6.6.6 is not blocked (show services sbc NAME sbe blocked-sources)", False),
+        )
+        self.assertEqual(
+            self.session.execute("show services sbc mysbc sbe blocked-sources"),
+            ("No blocked sources.", True),
+        )
+
+    def test_committed_user_agent_list_applies_at_once(self) -> None:
+        self.udp(OPTIONS_FROM_SCANNER, ("10.6.6.6", 5060))
+        self.assertEqual(self.service.guard.bans(self.reactor.seconds()), [])
+        lines = [
+            "configure",
+            "sbc mysbc",
+            "sbe",
+            "blocked-user-agent SIPVicious",
+            "commit",
+            "end",
+        ]
+        for line in lines:
+            self.assertTrue(self.session.execute(line)[1], line)
+        self.udp(OPTIONS_FROM_SCANNER, ("10.6.6.7", 5060))
+        [ban] = self.service.guard.bans(self.reactor.seconds())
+        self.assertEqual((ban.address, ban.reason), ("10.6.6.7", "user-agent"))
+        self.assertEqual(
+            self.session.execute("clear services sbc mysbc sbe blocked-source all"),
+            ("1 blocked source(s) released.", True),
+        )
