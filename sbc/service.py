@@ -145,6 +145,11 @@ class SbcService(MultiService):
             history_directory(config_path) if config_path is not None else None,
             keep=config.limits.commit_history,
         )
+        if config_path is not None:
+            # a daemon killed during a save leaves a record of a commit never in force,
+            # and its temporary file
+            self.commits.forget_unsaved(render_config(config))
+            remove_interrupted_saves(config_path)
         self.reactor = reactor
         self.tls = tls
         #: The PEM files ``crypto reload`` / SIGHUP read again (None: no TLS).
@@ -729,10 +734,43 @@ def _cannot_listen(key: ListenerKey) -> str | None:
     return None
 
 
+def _temporary_path(path: str, pid: int) -> str:
+    """The temporary file :func:`save_config` writes ``path`` to from process ``pid``."""
+    directory = os.path.dirname(os.path.abspath(path))
+    return os.path.join(directory, f".{os.path.basename(path)}.{pid}.tmp")
+
+
+def remove_interrupted_saves(path: str) -> list[str]:
+    """Delete the temporary copies of ``path`` left by saves that never finished.
+
+    :func:`save_config` writes ``.NAME.PID.tmp`` beside the file and renames
+    it over the file; a process killed before the rename leaves it behind.
+    Only files of that exact form from other processes are removed. Returns
+    their paths.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    prefix = f".{os.path.basename(path)}."
+    removed: list[str] = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in names:
+        pid = name[len(prefix) : -len(".tmp")]
+        if not (name.startswith(prefix) and name.endswith(".tmp") and pid.isdigit()):
+            continue
+        if int(pid) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(directory, name))
+            removed.append(os.path.join(directory, name))
+    return removed
+
+
 def save_config(path: str, config: SbcConfig) -> None:
     """Write ``config`` to ``path`` atomically: temp file, fsync, rename; old one kept as .bak."""
     directory = os.path.dirname(os.path.abspath(path))
-    temporary = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    temporary = _temporary_path(path, os.getpid())
     text = render_config(config)
     try:
         with open(temporary, "w", encoding="utf-8") as f:

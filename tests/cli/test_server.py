@@ -25,7 +25,7 @@ from sbc.cli.server import (
     unix_path,
     unsafe_endpoint,
 )
-from sbc.config import load_config, parse_config
+from sbc.config import load_config, parse_config, render_config
 from sbc.errors import ConfigError
 from sbc.labpki import Identity, issue, make_ca
 from sbc.service import SbcService, TlsFiles
@@ -123,6 +123,33 @@ class ServiceCommitTests(SynchronousTestCase):
             [],
         )
         self.assertIs(runtime.resolver, second)  # unchanged list: the cache is kept
+
+    def test_restart_after_a_kill_during_a_save(self) -> None:
+        """The interrupted commit leaves the history and its temporary file is removed."""
+        candidate = parse_config(
+            RUNNING.replace("   signaling-port 5070\n", "   signaling-port 5071\n").replace(
+                "   security trusted-encrypted\n", ""
+            )
+        )
+        # what a kill between the record and the rename leaves behind
+        record = self.service.commits.record(
+            render_config(self.service.config), render_config(candidate), now=0.0
+        )
+        directory = os.path.dirname(self.path)
+        name = os.path.basename(self.path)
+        stale = os.path.join(directory, f".{name}.99999999.tmp")
+        mine = os.path.join(directory, f".{name}.{os.getpid()}.tmp")
+        other = os.path.join(directory, f".{name}.notes.tmp")
+        for path in (stale, mine, other):
+            with open(path, "w") as f:
+                f.write("sbc half-written")
+        restarted = SbcService.from_config(
+            load_config(self.path), reactor=Reactor(), config_path=self.path
+        )
+        self.assertIsNone(restarted.commits.get(record.id))
+        self.assertFalse(os.path.exists(stale))
+        self.assertTrue(os.path.exists(mine))  # this process's own save is never touched
+        self.assertTrue(os.path.exists(other))  # not a name save_config writes
 
     def test_security_change_refused_and_nothing_changes(self) -> None:
         before = self.service.config
