@@ -184,6 +184,8 @@ class SbcService(MultiService):
             dns_servers=_dns_servers(config),
         )
         self.guard.configure(config.limits, config.blocked_user_agents)
+        # repeated digest failures from one source count toward a ban (docs/hardening.md)
+        self.core.on_auth_failure = self.guard.note_auth_failure
         if cli_endpoint is not None:
             from sbc.cli.server import CliService
 

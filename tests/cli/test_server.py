@@ -881,6 +881,17 @@ class BlockedSourceServiceTests(SynchronousTestCase):
             ("No blocked sources.", True),
         )
 
+    def test_digest_failures_reach_the_guard(self) -> None:
+        """SbcCore.on_auth_failure is the guard's note_auth_failure (auth-failure-limit 10 60)."""
+        now = self.reactor.seconds()
+        assert self.service.core.on_auth_failure is not None
+        for _ in range(11):
+            self.service.core.on_auth_failure("10.6.6.8", "access", now)
+        [ban] = self.service.guard.bans(now)
+        self.assertEqual(
+            (ban.address, ban.adjacency, ban.reason), ("10.6.6.8", "access", "auth-failures")
+        )
+
     def test_committed_user_agent_list_applies_at_once(self) -> None:
         self.udp(OPTIONS_FROM_SCANNER, ("10.6.6.6", 5060))
         self.assertEqual(self.service.guard.bans(self.reactor.seconds()), [])

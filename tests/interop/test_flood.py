@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -240,11 +241,14 @@ class ScannerTests(CliTestCase):
     timeout = 150
 
     @defer.inlineCallbacks
-    def start(self, sbe: list[str]) -> Any:
+    def start(self, sbe: list[str], adjacency_settings: tuple[str, ...] = ()) -> Any:
         self.port = free_port()
         adjacencies = [CallAdjacency("access", "untrusted", "udp", port=self.port)]
         pki = make_pki(self.mktemp())
-        self.sbc = yield launch_sbc(self, pki, adjacencies, config(adjacencies, sbe))
+        text = config(adjacencies, sbe)
+        for setting in adjacency_settings:
+            text = text.replace("   attach\n", f"   {setting}\n   attach\n", 1)
+        self.sbc = yield launch_sbc(self, pki, adjacencies, text)
         self.cli = cli_socket(self.sbc.child)
 
     def tool(self, name: str, *args: str, seconds: float = 60.0) -> defer.Deferred[ProcessResult]:
@@ -330,3 +334,33 @@ class ScannerTests(CliTestCase):
         self.assertEqual(counter(shown.text(), "access", "messages-received"), RATE_LIMIT)
         self.assertGreater(counter(shown.text(), "access", "drops:banned"), 0)
         yield self.still_serving()
+
+    @defer.inlineCallbacks
+    def test_svcrack_banned_after_failed_passwords(self) -> Any:
+        """``authentication digest``: password guessing is banned by auth-failure-limit.
+
+        No User-Agent list, and the rate limit is raised out of the way: only
+        the failed digest answers count (the 11th failure within 60 s bans).
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        users = os.path.join(directory, "users.htdigest")
+        ha1 = hashlib.md5(b"100:lab.test:not-in-the-range").hexdigest()
+        with open(users, "w") as f:
+            f.write(f"100:lab.test:{ha1}\n")
+        yield self.start(
+            [f"user-database {users}", "limits", " source-rate-limit 1000000 10"],
+            ("authentication digest", "digest-algorithms md5"),
+        )
+        result = yield self.tool(
+            "svcrack", "--domain", "lab.test", "-u", "100", "-r", "1000-1999", seconds=90
+        )
+        text = result.text().strip()
+        print(f"\n--- svcrack saw (digest, auth-failure-limit only):\n{text}")
+        self.assertNotIn("Password", text)
+        rows = yield self.blocked()
+        self.assertEqual([r[:3] for r in rows], [[HOST, "access", "auth-failures"]], rows)
+        shown = yield self.sbc_cli(self.cli, "show services sbc flood sbe statistics")
+        self.assertEqual(counter(shown.text(), "access", "auth-failures"), 11, shown.text())
+        self.assertEqual(counter(shown.text(), "access", "bans:auth-failures"), 1, shown.text())
+        self.assertGreater(counter(shown.text(), "access", "drops:banned"), 0, shown.text())
