@@ -210,6 +210,30 @@ class CommitHistory:
                 with contextlib.suppress(OSError):
                     os.unlink(os.path.join(self.directory, f"{commit_id}{_SUFFIX}"))
 
+    def forget_unsaved(self, running: str) -> CommitRecord | None:
+        """Drop the newest record when it never took effect; the record dropped, or None.
+
+        A commit is recorded before the configuration file is saved: a
+        daemon killed in between leaves a record whose configuration was
+        never in force. At start-up, ``running`` (the canonical text of the
+        configuration just loaded) tells: when the newest record's ``after``
+        is not it but its ``before`` is, that commit was interrupted and is
+        removed from the history (and logged, ``config.commit-unsaved``).
+        """
+        if not self._records:
+            return None
+        last = self._records[-1]
+        if last.after == running or last.before != running:
+            return None
+        self.discard(last.id)
+        self.log.warn(
+            "commit {commit_id} was never saved (the daemon stopped during the save): "
+            "removed from the commit history",
+            event="config.commit-unsaved",
+            commit_id=last.id,
+        )
+        return last
+
     def prune(self, keep: int | None = None) -> None:
         """Delete the records beyond the newest ``keep`` (and remember ``keep`` when given)."""
         if keep is not None:
@@ -255,10 +279,10 @@ def summarize_changes(before: SbcConfig, after: SbcConfig) -> list[str]:
         after.routing_policy,
     ):
         changes.append("routing changed")
+    if before.blocked_user_agents != after.blocked_user_agents:
+        changes.append("blocked-user-agent changed")
     limits = [
-        s.keyword
-        for s in LIMIT_SETTINGS
-        if getattr(before.limits, s.attribute) != getattr(after.limits, s.attribute)
+        s.keyword for s in LIMIT_SETTINGS if s.values(before.limits) != s.values(after.limits)
     ]
     if limits:
         changes.append(f"limits changed: {', '.join(limits)}")

@@ -95,9 +95,9 @@ class SbcCore:
     ) -> None:
         self._table = table
         self.authenticator = authenticator
-        #: called with the source IP address of every failed digest attempt
-        #: (a flood guard may count them toward a ban)
-        self.on_auth_failure: Callable[[str, float], None] | None = None
+        #: called with the source IP address and the adjacency of every failed digest
+        #: attempt: the service counts them toward a ban (SourceGuard.note_auth_failure)
+        self.on_auth_failure: Callable[[str, str, float], object] | None = None
         self._auth_log_limiter = calllog.RefusalLimiter(calllog.AUTH_FAILURES_PER_WINDOW)
         if router is None:
             router = Router(None, DefaultPolicy()).route
@@ -283,7 +283,7 @@ class SbcCore:
                     now,
                 )
                 if self.on_auth_failure is not None:
-                    self.on_auth_failure(flow.remote[0], now)
+                    self.on_auth_failure(flow.remote[0], inbound.name, now)
             raise
         # what the SBC checked is not for whoever comes next
         authenticator.strip_credentials(request, (realm,))

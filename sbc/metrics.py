@@ -53,7 +53,7 @@ from twisted.web.resource import IResource, NoResource, Resource
 from twisted.web.server import Request, Site
 
 from sbc import __version__
-from sbc.cli.commands import CallInfo, RegistrationInfo
+from sbc.cli.commands import BlockedSourceInfo, CallInfo, RegistrationInfo
 from sbc.config.model import AdjacencyConfig
 from sbc.counters import UNCLASSIFIED
 from sbc.endpoints import close_port
@@ -207,6 +207,11 @@ COUNTER_FAMILIES: Mapping[str, CounterFamily] = {
     "target-refresh-refused": CounterFamily(
         "Target refreshes (Contact changes) refused by the security rules."
     ),
+    # flood and scanner defence (sbc/flood.py)
+    "bans": CounterFamily(
+        "Sources banned on the adjacency, by reason (rate-limit, user-agent, auth-failures).",
+        label="reason",
+    ),
 }
 """The known counter families (the part of a counter name before ``:``)."""
 
@@ -247,7 +252,8 @@ class SbcCollector:
     - ``calls``: the live calls; ``registrations``: the live bindings;
     - ``connections``: the open stream connections;
     - ``transactions``: live transactions by ``"MACHINE STATE"``
-      (:meth:`~sbc.sip.stack.SipStack.transactions_by_state`).
+      (:meth:`~sbc.sip.stack.SipStack.transactions_by_state`);
+    - ``blocked``: the sources banned by the flood defence (:mod:`sbc.flood`).
     """
 
     def __init__(
@@ -259,6 +265,7 @@ class SbcCollector:
         registrations: Callable[[], Iterable[RegistrationInfo]] = _nothing,
         connections: Callable[[], Iterable[OpenConnection]] = _nothing,
         transactions: Callable[[], Mapping[str, int]] = _no_transactions,
+        blocked: Callable[[], Iterable[BlockedSourceInfo]] = _nothing,
         service_name: str | None = None,
     ) -> None:
         self.counters = counters
@@ -267,6 +274,7 @@ class SbcCollector:
         self.registrations = registrations
         self.connections = connections
         self.transactions = transactions
+        self.blocked = blocked
         self.service_name = service_name
 
     @classmethod
@@ -289,6 +297,7 @@ class SbcCollector:
             registrations=backend.registrations,
             connections=connections,
             transactions=service.stack.transactions_by_state,
+            blocked=backend.blocked_sources,
             service_name=service.config.service_name,
         )
 
@@ -314,6 +323,12 @@ class SbcCollector:
             "Registered contacts (live bindings) reached through the adjacency.",
             names,
             (binding.adjacency for binding in self.registrations()),
+        )
+        yield self._per_adjacency(
+            "sbc_blocked_sources",
+            "Sources banned by the flood and scanner defence, by the adjacency of the ban.",
+            names,
+            (b.adjacency for b in self.blocked()),
         )
         yield self._connections()
         yield self._transactions()

@@ -47,6 +47,7 @@ from sbc.config import (
 )
 from sbc.core import SbcCore
 from sbc.errors import ConfigError, SbcError
+from sbc.flood import SourceGuard
 from sbc.routing import Router, available_policies
 from sbc.sip.stack import SipStack
 from sbc.sip.timers import TimerSettings
@@ -144,6 +145,11 @@ class SbcService(MultiService):
             history_directory(config_path) if config_path is not None else None,
             keep=config.limits.commit_history,
         )
+        if config_path is not None:
+            # a daemon killed during a save leaves a record of a commit never in force,
+            # and its temporary file
+            self.commits.forget_unsaved(render_config(config))
+            remove_interrupted_saves(config_path)
         self.reactor = reactor
         self.tls = tls
         #: The PEM files ``crypto reload`` / SIGHUP read again (None: no TLS).
@@ -177,6 +183,9 @@ class SbcService(MultiService):
             tls=tls,
             dns_servers=_dns_servers(config),
         )
+        self.guard.configure(config.limits, config.blocked_user_agents)
+        # repeated digest failures from one source count toward a ban (docs/hardening.md)
+        self.core.on_auth_failure = self.guard.note_auth_failure
         if cli_endpoint is not None:
             from sbc.cli.server import CliService
 
@@ -189,6 +198,11 @@ class SbcService(MultiService):
             from sbc.metrics import MetricsService
 
             MetricsService(self, metrics_endpoint).setServiceParent(self)
+
+    @property
+    def guard(self) -> SourceGuard:
+        """The flood and scanner defence (bans, rate limits): ``note_auth_failure`` goes here."""
+        return self.runtime.guard
 
     @classmethod
     def from_config(
@@ -561,6 +575,7 @@ class SbcService(MultiService):
         if candidate.dns_servers != before.dns_servers:
             self.runtime.set_dns_servers(_dns_servers(candidate))
         applied = self.runtime.apply(table, candidate.limits)
+        self.guard.configure(candidate.limits, candidate.blocked_user_agents)
         applied.addErrback(
             lambda failure: self.log.error(
                 "commit: cannot open a listener: {error}", error=failure.getErrorMessage()
@@ -721,10 +736,43 @@ def _cannot_listen(key: ListenerKey) -> str | None:
     return None
 
 
+def _temporary_path(path: str, pid: int) -> str:
+    """The temporary file :func:`save_config` writes ``path`` to from process ``pid``."""
+    directory = os.path.dirname(os.path.abspath(path))
+    return os.path.join(directory, f".{os.path.basename(path)}.{pid}.tmp")
+
+
+def remove_interrupted_saves(path: str) -> list[str]:
+    """Delete the temporary copies of ``path`` left by saves that never finished.
+
+    :func:`save_config` writes ``.NAME.PID.tmp`` beside the file and renames
+    it over the file; a process killed before the rename leaves it behind.
+    Only files of that exact form from other processes are removed. Returns
+    their paths.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    prefix = f".{os.path.basename(path)}."
+    removed: list[str] = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in names:
+        pid = name[len(prefix) : -len(".tmp")]
+        if not (name.startswith(prefix) and name.endswith(".tmp") and pid.isdigit()):
+            continue
+        if int(pid) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(directory, name))
+            removed.append(os.path.join(directory, name))
+    return removed
+
+
 def save_config(path: str, config: SbcConfig) -> None:
     """Write ``config`` to ``path`` atomically: temp file, fsync, rename; old one kept as .bak."""
     directory = os.path.dirname(os.path.abspath(path))
-    temporary = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    temporary = _temporary_path(path, os.getpid())
     text = render_config(config)
     try:
         with open(temporary, "w", encoding="utf-8") as f:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 
 from sbc.commits import (
@@ -99,6 +100,31 @@ class HistoryTests(SynchronousTestCase):
         history = CommitHistory(self.directory)
         self.assertEqual(history.records, ())
         self.assertEqual(len(self.flushLoggedErrors()), 0)
+
+    def test_forget_unsaved_drops_a_commit_never_in_force(self) -> None:
+        """Killed between recording and saving: the file still holds ``before``."""
+        history = CommitHistory(self.directory)
+        kept = history.record("a\n", "b\n", now=0.0)
+        interrupted = history.record("b\n", "c\n", now=1.0)
+        events: list[dict[str, object]] = []
+        history.log = Logger(observer=events.append)
+        again = CommitHistory(self.directory)
+        again.log = history.log
+        self.assertEqual(again.forget_unsaved("b\n"), interrupted)
+        self.assertEqual([r.id for r in again.records], [kept.id])
+        self.assertEqual(os.listdir(self.directory), [f"{kept.id}.commit"])
+        self.assertEqual(
+            [(e["event"], e["commit_id"]) for e in events],
+            [("config.commit-unsaved", interrupted.id)],
+        )
+
+    def test_forget_unsaved_keeps_a_saved_or_unrelated_history(self) -> None:
+        history = CommitHistory(self.directory)
+        history.record("a\n", "b\n", now=0.0)
+        self.assertIsNone(history.forget_unsaved("b\n"))  # saved: in force
+        self.assertIsNone(history.forget_unsaved("x\n"))  # file edited by hand since
+        self.assertEqual(len(history.records), 1)
+        self.assertIsNone(CommitHistory(None).forget_unsaved("a\n"))
 
     def test_in_memory(self) -> None:
         history = CommitHistory(None)

@@ -17,7 +17,7 @@ from twisted.web.server import Site
 from twisted.web.test.requesthelper import DummyRequest
 
 from sbc import __version__
-from sbc.cli.commands import CallInfo, RegistrationInfo
+from sbc.cli.commands import BlockedSourceInfo, CallInfo, RegistrationInfo
 from sbc.config import AdjacencyConfig, parse_config
 from sbc.metrics import (
     COUNTER_FAMILIES,
@@ -225,6 +225,22 @@ class GaugeTests(SynchronousTestCase):
         self.assertEqual(samples[key("sbc_active_calls", adjacency="access")], 2)
         self.assertEqual(samples[key("sbc_active_calls", adjacency="core")], 2)
         self.assertEqual(samples[key("sbc_active_calls", adjacency="idle")], 0)
+
+    def test_blocked_sources_per_adjacency_and_bans_by_reason(self) -> None:
+        collector = SbcCollector(
+            lambda: {"access": {"bans:rate-limit": 2, "bans:user-agent": 1}},
+            adjacencies=lambda: [adjacency("access"), adjacency("core")],
+            blocked=lambda: [
+                BlockedSourceInfo("203.0.113.9", "access", "rate-limit", 0.0, 10, 5),
+                BlockedSourceInfo("203.0.113.10", "access", "user-agent", 0.0, 10, 1),
+            ],
+        )
+        families, samples = scrape(collector)
+        self.assertEqual(families["sbc_blocked_sources"].type, "gauge")
+        self.assertEqual(samples[key("sbc_blocked_sources", adjacency="access")], 2)
+        self.assertEqual(samples[key("sbc_blocked_sources", adjacency="core")], 0)
+        self.assertEqual(samples[key("sbc_bans_total", adjacency="access", reason="rate-limit")], 2)
+        self.assertIn("by reason", families["sbc_bans"].documentation)
 
     def test_attached_and_info_from_the_configuration(self) -> None:
         collector = SbcCollector(

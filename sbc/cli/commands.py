@@ -22,6 +22,8 @@ Modes and prompts (docs/cli.md)::
 from __future__ import annotations
 
 import difflib
+import ipaddress
+import time
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
@@ -45,6 +47,7 @@ from sbc.identity import ip_literal
 
 __all__ = [
     "EXEC_PROMPT",
+    "BlockedSourceInfo",
     "CallInfo",
     "RegistrationInfo",
     "SbcBackend",
@@ -84,6 +87,23 @@ class RegistrationInfo:
     flow: str = ""
     #: for a registration relayed to a registrar: the outbound adjacency
     relayed_to: str = ""
+
+
+@attrs.frozen
+class BlockedSourceInfo:
+    """One banned source, as ``show ... blocked-sources`` prints it (docs/hardening.md).
+
+    ``since`` is the time of the ban (seconds since the epoch), ``remaining``
+    the whole seconds left, ``dropped`` the messages and connections
+    dropped because of it.
+    """
+
+    address: str
+    adjacency: str
+    reason: str
+    since: float
+    remaining: int
+    dropped: int
 
 
 class SbcBackend(Protocol):
@@ -145,6 +165,14 @@ class SbcBackend(Protocol):
 
     def reload_users(self) -> list[str]:
         """Re-read the user database: ``user database reloaded: ...`` or the ``%`` lines."""
+        ...
+
+    def blocked_sources(self) -> Sequence[BlockedSourceInfo]:
+        """The sources banned by the flood and scanner defence."""
+        ...
+
+    def release_source(self, address: str | None) -> list[str]:
+        """End the ban on ``address`` (None: every ban): output lines, or one ``%`` line."""
         ...
 
 
@@ -266,6 +294,10 @@ def describe_adjacency(
 
 
 _EXEC_HELP = (
+    (
+        "clear services sbc NAME sbe blocked-source ADDRESS|all",
+        "Release a banned source (or every one) now",
+    ),
     ("configure", "Enter configuration mode (edits go to a candidate configuration)"),
     ("crypto reload", "Reload the TLS certificate, key and CA files (new handshakes use them)"),
     ("reload user-database", "Re-read the digest user database file (user-database)"),
@@ -296,6 +328,10 @@ _SHOW_HELP = (
     ("show services sbc NAME sbe calls", "Live calls"),
     ("show services sbc NAME sbe registrations", "Registered contacts"),
     ("show services sbc NAME sbe statistics", "Counters of every adjacency"),
+    (
+        "show services sbc NAME sbe blocked-sources",
+        "Sources banned by the flood and scanner defence",
+    ),
 )
 
 
@@ -376,6 +412,8 @@ class Session:
             return self._checked(self.backend.reload_users())
         if keyword == "rollback":
             return self._rollback(words[1:])
+        if keyword == "clear":
+            return self._clear(words[1:])
         if keyword in ("exit", "quit", "logout"):
             self.closed = True
             return []
@@ -396,6 +434,30 @@ class Session:
             lines = self.backend.rollback(last=number, user=self.user, client=self.client)
         else:
             lines = self.backend.rollback(to=number, user=self.user, client=self.client)
+        if any(line.startswith("%") for line in lines):
+            raise _CliError("\n".join(lines))
+        return lines
+
+    def _clear(self, args: list[str]) -> list[str]:
+        """``clear services sbc NAME sbe blocked-source ADDRESS|all``."""
+        usage = "usage: clear services sbc NAME sbe blocked-source ADDRESS|all"
+        if not args or args[0] != "services":
+            raise _CliError(f"bad command: {usage}")
+        rest = self._service_items(args[1:], usage)
+        if not rest or rest[0] != "blocked-source":
+            raise _CliError(f"bad command: {usage}")
+        if len(rest) != 2:
+            problem = "incomplete command" if len(rest) < 2 else "too many words"
+            raise _CliError(f"{problem}: {usage}")
+        target = rest[1]
+        if target == "all":
+            address = None
+        else:
+            try:
+                address = str(ipaddress.ip_address(target.strip("[]")))
+            except ValueError:
+                raise _CliError(f"bad address '{target}': {usage}") from None
+        lines = self.backend.release_source(address)
         if any(line.startswith("%") for line in lines):
             raise _CliError("\n".join(lines))
         return lines
@@ -647,22 +709,27 @@ class Session:
             return [header, *(diff or ["! no changes"])]
         raise _CliError(f"bad command: {usage}")
 
-    def _show_services(self, args: list[str]) -> list[str]:
-        usage = "usage: show services sbc NAME sbe adjacencies|calls|registrations|statistics"
+    def _service_items(self, args: list[str], usage: str) -> list[str]:
+        """The words after ``sbc NAME sbe`` (``sbc sbe`` too: the seed leaves NAME out)."""
         if len(args) < 3 or args[0] != "sbc":
             raise _CliError(f"incomplete command: {usage}")
         running = self.backend.running_config()
         if args[1] == "sbe" and args[2] != "sbe":
-            rest = args[2:]  # the seed's example leaves the service name out
-        else:
-            name = args[1]
-            if name != running.service_name:
-                raise _CliError(
-                    f"no sbc service '{name}' (the service is '{running.service_name}')"
-                )
-            if len(args) < 4 or args[2] != "sbe":
-                raise _CliError(f"incomplete command: {usage}")
-            rest = args[3:]
+            return args[2:]
+        name = args[1]
+        if name != running.service_name:
+            raise _CliError(f"no sbc service '{name}' (the service is '{running.service_name}')")
+        if len(args) < 4 or args[2] != "sbe":
+            raise _CliError(f"incomplete command: {usage}")
+        return args[3:]
+
+    def _show_services(self, args: list[str]) -> list[str]:
+        usage = (
+            "usage: show services sbc NAME sbe "
+            "adjacencies|calls|registrations|statistics|blocked-sources"
+        )
+        rest = self._service_items(args, usage)
+        running = self.backend.running_config()
         what, options = rest[0], rest[1:]
         if what == "adjacencies":
             return self._show_adjacencies(running, options)
@@ -674,7 +741,27 @@ class Session:
             return self._show_registrations()
         if what == "statistics":
             return self._show_statistics(running)
+        if what == "blocked-sources":
+            return self._show_blocked_sources()
         raise _CliError(f"unknown show services item '{what}': {usage}")
+
+    def _show_blocked_sources(self) -> list[str]:
+        blocked = sorted(self.backend.blocked_sources(), key=lambda b: (b.since, b.address))
+        if not blocked:
+            return ["No blocked sources."]
+        rows = [
+            [
+                b.address,
+                b.adjacency,
+                b.reason,
+                time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(b.since)),
+                f"{b.remaining}s",
+                str(b.dropped),
+            ]
+            for b in blocked
+        ]
+        headers = ["Address", "Adjacency", "Reason", "Banned since", "Remaining", "Dropped"]
+        return [*format_table(headers, rows), f"{len(blocked)} blocked source(s)"]
 
     def _show_adjacencies(self, running: SbcConfig, options: list[str]) -> list[str]:
         detail = bool(options) and options[-1] == "detail"
@@ -783,13 +870,19 @@ class Session:
 
     def _exec_options(self, words: list[str]) -> set[str]:
         if not words:
-            return {"configure", "crypto", "exit", "reload", "rollback", "show"}
+            return {"clear", "configure", "crypto", "exit", "reload", "rollback", "show"}
         grammar = {
             "configure": ["terminal"],
             "crypto": ["reload"],
             "reload": ["user-database"],
             "rollback": ["configuration", "last|to"],
         }
+        if words[0] == "clear":
+            blocked = "|".join(["all", *(b.address for b in self.backend.blocked_sources())])
+            service = self.backend.running_config().service_name
+            return _follow(
+                ["services", "sbc", service, "sbe", "blocked-source", blocked], words[1:]
+            )
         if words[0] == "show":
             return self._show_options(words[1:])
         return _follow(grammar.get(words[0], []), words[1:])
@@ -806,7 +899,7 @@ class Session:
             return _follow(["list|changes"], words[2:]) if words[1] == "commit" else set()
         if words[0] != "services":
             return set()
-        what = "adjacencies|calls|registrations|statistics"
+        what = "adjacencies|calls|registrations|statistics|blocked-sources"
         tail = words[1:]
         if len(tail) >= 4 and tail[3] == "adjacencies":
             return (

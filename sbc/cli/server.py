@@ -34,7 +34,13 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
 from sbc.b2bua.call import CallState
-from sbc.cli.commands import CallInfo, RegistrationInfo, SbcBackend, Session
+from sbc.cli.commands import (
+    BlockedSourceInfo,
+    CallInfo,
+    RegistrationInfo,
+    SbcBackend,
+    Session,
+)
 from sbc.cli.idle import IDLE_MESSAGE, IdleTimer
 from sbc.commits import CommitRecord
 from sbc.config import SbcConfig
@@ -142,6 +148,30 @@ class ServiceBackend:
                 )
             )
         return out
+
+    def blocked_sources(self) -> Sequence[BlockedSourceInfo]:
+        now = self.service.reactor.seconds()
+        return [
+            BlockedSourceInfo(
+                b.address, b.adjacency or "-", b.reason, b.since, b.remaining(now), b.dropped
+            )
+            for b in self.service.guard.bans(now)
+        ]
+
+    def release_source(self, address: str | None) -> list[str]:
+        guard = self.service.guard
+        now = self.service.reactor.seconds()
+        if address is None:
+            count = guard.release_all(now)
+            return [f"{count} blocked source(s) released."]
+        ban = guard.banned(address, now)
+        if ban is None:
+            return [f"% {address} is not blocked (show services sbc NAME sbe blocked-sources)"]
+        guard.release(address, now)
+        return [
+            f"{address} released (banned for {ban.reason} on {ban.adjacency or '-'}; "
+            f"{ban.dropped} dropped)."
+        ]
 
     def registrations(self) -> Sequence[RegistrationInfo]:
         now = self.service.reactor.seconds()

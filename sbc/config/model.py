@@ -37,6 +37,7 @@ __all__ = [
     "FrozenMap",
     "IPAddress",
     "IPNetwork",
+    "LimitNumber",
     "LimitSetting",
     "Limits",
     "RoutingEntry",
@@ -404,6 +405,10 @@ def _domains(values: Iterable[str]) -> tuple[str, ...]:
     return tuple(values)
 
 
+def _texts(values: Iterable[str]) -> tuple[str, ...]:
+    return tuple(values)
+
+
 def _adjacencies(values: Iterable[AdjacencyConfig]) -> tuple[AdjacencyConfig, ...]:
     return tuple(values)
 
@@ -425,8 +430,26 @@ def _dns_servers(values: Iterable[DnsServer]) -> tuple[DnsServer, ...]:
 
 
 @attrs.frozen
+class LimitNumber:
+    """The second number of a two-number limit (``source-rate-limit REQUESTS SECONDS``)."""
+
+    name: str
+    attribute: str
+    default: int
+    low: int
+    high: int
+    unit: str
+
+
+@attrs.frozen
 class LimitSetting:
-    """One command of the ``limits`` block: its keyword, model attribute, default and range."""
+    """One command of the ``limits`` block: its keyword, model attribute, default and range.
+
+    Most settings take one number (``tcp-idle-timeout N``). A setting with a
+    ``second`` number takes two on the same line, each with its own model
+    attribute and range: ``source-rate-limit REQUESTS SECONDS``; ``name``
+    is the placeholder of the first number in the syntax.
+    """
 
     keyword: str
     attribute: str
@@ -435,6 +458,36 @@ class LimitSetting:
     high: int
     unit: str
     description: str
+    second: LimitNumber | None = None
+    name: str = "N"
+
+    @property
+    def numbers(self) -> tuple[LimitNumber, ...]:
+        """Every number of the setting, in the order they are typed."""
+        first = LimitNumber(self.name, self.attribute, self.default, self.low, self.high, self.unit)
+        return (first,) if self.second is None else (first, self.second)
+
+    @property
+    def syntax(self) -> str:
+        """``keyword N`` or ``keyword REQUESTS SECONDS``."""
+        return " ".join([self.keyword, *(n.name for n in self.numbers)])
+
+    @property
+    def default_text(self) -> str:
+        """The default as typed: ``300`` or ``200 10``."""
+        return " ".join(str(n.default) for n in self.numbers)
+
+    def values(self, limits: Limits) -> tuple[int, ...]:
+        """The value(s) of this setting in ``limits``."""
+        return tuple(getattr(limits, n.attribute) for n in self.numbers)
+
+    def text(self, limits: Limits) -> str:
+        """The value(s) as typed after the keyword: ``300`` or ``200 10``."""
+        return " ".join(str(v) for v in self.values(limits))
+
+    def is_default(self, limits: Limits) -> bool:
+        """True when ``limits`` has this setting at its default."""
+        return all(getattr(limits, n.attribute) == n.default for n in self.numbers)
 
 
 LIMIT_SETTINGS: tuple[LimitSetting, ...] = (
@@ -627,10 +680,75 @@ LIMIT_SETTINGS: tuple[LimitSetting, ...] = (
         "record sets",
         "DNS answers kept in the cache at most; beyond that the oldest are forgotten",
     ),
+    LimitSetting(
+        "source-rate-limit",
+        "source_rate_requests",
+        200,
+        1,
+        1000000,
+        "messages",
+        "Untrusted adjacencies: SIP messages one source address may send within SECONDS; "
+        "the message over the limit bans the source for source-ban-time",
+        second=LimitNumber("SECONDS", "source_rate_seconds", 10, 1, 3600, "seconds"),
+        name="REQUESTS",
+    ),
+    LimitSetting(
+        "source-ban-time",
+        "source_ban_time",
+        300,
+        1,
+        604800,
+        "seconds",
+        "How long a banned source is dropped silently",
+    ),
+    LimitSetting(
+        "auth-failure-limit",
+        "auth_failure_limit",
+        10,
+        1,
+        1000000,
+        "failures",
+        "Untrusted adjacencies: failed digest authentications one source address may make "
+        "within SECONDS; the failure over the limit bans the source",
+        second=LimitNumber("SECONDS", "auth_failure_seconds", 60, 1, 86400, "seconds"),
+        name="FAILURES",
+    ),
+    LimitSetting(
+        "max-tracked-sources",
+        "max_tracked_sources",
+        16384,
+        16,
+        10000000,
+        "sources",
+        "Source addresses whose message rate is tracked (and, separately, banned sources "
+        "kept); when full, the oldest entry is forgotten",
+    ),
+    LimitSetting(
+        "max-new-connections-per-second",
+        "max_new_connections_per_second",
+        500,
+        1,
+        1000000,
+        "connections",
+        "Inbound TCP/TLS connections accepted per second, all adjacencies together; "
+        "more are refused at once",
+    ),
+    LimitSetting(
+        "max-tls-handshakes-per-second",
+        "max_tls_handshakes_per_second",
+        200,
+        1,
+        1000000,
+        "handshakes",
+        "Inbound TLS connections (each a handshake) accepted per second, all adjacencies "
+        "together; more are refused at once",
+    ),
 )
 """Every ``limits`` setting, in canonical (render) order."""
 
-_LIMIT_DEFAULTS = {setting.attribute: setting.default for setting in LIMIT_SETTINGS}
+_LIMIT_DEFAULTS = {
+    number.attribute: number.default for setting in LIMIT_SETTINGS for number in setting.numbers
+}
 
 
 @attrs.frozen
@@ -662,6 +780,14 @@ class Limits:
     dns_timeout: int = _LIMIT_DEFAULTS["dns_timeout"]
     dns_negative_cache_time: int = _LIMIT_DEFAULTS["dns_negative_cache_time"]
     dns_cache_entries: int = _LIMIT_DEFAULTS["dns_cache_entries"]
+    source_rate_requests: int = _LIMIT_DEFAULTS["source_rate_requests"]
+    source_rate_seconds: int = _LIMIT_DEFAULTS["source_rate_seconds"]
+    source_ban_time: int = _LIMIT_DEFAULTS["source_ban_time"]
+    auth_failure_limit: int = _LIMIT_DEFAULTS["auth_failure_limit"]
+    auth_failure_seconds: int = _LIMIT_DEFAULTS["auth_failure_seconds"]
+    max_tracked_sources: int = _LIMIT_DEFAULTS["max_tracked_sources"]
+    max_new_connections_per_second: int = _LIMIT_DEFAULTS["max_new_connections_per_second"]
+    max_tls_handshakes_per_second: int = _LIMIT_DEFAULTS["max_tls_handshakes_per_second"]
     line: int = attrs.field(default=0, eq=False, repr=False)
     setting_lines: FrozenMap[str, int] = attrs.field(
         factory=FrozenMap, converter=_lines, eq=False, repr=False
@@ -669,19 +795,24 @@ class Limits:
 
     def __attrs_post_init__(self) -> None:
         for setting in LIMIT_SETTINGS:
-            value = getattr(self, setting.attribute)
-            if not setting.low <= value <= setting.high:
-                raise ValueError(
-                    f"{setting.keyword} {value} is out of range {setting.low}..{setting.high}"
-                )
+            for number in setting.numbers:
+                value = getattr(self, number.attribute)
+                if not number.low <= value <= number.high:
+                    what = setting.keyword
+                    if setting.second is not None:
+                        what += f" {number.name}"
+                    raise ValueError(f"{what} {value} is out of range {number.low}..{number.high}")
 
     @property
-    def changed(self) -> dict[str, int]:
-        """The settings that differ from their default, keyword -> value, in canonical order."""
+    def changed(self) -> dict[str, int | tuple[int, ...]]:
+        """The settings that differ from their default, keyword -> value, in canonical order.
+
+        The value of a two-number setting (``source-rate-limit``) is a tuple.
+        """
         return {
-            s.keyword: getattr(self, s.attribute)
+            s.keyword: getattr(self, s.attribute) if s.second is None else s.values(self)
             for s in LIMIT_SETTINGS
-            if getattr(self, s.attribute) != s.default
+            if not s.is_default(self)
         }
 
 
@@ -694,6 +825,9 @@ class SbcConfig:
     ``user_database`` is the digest credentials file (``user-database FILE``).
     ``dns_servers`` are the DNS servers asked for next hops, in order (empty:
     the system's, from ``/etc/resolv.conf``).
+    ``blocked_user_agents`` are the ``blocked-user-agent`` texts (a request on an
+    untrusted adjacency whose User-Agent contains one is dropped and its
+    source banned; see docs/hardening.md).
     ``source`` is the file the model came from (for error messages; not part of equality).
     """
 
@@ -708,6 +842,7 @@ class SbcConfig:
     limits: Limits = attrs.field(factory=Limits)
     user_database: str | None = None
     dns_servers: tuple[DnsServer, ...] = attrs.field(default=(), converter=_dns_servers)
+    blocked_user_agents: tuple[str, ...] = attrs.field(default=(), converter=_texts)
     source: str = attrs.field(default="<string>", eq=False, repr=False)
     line: int = attrs.field(default=0, eq=False, repr=False)
     setting_lines: FrozenMap[str, int] = attrs.field(

@@ -242,6 +242,7 @@ _LABEL_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\Z")
 _DIGITS_RE = re.compile(r"\+?[0-9]{1,32}\Z")
 _NUMBER_RE = re.compile(r"[0-9]{1,10}\Z")
 _MAX_NUMBER = 2**31 - 1
+_MAX_USER_AGENT_TEXT = 128
 
 _CLI_ONLY = frozenset({"configure", "commit", "abort", "show", "do"})
 
@@ -462,6 +463,8 @@ class ConfigBuilder:
         self.routing_policy = DEFAULT_ROUTING_POLICY
         self.user_database: str | None = None
         self.setting_lines: dict[str, int] = {}
+        # blocked-user-agent TEXT -> line
+        self.blocked_user_agents: dict[str, int] = {}
         # limits: attribute -> value for the settings given; keyword -> line
         self.limits: dict[str, int] = {}
         self.limits_line = 0
@@ -481,6 +484,7 @@ class ConfigBuilder:
         self.routing_policy = DEFAULT_ROUTING_POLICY
         self.user_database = None
         self.setting_lines = {}
+        self.blocked_user_agents = {}
         self._clear_limits()
 
     def _clear(self) -> None:
@@ -548,15 +552,19 @@ class ConfigBuilder:
         b.routing_policy = cfg.routing_policy
         b.user_database = cfg.user_database
         for setting in LIMIT_SETTINGS:
-            value = getattr(cfg.limits, setting.attribute)
-            if value != setting.default:
-                b.limits[setting.attribute] = value
+            if not setting.is_default(cfg.limits):
+                for limit in setting.numbers:
+                    b.limits[limit.attribute] = getattr(cfg.limits, limit.attribute)
         b.limits_line = cfg.limits.line
         b.limits_lines = dict(cfg.limits.setting_lines)
+        b.blocked_user_agents = {
+            text: cfg.setting_lines.get(f"blocked-user-agent {text}", 0)
+            for text in cfg.blocked_user_agents
+        }
         b.setting_lines = {
             k: v
             for k, v in cfg.setting_lines.items()
-            if not k.startswith(("local-domain ", "dns-server "))
+            if not k.startswith(("local-domain ", "dns-server ", "blocked-user-agent "))
         }
         return b
 
@@ -734,12 +742,14 @@ class ConfigBuilder:
                 setting_lines=self.limits_lines,
             ),
             dns_servers=tuple(self.dns_servers),
+            blocked_user_agents=tuple(self.blocked_user_agents),
             source=self.path,
             line=self.service_line,
             setting_lines={
                 **self.setting_lines,
                 **{f"local-domain {d}": n for d, n in self.local_domains.items()},
                 **{_dns_server_key(d): n for d, n in self.dns_servers.items()},
+                **{f"blocked-user-agent {t}": n for t, n in self.blocked_user_agents.items()},
             },
         )
 
@@ -980,6 +990,36 @@ def _user_database(
 
 @_command(
     ModeKind.SBE,
+    "blocked-user-agent TEXT",
+    "Drop requests on untrusted adjacencies whose User-Agent contains TEXT (any case) "
+    "and ban their source (repeatable)",
+    "no blocked-user-agent [TEXT]",
+)
+def _blocked_user_agent(
+    b: ConfigBuilder, mode: Mode, args: Sequence[str], line: int, negate: bool
+) -> Mode:
+    if negate and not args:
+        b.blocked_user_agents = {}
+        return mode
+    if not args:
+        raise _InvalidError("incomplete command: usage: blocked-user-agent TEXT")
+    text = " ".join(args)
+    if len(text) > _MAX_USER_AGENT_TEXT or not text.isprintable():
+        raise _InvalidError(
+            f"bad blocked-user-agent '{text}': use printable text of at most "
+            f"{_MAX_USER_AGENT_TEXT} characters"
+        )
+    if negate:
+        if text not in b.blocked_user_agents:
+            raise _InvalidError(f"blocked-user-agent '{text}' is not configured")
+        del b.blocked_user_agents[text]
+    elif text not in b.blocked_user_agents:
+        b.blocked_user_agents[text] = line
+    return mode
+
+
+@_command(
+    ModeKind.SBE,
     "limits",
     "Enter the transport limits (message size, connections, timeouts)",
     "no limits",
@@ -998,27 +1038,38 @@ def _limits(b: ConfigBuilder, mode: Mode, args: Sequence[str], line: int, negate
 
 
 def _limit_handler(setting: LimitSetting) -> _Handler:
-    syntax = f"{setting.keyword} N"
+    numbers = setting.numbers
+    names = " ".join(n.name for n in numbers)
 
     def handler(b: ConfigBuilder, mode: Mode, args: Sequence[str], line: int, negate: bool) -> Mode:
         if negate:
-            _arity(args, f"no {setting.keyword} [N]", 0, 1)
-            b.limits.pop(setting.attribute, None)
+            _arity(args, f"no {setting.keyword} [{names}]", 0, len(numbers))
+            for number in numbers:
+                b.limits.pop(number.attribute, None)
             b.limits_lines.pop(setting.keyword, None)
             return mode
-        _arity(args, syntax, 1)
-        b.limits[setting.attribute] = _number(args[0], setting.keyword, setting.low, setting.high)
+        _arity(args, setting.syntax, len(numbers))
+        values = {}
+        for number, word in zip(numbers, args, strict=True):
+            what = setting.keyword if len(numbers) == 1 else f"{setting.keyword} {number.name}"
+            values[number.attribute] = _number(word, what, number.low, number.high)
+        b.limits.update(values)
         b.limits_lines[setting.keyword] = line
         return mode
 
     return handler
 
 
+def _limit_help(setting: LimitSetting) -> str:
+    units = ", ".join(n.unit for n in setting.numbers)
+    return f"{setting.description} ({units}, default {setting.default_text})"
+
+
 for _setting in LIMIT_SETTINGS:
     _command(
         ModeKind.LIMITS,
-        f"{_setting.keyword} N",
-        f"{_setting.description} ({_setting.unit}, default {_setting.default})",
+        _setting.syntax,
+        _limit_help(_setting),
         f"no {_setting.keyword}",
     )(_limit_handler(_setting))
 

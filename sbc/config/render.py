@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from sbc.config.model import (
     DEFAULT_DNS_PORT,
+    LIMIT_SETTINGS,
     Action,
     AdjacencyConfig,
     CallPolicySet,
@@ -102,10 +103,11 @@ def render_config(cfg: SbcConfig) -> str:
     sbe.append(f"routing-policy {cfg.routing_policy}")
     if cfg.user_database is not None:
         sbe.append(f"user-database {cfg.user_database}")
-    changed = cfg.limits.changed
+    sbe.extend(f"blocked-user-agent {text}" for text in cfg.blocked_user_agents)
+    changed = [s for s in LIMIT_SETTINGS if not s.is_default(cfg.limits)]
     if changed:
         sbe.append("limits")
-        sbe.extend(f" {keyword} {value}" for keyword, value in changed.items())
+        sbe.extend(f" {s.keyword} {s.text(cfg.limits)}" for s in changed)
         sbe.append("!")
     lines = [f"sbc {cfg.service_name}", " sbe", *("  " + line for line in sbe), " !", "!"]
     return "\n".join(lines) + "\n"

@@ -69,6 +69,7 @@ from zope.interface import implementer
 from sbc.adjacencies import TCP, TLS, UDP, AdjacencyTable, InboundContext, ListenerKey
 from sbc.config import ClientCertificate, Limits
 from sbc.counters import Counters
+from sbc.flood import Ban, SourceGuard, Verdict
 from sbc.identity import ip_literal
 from sbc.sip.locate import Resolution
 from sbc.sip.stack import Dropped, Flow, Resolve, StackOutput, Transmit
@@ -274,6 +275,7 @@ class SipRuntime:
         log: Logger | None = None,
         resolver: NextHopResolver | None = None,
         dns_servers: Iterable[tuple[str, int]] = (),
+        guard: SourceGuard | None = None,
     ) -> None:
         self.reactor = reactor
         self.stack = stack
@@ -303,6 +305,17 @@ class SipRuntime:
         self._per_source: Counter[str] = Counter()
         self._timer: IDelayedCall | None = None
         self._timer_at: float | None = None
+        #: Flood and scanner defence of the untrusted adjacencies (sbc.flood).
+        self.guard = (
+            guard
+            if guard is not None
+            else SourceGuard(self._limits, counters=self.counters, log=log)
+        )
+        self.guard.trusted = _trusted_names(table)
+        self.guard.on_ban = self._source_banned
+        self.guard.on_change = self._arm_guard_timer
+        self._guard_timer: IDelayedCall | None = None
+        self._guard_timer_at: float | None = None
 
     # -- public API -----------------------------------------------------------
 
@@ -336,12 +349,16 @@ class SipRuntime:
         self.running = True
         result = self._sync_listeners()
         self._rearm()
+        self._arm_guard_timer()
         return result
 
     def stop(self) -> Deferred[None]:
         """Close listeners and connections, disarm the timer; fires when the ports are closed."""
         self.running = False
         self._cancel_timer()
+        if self._guard_timer is not None and self._guard_timer.active():
+            self._guard_timer.cancel()
+        self._guard_timer = None
         for call in self._draining.values():
             if call.active():
                 call.cancel()
@@ -364,8 +381,10 @@ class SipRuntime:
         """
         before = self.table
         self.table = table
+        self.guard.trusted = _trusted_names(table)
         if limits is not None:
             self._limits = limits
+            self.guard.configure(limits, self.guard.user_agents)
         drain = self._limits.detach_drain_time
         self._log_attached_set(before, table, drain)
         for connection in list(self._connections.values()):
@@ -531,6 +550,24 @@ class SipRuntime:
             **fields,
         )
 
+    def admit(self, adjacency: str, source_ip: str, data: bytes) -> bool:
+        """Screen one message from ``source_ip`` before it is parsed (sbc.flood).
+
+        Always True on a trusted adjacency. Otherwise the message counts
+        against the source's rate window and its User-Agent is checked; a
+        refused message (banned source, or the one that bans it) is
+        counted as ``drops:banned`` / ``drops:rate-limit`` /
+        ``drops:user-agent`` and must be dropped without an answer.
+        """
+        guard = self.guard
+        if adjacency in guard.trusted:
+            return True
+        verdict = guard.screen(source_ip, adjacency, data, self.reactor.seconds())
+        if verdict is Verdict.PASS:
+            return True
+        self.counters.increment(adjacency, _DROP_COUNTERS[verdict])
+        return False
+
     def datagram_message(
         self, listener: UdpListener, adjacency: str, data: bytes, source: tuple[str, int]
     ) -> None:
@@ -555,7 +592,25 @@ class SipRuntime:
                 **where,
             )
             return False
+        now = self.reactor.seconds()
+        if adjacency not in self.guard.trusted:
+            verdict = self.guard.screen(source, adjacency, None, now)
+            if verdict is not Verdict.PASS:
+                # The ban itself is logged once (source.banned); its connections are only counted.
+                self.count(adjacency, f"connections-refused:{verdict.value}")
+                return False
         limits = self._limits
+        refusal = self.guard.allow_connection(connection.tls, now)
+        if refusal is not None:
+            self.event(
+                adjacency,
+                f"connections-refused:{refusal}",
+                "{listener}: connection from {remote} refused: more than {limit} new "
+                "{what} per second ({setting})",
+                **where,
+                **_CAP_FIELDS[refusal](limits),
+            )
+            return False
         if self._per_adjacency[adjacency] >= limits.max_connections_per_adjacency:
             self.event(
                 adjacency,
@@ -599,6 +654,10 @@ class SipRuntime:
                 transport=connection.transport_name,
                 remote=_address_text(connection.remote),
             )
+            return
+        if not connection.outbound and not self.admit(
+            connection.adjacency, connection.remote[0], data
+        ):
             return
         context = InboundContext(
             connection.adjacency, connection.listener, connection.peer_identities
@@ -943,6 +1002,40 @@ class SipRuntime:
             reason=output.reason,
         )
 
+    # -- internals: bans (sbc.flood) -------------------------------------------
+
+    def _source_banned(self, ban: Ban) -> None:
+        """Abort the banned source's inbound connections on untrusted adjacencies."""
+        for connection in list(self._connections.values()):
+            if (
+                not connection.outbound
+                and connection.remote[0] == ban.address
+                and connection.adjacency not in self.guard.trusted
+            ):
+                connection.close("connections-closed:banned", abort=True)
+
+    def _arm_guard_timer(self) -> None:
+        """Keep one timer armed at the earliest ban end (``source.released`` on time)."""
+        if not self.running:
+            return
+        at = self.guard.next_expiry()
+        timer = self._guard_timer
+        if timer is not None and timer.active():
+            if at == self._guard_timer_at:
+                return
+            timer.cancel()
+        self._guard_timer = None
+        self._guard_timer_at = at
+        if at is not None:
+            delay = max(0.0, at - self.reactor.seconds())
+            self._guard_timer = self.reactor.callLater(delay, self._expire_bans)
+
+    def _expire_bans(self) -> None:
+        self._guard_timer = None
+        self._guard_timer_at = None
+        self.guard.expire(self.reactor.seconds())
+        self._arm_guard_timer()
+
     def _rearm(self) -> None:
         """Keep exactly one timer armed at the stack's next deadline."""
         if not self.running:
@@ -971,6 +1064,27 @@ class SipRuntime:
             self._timer.cancel()
         self._timer = None
         self._timer_at = None
+
+
+def _trusted_names(table: AdjacencyTable) -> frozenset[str]:
+    """The attached adjacencies whose inbound side is trusted: never rate limited nor banned."""
+    return frozenset(a.name for a in table.attached if a.security_inbound.trusted)
+
+
+_DROP_COUNTERS = {verdict: f"drops:{verdict.value}" for verdict in Verdict}
+
+_CAP_FIELDS: dict[str, Callable[[Limits], dict[str, Any]]] = {
+    "connection-rate": lambda limits: {
+        "limit": limits.max_new_connections_per_second,
+        "what": "connections",
+        "setting": "max-new-connections-per-second",
+    },
+    "handshake-rate": lambda limits: {
+        "limit": limits.max_tls_handshakes_per_second,
+        "what": "TLS handshakes",
+        "setting": "max-tls-handshakes-per-second",
+    },
+}
 
 
 def _stopped(port: IListeningPort) -> Deferred[None]:

@@ -6,13 +6,16 @@ order, a datagram:
 
 1. from a source no attached adjacency on this listener accepts is dropped
    (``drops:no-adjacency``, logged with a rate limit);
-2. that starts with a TLS record header (0x16 0x03) is dropped
-   (``drops:tls-on-plain``);
-3. made of CRLFs only (a keep-alive some clients send over UDP) is ignored
+2. made of CRLFs only (a keep-alive some clients send over UDP) is ignored
    (``keepalives``);
-4. larger than ``max-message-size`` is answered 513 Message Too Large when it
+3. refused by the flood defence of an untrusted adjacency (banned source,
+   over ``source-rate-limit``, blocked User-Agent: :mod:`sbc.flood`) is
+   dropped silently, before anything else is looked at;
+4. that starts with a TLS record header (0x16 0x03) is dropped
+   (``drops:tls-on-plain``);
+5. larger than ``max-message-size`` is answered 513 Message Too Large when it
    holds a readable request, else dropped (``drops:too-large``);
-5. otherwise goes to the host (the runtime, then the SIP stack) with the
+6. otherwise goes to the host (the runtime, then the SIP stack) with the
    adjacency it was classified to.
 """
 
@@ -48,6 +51,9 @@ class DatagramHost(Protocol):
     def count(self, adjacency: str | None, counter: str, by: int = 1) -> None:
         """Count without logging."""
 
+    def admit(self, adjacency: str, source_ip: str, data: bytes) -> bool:
+        """False when the flood defence drops this message (already counted)."""
+
     def datagram_message(
         self, listener: UdpListener, adjacency: str, data: bytes, source: tuple[str, int]
     ) -> None:
@@ -80,6 +86,11 @@ class UdpListener(DatagramProtocol):
                 source=_text(source),
             )
             return
+        if not datagram.strip(b"\r\n"):
+            self.host.count(adjacency, "keepalives")
+            return
+        if not self.host.admit(adjacency, source[0], datagram):
+            return
         if starts_like_tls(datagram):
             self.host.event(
                 adjacency,
@@ -88,9 +99,6 @@ class UdpListener(DatagramProtocol):
                 listener=str(self.listener),
                 source=_text(source),
             )
-            return
-        if not datagram.strip(b"\r\n"):
-            self.host.count(adjacency, "keepalives")
             return
         if len(datagram) > self.host.limits.max_message_size:
             self._too_large(adjacency, datagram, source)

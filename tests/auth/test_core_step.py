@@ -103,7 +103,12 @@ class AuthNet:
         self.stack = SipStack(self.core)
         self.core.stack = self.stack
         self.failed_sources: list[str] = []
-        self.core.on_auth_failure = lambda source, now: self.failed_sources.append(source)
+        self.failed_adjacencies: list[str] = []
+        self.core.on_auth_failure = self.auth_failed
+
+    def auth_failed(self, source: str, adjacency: str, now: float) -> None:
+        self.failed_sources.append(source)
+        self.failed_adjacencies.append(adjacency)
 
     def feed(
         self, request: Request, flow: Flow = PHONE, context: InboundContext = ANONYMOUS
@@ -161,6 +166,7 @@ class DigestStepTests(SynchronousTestCase):
         self.assertEqual(again.status, 401)
         self.assertEqual(net.counters().get("auth-failures"), 1)
         self.assertEqual(net.failed_sources, ["192.0.2.50"])
+        self.assertEqual(net.failed_adjacencies, [ANONYMOUS.adjacency])
         self.assertEqual(net.core.registrar.lookup("alice@lab.test", 0.0), [])
         [failed] = [e for e in self.events if e.get("event") == "auth.failed"]
         self.assertEqual(failed["failure"], "wrong-response")

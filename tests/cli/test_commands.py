@@ -6,7 +6,14 @@ from collections.abc import Mapping, Sequence
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from sbc.cli.commands import CallInfo, RegistrationInfo, Session, config_diff, describe_adjacency
+from sbc.cli.commands import (
+    BlockedSourceInfo,
+    CallInfo,
+    RegistrationInfo,
+    Session,
+    config_diff,
+    describe_adjacency,
+)
 from sbc.commits import CommitHistory, CommitRecord
 from sbc.config import (
     SECURITY_CHANGE_MESSAGE,
@@ -48,6 +55,8 @@ class FakeBackend:
         self.clock = 1800000000.0
         self.waiting: tuple[int, int] | None = None
         self.confirm_requests: list[int | None] = []
+        self.blocked: list[BlockedSourceInfo] = []
+        self.released: list[str | None] = []
 
     def running_config(self) -> SbcConfig:
         return self.config
@@ -128,6 +137,20 @@ class FakeBackend:
     def reload_users(self) -> list[str]:
         self.user_reloads += 1
         return self.users_result
+
+    def blocked_sources(self) -> Sequence[BlockedSourceInfo]:
+        return list(self.blocked)
+
+    def release_source(self, address: str | None) -> list[str]:
+        self.released.append(address)
+        if address is None:
+            count, self.blocked = len(self.blocked), []
+            return [f"{count} blocked source(s) released."]
+        kept = [b for b in self.blocked if b.address != address]
+        if len(kept) == len(self.blocked):
+            return [f"% {address} is not blocked"]
+        self.blocked = kept
+        return [f"{address} released."]
 
 
 def run(session: Session, *lines: str) -> list[tuple[str, str, bool]]:
@@ -436,6 +459,114 @@ class ShowTests(SynchronousTestCase):
             "Adjacency: core\n  handshakes  2\n\nAdjacency: test\n  (none)\n\n"
             "Adjacency: (unclassified)\n  drops:no-adjacency  1",
         )
+
+
+class BlockedSourceTests(SynchronousTestCase):
+    """show ... blocked-sources and clear ... blocked-source (docs/hardening.md)."""
+
+    def backend(self) -> FakeBackend:
+        backend = FakeBackend()
+        backend.blocked = [
+            BlockedSourceInfo("203.0.113.9", "test", "user-agent", 1800000100.0, 12, 3),
+            BlockedSourceInfo("198.51.100.7", "test", "rate-limit", 1800000000.0, 287, 24812),
+        ]
+        return backend
+
+    def test_none(self) -> None:
+        text, ok = Session(FakeBackend()).execute("show services sbc mysbc sbe blocked-sources")
+        self.assertEqual((text, ok), ("No blocked sources.", True))
+
+    def test_listing_oldest_first(self) -> None:
+        text, ok = Session(self.backend()).execute("show services sbc mysbc sbe blocked-sources")
+        self.assertTrue(ok)
+        lines = text.split("\n")
+        self.assertEqual(
+            lines[0].split(),
+            ["Address", "Adjacency", "Reason", "Banned", "since", "Remaining", "Dropped"],
+        )
+        self.assertEqual(
+            lines[2].split(),
+            [
+                "198.51.100.7",
+                "test",
+                "rate-limit",
+                "2027-01-15",
+                "08:00:00",
+                "UTC",
+                "287s",
+                "24812",
+            ],
+        )
+        self.assertEqual(lines[3].split()[:3], ["203.0.113.9", "test", "user-agent"])
+        self.assertEqual(lines[-1], "2 blocked source(s)")
+
+    def test_seed_short_form(self) -> None:
+        text, ok = Session(self.backend()).execute("show services sbc sbe blocked-sources")
+        self.assertTrue(ok)
+        self.assertIn("198.51.100.7", text)
+
+    def test_show_takes_no_options(self) -> None:
+        text, ok = Session(self.backend()).execute("show services sbc mysbc sbe blocked-sources x")
+        self.assertFalse(ok)
+        self.assertIn("too many words", text)
+
+    def test_clear_one(self) -> None:
+        backend = self.backend()
+        session = Session(backend)
+        text, ok = session.execute("clear services sbc mysbc sbe blocked-source 198.51.100.7")
+        self.assertEqual((text, ok), ("198.51.100.7 released.", True))
+        self.assertEqual(backend.released, ["198.51.100.7"])
+        text, _ = session.execute("show services sbc mysbc sbe blocked-sources")
+        self.assertNotIn("198.51.100.7", text)
+
+    def test_clear_normalizes_ipv6(self) -> None:
+        backend = self.backend()
+        Session(backend).execute("clear services sbc mysbc sbe blocked-source [2001:DB8:0::7]")
+        self.assertEqual(backend.released, ["2001:db8::7"])
+
+    def test_clear_all(self) -> None:
+        backend = self.backend()
+        text, ok = Session(backend).execute("clear services sbc mysbc sbe blocked-source all")
+        self.assertEqual((text, ok), ("2 blocked source(s) released.", True))
+        self.assertEqual(backend.released, [None])
+
+    def test_clear_refusals(self) -> None:
+        backend = self.backend()
+        session = Session(backend)
+        usage = "usage: clear services sbc NAME sbe blocked-source ADDRESS|all"
+        cases = {
+            "clear": f"% bad command: {usage}",
+            "clear services sbc mysbc sbe": f"% incomplete command: {usage}",
+            "clear services sbc mysbc sbe blocked-source": f"% incomplete command: {usage}",
+            "clear services sbc mysbc sbe blocked-source 1.2.3.4 5": f"% too many words: {usage}",
+            "clear services sbc mysbc sbe blocked-source x": f"% bad address 'x': {usage}",
+            "clear services sbc other sbe blocked-source 1.2.3.4": (
+                "% no sbc service 'other' (the service is 'mysbc')"
+            ),
+            "clear services sbc mysbc sbe blocked-source 192.0.2.1": "% 192.0.2.1 is not blocked",
+        }
+        for line, expected in cases.items():
+            self.assertEqual(session.execute(line), (expected, False), line)
+        self.assertEqual(backend.released, ["192.0.2.1"])
+
+    def test_help_and_do(self) -> None:
+        session = Session(self.backend())
+        self.assertIn("clear services sbc NAME sbe blocked-source", session.execute("?")[0])
+        self.assertIn("blocked-sources", session.execute("show ?")[0])
+        run(session, "configure")
+        text, ok = session.execute("do clear services sbc mysbc sbe blocked-source all")
+        self.assertEqual((text, ok), ("2 blocked source(s) released.", True))
+
+    def test_completion(self) -> None:
+        session = Session(self.backend())
+        self.assertEqual(session.complete("cl"), ["clear"])
+        self.assertEqual(session.complete("clear "), ["services"])
+        self.assertEqual(session.complete("clear services sbc "), ["mysbc"])
+        self.assertEqual(
+            session.complete("clear services sbc mysbc sbe blocked-source "),
+            ["198.51.100.7", "203.0.113.9", "all"],
+        )
+        self.assertEqual(session.complete("show services sbc mysbc sbe bl"), ["blocked-sources"])
 
 
 class CryptoReloadTests(SynchronousTestCase):
@@ -748,11 +879,17 @@ class CompletionTests(SynchronousTestCase):
     def test_exec_mode(self) -> None:
         session = Session(FakeBackend())
         cases = {
-            "": ["configure", "crypto", "exit", "reload", "rollback", "show"],
+            "": ["clear", "configure", "crypto", "exit", "reload", "rollback", "show"],
             "sh": ["show"],
             "show ": ["configuration", "running-config", "services"],
             "show services sbc ": ["mysbc"],
-            "show services sbc mysbc sbe ": ["adjacencies", "calls", "registrations", "statistics"],
+            "show services sbc mysbc sbe ": [
+                "adjacencies",
+                "blocked-sources",
+                "calls",
+                "registrations",
+                "statistics",
+            ],
             "show services sbc mysbc sbe adjacencies ": ["core", "detail", "test"],
             "show services sbc mysbc sbe adjacencies core ": ["detail"],
             "rollback configuration ": ["last", "to"],

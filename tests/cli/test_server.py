@@ -25,7 +25,7 @@ from sbc.cli.server import (
     unix_path,
     unsafe_endpoint,
 )
-from sbc.config import load_config, parse_config
+from sbc.config import load_config, parse_config, render_config
 from sbc.errors import ConfigError
 from sbc.labpki import Identity, issue, make_ca
 from sbc.service import SbcService, TlsFiles
@@ -123,6 +123,33 @@ class ServiceCommitTests(SynchronousTestCase):
             [],
         )
         self.assertIs(runtime.resolver, second)  # unchanged list: the cache is kept
+
+    def test_restart_after_a_kill_during_a_save(self) -> None:
+        """The interrupted commit leaves the history and its temporary file is removed."""
+        candidate = parse_config(
+            RUNNING.replace("   signaling-port 5070\n", "   signaling-port 5071\n").replace(
+                "   security trusted-encrypted\n", ""
+            )
+        )
+        # what a kill between the record and the rename leaves behind
+        record = self.service.commits.record(
+            render_config(self.service.config), render_config(candidate), now=0.0
+        )
+        directory = os.path.dirname(self.path)
+        name = os.path.basename(self.path)
+        stale = os.path.join(directory, f".{name}.99999999.tmp")
+        mine = os.path.join(directory, f".{name}.{os.getpid()}.tmp")
+        other = os.path.join(directory, f".{name}.notes.tmp")
+        for path in (stale, mine, other):
+            with open(path, "w") as f:
+                f.write("sbc half-written")
+        restarted = SbcService.from_config(
+            load_config(self.path), reactor=Reactor(), config_path=self.path
+        )
+        self.assertIsNone(restarted.commits.get(record.id))
+        self.assertFalse(os.path.exists(stale))
+        self.assertTrue(os.path.exists(mine))  # this process's own save is never touched
+        self.assertTrue(os.path.exists(other))  # not a name save_config writes
 
     def test_security_change_refused_and_nothing_changes(self) -> None:
         before = self.service.config
@@ -791,3 +818,97 @@ class UserDatabaseTests(SynchronousTestCase):
         candidate = parse_config(USERS_CONFIG + "  limits\n   nonce-lifetime 60\n")
         self.assertEqual(service.apply_config(candidate), [])
         self.assertEqual(service.authenticator.nonce_lifetime, 60.0)
+
+
+FLOOD_CONFIG = """\
+sbc mysbc
+ sbe
+  adjacency sip access
+   signaling-address ipv4 127.0.0.1
+   signaling-port 5060
+   transport udp
+   remote-address ipv4 10.0.0.0/8
+   attach
+  blocked-user-agent friendly-scanner
+  limits
+   source-rate-limit 5 10
+   source-ban-time 120
+"""
+
+OPTIONS_FROM_SCANNER = (
+    b"OPTIONS sip:127.0.0.1 SIP/2.0\r\n"
+    b"Via: SIP/2.0/UDP 10.6.6.6:5060;branch=z9hG4bK-scan\r\n"
+    b"From: <sip:100@10.6.6.6>;tag=1\r\nTo: <sip:100@127.0.0.1>\r\n"
+    b"Call-ID: scan-1\r\nCSeq: 1 OPTIONS\r\nUser-Agent: sipvicious\r\n"
+    b"Content-Length: 0\r\n\r\n"
+)
+
+
+class BlockedSourceServiceTests(SynchronousTestCase):
+    """show/clear blocked sources through ServiceBackend on a running (in-memory) service."""
+
+    def setUp(self) -> None:
+        self.reactor = Reactor()
+        self.reactor.advance(1800000000.0)
+        self.service = SbcService.from_config(parse_config(FLOOD_CONFIG), reactor=self.reactor)
+        self.service.startService()
+        self.addCleanup(self.service.stopService)
+        self.session = Session(ServiceBackend(self.service))
+
+    def udp(self, data: bytes, source: tuple[str, int]) -> None:
+        self.reactor.udp_protocol(5060, "127.0.0.1").datagramReceived(data, source)
+
+    def test_show_and_clear(self) -> None:
+        for _ in range(10):
+            self.udp(OPTIONS_FROM_SCANNER, ("10.6.6.6", 5060))
+        self.reactor.advance(30)
+        text, ok = self.session.execute("show services sbc mysbc sbe blocked-sources")
+        self.assertTrue(ok)
+        row = text.split("\n")[2].split()
+        self.assertEqual(row[:3], ["10.6.6.6", "access", "rate-limit"])
+        self.assertEqual(row[-2:], ["90s", "5"])
+        text, ok = self.session.execute("clear services sbc mysbc sbe blocked-source 10.6.6.6")
+        self.assertEqual(
+            (text, ok), ("10.6.6.6 released (banned for rate-limit on access; 5 dropped).", True)
+        )
+        text, ok = self.session.execute("clear services sbc mysbc sbe blocked-source 10.6.6.6")
+        self.assertEqual(
+            (text, ok),
+            ("% 10.6.6.6 is not blocked (show services sbc NAME sbe blocked-sources)", False),
+        )
+        self.assertEqual(
+            self.session.execute("show services sbc mysbc sbe blocked-sources"),
+            ("No blocked sources.", True),
+        )
+
+    def test_digest_failures_reach_the_guard(self) -> None:
+        """SbcCore.on_auth_failure is the guard's note_auth_failure (auth-failure-limit 10 60)."""
+        now = self.reactor.seconds()
+        assert self.service.core.on_auth_failure is not None
+        for _ in range(11):
+            self.service.core.on_auth_failure("10.6.6.8", "access", now)
+        [ban] = self.service.guard.bans(now)
+        self.assertEqual(
+            (ban.address, ban.adjacency, ban.reason), ("10.6.6.8", "access", "auth-failures")
+        )
+
+    def test_committed_user_agent_list_applies_at_once(self) -> None:
+        self.udp(OPTIONS_FROM_SCANNER, ("10.6.6.6", 5060))
+        self.assertEqual(self.service.guard.bans(self.reactor.seconds()), [])
+        lines = [
+            "configure",
+            "sbc mysbc",
+            "sbe",
+            "blocked-user-agent SIPVicious",
+            "commit",
+            "end",
+        ]
+        for line in lines:
+            self.assertTrue(self.session.execute(line)[1], line)
+        self.udp(OPTIONS_FROM_SCANNER, ("10.6.6.7", 5060))
+        [ban] = self.service.guard.bans(self.reactor.seconds())
+        self.assertEqual((ban.address, ban.reason), ("10.6.6.7", "user-agent"))
+        self.assertEqual(
+            self.session.execute("clear services sbc mysbc sbe blocked-source all"),
+            ("1 blocked source(s) released.", True),
+        )

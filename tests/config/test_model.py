@@ -210,15 +210,29 @@ class LimitsTests(SynchronousTestCase):
 
     def test_settings_table_matches_fields(self) -> None:
         fields = [f.name for f in attrs.fields(Limits) if f.eq]
-        self.assertEqual([s.attribute for s in LIMIT_SETTINGS], fields)
+        self.assertEqual([n.attribute for s in LIMIT_SETTINGS for n in s.numbers], fields)
         for setting in LIMIT_SETTINGS:
-            self.assertEqual(getattr(Limits(), setting.attribute), setting.default)
-            self.assertLessEqual(setting.low, setting.default)
-            self.assertLessEqual(setting.default, setting.high)
+            for number in setting.numbers:
+                self.assertEqual(getattr(Limits(), number.attribute), number.default)
+                self.assertLessEqual(number.low, number.default)
+                self.assertLessEqual(number.default, number.high)
 
     def test_out_of_range_refused(self) -> None:
         self.assertRaises(ValueError, Limits, max_message_size=10)
         self.assertRaises(ValueError, Limits, tcp_idle_timeout=0)
+        error = self.assertRaises(ValueError, Limits, source_rate_seconds=0)
+        self.assertEqual(str(error), "source-rate-limit SECONDS 0 is out of range 1..3600")
+
+    def test_two_number_setting(self) -> None:
+        """source-rate-limit REQUESTS SECONDS: two attributes, one keyword, one text."""
+        (setting,) = [s for s in LIMIT_SETTINGS if s.keyword == "source-rate-limit"]
+        self.assertEqual(setting.syntax, "source-rate-limit REQUESTS SECONDS")
+        self.assertEqual(setting.default_text, "200 10")
+        limits = Limits(source_rate_seconds=5)
+        self.assertEqual(setting.values(limits), (200, 5))
+        self.assertEqual(setting.text(limits), "200 5")
+        self.assertFalse(setting.is_default(limits))
+        self.assertEqual(limits.changed, {"source-rate-limit": (200, 5)})
 
     def test_changed_in_canonical_order(self) -> None:
         limits = Limits(outbound_idle_timeout=5, max_connections_per_source=2)

@@ -964,6 +964,7 @@ class BuilderApiTests(SynchronousTestCase):
                 "active-call-policy-set",
                 "routing-policy",
                 "user-database",
+                "blocked-user-agent",
                 "limits",
                 "exit",
                 "end",
@@ -992,6 +993,12 @@ class BuilderApiTests(SynchronousTestCase):
                 "dns-timeout",
                 "dns-negative-cache-time",
                 "dns-cache-entries",
+                "source-rate-limit",
+                "source-ban-time",
+                "auth-failure-limit",
+                "max-tracked-sources",
+                "max-new-connections-per-second",
+                "max-tls-handshakes-per-second",
                 "exit",
                 "end",
             },
@@ -1166,3 +1173,93 @@ class LimitsCommandTests(ParseErrorMixin):
         candidate = builder.freeze()
         self.assertEqual(candidate.limits, Limits(tcp_idle_timeout=5, max_message_size=2048))
         self.assertEqual(ConfigBuilder.from_config(running).freeze(), running)
+
+
+class FloodDefenceSettingsTests(ParseErrorMixin):
+    """source-rate-limit REQUESTS SECONDS (two numbers) and blocked-user-agent TEXT."""
+
+    def test_two_number_limit(self) -> None:
+        cfg = parse("sbc s\nsbe\nlimits\nsource-rate-limit 50 5\nauth-failure-limit 3 120\n")
+        self.assertEqual((cfg.limits.source_rate_requests, cfg.limits.source_rate_seconds), (50, 5))
+        self.assertEqual((cfg.limits.auth_failure_limit, cfg.limits.auth_failure_seconds), (3, 120))
+        self.assertEqual(cfg.limits.setting_lines["source-rate-limit"], 4)
+        self.assertIn(" source-rate-limit 50 5\n", render_config(cfg))
+
+    def test_one_number_changed_renders_both(self) -> None:
+        cfg = parse("sbc s\nsbe\nlimits\nsource-rate-limit 200 60\n")
+        self.assertIn(" source-rate-limit 200 60\n", render_config(cfg))
+        self.assertEqual(parse(render_config(cfg)), cfg)
+        # back at both defaults: not rendered
+        self.assertNotIn(
+            "limits", render_config(parse("sbc s\nsbe\nlimits\nsource-rate-limit 200 10\n"))
+        )
+
+    def test_two_number_refusals(self) -> None:
+        self.assertRefused(
+            "sbc s\nsbe\nlimits\nsource-rate-limit 50\n",
+            4,
+            "incomplete command: usage: source-rate-limit REQUESTS SECONDS",
+        )
+        self.assertRefused("sbc s\nsbe\nlimits\nsource-rate-limit 50 5 5\n", 4, "too many words")
+        self.assertRefused(
+            "sbc s\nsbe\nlimits\nsource-rate-limit 50 0\n",
+            4,
+            "bad source-rate-limit SECONDS '0': expected a number from 1 to 3600",
+        )
+        self.assertRefused(
+            "sbc s\nsbe\nlimits\nsource-rate-limit 0 10\n",
+            4,
+            "bad source-rate-limit REQUESTS '0': expected a number from 1 to 1000000",
+        )
+
+    def test_no_two_number_limit(self) -> None:
+        for line in ("no source-rate-limit", "no source-rate-limit 50 5"):
+            cfg = parse(f"sbc s\nsbe\nlimits\nsource-rate-limit 50 5\n{line}\n")
+            self.assertEqual(cfg.limits, Limits(), line)
+            self.assertNotIn("source-rate-limit", cfg.limits.setting_lines)
+
+    def test_help_shows_both_defaults(self) -> None:
+        builder = ConfigBuilder()
+        mode = ROOT
+        for line in ("sbc s", "sbe", "limits"):
+            mode = builder.apply(mode, split_words(line), 0)
+        [help] = [h for h in commands_for(mode) if h.keyword == "source-rate-limit"]
+        self.assertEqual(help.syntax, "source-rate-limit REQUESTS SECONDS")
+        self.assertIn("(messages, seconds, default 200 10)", help.description)
+
+    def test_cli_builder_keeps_two_number_limit(self) -> None:
+        running = parse("sbc s\nsbe\nlimits\nsource-rate-limit 200 60\n")
+        self.assertEqual(ConfigBuilder.from_config(running).freeze(), running)
+
+    def test_blocked_user_agents(self) -> None:
+        cfg = parse(
+            "sbc s\nsbe\nblocked-user-agent friendly-scanner\nblocked-user-agent sip  cli\n"
+            "blocked-user-agent friendly-scanner\n"
+        )
+        self.assertEqual(cfg.blocked_user_agents, ("friendly-scanner", "sip cli"))
+        self.assertEqual(cfg.setting_lines["blocked-user-agent sip cli"], 4)
+        text = render_config(cfg)
+        self.assertIn("  routing-policy default\n  blocked-user-agent friendly-scanner\n", text)
+        self.assertEqual(parse(text), cfg)
+        self.assertEqual(ConfigBuilder.from_config(cfg).freeze(), cfg)
+
+    def test_no_blocked_user_agent(self) -> None:
+        head = "sbc s\nsbe\nblocked-user-agent a\nblocked-user-agent b\n"
+        self.assertEqual(parse(head + "no blocked-user-agent a\n").blocked_user_agents, ("b",))
+        self.assertEqual(parse(head + "no blocked-user-agent\n").blocked_user_agents, ())
+        self.assertEqual(parse(head + "exit\nno sbe\n").blocked_user_agents, ())
+        self.assertRefused(
+            head + "no blocked-user-agent c\n", 5, "blocked-user-agent 'c' is not configured"
+        )
+
+    def test_blocked_user_agent_refusals(self) -> None:
+        self.assertRefused(
+            "sbc s\nsbe\nblocked-user-agent\n",
+            3,
+            "incomplete command: usage: blocked-user-agent TEXT",
+        )
+        self.assertRefused(
+            "sbc s\nsbe\nblocked-user-agent " + "x" * 129 + "\n",
+            3,
+            "use printable text of at most 128 characters",
+        )

@@ -105,11 +105,20 @@ def policy_sets(draw: st.DrawFn) -> CallPolicySet:
     )
 
 
+#: blocked-user-agent texts: printable words joined by single spaces.
+user_agent_texts = st.lists(
+    st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=12),
+    min_size=1,
+    max_size=3,
+).map(" ".join)
+
+
 @st.composite
 def limits(draw: st.DrawFn) -> Limits:
     values = {
-        setting.attribute: draw(st.just(setting.default) | st.integers(setting.low, setting.high))
+        number.attribute: draw(st.just(number.default) | st.integers(number.low, number.high))
         for setting in LIMIT_SETTINGS
+        for number in setting.numbers
     }
     return Limits(**values)
 
@@ -132,6 +141,7 @@ def configs(draw: st.DrawFn) -> SbcConfig:
         limits=draw(limits()),
         user_database=draw(st.none() | st.from_regex(r"[a-z0-9/._\-]{1,30}", fullmatch=True)),
         dns_servers=draw(st.lists(dns_servers, max_size=3, unique=True)),
+        blocked_user_agents=draw(st.lists(user_agent_texts, max_size=3, unique=True)),
     )
 
 

@@ -270,6 +270,9 @@ class FakeHost:
         self.messages: list[tuple[Any, bytes]] = []
         self.closed: list[tuple[StreamConnection, Failure]] = []
         self.datagrams: list[tuple[str, bytes, tuple[str, int]]] = []
+        #: What the flood defence was asked about, and its answer.
+        self.admitted: list[tuple[str, str, bytes]] = []
+        self.admit_all = True
         self._ids = 0
         self.on_message: Callable[[Any, bytes], None] | None = None
 
@@ -286,6 +289,10 @@ class FakeHost:
     def event(self, adjacency: str | None, counter: str, message: str, **fields: Any) -> None:
         self.counters.increment(adjacency, counter)
         self.events.append((adjacency, counter, message.format(**fields), fields))
+
+    def admit(self, adjacency: str, source_ip: str, data: bytes) -> bool:
+        self.admitted.append((adjacency, source_ip, data))
+        return self.admit_all
 
     def stream_opened(self, connection: StreamConnection) -> bool:
         accept = self.accept(connection) if callable(self.accept) else self.accept
