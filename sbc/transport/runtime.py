@@ -1067,8 +1067,17 @@ class SipRuntime:
 
 
 def _trusted_names(table: AdjacencyTable) -> frozenset[str]:
-    """The attached adjacencies whose inbound side is trusted: never rate limited nor banned."""
-    return frozenset(a.name for a in table.attached if a.security_inbound.trusted)
+    """The attached adjacencies never rate limited nor banned: trusted inbound sides.
+
+    An adjacency that lets TLS clients in without a certificate
+    (``client-certificate optional``/``none``: phones facing the internet) is
+    guarded like an untrusted one: its sources prove nothing before they send.
+    """
+    return frozenset(
+        a.name
+        for a in table.attached
+        if a.security_inbound.trusted and not a.certificate_optional
+    )
 
 
 _DROP_COUNTERS = {verdict: f"drops:{verdict.value}" for verdict in Verdict}

@@ -183,3 +183,23 @@ class HandshakeRateTests(TlsRuntimeMixin):
         self.assertEqual(self.counter("core", "handshakes"), 2)
         # plain TCP is not a handshake
         self.assertFalse(self.tcp(("10.0.0.1", 40000))[1].aborted)
+
+
+class GuardedAdjacenciesTests(RuntimeMixin):
+    """Which adjacencies the flood guard leaves alone."""
+
+    def test_phones_adjacency_is_guarded_like_an_untrusted_one(self) -> None:
+        import attrs
+
+        from sbc.config import ClientCertificate
+        from sbc.transport.runtime import _trusted_names
+
+        trunk = adjacency("trunk", port=5070, security="trusted-unencrypted")
+        peers = adjacency("peers", port=5061, security="trusted-encrypted")
+        phones = attrs.evolve(
+            adjacency("phones", port=5063, security="trusted-encrypted"),
+            client_certificate=ClientCertificate.OPTIONAL,
+        )
+        access = adjacency("access", port=5060)
+        table = AdjacencyTable([trunk, peers, phones, access])
+        self.assertEqual(_trusted_names(table), frozenset({"trunk", "peers"}))
