@@ -1074,9 +1074,7 @@ def _trusted_names(table: AdjacencyTable) -> frozenset[str]:
     guarded like an untrusted one: its sources prove nothing before they send.
     """
     return frozenset(
-        a.name
-        for a in table.attached
-        if a.security_inbound.trusted and not a.certificate_optional
+        a.name for a in table.attached if a.security_inbound.trusted and not a.certificate_optional
     )
 
 
