@@ -704,12 +704,12 @@ LIMIT_SETTINGS: tuple[LimitSetting, ...] = (
     LimitSetting(
         "auth-failure-limit",
         "auth_failure_limit",
-        10,
+        30,
         1,
         1000000,
         "failures",
-        "Untrusted adjacencies: failed digest authentications one source address may make "
-        "within SECONDS; the failure over the limit bans the source",
+        "Untrusted and phone adjacencies: failed digest authentications one source address "
+        "may make within SECONDS; the failure over the limit bans the source",
         second=LimitNumber("SECONDS", "auth_failure_seconds", 60, 1, 86400, "seconds"),
         name="FAILURES",
     ),

@@ -882,10 +882,10 @@ class BlockedSourceServiceTests(SynchronousTestCase):
         )
 
     def test_digest_failures_reach_the_guard(self) -> None:
-        """SbcCore.on_auth_failure is the guard's note_auth_failure (auth-failure-limit 10 60)."""
+        """SbcCore.on_auth_failure is the guard's note_auth_failure (auth-failure-limit 30 60)."""
         now = self.reactor.seconds()
         assert self.service.core.on_auth_failure is not None
-        for _ in range(11):
+        for _ in range(31):
             self.service.core.on_auth_failure("10.6.6.8", "access", now)
         [ban] = self.service.guard.bans(now)
         self.assertEqual(

@@ -340,7 +340,7 @@ class ScannerTests(CliTestCase):
         """``authentication digest``: password guessing is banned by auth-failure-limit.
 
         No User-Agent list, and the rate limit is raised out of the way: only
-        the failed digest answers count (the 11th failure within 60 s bans).
+        the failed digest answers count (the 31st failure within 60 s bans).
         """
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
@@ -361,6 +361,6 @@ class ScannerTests(CliTestCase):
         rows = yield self.blocked()
         self.assertEqual([r[:3] for r in rows], [[HOST, "access", "auth-failures"]], rows)
         shown = yield self.sbc_cli(self.cli, "show services sbc flood sbe statistics")
-        self.assertEqual(counter(shown.text(), "access", "auth-failures"), 11, shown.text())
+        self.assertEqual(counter(shown.text(), "access", "auth-failures"), 31, shown.text())
         self.assertEqual(counter(shown.text(), "access", "bans:auth-failures"), 1, shown.text())
         self.assertGreater(counter(shown.text(), "access", "drops:banned"), 0, shown.text())
