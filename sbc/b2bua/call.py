@@ -134,6 +134,8 @@ HOP_HEADERS: frozenset[str] = frozenset(
 TARGET_REFRESH = frozenset({"INVITE", "UPDATE"})
 #: Methods (and their 2xx) that carry a Contact of ours.
 WITH_CONTACT = frozenset({"INVITE", "UPDATE", "SUBSCRIBE", "NOTIFY", "REFER"})
+#: Final responses to an in-dialog request that end the dialog (RFC 3261 §12.2.1.2).
+DIALOG_ENDING = frozenset({408, 481})
 #: Redirect recursion depth: more 3xx than this in one call end hunting.
 MAX_REDIRECTS = 5
 #: Why a call ended when a target refresh tried to change the URI scheme (call log).
@@ -1046,10 +1048,19 @@ class Call:
             return []
         return self.manager.stack.send_stateless(ack, leg.flow)
 
-    def ack_timeout(self, leg: Leg, now: float) -> list[StackOutput]:
-        """No ACK for our 2xx after 64*T1: bring the call down (BYE both legs)."""
+    def ack_timeout(self, leg: Leg, now: float, other_cseq: int | None = None) -> list[StackOutput]:
+        """No ACK for our 2xx after 64*T1: bring the call down (BYE both legs).
+
+        The other leg's 2xx (``other_cseq``), which waited for that ACK, is
+        ACKed first: every 2xx gets its ACK (RFC 3261 §13.2.2.4), even one
+        whose dialog the BYE right after ends.
+        """
         self.manager.count(leg.adjacency, "ack-timeouts")
-        return self.terminate(now, "no ACK for the 2xx")
+        outputs: list[StackOutput] = []
+        other = self.other(leg)
+        if other is not None and other_cseq is not None and other_cseq not in other.acks:
+            outputs += self._ack(other, other_cseq, b"", None)
+        return outputs + self.terminate(now, "no ACK for the 2xx")
 
     # -- in-dialog requests --------------------------------------------------
 
@@ -1165,10 +1176,18 @@ class Call:
             outputs += self.manager.await_ack(
                 self, relay.source, translated, response.cseq.seq, flow, now
             )
+        if status in DIALOG_ENDING and method != "BYE" and self.dialog:
+            # RFC 3261 §12.2.1.2: the far side's dialog is gone; so is the call
+            outputs += self.terminate(now, f"{status} {response.reason} to an in-dialog {method}")
         return outputs
 
     def relay_failed(self, relay: Relay, reason: str, now: float) -> list[StackOutput]:
-        """The relayed request got no answer: 408 to the source (200 for a BYE)."""
+        """The relayed request got no answer: 408 to the source (200 for a BYE).
+
+        RFC 3261 §12.2.1.2: a UAC whose in-dialog request gets no answer at
+        all terminates the dialog; the far leg is unreachable, so the call is
+        brought down (BYE to the source's side).
+        """
         self._forget(relay)
         if relay.answered:
             return []
@@ -1179,7 +1198,10 @@ class Call:
             response = response_to(request, 200, to_tag=relay.source.local_tag)
             return stack.respond(relay.server, response, now)
         error = SipError(408, "Request Timeout")
-        return stack.reject(relay.server, error, relay.source.flow, now)
+        outputs = stack.reject(relay.server, error, relay.source.flow, now)
+        if self.dialog:
+            outputs += self.terminate(now, f"no answer to an in-dialog {request.method}")
+        return outputs
 
     def _forget(self, relay: Relay) -> None:
         self.manager.b_deadlines.disarm(relay)

@@ -536,4 +536,4 @@ class _AckWait:
         if self.leg.unacked.pop(self.cseq, None) is not self.pending:
             return []
         self.cancel_all()
-        return self.call.ack_timeout(self.leg, at)
+        return self.call.ack_timeout(self.leg, at, self.pending.other_cseq)

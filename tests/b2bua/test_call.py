@@ -464,6 +464,10 @@ class AckTests(CallTestCase):
         byes = {bye.top_via.branch: (f, bye) for f, bye in self.net.requests(sent, "BYE")}
         byes_sent = sorted(f.remote for f, _ in byes.values())
         self.assertEqual(byes_sent, sorted([A_FLOW.remote, B_FLOW.remote]))
+        # the callee's 2xx is ACKed before its BYE (RFC 3261 §13.2.2.4)
+        order = [m.method for f, m in sent if f == B_FLOW and isinstance(m, Request)]
+        self.assertEqual(order[:2], ["ACK", "BYE"])  # then BYE retransmissions (UDP)
+        self.assertEqual(set(order[1:]), {"BYE"})
         self.assertEqual(self.net.core.calls.counters.get("access", "ack-timeouts"), 1)
         for flow, bye in byes.values():
             context = ACCESS if flow == A_FLOW else CORE
@@ -779,6 +783,31 @@ class RedirectTests(CallTestCase):
 
 
 class InDialogTests(CallTestCase):
+    def test_unanswered_in_dialog_request_ends_the_call(self) -> None:
+        """RFC 3261 §12.2.1.2: no answer at all to an in-dialog request ends the dialog."""
+        _a_invite, _b_invite, ok = self.establish()
+        info = invite(method="INFO", to_tag=ok.to.tag, branch="z9hG4bKinfo", cseq=2, body=b"")
+        self.net.requests(self.net.feed(info, A_FLOW, ACCESS), "INFO")
+        sent = self.net.tick(self.net.now + 40.0)
+        statuses = [m.status for f, m in self.net.responses(sent) if f == A_FLOW]
+        self.assertIn(408, statuses)
+        byes = [f for f, _ in self.net.requests(sent, "BYE")]
+        self.assertIn(A_FLOW, byes)
+        self.net.settle()
+        self.assertIdle()
+
+    def test_481_to_a_relayed_request_ends_the_call(self) -> None:
+        _a_invite, _b_invite, ok = self.establish()
+        info = invite(method="INFO", to_tag=ok.to.tag, branch="z9hG4bKinf2", cseq=2, body=b"")
+        [(_, b_info)] = self.net.requests(self.net.feed(info, A_FLOW, ACCESS), "INFO")
+        sent = self.net.feed(answer(b_info, 481, contact=None), B_FLOW, CORE)
+        [(flow, relayed)] = self.net.responses(sent)
+        self.assertEqual((flow, relayed.status), (A_FLOW, 481))
+        self.assertEqual(
+            sorted(f.remote for f, _ in self.net.requests(sent, "BYE")),
+            sorted([A_FLOW.remote, B_FLOW.remote]),
+        )
+
     def test_reinvite_is_relayed(self) -> None:
         _a_invite, b_invite, ok = self.establish()
         new_sdp = SDP.replace(b"192.0.2.10", b"192.0.2.11")

@@ -306,10 +306,19 @@ def start_sbc(
     :class:`SbcProcess` once the daemon logged "started with N adjacencies"
     and every attached adjacency's sockets are listening.
     """
-    chosen = [a if a.port else attrs.evolve(a, port=free_port()) for a in adjacencies]
-    config = render_config(service, chosen, sbe=sbe)
-    sbc = yield launch_sbc(case, pki, chosen, config, extra_args)
-    return sbc
+    for attempt in range(3):
+        chosen = [a if a.port else attrs.evolve(a, port=free_port()) for a in adjacencies]
+        config = render_config(service, chosen, sbe=sbe)
+        try:
+            sbc = yield launch_sbc(case, pki, chosen, config, extra_args)
+        except FailTest as error:
+            # another process took a free port between free_port() and the bind:
+            # try other ports (a race of parallel test runs, not a failure of sbc)
+            if "Address already in use" not in str(error) or attempt == 2:
+                raise
+            continue
+        return sbc
+    raise AssertionError("unreachable")
 
 
 def sbc_command(

@@ -275,9 +275,8 @@ class DeadCalleeTests(_FaultsTestCase):
         answer at all SHOULD terminate the dialog. The SBC is the UAC of the
         callee's leg; its relayed re-INVITE cannot be delivered (the callee's
         port refuses the connection), so that dialog is over, and a B2BUA
-        whose one leg is over must end the other: BYE to the caller. Today
-        sbc answers 408 and keeps the call (sbc/b2bua/call.py
-        ``relay_failed``), so the call stays until the caller hangs up.
+        whose one leg is over must end the other: BYE to the caller
+        (sbc/b2bua/call.py ``relay_failed``).
         """
         caller = yield self.kill_callee_mid_call("faults_uac_hold_reinvite.xml")
         result = yield caller.wait(50, "the caller")
@@ -286,11 +285,6 @@ class DeadCalleeTests(_FaultsTestCase):
             result.exit_code, 0, caller.describe(result) + "\n--- show calls:\n" + calls
         )
         yield self.assert_tables_empty()
-
-    test_reinvite_to_the_dead_callee_ends_the_call.todo = (  # type: ignore[attr-defined]
-        "sbc/b2bua: a relayed in-dialog request that fails (408, transport error) does not "
-        "end the call (RFC 3261 §12.2.1.2); the lead owns the B2BUA"
-    )
 
 
 class ConnectionResetTests(_FaultsTestCase):
