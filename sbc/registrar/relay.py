@@ -1,6 +1,6 @@
 """Registration relay: phones register through the SBC with a registrar behind it.
 
-The access-SBC deployment (docs/phones.md, "Phones registering with a PBX"): a
+The access-SBC deployment (docs/phones.md, "Deployment 2: access SBC"): a
 REGISTER for a domain that is not a ``local-domain`` is routed like a call to
 the registrar behind an outbound adjacency. :class:`RegistrationRelay`
 
@@ -11,7 +11,8 @@ the registrar behind an outbound adjacency. :class:`RegistrationRelay`
   every end-to-end header (``Authorization`` included) are unchanged, so a
   registrar's digest stays valid; one outbound Call-ID per phone Call-ID,
   kept for every refresh, with an increasing CSeq (RFC 3261 §10.2);
-- relays the registrar's answer: a 401/407 challenge unchanged, a 2xx as
+- relays the registrar's answer: a 401/407 challenge unchanged (and a 423,
+  whose retry, like a challenge's, leaves on the same outbound Call-ID), a 2xx as
   the phone's own Contacts with the expiries the registrar granted (and
   nothing else: other bindings of the AOR are not shown), any other failure
   as it is. Nothing is bound at the SBC before the registrar's 2xx;
@@ -64,6 +65,10 @@ DEFAULT_EXPIRES = 3600
 MAX_CANDIDATES = 4
 #: Seconds a session without a binding (a challenged REGISTER) waits for the retry.
 SESSION_GRACE = 300.0
+#: Refusals a phone answers with a new REGISTER on the same Call-ID: a challenge, or
+#: 423 Interval Too Brief (RFC 3261 §10.2.8). The session, and with it the outbound
+#: Call-ID and From tag a registrar may have tied its nonce to, waits for that retry.
+RETRIED_REFUSALS = frozenset({401, 407, 423})
 
 _log = Logger(namespace="sbc.registrar")
 
@@ -401,8 +406,8 @@ class RegistrationRelay:
             return self._registered(pending, response, now)
         if status in (408, 503) and pending.new_session and pending.candidates:
             return self._retry(pending, now)
-        if pending.new_session and status not in (401, 407):
-            # a challenge keeps the session: the retry goes on the same Call-ID
+        if pending.new_session and status not in RETRIED_REFUSALS:
+            # a challenge or a 423 keeps the session: the retry goes on the same Call-ID
             self._forget_session(pending.session)
         reply = response_to(pending.request, status, response.reason)
         copy_end_to_end(response, reply.headers)

@@ -243,6 +243,34 @@ class RelayTests(SynchronousTestCase):
         self.assertEqual(self.net.core.relay.sessions, {})
         self.assertEqual(self.net.core.relay.pending, {})
 
+    def test_interval_too_brief_keeps_the_outbound_call_id(self) -> None:
+        """423: the phone's retry with a longer expiry leaves on the same outbound dialog.
+
+        Seen with Kamailio (``min_expires_mode 1``, nonces tied to the
+        Call-ID and From tag): a retry on a new Call-ID had its credentials
+        refused with a fresh 401, one more round trip for every phone.
+        """
+        _, first = self.net.one(self.net.feed(register(expires=60), PHONE, PHONES), "REGISTER")
+        too_brief = response_to(first, 423, "Interval Too Brief")
+        too_brief.headers.add("Min-Expires", "120")
+        _, answer = self.net.one(self.net.feed(too_brief, CORE_FLOW, CORE), "423")
+        self.assertEqual(answer.headers.get("Min-Expires"), "120")
+        self.assertEqual(self.net.core.relay.bindings(), [])
+        _, retry = self.net.one(self.net.feed(register(2, expires=120), PHONE, PHONES), "REGISTER")
+        self.assertEqual(retry.call_id, first.call_id)
+        self.assertEqual(retry.from_.tag, first.from_.tag)
+        self.assertEqual(retry.cseq.seq, first.cseq.seq + 1)
+        self.assertEqual(retry.contacts[0].uri.user, first.contacts[0].uri.user)
+        self.assertEqual(retry.contacts[0].expires, 120)
+
+    def test_a_session_left_by_423_is_forgotten_later(self) -> None:
+        """A phone that gives up after a 423 leaves no session behind for long."""
+        _, first = self.net.one(self.net.feed(register(expires=60), PHONE, PHONES), "REGISTER")
+        self.net.feed(response_to(first, 423, "Interval Too Brief"), CORE_FLOW, CORE)
+        self.assertEqual(len(self.net.core.relay.sessions), 1)
+        self.net.tick(301.0)
+        self.assertEqual(self.net.core.relay.sessions, {})
+
     def test_connection_close_and_expiry_end_the_binding(self) -> None:
         self.net.registered()
         self.net.core.connection_closed(11, 1.0)
