@@ -208,13 +208,17 @@ def phone_certificate(pki: Pki, stem: str, domain: str = DOMAIN) -> tuple[str, s
 
 @attrs.frozen
 class Registration:
-    """One row of ``show services sbc NAME sbe registrations`` (``flow``: "" if not shown)."""
+    """One row of ``show services sbc NAME sbe registrations`` ("" for a column not shown).
+
+    ``registrar`` is ``local`` or ``relayed to ADJACENCY``.
+    """
 
     aor: str
     contact: str
     adjacency: str
     expires: str
     flow: str = ""
+    registrar: str = ""
 
 
 def parse_registrations(text: str) -> list[Registration]:
@@ -241,6 +245,7 @@ def parse_registrations(text: str) -> list[Registration]:
                 cells.get("adjacency", ""),
                 cells.get("expires", ""),
                 cells.get("flow", ""),
+                cells.get("registrar", ""),
             )
         )
     return found
@@ -454,7 +459,9 @@ class Baresip(_Phone):
 
     ``outbound_port`` is the SBC's TLS port (the account's outbound proxy);
     ``certificate`` a combined certificate+key PEM to present (None: no
-    client certificate); ``ca`` what it trusts for the SBC's certificate.
+    client certificate); ``ca`` what it trusts for the SBC's certificate;
+    ``account_params`` more ``name=value`` parameters of the account line
+    (``sipnat=outbound``...).
     """
 
     name = "baresip"
@@ -471,9 +478,10 @@ class Baresip(_Phone):
         auth_pass: str | None = None,
         answermode: str = "auto",
         regint: int = 600,
+        account_params: Sequence[str] = (),
     ) -> None:
         super().__init__(case)
-        for value in (auth_user, auth_pass):
+        for value in (auth_user, auth_pass, *account_params):
             if value is not None and re.search(r"[\s;\"]", value):
                 # baresip 1.0 cuts the account line's values at a space (measured).
                 raise ValueError(f"baresip cannot take {value!r} in its account line")
@@ -485,6 +493,7 @@ class Baresip(_Phone):
         self.auth_pass = auth_pass
         self.answermode = answermode
         self.regint = regint
+        self.account_params = tuple(account_params)
         self.sip_port = 0
         self.control_port = 0
         self.events: list[dict[str, Any]] = []
@@ -502,6 +511,7 @@ class Baresip(_Phone):
         if self.auth_pass is not None:
             params.append(f"auth_pass={self.auth_pass}")
         params += [f"answermode={self.answermode}", f"regint={self.regint}"]
+        params += self.account_params
         return f"<{self.aor};transport=tls>;" + ";".join(params)
 
     @property
