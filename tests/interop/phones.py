@@ -461,7 +461,8 @@ class Baresip(_Phone):
     ``certificate`` a combined certificate+key PEM to present (None: no
     client certificate); ``ca`` what it trusts for the SBC's certificate;
     ``account_params`` more ``name=value`` parameters of the account line
-    (``sipnat=outbound``...).
+    (``sipnat=outbound``...); ``modules`` more application modules
+    (``uuid.so``: the instance ID that ``sipnat=outbound`` needs).
     """
 
     name = "baresip"
@@ -479,6 +480,7 @@ class Baresip(_Phone):
         answermode: str = "auto",
         regint: int = 600,
         account_params: Sequence[str] = (),
+        modules: Sequence[str] = (),
     ) -> None:
         super().__init__(case)
         for value in (auth_user, auth_pass, *account_params):
@@ -494,6 +496,7 @@ class Baresip(_Phone):
         self.answermode = answermode
         self.regint = regint
         self.account_params = tuple(account_params)
+        self.modules = tuple(modules)
         self.sip_port = 0
         self.control_port = 0
         self.events: list[dict[str, Any]] = []
@@ -537,6 +540,7 @@ class Baresip(_Phone):
             "module\tg711.so",
             "module_app\tmenu.so",
             "module_app\tctrl_tcp.so",
+            *(f"module_app\t{module}" for module in self.modules),
             f"ctrl_tcp_listen\t{HOST}:{self.control_port}",
         ]
         return "\n".join(lines) + "\n"

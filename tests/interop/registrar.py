@@ -241,6 +241,9 @@ onreply_route {{
 """
 
 
+_UL_FIELDS = ("Address", "Expires", "Call-ID", "User-Agent", "Instance", "Reg-Id")
+
+
 @attrs.frozen
 class UlContact:
     """One binding of Kamailio's location table (``kamcmd ul.dump``)."""
@@ -250,6 +253,8 @@ class UlContact:
     expires: int | None
     call_id: str = ""
     user_agent: str = ""
+    instance: str = ""
+    reg_id: str = ""
 
 
 def parse_ul_dump(text: str) -> list[UlContact]:
@@ -268,6 +273,8 @@ def parse_ul_dump(text: str) -> list[UlContact]:
                     int(expires) if expires.lstrip("-").isdigit() else None,
                     contact.get("Call-ID", ""),
                     contact.get("User-Agent", ""),
+                    contact.get("Instance", ""),
+                    contact.get("Reg-Id", ""),
                 )
             )
 
@@ -283,7 +290,7 @@ def parse_ul_dump(text: str) -> list[UlContact]:
         elif key == "Contact" and value in ("", "{"):
             flush()
             contact = {}
-        elif contact is not None and key in ("Address", "Expires", "Call-ID", "User-Agent"):
+        elif contact is not None and key in _UL_FIELDS:
             contact.setdefault(key, value)
     flush()
     return found

@@ -370,6 +370,29 @@ class RegistrationRelayTests(AccessTestCase):
         self.assertEqual(counters.get("register-forwarded"), 2, counters)
 
     @defer.inlineCallbacks
+    def test_instance_and_reg_id_reach_kamailio(self) -> Any:
+        """baresip with RFC 5626 outbound: Kamailio stores its ``+sip.instance`` and ``reg-id``."""
+        yield self.start_access()
+        phone = yield self.registered_baresip(
+            account_params=("sipnat=outbound",), modules=("uuid.so",)
+        )
+        register = next(m for m in phone.sip_messages() if m.sent and m.is_request("REGISTER"))
+        [contact] = register.header("Contact")
+        instance = re.search(r'\+sip\.instance="<([^>]+)>"', contact)
+        assert instance is not None, contact
+        location = yield self.kamailio.location()
+        self.assertEqual(
+            [(b.instance, b.reg_id) for b in location], [(f"<{instance[1]}>", "1")], location
+        )
+        self.assertRegex(
+            location[0].address, TOKEN_CONTACT.format(port=self.sbc_process.port("pbx"))
+        )
+        ok = next(m for m in phone.sip_messages() if not m.sent and m.is_response(200, "REGISTER"))
+        [answered] = ok.header("Contact")
+        self.assertIn(f'+sip.instance="<{instance[1]}>"', answered)
+        self.assertIn("reg-id=1", answered)
+
+    @defer.inlineCallbacks
     def test_call_from_kamailio_reaches_baresip_over_its_connection(self) -> Any:
         """SIPp -> Kamailio (lookup) -> SBC's token -> baresip over its REGISTER connection."""
         yield self.call_from_kamailio("udp")
