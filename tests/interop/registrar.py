@@ -32,8 +32,9 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -48,6 +49,7 @@ __all__ = [
     "LogEvent",
     "RegistrarProcess",
     "UlContact",
+    "launch_kamailio",
     "parse_ul_dump",
     "render_registrar_config",
     "start_registrar",
@@ -354,7 +356,10 @@ class RegistrarProcess:
         return None
 
 
-@defer.inlineCallbacks
+#: ``render(port, ctl_socket, module_directory) -> kamailio.cfg text``
+ConfigRenderer = Callable[[int, str, str], str]
+
+
 def start_registrar(
     case: TestCase,
     *,
@@ -364,10 +369,35 @@ def start_registrar(
     min_expires: int = 60,
     max_expires: int = 3600,
     interval_too_brief: bool = False,
-) -> Any:
+) -> defer.Deferred[RegistrarProcess]:
     """Start a Kamailio registrar for ``core.test``; see the module docstring.
 
-    Fires with a :class:`RegistrarProcess` once it listens on UDP and TCP.
+    Fires with a :class:`RegistrarProcess` once it listens.
+    """
+
+    def render(port: int, ctl_socket: str, modules: str) -> str:
+        return render_registrar_config(
+            port=port,
+            ctl_socket=ctl_socket,
+            modules=modules,
+            passwords=passwords,
+            forbidden=forbidden,
+            static_users=static_users,
+            min_expires=min_expires,
+            max_expires=max_expires,
+            interval_too_brief=interval_too_brief,
+        )
+
+    return launch_kamailio(case, render)
+
+
+@defer.inlineCallbacks
+def launch_kamailio(case: TestCase, render: ConfigRenderer) -> Any:
+    """Write ``render(port, ctl_socket, modules)`` and run Kamailio on it in the foreground.
+
+    ``port`` is free on 127.0.0.1 for UDP and TCP; the configuration must
+    listen on UDP there and load ``ctl`` on ``unix:CTL_SOCKET``. Fires with
+    a :class:`RegistrarProcess` once both are up; stopped by PID in clean-up.
     """
     binary = require_tool("kamailio")
     modules = registrar_module_directory()
@@ -380,19 +410,7 @@ def start_registrar(
     port = _free_udp_and_tcp_port()
     config = os.path.join(directory, "kamailio.cfg")
     with open(config, "w") as f:
-        f.write(
-            render_registrar_config(
-                port=port,
-                ctl_socket=ctl_socket,
-                modules=modules,
-                passwords=passwords,
-                forbidden=forbidden,
-                static_users=static_users,
-                min_expires=min_expires,
-                max_expires=max_expires,
-                interval_too_brief=interval_too_brief,
-            )
-        )
+        f.write(render(port, ctl_socket, modules))
     args = [binary, "-f", config, "-DD", "-E", "-Y", ctl_directory, "-w", directory]
     child = RunningProcess(get_reactor(), args, cwd=directory)
     registrar = RegistrarProcess(child, directory, port, ctl_socket)
@@ -400,17 +418,13 @@ def start_registrar(
     for _ in range(300):  # 15 s
         if child.ended.called:
             raise FailTest("kamailio exited before listening:\n" + registrar.tail())
-        listening = _listening_sockets()
-        up = (port, False) in listening and (port, True) in listening
-        if up and os.path.exists(ctl_socket):
+        if (port, True) in _listening_sockets() and os.path.exists(ctl_socket):
             return registrar
         yield pause(0.05)
-    raise FailTest(f"kamailio does not listen on {HOST}:{port}:\n" + registrar.tail())
+    raise FailTest(f"kamailio does not listen on UDP {HOST}:{port}:\n" + registrar.tail())
 
 
 def _free_udp_and_tcp_port() -> int:
-    import socket
-
     for _ in range(100):
         port = free_port()
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:

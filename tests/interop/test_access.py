@@ -18,6 +18,7 @@ tests count REGISTERs there and read its location table with
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import re
 import signal
@@ -49,7 +50,7 @@ from tests.interop.phones import (
     registrations,
     render_phones_config,
 )
-from tests.interop.registrar import LogEvent, start_registrar
+from tests.interop.registrar import LogEvent, launch_kamailio, start_registrar
 from tests.interop.test_cli import SBC_CLI, cli_socket
 from tests.support.peers import free_port, run
 
@@ -83,6 +84,7 @@ class AccessTestCase(PhonesTestCase):
     def start_access(
         self,
         *,
+        kamailio: Any = None,
         refresh_min: int = 0,
         bob: str | None = None,
         pbx_transport: str = "udp",
@@ -93,16 +95,19 @@ class AccessTestCase(PhonesTestCase):
 
         ``pbx_transport`` is the ``pbx`` adjacency's (``udp`` or ``tcp``);
         ``refresh_min`` sets ``register-refresh-min``; ``min_expires`` is
-        Kamailio's shortest registration.
+        Kamailio's shortest registration. ``kamailio``: a Deferred firing
+        with a Kamailio started otherwise (the other Kamailio settings unused).
         """
-        self.kamailio = yield start_registrar(
-            self,
-            passwords=PASSWORDS,
-            forbidden=("mallory",),
-            static_users={"bob": bob} if bob else None,
-            min_expires=min_expires,
-            interval_too_brief=interval_too_brief,
-        )
+        if kamailio is None:
+            kamailio = start_registrar(
+                self,
+                passwords=PASSWORDS,
+                forbidden=("mallory",),
+                static_users={"bob": bob} if bob else None,
+                min_expires=min_expires,
+                interval_too_brief=interval_too_brief,
+            )
+        self.kamailio = yield kamailio
         adjacencies = [
             PhoneAdjacency(
                 "phones", "trusted-encrypted", port=free_port(), settings=PHONE_SETTINGS
@@ -126,10 +131,15 @@ class AccessTestCase(PhonesTestCase):
         return self.sbc
 
     @defer.inlineCallbacks
-    def registered_baresip(self, user: str = "alice", **kwargs: Any) -> Any:
+    def registered_baresip(
+        self, user: str = "alice", password: str | None = None, **kwargs: Any
+    ) -> Any:
         """baresip for ``sip:USER@core.test`` (no client certificate), registered."""
         phone = self.baresip(
-            aor=f"sip:{user}@core.test", auth_user=user, auth_pass=PASSWORDS[user], **kwargs
+            aor=f"sip:{user}@core.test",
+            auth_user=user,
+            auth_pass=PASSWORDS[user] if password is None else password,
+            **kwargs,
         )
         yield phone.start()
         yield phone.wait_registered()
@@ -452,6 +462,37 @@ class RegistrationRelayTests(AccessTestCase):
         self.assertIn("From: <sip:alice@core.test>", invite.text)
 
     @defer.inlineCallbacks
+    def test_linphonec_registers_and_answers_through_the_sbc(self) -> Any:
+        """linphonec: it changes its Contact after the 401; one binding at Kamailio and the SBC.
+
+        linphonec learns its connection's port from the 401 and retries with a
+        Contact on that port: the relay gives the new Contact a token of its
+        own; Kamailio saves only that one, and a call through it connects.
+        """
+        yield self.start_access()
+        phone = self.linphonec(
+            identity="sip:alice@core.test",
+            username="alice",
+            password=PASSWORDS["alice"],
+            realm="core.test",
+        )
+        yield phone.start()
+        yield phone.wait_registered()
+        location = yield self.kamailio.location()
+        token = TOKEN_CONTACT.format(port=self.sbc_process.port("pbx"))
+        self.assertEqual(len(location), 1, location)
+        self.assertRegex(location[0].address, f"^{token}$")
+        self.assertTrue(location[0].user_agent.startswith("Linphone"), location)
+        rows = yield self.bindings()
+        self.assertEqual(
+            [(r.aor, r.registrar) for r in rows], [("alice@core.test", "relayed to pbx")]
+        )
+        caller = self.kamailio_caller("phones_uac.xml")
+        yield phone.wait_answered()
+        yield self.sipp_succeeds(caller)
+        yield phone.wait_call_ended()
+
+    @defer.inlineCallbacks
     def test_unregister_removes_the_binding_at_kamailio_and_the_sbc(self) -> Any:
         """baresip deletes its account (``uadel``): expires=0 through the 401, nothing left."""
         yield self.start_access()
@@ -712,3 +753,91 @@ def _server_only_tls(ca: str) -> Any:
     with open(ca, "rb") as f:
         trust = twisted_ssl.Certificate.loadPEM(f.read())
     return twisted_ssl.optionsForClientTLS(SBC_NAME, trustRoot=trust)
+
+
+#: docs/phones.md, whose Kamailio example the last tests run as it is written.
+PHONES_DOC = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    "docs",
+    "phones.md",
+)
+#: The passwords in that example.
+DOCUMENTED_PASSWORDS = {"alice": "alice-secret", "bob": "bob-secret"}
+
+
+def documented_kamailio_config(port: int, ctl_socket: str, modules: str) -> str:
+    """docs/phones.md's Kamailio registrar, moved to 127.0.0.1:``port`` and ``core.test``.
+
+    Only the address, the module path, the domain and the ctl socket (its
+    default is under /run) change; the test fails if the example no longer
+    has them where they were.
+    """
+    with open(PHONES_DOC, encoding="utf-8") as f:
+        blocks = re.findall(r"^```\n(#!KAMAILIO\n.*?)^```", f.read(), re.M | re.S)
+    if len(blocks) != 1:
+        raise FailTest(f"docs/phones.md has {len(blocks)} Kamailio examples, expected 1")
+    text = blocks[0]
+    changes = (
+        ("listen=udp:10.0.0.20:5060", f"listen=udp:{HOST}:{port}"),
+        ('alias="example.com"', 'alias="core.test"'),
+        (
+            'loadmodule "ctl.so"\n',
+            f'loadmodule "ctl.so"\nmodparam("ctl", "binrpc", "unix:{ctl_socket}")\n',
+        ),
+    )
+    for old, new in changes:
+        if old not in text:
+            raise FailTest(f"docs/phones.md's Kamailio example has no {old!r}")
+        text = text.replace(old, new)
+    text, found = re.subn(r'^mpath=".*"$', f'mpath="{modules}/"', text, flags=re.M)
+    if found != 1:
+        raise FailTest("docs/phones.md's Kamailio example has no mpath line")
+    return text
+
+
+class DocumentedKamailioTests(AccessTestCase):
+    """docs/phones.md's Kamailio example, run as written, behind the access SBC."""
+
+    @defer.inlineCallbacks
+    def test_documented_registrar_registers_and_calls(self) -> Any:
+        """alice and bob register through the SBC; SIPp -> alice; alice -> bob (407 once)."""
+        yield self.start_access(kamailio=launch_kamailio(self, documented_kamailio_config))
+        alice = yield self.registered_baresip(password=DOCUMENTED_PASSWORDS["alice"])
+        bob = yield self.registered_baresip("bob", DOCUMENTED_PASSWORDS["bob"])
+        location = yield self.kamailio.location()
+        token = TOKEN_CONTACT.format(port=self.sbc_process.port("pbx"))
+        self.assertEqual(sorted(b.aor for b in location), ["alice", "bob"], location)
+        for binding in location:
+            self.assertRegex(binding.address, f"^{token}$")
+
+        caller = self.kamailio_caller("phones_uac.xml")
+        yield alice.wait_call_established()
+        yield self.sipp_succeeds(caller)
+        yield alice.wait_call_closed()
+
+        yield alice.dial("sip:bob@core.test")
+        yield bob.wait_call_established()
+        yield alice.wait_call_established()
+        yield alice.hangup()
+        yield bob.wait_call_closed()
+        challenges = [
+            m.first_line
+            for m in alice.sip_messages()
+            if not m.sent and (m.is_response(401) or m.is_response(407))
+        ]
+        self.assertEqual(
+            challenges, ["SIP/2.0 401 Unauthorized", "SIP/2.0 407 Proxy Authentication Required"]
+        )
+
+    @defer.inlineCallbacks
+    def test_documented_registrar_refuses_a_wrong_user(self) -> Any:
+        """bob's password used to register alice: 403 from the example's user check."""
+        yield self.start_access(kamailio=launch_kamailio(self, documented_kamailio_config))
+        phone = self.baresip(
+            aor="sip:alice@core.test", auth_user="bob", auth_pass=DOCUMENTED_PASSWORDS["bob"]
+        )
+        yield phone.start()
+        reason = yield phone.wait_register_failed(seconds=20.0)
+        self.assertRegex(reason, r"^403 ", phone.describe())
+        location = yield self.kamailio.location()
+        self.assertEqual(location, [])
