@@ -17,6 +17,7 @@ tests count REGISTERs there and read its location table with
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import random
@@ -27,6 +28,7 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet import ssl as twisted_ssl
+from twisted.internet.error import ProcessExitedAlready
 from twisted.trial.unittest import FailTest
 
 from tests.interop.calls_harness import SippProcess, start_sipp, start_sipp_uas
@@ -530,6 +532,34 @@ class RegistrationRelayTests(AccessTestCase):
         replies = [e.text for e in self.kamailio.log_events("reply") if e.text.startswith("404")]
         sbc = f"{HOST}:{self.sbc_process.port('pbx')}"
         self.assertEqual(replies, [f"404 Not Found - registration ended to INVITE from {sbc}"])
+
+    @defer.inlineCallbacks
+    def test_expired_binding_gets_404_from_the_sbc(self) -> Any:
+        """baresip frozen (``regint=2``): its binding expires at the SBC after 2 s.
+
+        Kamailio raised the 2 s to its minimum of 60 and still holds the
+        binding; the SBC told the phone 2 s (what it asked) and ends its own
+        binding then, with its connection still open: a call gets 404.
+        """
+        yield self.start_access()
+        phone = yield self.registered_baresip(regint=2)
+        assert phone.child is not None
+        process = phone.child.process
+        process.signalProcess(signal.SIGSTOP)
+
+        def resume() -> None:
+            with contextlib.suppress(ProcessExitedAlready):
+                process.signalProcess(signal.SIGCONT)
+
+        self.addCleanup(resume)
+        yield self.sbc_logged(r"expired \S+ for alice@core\.test .*relayed to pbx")
+        location = yield self.kamailio.location()
+        self.assertEqual(len(location), 1, location)
+        assert location[0].expires is not None
+        self.assertGreater(location[0].expires, 50)
+        caller = self.kamailio_caller("access_uac_404.xml")
+        yield self.sipp_succeeds(caller)
+        self.assertNotIn("connection closed", self.sbc_process.output())
 
     @defer.inlineCallbacks
     def test_interval_too_brief_retry_keeps_the_call_id(self) -> Any:
