@@ -30,6 +30,7 @@ the test directory (``kamailio.log``).
 from __future__ import annotations
 
 import os
+import random
 import re
 import shutil
 import socket
@@ -322,6 +323,40 @@ class RegistrarProcess:
 
     def tail(self, lines: int = 60) -> str:
         return "--- kamailio log tail:\n" + "\n".join(self.output().splitlines()[-lines:])
+
+    @defer.inlineCallbacks
+    def settle(self, seconds: float = 10.0) -> Any:
+        """Wait until every line Kamailio logged so far has been read by the test.
+
+        The log comes through a pipe that the test reads when its reactor
+        gets to it: a 200 relayed by the SBC can arrive before the log line
+        of the REGISTER it answers. An OPTIONS with a unique Call-ID is sent
+        to Kamailio; its log line is written after those of every request
+        answered before, so once it shows, they all have.
+        """
+        call_id = f"settle-{random.getrandbits(48):012x}@{HOST}"
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            sender.bind((HOST, 0))
+            port = sender.getsockname()[1]
+            request = (
+                f"OPTIONS sip:{DOMAIN} SIP/2.0\r\n"
+                f"Via: SIP/2.0/UDP {HOST}:{port};branch=z9hG4bK{call_id[7:19]}\r\n"
+                "Max-Forwards: 70\r\n"
+                f"From: <sip:settle@{HOST}>;tag=settle\r\n"
+                f"To: <sip:{DOMAIN}>\r\n"
+                f"Call-ID: {call_id}\r\n"
+                "CSeq: 1 OPTIONS\r\n"
+                "Content-Length: 0\r\n\r\n"
+            ).encode()
+            for attempt in range(int(seconds / 0.05) + 1):
+                if attempt % 20 == 0:  # once a second: a lost datagram is sent again
+                    sender.sendto(request, (HOST, self.port))
+                if f"call-id {call_id}" in self.output():
+                    return None
+                yield pause(0.05)
+        raise FailTest(
+            f"Kamailio did not log the settle OPTIONS within {seconds:g} s\n" + self.tail()
+        )
 
     def log_events(self, kind: str | None = None) -> list[LogEvent]:
         """The ``kamailio-registrar:`` lines in order (``kind``: the word after the marker)."""

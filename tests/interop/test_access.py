@@ -350,6 +350,7 @@ class RegistrationRelayTests(AccessTestCase):
         self.assertEqual(ok.header("Contact"), [f"<{phone_contact}>;expires=600"])
 
         # what Kamailio received: the SBC's Contact, on one Call-ID, baresip's credentials
+        yield self.kamailio.settle()
         received = self.kamailio.requests("REGISTER")
         self.assertEqual(len(received), 2, self.context())
         self.assertIn("auth [<null>]", received[0].text)
@@ -425,6 +426,7 @@ class RegistrationRelayTests(AccessTestCase):
         yield phone.wait_call_established()
         yield self.sipp_succeeds(caller)
         yield phone.wait_call_closed()
+        yield self.kamailio.settle()
         relays = [e.text for e in self.kamailio.log_events("relay") if e.text.startswith("INVITE")]
         self.assertEqual(len(relays), 1, self.context())
         self.assertRegex(relays[0], f"^INVITE {token} ")
@@ -452,6 +454,7 @@ class RegistrationRelayTests(AccessTestCase):
         yield alice.hangup()
         yield bob.wait_call_closed()
         yield alice.wait_call_closed()
+        yield self.kamailio.settle()
         relays = [e.text for e in self.kamailio.log_events("relay") if e.text.startswith("INVITE")]
         self.assertEqual(len(relays), 1, self.context())
         self.assertRegex(
@@ -506,6 +509,7 @@ class RegistrationRelayTests(AccessTestCase):
         self.assertEqual(location, [], self.context())
         rows = yield self.bindings()
         self.assertEqual(rows, [], self.context())
+        yield self.kamailio.settle()
         received = self.kamailio.requests("REGISTER")
         self.assertEqual(
             [("auth [alice]" in e.text, "expires=0" in e.text) for e in received],
@@ -529,6 +533,7 @@ class RegistrationRelayTests(AccessTestCase):
         self.assertEqual(len(location), 1, location)
         caller = self.kamailio_caller("access_uac_404.xml")
         yield self.sipp_succeeds(caller)
+        yield self.kamailio.settle()
         replies = [e.text for e in self.kamailio.log_events("reply") if e.text.startswith("404")]
         sbc = f"{HOST}:{self.sbc_process.port('pbx')}"
         self.assertEqual(replies, [f"404 Not Found - registration ended to INVITE from {sbc}"])
@@ -584,6 +589,7 @@ class RegistrationRelayTests(AccessTestCase):
             phone.describe(),
         )
         self.assertEqual(answers[1].header("Min-Expires"), ["120"])
+        yield self.kamailio.settle()
         received = self.kamailio.requests("REGISTER")
         self.assertEqual(len(received), 3, self.context())
         self.assertEqual(len({_field(e, "call-id") for e in received}), 1, self.context())
@@ -608,6 +614,7 @@ class RegistrationRelayTests(AccessTestCase):
             m.first_line for m in phone.sip_messages() if not m.sent and m.is_response(401)
         ] + [m.first_line for m in phone.sip_messages() if not m.sent and m.is_response(403)]
         self.assertEqual(statuses, ["SIP/2.0 401 Unauthorized", "SIP/2.0 403 Forbidden"])
+        yield self.kamailio.settle()
         received = self.kamailio.requests("REGISTER")
         self.assertEqual(len(received), 2, self.context())
         self.assertEqual(self.kamailio.log_events("saved"), [])
@@ -648,9 +655,11 @@ class ThrottlingTests(AccessTestCase):
         """The baseline: 10 refreshes on one connection, 10 more REGISTERs at Kamailio."""
         yield self.start_access()
         phone = yield self.scripted_phone()
+        yield self.kamailio.settle()
         before = len(self.kamailio.requests("REGISTER"))
         yield self.refresh(phone)
         self.assertEqual(before, 2)
+        yield self.kamailio.settle()
         self.assertEqual(len(self.kamailio.requests("REGISTER")) - before, self.REFRESHES)
         counters = yield sbc_counters(self.sbc_process, "phones")
         self.assertEqual(counters.get("register-forwarded"), 2 + self.REFRESHES, counters)
@@ -661,10 +670,12 @@ class ThrottlingTests(AccessTestCase):
         """``register-refresh-min 60``: Kamailio asked for 120 s; 10 refreshes reach it 0 times."""
         yield self.start_access(refresh_min=60)
         phone = yield self.scripted_phone()
+        yield self.kamailio.settle()
         received = self.kamailio.requests("REGISTER")
         self.assertEqual(len(received), 2)
         self.assertRegex(received[1].text, r"contact <[^>]+>;expires=120 ")
         yield self.refresh(phone)
+        yield self.kamailio.settle()
         self.assertEqual(len(self.kamailio.requests("REGISTER")), 2, self.context())
         counters = yield sbc_counters(self.sbc_process, "phones")
         self.assertEqual(counters.get("register-forwarded"), 2, counters)
@@ -691,6 +702,7 @@ class ThrottlingTests(AccessTestCase):
             return len(oks) >= 1 + self.REFRESHES
 
         yield poll_until(refreshed, 90.0, "baresip's refreshes", phone.describe)
+        yield self.kamailio.settle()
         saved = self.kamailio.log_events("saved")
         self.assertLessEqual(len(saved) - 1, 1, self.context())
         counters = yield sbc_counters(self.sbc_process, "phones")
@@ -756,6 +768,7 @@ class DelegatedAuthenticationCallTests(AccessTestCase):
         self.assertRegex(proxy_challenge, r'^Digest realm="core\.test", nonce="[^"]+"')
 
         # what Kamailio received: one dialog (Call-ID, From tag), CSeq + 1, the nonce accepted
+        yield self.kamailio.settle()
         received = self.kamailio.requests("INVITE")
         self.assertEqual(len(received), 2, self.context())
         self.assertEqual(len({_field(e, "call-id") for e in received}), 1, self.context())
