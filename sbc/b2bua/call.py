@@ -169,23 +169,6 @@ def outbound_flow(adjacency: AdjacencyConfig, uri: URI) -> Flow:
     return destination_flow(adjacency, uri, next_hop(adjacency, uri).default_destination)
 
 
-def uri_for_flow(uri: URI, flow: Flow) -> URI:
-    """``uri`` as the Request-URI of a request sent on ``flow``.
-
-    A ``;transport=`` parameter that names another transport than the one
-    the request leaves on is dropped (a phone's ``sip:bob@far;transport=tls``
-    routed out of a plain TCP trunk would otherwise tell the next proxy to
-    use TLS). ``sips:...;transport=tcp`` on TLS is kept: SIPS over TCP is TLS.
-    """
-    wanted = uri.param("transport")
-    if wanted is None:
-        return uri
-    wanted = wanted.upper()
-    if wanted == flow.transport or (flow.transport == "TLS" and wanted == "TCP" and uri.is_secure):
-        return uri
-    return uri.without_params("transport")
-
-
 def contact_for(flow: Flow, user: str | None = None, *, secure: bool = True) -> NameAddr:
     """Our Contact on a leg that uses ``flow``; it follows the dialog's scheme on TLS.
 
@@ -662,7 +645,7 @@ class Call:
             cseq,
             security.requires_secure_target(target.uri.scheme),
         )
-        leg.remote_target = uri_for_flow(target.uri, flow)
+        leg.remote_target = target.uri
         leg.invite_cseq = leg.local_cseq
         request = leg.request(self.method, leg.local_cseq, manager.stack.new_branch())
         request.headers.set("Max-Forwards", self.max_forwards)

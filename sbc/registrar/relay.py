@@ -65,6 +65,9 @@ DEFAULT_EXPIRES = 3600
 MAX_CANDIDATES = 4
 #: Seconds a session without a binding (a challenged REGISTER) waits for the retry.
 SESSION_GRACE = 300.0
+#: Relay sessions (phone Call-IDs) held at most; a new one over it gets 503.
+MAX_SESSIONS = 200_000
+RETRY_LATER = (("Retry-After", "60"),)
 #: Refusals a phone answers with a new REGISTER on the same Call-ID: a challenge, or
 #: 423 Interval Too Brief (RFC 3261 §10.2.8). The session, and with it the outbound
 #: Call-ID and From tag a registrar may have tied its nonce to, waits for that retry.
@@ -241,6 +244,13 @@ class RegistrationRelay:
                 return answered
         new_session = session is None or not session.bindings
         if session is None:
+            if len(self.sessions) >= MAX_SESSIONS:
+                # a flood of new Call-IDs must not grow the table without end
+                self.expire(now)
+                if len(self.sessions) >= MAX_SESSIONS:
+                    raise SipError(
+                        503, "Service Unavailable - too many registrations", headers=RETRY_LATER
+                    )
             candidates = self._candidates(request, inbound, now)
             session = RelaySession(
                 key, aor, candidates[0].name, "", new_tag(), secrets.randbelow(2**16) + 1
@@ -280,9 +290,21 @@ class RegistrationRelay:
     def _candidates(
         self, request: Request, inbound: AdjacencyConfig, now: float
     ) -> list[AdjacencyConfig]:
-        found = self._route(request, inbound, now)
-        if not found:
-            raise SipError(480, "Temporarily Unavailable")
+        try:
+            found = self._route(request, inbound, now)
+            if not found:
+                raise SipError(480, "Temporarily Unavailable")
+        except SipError as error:
+            _log.info(
+                "REGISTER for {aor} from {adjacency}: no registrar to relay it to: "
+                "{status} {reason}",
+                event="registration.refused",
+                aor=aor_key(request.to.uri),
+                adjacency=inbound.name,
+                status=error.status,
+                reason=error.reason,
+            )
+            raise
         return found[:MAX_CANDIDATES]
 
     def _answer_locally(

@@ -245,15 +245,17 @@ class SipOverTlsTests(SynchronousTestCase):
         _, refusal = net.only(net.feed(request, PHONE_TLS, PHONES), "400")
         self.assertEqual(refusal.status, 400)
 
-    def test_transport_tls_is_not_carried_to_a_plain_trunk(self) -> None:
-        """baresip dials sip:bob@far.test;transport=tls; the trunk is UDP."""
+    def test_request_uri_is_kept_even_with_another_transport(self) -> None:
+        """baresip dials sip:bob@far.test;transport=tls; the trunk is UDP. The Request-URI
+        is passed unchanged: a phone's digest answer to the PBX covers it (RFC 2617
+        §3.2.2.5), so changing it would break delegated authentication."""
         net = PhoneNet()
         call = invite(
             "sip:bob@far.test;transport=tls", contact="sip:alice@10.1.1.1:5061;transport=tls"
         )
         flow, out = net.only(net.feed(call, PHONE_TLS, PHONES), "INVITE")
         self.assertEqual(flow.transport, "UDP")
-        self.assertEqual(str(out.uri), "sip:bob@far.test")
+        self.assertEqual(str(out.uri), "sip:bob@far.test;transport=tls")
 
     def test_phone_calls_out_and_gets_a_sip_contact_back(self) -> None:
         """baresip's sip: call: the SBC's Contact in the 200 must be sip:...;transport=tls."""

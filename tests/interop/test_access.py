@@ -777,10 +777,12 @@ class DelegatedAuthenticationCallTests(AccessTestCase):
         self.assertEqual(
             [e.text.split()[0] for e in self.kamailio.log_events("challenge")], ["401", "407"]
         )
-        # baresip dials sip:bob@core.test;transport=tls; the SBC drops the parameter on
-        # the UDP leg, while the digest (Kamailio does not compare it) keeps that uri
+        # baresip dials sip:bob@core.test;transport=tls; the SBC keeps the Request-URI
+        # (the digest's uri covers it) on the UDP leg too
         relays = [e.text for e in self.kamailio.log_events("relay") if e.text.startswith("INVITE")]
-        self.assertEqual(relays, [f"INVITE sip:bob@core.test to [sip:{HOST}:{callee.port}]"])
+        self.assertEqual(
+            relays, [f"INVITE sip:bob@core.test;transport=tls to [sip:{HOST}:{callee.port}]"]
+        )
         [credentials] = invites[1].header("Proxy-Authorization")
         self.assertIn('uri="sip:bob@core.test;transport=tls"', credentials)
         counters = yield sbc_counters(self.sbc_process, "phones")

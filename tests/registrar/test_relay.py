@@ -407,3 +407,16 @@ class RegistrarByDnsTests(SynchronousTestCase):
         _, answer = net.one(sent, "503")
         self.assertEqual(answer.status, 503)
         self.assertEqual(net.core.relay.sessions, {})
+
+
+class SessionCapTests(SynchronousTestCase):
+    def test_new_sessions_over_the_cap_get_503(self) -> None:
+        from sbc.registrar import relay
+
+        self.patch(relay, "MAX_SESSIONS", 2)
+        net = RelayNet()
+        for n in range(2):
+            net.one(net.feed(register(call_id=f"cap-{n}"), PHONE, PHONES), "REGISTER")
+        _, refusal = net.one(net.feed(register(call_id="cap-2"), PHONE, PHONES), "503")
+        self.assertEqual(refusal.headers.get("Retry-After"), "60")
+        self.assertEqual(len(net.core.relay.sessions), 2)
