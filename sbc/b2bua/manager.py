@@ -310,7 +310,7 @@ class CallManager:
         self, request: Request, transaction: ServerTransaction, flow: Flow, now: float
     ) -> list[StackOutput]:
         """CANCEL: 200 by its own transaction, then 487 to the INVITE and CANCEL onward."""
-        invite = self.stack.transactions.find_cancelled(request)
+        invite = self.stack.transactions.find_cancelled(request, transaction.key.scope)
         if invite is None:
             raise SipError(481, "Call/Transaction Does Not Exist")
         outputs = self.stack.respond(transaction, response_to(request, 200), now)

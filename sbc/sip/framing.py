@@ -178,7 +178,7 @@ def _content_length(head: bytes) -> int | None:
     for parts in values:
         text = " ".join(p for p in parts if p)
         if found is not None and text != found:
-            raise ParseError("Conflicting Content-Length headers")
+            raise ParseError("Conflicting Content-Length headers", 400, _request_for_error(head))
         found = text
     if found is None:
         return None

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Final, Protocol, cast
 
 from sbc.errors import ParseError
-from sbc.sip.uri import URI, parse_uri
+from sbc.sip.uri import URI, UnsupportedSchemeError, parse_uri
 
 __all__ = [
     "STAR",
@@ -698,12 +698,19 @@ class NameAddr:
 
     @property
     def uri(self) -> URI:
-        """The URI (parsed on first access; ParseError if malformed)."""
+        """The URI (parsed on first access; ParseError 400 if malformed).
+
+        A well-formed URI of a scheme other than sip, sips or tel is a 400
+        here too: 416 answers an unsupported Request-URI only (§21.4.14).
+        """
         u = self._uri
         if u is None:
             if self._star:
                 raise ParseError("Wildcard Contact has no URI")
-            u = self._uri = parse_uri(self._uri_text)
+            try:
+                u = self._uri = parse_uri(self._uri_text)
+            except UnsupportedSchemeError as error:
+                raise ParseError(f"Unsupported URI scheme {error.scheme!r} in a header") from None
         return u
 
     @property

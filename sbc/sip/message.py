@@ -791,47 +791,58 @@ def _finish_request(
     """Request line and the headers that make a request answerable.
 
     Returns the request and the problem that makes it unanswerable (None when
-    Via, From, To, Call-ID and CSeq are usable). Problems that still allow an
-    answer are added to *problems*.
+    a response can be built: Via, From, To, Call-ID and CSeq are all present).
+    Problems that still allow an answer are added to *problems*: a request
+    line that is recognisably a SIP request (method token, Request-URI, SIP
+    version) but badly spaced or with a malformed Request-URI, and mandatory
+    headers that are present but malformed or repeated (the response then
+    copies them as received, RFC 4475 §3.1.2).
     """
     parts = first.split(" ")
-    if len(parts) != 3:
-        raise ParseError("Malformed request line")
-    method, ruri, version = parts
+    spaced_right = len(parts) == 3
+    if spaced_right:
+        method, ruri, version = parts
+    else:
+        words = first.split()
+        if len(words) < 3:
+            raise ParseError("Malformed request line")
+        method, ruri, version = words[0], " ".join(words[1:-1]), words[-1]
     if not ((method.isalpha() and method.isascii()) or is_token(method)):
         raise ParseError("Malformed request method")
-    if not _ruri_match(ruri):
-        raise ParseError("Malformed Request-URI")
     if version != "SIP/2.0" and not _version_match(version):
         raise ParseError("Malformed SIP version in request line")
-    fatal = None
+    if not spaced_right:
+        problems.insert(0, "Malformed request line")
+    elif not _ruri_match(ruri):
+        problems.insert(0, "Malformed Request-URI")
 
     names = headers._names
     values = headers._values
-    count = names.count
-    index = names.index
-    try:
-        if "Via" not in names:
-            raise ParseError("Missing Via header")
-        top = _top_via(values[index("Via")])
-        if count("From") != 1 or count("To") != 1 or count("Call-ID") != 1 or count("CSeq") != 1:
-            _single(names, values, "From")
-            _single(names, values, "To")
-            _single(names, values, "Call-ID")
-            _single(names, values, "CSeq")
-        fr = _parse_name_addr(values[index("From")], "From")
-        to = _parse_name_addr(values[index("To")], "To")
-        cid = values[index("Call-ID")]
-        if not _call_id_match(cid):
-            raise ParseError("Malformed Call-ID header")
-        cseq = _parse_cseq(values[index("CSeq")])
-    except ParseError as err:
-        fatal = err.reason
-        headers._cache = {}
+    headers._cache = {}
+    missing = [n for n in ("Via", "From", "To", "Call-ID", "CSeq") if n not in names]
+    if missing:
+        fatal: str | None = f"Missing {missing[0]} header"
     else:
-        headers._cache = {"Via^": top, "From": fr, "To": to, "Call-ID": cid, "CSeq": cseq}
-        if cseq.method != method:
-            problems.insert(0, "CSeq method does not match request method")
+        fatal = None
+        count = names.count
+        index = names.index
+        try:
+            top = _top_via(values[index("Via")])
+            if count("From") + count("To") + count("Call-ID") + count("CSeq") != 4:
+                for name in ("From", "To", "Call-ID", "CSeq"):
+                    _single(names, values, name)
+            fr = _parse_name_addr(values[index("From")], "From")
+            to = _parse_name_addr(values[index("To")], "To")
+            cid = values[index("Call-ID")]
+            if not _call_id_match(cid):
+                raise ParseError("Malformed Call-ID header")
+            cseq = _parse_cseq(values[index("CSeq")])
+        except ParseError as err:
+            problems.insert(0, err.reason)
+        else:
+            headers._cache = {"Via^": top, "From": fr, "To": to, "Call-ID": cid, "CSeq": cseq}
+            if cseq.method != method:
+                problems.insert(0, "CSeq method does not match request method")
 
     req = Request.__new__(Request)
     req.method = method
@@ -902,9 +913,9 @@ def _derive_tag(request: Request) -> str:
     h = request.headers
     parts = (
         h._first("Call-ID") or "",
-        request.from_.tag or "",
+        h._first("From") or "",
         h._first("CSeq") or "",
-        request.top_via.branch or "",
+        h._first("Via") or "",
     )
     key = "\x00".join(parts).encode("utf-8", "surrogateescape")
     return hashlib.blake2s(key, digest_size=8, key=_TAG_SECRET).hexdigest()
@@ -925,15 +936,19 @@ def response_to(
     secret (the same request always gets the same tag; nobody can predict
     it). A To that already has a tag is kept as it is. The reason defaults
     to the standard phrase. The body is empty; add headers to
-    ``response.headers`` as needed. Raises ParseError when the request lacks
-    a usable Via/From/To/Call-ID/CSeq.
+    ``response.headers`` as needed.
+
+    A request refused as malformed may carry these headers malformed or
+    more than once: the first of each is then copied as received (a To
+    that does not parse gets no tag), so the sender can still match the
+    answer to its request. Raises ParseError when one of them is missing.
     """
-    # validate what is copied (ParseError when unusable)
-    to = request.to
-    _ = (request.top_via, request.from_, request.call_id, request.cseq)
     rh = request.headers
     rnames = rh._names
     rvalues = rh._values
+    for name in ("Via", "From", "To", "Call-ID", "CSeq"):
+        if name not in rnames:
+            raise ParseError(f"Missing {name} header")
     cache = rh._cache
     copied: dict[str, Any] = {
         k: cache[k] for k in ("Via^", "Via", "From", "Call-ID", "CSeq") if k in cache
@@ -941,10 +956,15 @@ def response_to(
     names = [n for n in rnames if n == "Via"]
     values = [rvalues[i] for i, n in enumerate(rnames) if n == "Via"]
     to_text = rh._first("To") or ""
-    if status > 100 and to.tag is None:
-        to_text = f"{to_text};tag={to_tag or _derive_tag(request)}"
-    else:
-        copied["To"] = to
+    try:
+        to: NameAddr | None = request.to
+    except ParseError:
+        to = None  # copied as received
+    if to is not None:
+        if status > 100 and to.tag is None:
+            to_text = f"{to_text};tag={to_tag or _derive_tag(request)}"
+        else:
+            copied["To"] = to
     names += ("From", "To", "Call-ID", "CSeq")
     values += (
         rh._first("From") or "",

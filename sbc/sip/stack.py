@@ -168,15 +168,22 @@ class TransactionUser(Protocol):
 def response_flow(request: Request, flow: Flow) -> Flow:
     """Where the response to ``request`` (received on ``flow``) goes: §18.2.2, RFC 3581.
 
-    Stream transports answer on the same connection; should it be gone, the
-    edge connects to ``remote`` (the source address and the sent-by port).
-    On UDP the answer goes to the source address, and to the source port
-    when the client asked for ``rport``, else to the sent-by port.
+    Stream transports answer on the same connection, whatever transport the
+    Via names; should the connection be gone, the edge connects to
+    ``remote`` (the source address and the sent-by port). On UDP the answer
+    goes to the source address, and to the source port when the client
+    asked for ``rport``, else to the sent-by port. A missing sent-by port
+    means the default port of the transport the request arrived on. A top
+    Via too broken to read (a request answered 400 for it) sends the answer
+    back to the source address and port.
     """
-    via = request.top_via
+    try:
+        via = request.top_via
+    except ParseError:
+        return flow
     if via.has_param("rport") and not flow.reliable:
         return flow
-    port = via.port or (5061 if via.transport == "TLS" else 5060)
+    port = via.port or (5061 if flow.transport == "TLS" else 5060)
     if port == flow.remote[1]:
         return flow
     return Flow(
@@ -198,6 +205,21 @@ def note_source(request: Request, flow: Flow) -> None:
     vias = request.vias
     vias[0] = updated
     request.headers.set("Via", ", ".join(v.serialize() for v in vias))
+
+
+def _scope(context: object) -> object:
+    """What server transactions are scoped by: the inbound context, when it can be a key.
+
+    A request only matches (as a retransmission, an ACK or a CANCEL) a
+    transaction whose request arrived in an equal context: on the same
+    listener, for the same adjacency, from the same TLS identity. The same
+    bytes arriving over another transport or adjacency are a new request.
+    """
+    try:
+        hash(context)
+    except TypeError:
+        return None
+    return context
 
 
 def _local_host(flow: Flow) -> str:
@@ -264,10 +286,19 @@ class SipStack:
         """One complete message from ``flow`` (a datagram or one framed stream message)."""
         try:
             message = parse_message(data)
+        except ParseError as error:
+            return self._answer_parse_error(error, flow, context)
+        try:
             if isinstance(message, Response):
                 return self._receive_response(message, flow, now, context)
             return self._receive_request(message, flow, now, context)
         except ParseError as error:
+            # A header the parser kept as text (a later Via, a From URI...)
+            # turned out malformed before any transaction took the request.
+            if isinstance(message, Response):
+                return [Dropped(flow, "malformed-response", context)]
+            if error.request is None:
+                error.request = message
             return self._answer_parse_error(error, flow, context)
 
     def advance(self, now: float) -> list[StackOutput]:
@@ -353,7 +384,7 @@ class SipStack:
             return [Dropped(flow, reason, context)]
         note_source(request, flow)
         outputs = self.transactions.receive_request(
-            request, flow.reliable, now, peer=response_flow(request, flow)
+            request, flow.reliable, now, peer=response_flow(request, flow), scope=_scope(context)
         )
         # A 100 Trying leaves before the TU runs, so it never follows a final answer.
         outputs.sort(key=lambda output: not isinstance(output, Send))
@@ -373,9 +404,9 @@ class SipStack:
             return [Dropped(flow, "unparseable", context)]
         try:
             response = self.error_response(request, error, flow)
-            destination = response_flow(request, flow)
         except ParseError:
             return [Dropped(flow, "unparseable", context)]
+        destination = response_flow(request, flow)
         return [Transmit(destination, response.serialize()), Dropped(flow, "malformed", context)]
 
     def _run(

@@ -448,6 +448,15 @@ class TransactionKey:
     A server transaction whose request carries no RFC 3261 branch (no
     ``z9hG4bK``) is keyed by the RFC 2543 fields instead, in ``legacy``:
     (Call-ID, CSeq number, From tag, To tag, Request-URI text, top Via text).
+    An RFC 3261 server key also holds the request's Call-ID, CSeq number and
+    Request-URI text in ``request_id``: a retransmission, the ACK of a
+    non-2xx answer and a CANCEL all carry the same (§9.1, §17.1.1.3), so
+    this only parts requests that share a branch by mistake (the torture
+    messages of RFC 4475 and RFC 5118 reuse a few). A server key
+    also holds the ``scope`` its request arrived in (opaque, hashable; the
+    SIP stack passes the inbound context: listener, adjacency, TLS
+    identity), so that the same request arriving over another transport or
+    adjacency is a request of its own, not a retransmission.
     """
 
     server: bool
@@ -455,6 +464,8 @@ class TransactionKey:
     branch: str | None
     sent_by: tuple[str, int | None] | None = None
     legacy: tuple[str, int, str | None, str | None, str, str] | None = None
+    scope: object = None
+    request_id: tuple[str, int, str] | None = None
 
     def __str__(self) -> str:
         side = "server" if self.server else "client"
@@ -482,15 +493,22 @@ def client_key(message: Request | Response) -> TransactionKey | None:
     return TransactionKey(False, message.cseq.method, branch)
 
 
-def _server_key(request: Request, method: str) -> TransactionKey | None:
+def _server_key(request: Request, method: str, scope: object) -> TransactionKey | None:
     via = request.top_via
     branch = via.branch
     if not _is_rfc3261_branch(branch):
         return None
-    return TransactionKey(True, method, branch, (via.host.lower(), via.port))
+    return TransactionKey(
+        True,
+        method,
+        branch,
+        (via.host.lower(), via.port),
+        scope=scope,
+        request_id=(request.call_id, request.cseq.seq, request.uri_text),
+    )
 
 
-def _legacy_key(request: Request) -> TransactionKey:
+def _legacy_key(request: Request, scope: object) -> TransactionKey:
     cseq = request.cseq
     fields = (
         request.call_id,
@@ -500,7 +518,7 @@ def _legacy_key(request: Request) -> TransactionKey:
         request.uri_text,
         request.top_via.serialize(),
     )
-    return TransactionKey(True, cseq.method, request.top_via.branch, None, fields)
+    return TransactionKey(True, cseq.method, request.top_via.branch, None, fields, scope)
 
 
 def _same_uri(a: Request, b: Request) -> bool:
@@ -837,34 +855,36 @@ class TransactionLayer:
         key = client_key(response)
         return None if key is None else self._client.get(key)
 
-    def find_server(self, request: Request) -> ServerTransaction | None:
-        """The server transaction *request* belongs to (§17.2.3), or None.
+    def find_server(self, request: Request, scope: object = None) -> ServerTransaction | None:
+        """The server transaction *request* (arrived in *scope*) belongs to (§17.2.3), or None.
 
         An ACK matches its INVITE's transaction. Without the magic cookie the
         RFC 2543 rules apply: Request-URI, To tag, From tag, Call-ID, CSeq and
         top Via; for an ACK, the CSeq number only and the To tag of the
-        response the transaction sent.
+        response the transaction sent. Only a transaction of the same scope
+        matches (see :class:`TransactionKey`).
         """
         is_ack = request.method == "ACK"
-        key = _server_key(request, "INVITE" if is_ack else request.method)
+        key = _server_key(request, "INVITE" if is_ack else request.method, scope)
         if key is not None:
             return self._server.get(key)
-        return self._find_legacy(request, ack=is_ack, cancel=False)
+        return self._find_legacy(request, scope, ack=is_ack, cancel=False)
 
-    def find_cancelled(self, cancel: Request) -> ServerTransaction | None:
+    def find_cancelled(self, cancel: Request, scope: object = None) -> ServerTransaction | None:
         """The INVITE server transaction a CANCEL names (§9.2), or None.
 
         The CANCEL's own transaction is a separate one (created by
         :meth:`receive_request`); this finds the transaction to cancel by the
-        same rules as :meth:`find_server` with the method taken as INVITE.
+        same rules as :meth:`find_server` with the method taken as INVITE,
+        in the scope of the CANCEL's own transaction (``key.scope``).
         """
-        key = _server_key(cancel, "INVITE")
+        key = _server_key(cancel, "INVITE", scope)
         if key is not None:
             return self._server.get(key)
-        return self._find_legacy(cancel, ack=False, cancel=True)
+        return self._find_legacy(cancel, scope, ack=False, cancel=True)
 
     def _find_legacy(
-        self, request: Request, *, ack: bool, cancel: bool
+        self, request: Request, scope: object, *, ack: bool, cancel: bool
     ) -> ServerTransaction | None:
         cseq = request.cseq
         candidates = self._legacy.get((request.call_id, cseq.seq))
@@ -874,6 +894,8 @@ class TransactionLayer:
         to_tag = request.to.tag
         top_via = request.top_via
         for txn in candidates:
+            if txn.key.scope != scope:
+                continue
             orig = txn.request
             if ack or cancel:
                 if orig.method != "INVITE":
@@ -925,6 +947,7 @@ class TransactionLayer:
         now: float,
         peer: object = None,
         send_trying: bool = True,
+        scope: object = None,
     ) -> tuple[ServerTransaction, list[Output]]:
         """Start a server transaction for a received *request* (never ACK).
 
@@ -932,17 +955,17 @@ class TransactionLayer:
         *send_trying* (pass False only when the TU answers within 200 ms),
         the :class:`Send` of a 100 Trying. Raises DuplicateTransactionError when a
         transaction already matches (use :meth:`receive_request`, which
-        handles retransmissions).
+        handles retransmissions). *scope* goes into the key (:class:`TransactionKey`).
         """
         if request.method == "ACK":
             raise ValueError("an ACK does not create a server transaction (§17.2.3)")
         method = request.method
-        key = _server_key(request, method)
+        key = _server_key(request, method, scope)
         legacy = key is None
         if key is None:
-            if self._find_legacy(request, ack=False, cancel=False) is not None:
-                raise DuplicateTransactionError(_legacy_key(request))
-            key = _legacy_key(request)
+            if self._find_legacy(request, scope, ack=False, cancel=False) is not None:
+                raise DuplicateTransactionError(_legacy_key(request, scope))
+            key = _legacy_key(request, scope)
         if key in self._server:
             raise DuplicateTransactionError(key)
         machine = Machine.INVITE_SERVER if method == "INVITE" else Machine.NON_INVITE_SERVER
@@ -961,6 +984,7 @@ class TransactionLayer:
         now: float,
         peer: object = None,
         send_trying: bool = True,
+        scope: object = None,
     ) -> list[Output]:
         """Handle a request from the transport (§17.2.3, §18.2.1).
 
@@ -970,15 +994,22 @@ class TransactionLayer:
         when none matches, to the TU as ``DeliverRequest(ack, None)``; any
         other request creates a server transaction (see
         :meth:`server_request`). A CANCEL gets a transaction of its own; the
-        TU finds the INVITE with :meth:`find_cancelled`.
+        TU finds the INVITE with :meth:`find_cancelled`. Matching is within
+        *scope* (:class:`TransactionKey`). A retransmission that arrived from
+        another *peer* (a new connection to the same listener) moves the
+        transaction's answers there: §18.2.2, a response goes back where its
+        request came from.
         """
-        txn = self.find_server(request)
+        txn = self.find_server(request, scope)
         if txn is not None:
-            event = Event.ACK if request.method == "ACK" else Event.RETRANSMISSION
-            return self._handle(txn, event, now, request)
+            if request.method == "ACK":
+                return self._handle(txn, Event.ACK, now, request)
+            if peer is not None:
+                txn.peer = peer
+            return self._handle(txn, Event.RETRANSMISSION, now, request)
         if request.method == "ACK":
             return [DeliverRequest(request, None)]
-        return self.server_request(request, reliable, now, peer, send_trying)[1]
+        return self.server_request(request, reliable, now, peer, send_trying, scope)[1]
 
     def receive_response(self, response: Response, now: float) -> list[Output]:
         """Handle a response from the transport (§17.1.3, §18.1.2).

@@ -418,7 +418,7 @@ def _host_key(host: str) -> str:
     host = host.lower()
     if host.startswith("[") and host.endswith("]"):
         try:
-            return "[" + ipaddress.IPv6Address(host[1:-1]).compressed + "]"
+            return "[" + ipv6_address(host[1:-1]).compressed + "]"
         except ValueError:
             return host
     return host
@@ -496,13 +496,30 @@ def _check_hostname(host: str, allow_ipv4: bool = True) -> None:
     _fail("bad host")
 
 
+def ipv6_address(text: str) -> ipaddress.IPv6Address:
+    """The IPv6 address ``text`` names; ValueError when it names none.
+
+    Besides RFC 4291 text this tolerates the form RFC 3261's grammar allowed
+    by mistake, a ``::`` followed by ``:`` and an IPv4 address
+    (``2001:db8:::192.0.2.1``, the same address as ``2001:db8::192.0.2.1``):
+    RFC 5118 §4.10 asks implementations to accept both.
+    """
+    try:
+        return ipaddress.IPv6Address(text)
+    except ValueError:
+        head, sep, tail = text.rpartition(":::")
+        if not sep or "." not in tail or "::" in head:
+            raise
+        return ipaddress.IPv6Address(f"{head}::{tail}")
+
+
 def _check_ipv6_reference(host: str) -> None:
     """IPv6reference = "[" IPv6address "]"."""
     inner = host[1:-1]
     if host[-1] != "]" or not inner or _ipv6chars_ok(inner) is None:
         _fail("bad IPv6 reference")
     try:
-        ipaddress.IPv6Address(inner)
+        ipv6_address(inner)
     except ValueError:
         _fail("bad IPv6 reference")
 

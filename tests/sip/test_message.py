@@ -246,7 +246,15 @@ class MalformedRequestTests(SynchronousTestCase):
             self.assertFalse(error.answerable, name)
             self.assertIn(name, error.reason)
 
-    def test_unusable_mandatory_headers_are_not_answerable(self) -> None:
+    def assert_answer_copies(self, error: ParseError, name: str, value: str) -> None:
+        """The 400 copies the offending header as received (RFC 4475 §3.1.2 asks for a 400)."""
+        self.assertTrue(error.answerable, name)
+        assert error.request is not None
+        response = response_to(error.request, error.status, error.reason)
+        self.assertEqual(response.status, 400)
+        self.assertEqual(response.headers.get_all(name)[:1], [value])
+
+    def test_unusable_mandatory_headers_are_answerable_as_received(self) -> None:
         for name, value in (
             ("Via", "SIP/2.0/UDP"),
             ("From", '"open <sip:a@b>'),
@@ -254,13 +262,20 @@ class MalformedRequestTests(SynchronousTestCase):
             ("Call-ID", "has space"),
             ("CSeq", "one INVITE"),
         ):
-            self.assertFalse(self.refused(wire(replaced(name, value))).answerable, name)
+            error = self.refused(wire(replaced(name, value)))
+            self.assert_answer_copies(error, name, value)
 
-    def test_repeated_single_headers_are_not_answerable(self) -> None:
+    def test_repeated_single_headers_are_answerable_with_the_first(self) -> None:
         for line in ("From: <sip:x@y>;tag=2", "To: <sip:z@w>", "Call-ID: other", "CSeq: 2 INVITE"):
             error = self.refused(wire([*BASE, line]))
-            self.assertFalse(error.answerable, line)
             self.assertIn("Multiple", error.reason)
+            name = line.partition(":")[0]
+            first = next(h for h in BASE if h.startswith(name + ":")).partition(": ")[2]
+            assert error.request is not None
+            response = response_to(error.request, 400, error.reason)
+            values = response.headers.get_all(name)
+            self.assertEqual(len(values), 1, line)
+            self.assertTrue(values[0].startswith(first), (line, values))
 
     def test_max_forwards_may_be_missing(self) -> None:
         self.assertIsNone(parse_message(wire(without("Max-Forwards"))).max_forwards)
@@ -284,15 +299,22 @@ class MalformedRequestTests(SynchronousTestCase):
         )
         self.assertEqual(parse_message(wire(start="INVITE sip:b@c sip/2.0")).version, "sip/2.0")
 
-    def test_malformed_request_lines_are_not_answerable(self) -> None:
+    def test_malformed_request_lines(self) -> None:
+        """A recognisable SIP request line, badly spaced or with a bad URI, gets its 400."""
         for start in (
             "INVITE  sip:b@c SIP/2.0",
             "INVITE sip:b@c SIP/2.0 ",
             "INVITE sip:b@c; lr SIP/2.0",
             "INVITE <sip:b@c> SIP/2.0",
+            "INVITE nocolon SIP/2.0",
+        ):
+            error = self.refused(wire(start=start))
+            self.assertTrue(error.answerable, start)
+            self.assertIn("Request", error.reason.title(), start)
+        for start in (
             "INVITE sip:b@c HTTP/1.1",
             "INV@TE sip:b@c SIP/2.0",
-            "INVITE nocolon SIP/2.0",
+            "INVITE SIP/2.0",
             "INVITE",
         ):
             self.assertFalse(self.refused(wire(start=start)).answerable, start)

@@ -273,3 +273,99 @@ class ClientSideTests(SynchronousTestCase):
         branches = {stack.new_branch() for _ in range(1000)}
         self.assertEqual(len(branches), 1000)
         self.assertTrue(all(b.startswith("z9hG4bK") for b in branches))
+
+
+class ArrivalFlowTests(SynchronousTestCase):
+    """§18.2.2: an answer goes back where its request arrived, whatever the Via says."""
+
+    def test_stream_request_with_a_udp_via_answered_on_the_connection(self) -> None:
+        stack, _ = make_stack()
+        [(flow, response)] = sent(stack.receive(options(), TCP, 0.0, context="tcp"))
+        self.assertEqual((flow.transport, flow.connection_id), ("TCP", 7))
+        assert isinstance(response, Response)
+        self.assertEqual(response.status, 200)
+
+    def test_same_request_in_another_context_is_a_request_of_its_own(self) -> None:
+        """Over UDP first, then the same bytes over TCP: the TCP one is answered on TCP."""
+        stack, user = make_stack()
+        [(first, _)] = sent(stack.receive(options(), UDP, 0.0, context="udp"))
+        self.assertEqual(first.transport, "UDP")
+        [(second, _)] = sent(stack.receive(options(), TCP, 0.1, context="tcp"))
+        self.assertEqual((second.transport, second.connection_id), ("TCP", 7))
+        self.assertEqual([context for *_, context in user.requests], ["udp", "tcp"])
+
+    def test_retransmission_on_a_new_connection_is_answered_there(self) -> None:
+        stack, user = make_stack()
+        user.answer = None  # the TU answers later
+        stack.receive(options(), TCP, 0.0, context="tcp")
+        other = Flow("TCP", TCP.local, ("127.0.0.2", 40002), connection_id=8)
+        self.assertEqual(sent(stack.receive(options(), other, 0.1, context="tcp")), [])
+        [(_, transaction, _, _)] = user.requests
+        assert transaction is not None
+        [(flow, _)] = sent(stack.respond(transaction, response_to(transaction.request, 200), 0.2))
+        self.assertEqual(flow.connection_id, 8)
+
+    def test_default_port_is_the_arrival_transports(self) -> None:
+        """A Via naming TLS without a port, over UDP: the answer goes to 5060, not 5061."""
+        stack, _ = make_stack()
+        data = options(via="SIP/2.0/TLS 127.0.0.2;branch=z9hG4bK-tls")
+        [(flow, _)] = sent(stack.receive(data, UDP, 0.0))
+        self.assertEqual(flow.remote, ("127.0.0.2", 5060))
+
+    def test_requests_sharing_a_branch_by_mistake_are_two_transactions(self) -> None:
+        """RFC 4475 reuses z9hG4bKkdjuw: other Call-ID or Request-URI, another request."""
+        stack, user = make_stack()
+        stack.receive(options(), UDP, 0.0)
+        stack.receive(options().replace(b"c1@127.0.0.2", b"c2@127.0.0.2"), UDP, 0.1)
+        other_uri = options().replace(b"OPTIONS sip:127.0.0.1 ", b"OPTIONS sip:h.test ")
+        stack.receive(other_uri, UDP, 0.2)
+        self.assertEqual(len(user.requests), 3)
+
+
+class MalformedAnswerTests(SynchronousTestCase):
+    """Behaviour.md §8: a malformed request that can be answered gets 400 naming the problem."""
+
+    def answer(self, data: bytes, flow: Flow = UDP) -> tuple[Flow, bytes]:
+        stack, user = make_stack()
+        outputs = stack.receive(data, flow, 0.0)
+        self.assertEqual(user.requests, [])
+        [transmit] = [o for o in outputs if isinstance(o, Transmit)]
+        self.assertIn(Dropped(flow, "malformed", None), outputs)
+        return transmit.flow, transmit.data
+
+    def test_broken_top_via_answered_to_the_source(self) -> None:
+        flow, data = self.answer(options(via="SIP/2.0/UDP 192.0.2.15;;,;,,"))
+        self.assertEqual(flow, UDP)
+        self.assertTrue(data.startswith(b"SIP/2.0 400 Malformed Via header parameter\r\n"))
+        self.assertIn(b"\r\nVia: SIP/2.0/UDP 192.0.2.15;;,;,,\r\n", data)
+
+    def test_malformed_to_copied_as_received(self) -> None:
+        bad = options().replace(b"To: <sip:127.0.0.1>", b'To: "Bob <sip:127.0.0.1>')
+        flow, data = self.answer(bad, TCP)
+        self.assertEqual(flow.connection_id, 7)
+        self.assertTrue(data.startswith(b"SIP/2.0 400 Unterminated quoted string in To header"))
+        self.assertIn(b'\r\nTo: "Bob <sip:127.0.0.1>\r\n', data)
+
+    def test_max_forwards_out_of_range_and_request_line_spacing(self) -> None:
+        for bad, reason in (
+            (options().replace(b"Max-Forwards: 70", b"Max-Forwards: 300"), b"Max-Forwards"),
+            (options().replace(b"OPTIONS sip:", b"OPTIONS  sip:"), b"request line"),
+            (options().replace(b"sip:127.0.0.1 SIP", b"<sip:127.0.0.1> SIP"), b"Request-URI"),
+        ):
+            _, data = self.answer(bad)
+            self.assertTrue(data.startswith(b"SIP/2.0 400 "), data)
+            self.assertIn(reason, data.partition(b"\r\n")[0])
+
+    def test_unsupported_scheme_in_a_header_is_400_not_416(self) -> None:
+        """416 is for the Request-URI (§21.4.14); an http: From is a malformed request."""
+        data = options().replace(b"From: <sip:a@lab.test>", b"From: <http://www.example.com>")
+
+        class FromChecker(RecordingUser):
+            def screen(self, request: Request, flow: Flow, context: object) -> str | None:
+                return None if request.from_.uri.host else "no-host"
+
+        user = FromChecker()
+        stack = SipStack(user)
+        user.stack = stack
+        [transmit] = [o for o in stack.receive(data, UDP, 0.0) if isinstance(o, Transmit)]
+        self.assertTrue(transmit.data.startswith(b"SIP/2.0 400 Unsupported URI scheme 'http'"))

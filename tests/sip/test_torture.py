@@ -1,4 +1,4 @@
-"""RFC 4475 torture messages against sbc.sip.
+"""RFC 4475 and RFC 5118 torture messages against sbc.sip.
 
 The corpus lives in tests/sip/torture/ (one ``<name>.sip`` file per RFC
 message, see its README.txt). Valid messages must parse with the meaning the
@@ -83,6 +83,22 @@ APPLICATION = [
 ]
 COMPAT = ["inv2543"]
 ALL = VALID + INVALID + TRANSACTION + APPLICATION + COMPAT
+
+#: RFC 5118 (IPv6): every message is valid but ipv6-bad (§4.2).
+RFC5118 = [
+    "ipv6-good",
+    "ipv6-bad",
+    "port-ambiguous",
+    "port-unambiguous",
+    "via-received-param-with-delim",
+    "via-received-param-no-delim",
+    "ipv6-in-sdp",
+    "mult-ip-in-header",
+    "mult-ip-in-sdp",
+    "ipv4-mapped-ipv6",
+    "ipv6-bug-abnf-3-colons",
+    "ipv6-correct-abnf-2-colons",
+]
 
 #: Messages the RFC calls well formed: they parse, serialize and re-parse.
 WELL_FORMED = [
@@ -333,8 +349,9 @@ class CorpusTests(SynchronousTestCase):
 
     def test_every_rfc_message_has_a_file(self) -> None:
         files = sorted(f[:-4] for f in os.listdir(TORTURE) if f.endswith(".sip"))
-        self.assertEqual(files, sorted(ALL))
+        self.assertEqual(files, sorted(ALL + RFC5118))
         self.assertEqual(len(ALL), 49)
+        self.assertEqual(len(RFC5118), 12)
 
     def test_files_match_the_generator(self) -> None:
         spec = importlib.util.spec_from_file_location(
@@ -343,8 +360,9 @@ class CorpusTests(SynchronousTestCase):
         assert spec is not None and spec.loader is not None
         corpus = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(corpus)
-        self.assertEqual(sorted(corpus.MESSAGES), sorted(ALL))
-        for name in ALL:
+        self.assertEqual(sorted(corpus.MESSAGES), sorted(ALL + RFC5118))
+        self.assertEqual(corpus.RFC5118, RFC5118)
+        for name in ALL + RFC5118:
             self.assertEqual(load(name), corpus.decode(name), name)
 
     def test_bodies_have_the_lengths_the_rfc_states(self) -> None:
@@ -1108,13 +1126,13 @@ class RobustnessTests(SynchronousTestCase):
     """Nothing but ParseError, for every file, prefix and one-byte mutation."""
 
     def test_whole_files(self) -> None:
-        failures = collect_failures((name, load(name)) for name in ALL)
+        failures = collect_failures((name, load(name)) for name in ALL + RFC5118)
         self.assertEqual(failures, [], report(failures))
 
     def test_every_truncation(self) -> None:
         cases = (
             (f"{name}[:{length}]", load(name)[:length])
-            for name in ALL
+            for name in ALL + RFC5118
             for length in range(len(load(name)))
         )
         failures = collect_failures(cases)
@@ -1140,3 +1158,93 @@ class RobustnessTests(SynchronousTestCase):
             original, relaxed = parse_message(data), parse_message(lf)
             self.assertEqual(relaxed.headers, original.headers, name)
             self.assertEqual(relaxed.body, original.body, name)
+
+
+class Rfc5118Tests(SynchronousTestCase):
+    """RFC 5118: IPv6 references, as the RFC reads them; only ipv6-bad is refused."""
+
+    def parse(self, name: str) -> Any:
+        message = parse_message(load(name))
+        self.assertIsInstance(message, Request)
+        return message
+
+    def test_ipv6_good(self) -> None:
+        """§4.1: IPv6 references in the Request-URI, the Via and the Contact."""
+        m = self.parse("ipv6-good")
+        self.assertEqual((m.uri.host, m.uri.port), ("[2001:db8::10]", None))
+        self.assertEqual(m.top_via.host, "[2001:db8::9:1]")
+        [contact] = m.contacts
+        self.assertEqual(contact.uri.host, "[2001:db8::1]")
+
+    def test_ipv6_bad(self) -> None:
+        """§4.2: an IPv6 address without brackets in the Request-URI: 400, answerable."""
+        m = self.parse("ipv6-bad")
+        error = self.assertRaises(ParseError, getattr, m, "uri")
+        self.assertEqual(error.status, 400)
+        self.assertIs(error.request, m)
+
+    def test_port_ambiguous(self) -> None:
+        """§4.3: the port inside the brackets is part of the address (well formed)."""
+        m = self.parse("port-ambiguous")
+        self.assertEqual((m.uri.host, m.uri.port), ("[2001:db8::10:5070]", None))
+
+    def test_port_unambiguous(self) -> None:
+        """§4.4: the port after the brackets."""
+        m = self.parse("port-unambiguous")
+        self.assertEqual((m.uri.host, m.uri.port), ("[2001:db8::10]", 5070))
+
+    def test_received_with_and_without_delimiters(self) -> None:
+        """§4.5: a received parameter with or without brackets both parse."""
+        with_delim = self.parse("via-received-param-with-delim")
+        self.assertEqual(with_delim.top_via.received, "[2001:db8::9:255]")
+        no_delim = self.parse("via-received-param-no-delim")
+        self.assertEqual(no_delim.top_via.received, "2001:db8::9:255")
+
+    def test_ipv6_in_sdp(self) -> None:
+        """§4.6: the body is opaque to SIP; IPv6 addresses in it change nothing."""
+        m = self.parse("ipv6-in-sdp")
+        self.assertIn(b"c=IN IP6 2001:db8::20\r\n", m.body)
+        self.assertEqual(len(m.body), m.content_length)
+
+    def test_mult_ip_in_header(self) -> None:
+        """§4.7: IPv4 and IPv6 Vias mixed, a port after an IPv6 reference."""
+        m = self.parse("mult-ip-in-header")
+        self.assertEqual(
+            [(v.transport, v.host, v.port, v.received) for v in m.vias],
+            [
+                ("UDP", "[2001:db8::9:1]", 6050, None),
+                ("UDP", "192.0.2.1", None, None),
+                ("TCP", "[2001:db8::9:255]", None, "192.0.2.200"),
+            ],
+        )
+
+    def test_mult_ip_in_sdp(self) -> None:
+        """§4.8."""
+        m = self.parse("mult-ip-in-sdp")
+        self.assertIn(b"c=IN IP6 2001:db8::1\r\n", m.body)
+
+    def test_ipv4_mapped(self) -> None:
+        """§4.9: IPv4-mapped IPv6 addresses in Via and Contact."""
+        m = self.parse("ipv4-mapped-ipv6")
+        self.assertEqual(
+            [(v.host, v.port) for v in m.vias],
+            [("[::ffff:192.0.2.10]", 19823), ("[::ffff:192.0.2.2]", None)],
+        )
+        [contact] = m.contacts
+        self.assertEqual(contact.uri.host, "[::ffff:192.0.2.2]")
+
+    def test_abnf_bug_both_forms_are_tolerated(self) -> None:
+        """§4.10: three colons (RFC 3261's grammar) and two: the same address."""
+        three = self.parse("ipv6-bug-abnf-3-colons")
+        two = self.parse("ipv6-correct-abnf-2-colons")
+        self.assertEqual(two.uri.host, "[2001:db8::192.0.2.1]")
+        self.assertEqual(three.uri.host, "[2001:db8:::192.0.2.1]")
+        self.assertTrue(three.uri.rfc_equal(two.uri))
+        self.assertTrue(three.to.uri.rfc_equal(two.to.uri))
+
+    def test_sdp_bodies_have_their_real_lengths(self) -> None:
+        """The RFC states 268, 181 and 236 for bodies of 251, 189 and 245 octets."""
+        lengths = (("ipv6-in-sdp", 251), ("mult-ip-in-sdp", 189), ("ipv4-mapped-ipv6", 245))
+        for name, length in lengths:
+            m = self.parse(name)
+            self.assertEqual((len(m.body), m.content_length), (length, length), name)

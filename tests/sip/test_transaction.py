@@ -1097,7 +1097,13 @@ class ServerMatchingTests(LayerTestCase):
         txn, _ = self.server(request())
         self.assertEqual(
             txn.key,
-            TransactionKey(True, "INVITE", "z9hG4bK776asdhds", ("pc33.atlanta.example.com", 5060)),
+            TransactionKey(
+                True,
+                "INVITE",
+                "z9hG4bK776asdhds",
+                ("pc33.atlanta.example.com", 5060),
+                request_id=(txn.request.call_id, txn.request.cseq.seq, txn.request.uri_text),
+            ),
         )
         self.assertEqual(
             str(txn.key), "server/INVITE/z9hG4bK776asdhds@pc33.atlanta.example.com:5060"

@@ -1086,6 +1086,218 @@ m=audio 49217 RTP/AVP 0
 )
 
 
+# --- RFC 5118: IPv6 torture tests (section 4) ------------------------------------
+#
+# RFC 5118 ("SIP Torture Test Messages for IPv6", V. Gurbani, C. Boulton,
+# R. Sparks, February 2008) uses the notation of RFC 4475. Its names contain
+# hyphens; the section numbers are prefixed "5118-" to tell them apart. The
+# two messages of section 4.10 end, in the RFC's text, with their last header
+# line: the empty line that closes a SIP header section is added here, so
+# that they test the IPv6 reference and not a truncated message. The three
+# messages with an SDP body (4.6, 4.8, 4.9) state Content-Length values (268,
+# 181, 236) that are not the lengths of the bodies the RFC prints (251, 189,
+# 245 octets with CRLF line ends, as every line here has): the RFC's values
+# are kept in a comment and the real lengths are written, so that these valid
+# messages stay valid on the wire (a wrong Content-Length is RFC 4475's clerr).
+
+#: Names of the RFC 5118 messages, in the RFC's order.
+RFC5118: list[str] = []
+
+
+def _add5118(name: str, section: str, text: str) -> None:
+    RFC5118.append(name)
+    _add(name, "5118-" + section, text)
+
+
+_REGISTER_5118 = """
+REGISTER {uri} SIP/2.0
+To: sip:user@example.com
+From: sip:user@example.com;tag=81x2
+Via: SIP/2.0/UDP [2001:db8::9:1];branch=z9hG4bKas3-111
+Call-ID: SSG9559905523997077@hlau_4100
+Max-Forwards: 70
+Contact: "Caller" <sip:caller@[2001:db8::1]>
+CSeq: 98176 REGISTER
+Content-Length: 0
+
+"""
+
+_PORT_5118 = """
+REGISTER {uri} SIP/2.0
+To: sip:user@example.com
+From: sip:user@example.com;tag=81x2
+Via: SIP/2.0/UDP [2001:db8::9:1];branch=z9hG4bKas3-111
+Call-ID: SSG9559905523997077@hlau_4100
+Contact: "Caller" <sip:caller@[2001:db8::1]>
+Max-Forwards: 70
+CSeq: 98176 REGISTER
+Content-Length: 0
+
+"""
+
+_add5118("ipv6-good", "4.1", _REGISTER_5118.format(uri="sip:[2001:db8::10]"))
+_add5118("ipv6-bad", "4.2", _REGISTER_5118.format(uri="sip:2001:db8::10"))
+_add5118("port-ambiguous", "4.3", _PORT_5118.format(uri="sip:[2001:db8::10:5070]"))
+_add5118("port-unambiguous", "4.4", _PORT_5118.format(uri="sip:[2001:db8::10]:5070"))
+
+_add5118(
+    "via-received-param-with-delim",
+    "4.5",
+    """
+BYE sip:[2001:db8::10] SIP/2.0
+To: sip:user@example.com;tag=bd76ya
+From: sip:user@example.com;tag=81x2
+<allOneLine>
+Via: SIP/2.0/UDP [2001:db8::9:1];received=[2001:db8::9:255];
+branch=z9hG4bKas3-111
+</allOneLine>
+Call-ID: SSG9559905523997077@hlau_4100
+Max-Forwards: 70
+CSeq: 321 BYE
+Content-Length: 0
+
+""",
+)
+
+_add5118(
+    "via-received-param-no-delim",
+    "4.5",
+    """
+OPTIONS sip:[2001:db8::10] SIP/2.0
+To: sip:user@example.com
+From: sip:user@example.com;tag=81x2
+<allOneLine>
+Via: SIP/2.0/UDP [2001:db8::9:1];received=2001:db8::9:255;
+branch=z9hG4bKas3
+</allOneLine>
+Call-ID: SSG95523997077@hlau_4100
+Max-Forwards: 70
+Contact: "Caller" <sip:caller@[2001:db8::9:1]>
+CSeq: 921 OPTIONS
+Content-Length: 0
+
+""",
+)
+
+_add5118(
+    "ipv6-in-sdp",
+    "4.6",
+    """
+INVITE sip:user@[2001:db8::10] SIP/2.0
+To: sip:user@[2001:db8::10]
+From: sip:user@example.com;tag=81x2
+Via: SIP/2.0/UDP [2001:db8::20];branch=z9hG4bKas3-111
+Call-ID: SSG9559905523997077@hlau_4100
+Contact: "Caller" <sip:caller@[2001:db8::20]>
+CSeq: 8612 INVITE
+Max-Forwards: 70
+Content-Type: application/sdp
+Content-Length: 251
+
+v=0
+o=assistant 971731711378798081 0 IN IP6 2001:db8::20
+s=Live video feed for today's meeting
+c=IN IP6 2001:db8::20
+t=3338481189 3370017201
+m=audio 6000 RTP/AVP 2
+a=rtpmap:2 G726-32/8000
+m=video 6024 RTP/AVP 107
+a=rtpmap:107 H263-1998/90000
+""",
+)
+
+_add5118(
+    "mult-ip-in-header",
+    "4.7",
+    """
+BYE sip:user@host.example.net SIP/2.0
+Via: SIP/2.0/UDP [2001:db8::9:1]:6050;branch=z9hG4bKas3-111
+Via: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKjhja8781hjuaij65144
+<allOneLine>
+Via: SIP/2.0/TCP [2001:db8::9:255];branch=z9hG4bK451jj;
+received=192.0.2.200
+</allOneLine>
+Call-ID: 997077@lau_4100
+Max-Forwards: 70
+CSeq: 89187 BYE
+To: sip:user@example.net;tag=9817--94
+From: sip:user@example.com;tag=81x2
+Content-Length: 0
+
+""",
+)
+
+_add5118(
+    "mult-ip-in-sdp",
+    "4.8",
+    """
+INVITE sip:user@[2001:db8::10] SIP/2.0
+To: sip:user@[2001:db8::10]
+From: sip:user@example.com;tag=81x2
+Via: SIP/2.0/UDP [2001:db8::9:1];branch=z9hG4bKas3-111
+Call-ID: SSG9559905523997077@hlau_4100
+Contact: "Caller" <sip:caller@[2001:db8::9:1]>
+Max-Forwards: 70
+CSeq: 8912 INVITE
+Content-Type: application/sdp
+Content-Length: 189
+
+v=0
+o=bob 280744730 28977631 IN IP4 host.example.com
+s=
+t=0 0
+m=audio 22334 RTP/AVP 0
+c=IN IP4 192.0.2.1
+m=video 6024 RTP/AVP 107
+c=IN IP6 2001:db8::1
+a=rtpmap:107 H263-1998/90000
+""",
+)
+
+_add5118(
+    "ipv4-mapped-ipv6",
+    "4.9",
+    """
+INVITE sip:user@example.com SIP/2.0
+To: sip:user@example.com
+From: sip:user@east.example.com;tag=81x2
+Via: SIP/2.0/UDP [::ffff:192.0.2.10]:19823;branch=z9hG4bKbh19
+Via: SIP/2.0/UDP [::ffff:192.0.2.2];branch=z9hG4bKas3-111
+Call-ID: SSG9559905523997077@hlau_4100
+Contact: "T. desk phone" <sip:ted@[::ffff:192.0.2.2]>
+CSeq: 612 INVITE
+Max-Forwards: 70
+Content-Type: application/sdp
+Content-Length: 245
+
+v=0
+o=assistant 971731711378798081 0 IN IP6 ::ffff:192.0.2.2
+s=Call me soon, please!
+c=IN IP6 ::ffff:192.0.2.2
+t=3338481189 3370017201
+m=audio 6000 RTP/AVP 2
+a=rtpmap:2 G726-32/8000
+m=video 6024 RTP/AVP 107
+a=rtpmap:107 H263-1998/90000
+""",
+)
+
+_OPTIONS_5118 = """
+OPTIONS sip:user@[{address}] SIP/2.0
+To: sip:user@[{address}]
+From: sip:user@example.com;tag=810x2
+Via: SIP/2.0/UDP lab1.east.example.com;branch=z9hG4bKas3-111
+Call-ID: G9559905523997077@hlau_4100
+CSeq: 689 OPTIONS
+Max-Forwards: 70
+Content-Length: 0
+
+"""
+
+_add5118("ipv6-bug-abnf-3-colons", "4.10", _OPTIONS_5118.format(address="2001:db8:::192.0.2.1"))
+_add5118("ipv6-correct-abnf-2-colons", "4.10", _OPTIONS_5118.format(address="2001:db8::192.0.2.1"))
+
+
 # --- decoding of the RFC notation -----------------------------------------------
 
 _ALL_ONE_LINE = re.compile(r"<allOneLine>\n(.*?)\n</allOneLine>", re.DOTALL)
