@@ -84,5 +84,18 @@ bench-flood: $(STAMP)
 
 bench: bench-parse bench-core
 
+# Coverage-guided fuzzing (atheris/libFuzzer) of the parser, the stream framer and a
+# whole in-memory SBC; not a test: docs/testing.md. FUZZ_RUNS inputs per target.
+FUZZ_RUNS ?= 100000
+FUZZ_STAMP := $(VENV)/.fuzz-installed
+
+$(FUZZ_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[fuzz]' --config-settings editable_mode=compat
+	touch $(FUZZ_STAMP)
+
+.PHONY: fuzz
+fuzz: $(FUZZ_STAMP)
+	$(BIN)/python fuzz/run.py --runs $(FUZZ_RUNS) $(FUZZ_ARGS)
+
 clean:
 	rm -rf $(VENV) _trial_temp .coverage *.egg-info .mypy_cache .ruff_cache

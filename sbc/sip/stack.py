@@ -222,6 +222,50 @@ def _scope(context: object) -> object:
     return context
 
 
+def check_addresses(request: Request) -> None:
+    """Parse every address a request carries; ParseError (answerable) for the first bad one.
+
+    The parser keeps URIs as text until asked; the transaction user asks for
+    them in the middle of its work (building the outbound leg, a binding),
+    where a failure would leave half-made state behind. So the Request-URI,
+    every Via, and the URIs of From, To, Contact, Route and Record-Route are
+    checked before anything else sees the request: 416 for a Request-URI of
+    an unsupported scheme, 400 naming the problem otherwise.
+    """
+    try:
+        _ = request.uri
+        _ = request.vias
+        _ = request.from_.uri
+        _ = request.to.uri
+        for name_addr in (*request.contacts, *request.routes, *request.record_routes):
+            if not name_addr.is_star:
+                _ = name_addr.uri
+    except ParseError as error:
+        if error.request is None:
+            error.request = request
+        raise
+
+
+def _usable_for_dialog(response: Response) -> bool:
+    """False for an answer to INVITE (1xx-3xx) whose Contact or Record-Route URIs do not parse.
+
+    Such a response is dropped before its transaction sees it, as if lost:
+    the transaction's timers then end the attempt cleanly (408 to the
+    caller), where taking it would leave a call half set up.
+    """
+    if response.status == 100 or response.status >= 400 or response.cseq.method != "INVITE":
+        return True
+    try:
+        for contact in response.contacts:
+            if not contact.is_star:
+                _ = contact.uri
+        for route in response.record_routes:
+            _ = route.uri
+    except ParseError:
+        return False
+    return True
+
+
 def _local_host(flow: Flow) -> str:
     """The flow's local address as the warn-agent host."""
     return host_text(flow.local[0])
@@ -379,6 +423,7 @@ class SipStack:
     def _receive_request(
         self, request: Request, flow: Flow, now: float, context: object
     ) -> list[StackOutput]:
+        check_addresses(request)
         reason = self.tu.screen(request, flow, context)
         if reason is not None:
             return [Dropped(flow, reason, context)]
@@ -393,6 +438,8 @@ class SipStack:
     def _receive_response(
         self, response: Response, flow: Flow, now: float, context: object
     ) -> list[StackOutput]:
+        if not _usable_for_dialog(response):
+            return [Dropped(flow, "malformed-response", context)]
         outputs = self.transactions.receive_response(response, now)
         return self._run(outputs, now, flow, context)
 
@@ -402,6 +449,8 @@ class SipStack:
         request = error.request
         if request is None:
             return [Dropped(flow, "unparseable", context)]
+        if request.method == "ACK":  # never answered (§17.1.1.3)
+            return [Dropped(flow, "malformed", context)]
         try:
             response = self.error_response(request, error, flow)
         except ParseError:

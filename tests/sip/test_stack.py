@@ -369,3 +369,48 @@ class MalformedAnswerTests(SynchronousTestCase):
         user.stack = stack
         [transmit] = [o for o in stack.receive(data, UDP, 0.0) if isinstance(o, Transmit)]
         self.assertTrue(transmit.data.startswith(b"SIP/2.0 400 Unsupported URI scheme 'http'"))
+
+
+class AddressCheckTests(SynchronousTestCase):
+    """Every address is read before the TU sees a message (fuzzing found half-made calls)."""
+
+    def test_bad_to_uri_answered_400_before_the_tu(self) -> None:
+        stack, user = make_stack()
+        data = options().replace(b"To: <sip:127.0.0.1>", b"To: <sackip:127.0.0.1>")
+        outputs = stack.receive(data, UDP, 0.0)
+        self.assertEqual(user.requests, [])
+        [transmit] = [o for o in outputs if isinstance(o, Transmit)]
+        self.assertTrue(transmit.data.startswith(b"SIP/2.0 400 Unsupported URI scheme 'sackip'"))
+        self.assertEqual(len(stack.transactions), 0)
+
+    def test_bad_contact_of_an_ack_never_answered(self) -> None:
+        stack, user = make_stack()
+        ack = (
+            options()
+            .replace(b"OPTIONS", b"ACK")
+            .replace(b"Content-Length", b"Contact: <sip:a@[1::2::3]>\r\nContent-Length")
+        )
+        self.assertEqual(stack.receive(ack, UDP, 0.0), [Dropped(UDP, "malformed", None)])
+        self.assertEqual(user.requests, [])
+
+    def test_unknown_request_uri_scheme_is_416(self) -> None:
+        stack, _ = make_stack()
+        data = options().replace(b"OPTIONS sip:127.0.0.1 ", b"OPTIONS soap.beep://127.0.0.1 ")
+        [transmit] = [o for o in stack.receive(data, UDP, 0.0) if isinstance(o, Transmit)]
+        self.assertTrue(transmit.data.startswith(b"SIP/2.0 416 Unsupported URI Scheme\r\n"))
+
+    def test_2xx_with_an_unreadable_contact_is_dropped_as_lost(self) -> None:
+        """The INVITE's transaction goes on (its timers end it), the TU never sees the 2xx."""
+        stack, user = make_stack()
+        request = parse_message(options().replace(b"OPTIONS", b"INVITE"))
+        assert isinstance(request, Request)
+        request.headers.set("Via", f"SIP/2.0/UDP 127.0.0.1:5060;branch={stack.new_branch()}")
+        transaction, _ = stack.send_request(request, UDP, 0.0)
+        answer = response_to(request, 200, to_tag="t")
+        answer.headers.add("Contact", "<sip:b@2001:db8::1:5060>")
+        self.assertEqual(
+            stack.receive(answer.serialize(), UDP, 0.1),
+            [Dropped(UDP, "malformed-response", None)],
+        )
+        self.assertEqual(user.responses, [])
+        self.assertIn(transaction, list(stack.transactions))
