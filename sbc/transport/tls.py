@@ -238,6 +238,16 @@ def load_tls_identity(files: TlsFilePaths) -> TlsIdentity:
     )
 
 
+AEAD_CIPHERS = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+)
+"""The TLS 1.2 cipher suites of every context (docs/security-model.md): forward secret
+(ECDHE) and authenticated encryption (AES-GCM, ChaCha20-Poly1305) only, no CBC. TLS 1.3
+keeps OpenSSL's suites, which are all AEAD."""
+
+
 def _make_context(
     certificate: x509.Certificate,
     intermediates: list[x509.Certificate],
@@ -246,9 +256,10 @@ def _make_context(
     *,
     server: bool,
 ) -> SSL.Context:
-    """A context with TLS >= 1.2, our certificate and key, and the trust anchors."""
+    """A context with TLS >= 1.2, AEAD suites, our certificate and key, and the trust anchors."""
     context = SSL.Context(SSL.TLS_METHOD)
     context.set_min_proto_version(SSL.TLS1_2_VERSION)
+    context.set_cipher_list(AEAD_CIPHERS.encode("ascii"))
     context.set_options(SSL.OP_NO_COMPRESSION)
     # An idle connection gives its read and write buffers back (about 34 KiB
     # each way otherwise): SIP connections are long-lived and mostly idle.

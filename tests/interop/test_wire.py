@@ -178,6 +178,21 @@ class OpensslClientTests(_SbcTestCase):
         return self.handshake_and_options(["-tls1_2"], "2")
 
     @defer.inlineCallbacks
+    def test_aead_suites_accepted(self) -> Any:
+        """docs/security-model.md: TLS 1.2 with ECDHE and AES-GCM or ChaCha20-Poly1305 (the
+        lab key is ECDSA P-256)."""
+        for suite in ("ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-ECDSA-CHACHA20-POLY1305"):
+            yield self.handshake_and_options(["-tls1_2", "-cipher", suite], "2")
+
+    @defer.inlineCallbacks
+    def test_cbc_suites_refused(self) -> Any:
+        """A TLS 1.2 client offering only CBC suites (LUCKY13's ground) gets no handshake."""
+        for suite in ("ECDHE-ECDSA-AES128-SHA", "ECDHE-ECDSA-AES256-SHA384", "AES128-SHA"):
+            result = yield self.refused(extra=["-tls1_2", "-cipher", suite])
+            self.assertIn("handshake failure", result.text(), suite)
+            self.assertNotIn("CONNECTION ESTABLISHED", result.text())
+
+    @defer.inlineCallbacks
     def refused(self, *, cert: bool = True, ca: str | None = None, extra: list[str]) -> Any:
         """Run s_client with the request already written; it must end on its own, refused."""
         child: RunningProcess = start_s_client(

@@ -482,6 +482,53 @@ class HandshakeTests(PkiMixin, SynchronousTestCase):
         self.assertEqual(link.server_handle.get_protocol_version_name(), "TLSv1.2")
         self.assertEqual(link.server.identities, PeerIdentities(sip_domains=("lab.test",)))
 
+    def tls12_client(self, ciphers: bytes) -> RawClient:
+        context = SSL.Context(SSL.TLS_METHOD)
+        context.set_max_proto_version(SSL.TLS1_2_VERSION)
+        context.set_cipher_list(ciphers)
+        context.use_certificate(self.client_leaf.certificate)
+        context.use_privatekey(self.client_leaf.key)
+        return RawClient(context)
+
+    def test_cbc_only_client_refused(self) -> None:
+        """docs/security-model.md: AEAD suites only; a client offering only CBC finds none."""
+        server = server_context_factory(tls_identity(self, self.sbc_leaf, self.ca))
+        link = loopback(
+            server, self.tls12_client(b"ECDHE-ECDSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA384")
+        )
+        self.assertTrue(link.both_closed)
+        self.assertFalse(link.server.handshake_done)
+        assert link.server.lost is not None
+        self.assertTrue(link.server.lost.check(SSL.Error))
+        self.assertIn("no shared cipher", str(link.server.lost.value))
+
+    def test_aead_client_accepted(self) -> None:
+        """The control: the same TLS 1.2 client offering AES-GCM or ChaCha20 gets through."""
+        for suite in (b"ECDHE-ECDSA-AES128-GCM-SHA256", b"ECDHE-ECDSA-CHACHA20-POLY1305"):
+            server = server_context_factory(tls_identity(self, self.sbc_leaf, self.ca))
+            link = loopback(server, self.tls12_client(suite))
+            self.assertTrue(link.server.handshake_done, suite)
+            self.assertEqual(link.server_handle.get_cipher_name(), suite.decode())
+
+    def test_our_client_refuses_a_cbc_only_server(self) -> None:
+        context = SSL.Context(SSL.TLS_METHOD)
+        context.set_max_proto_version(SSL.TLS1_2_VERSION)
+        context.set_cipher_list(b"ECDHE-ECDSA-AES128-SHA")
+        context.use_certificate(self.sbc_leaf.certificate)
+        context.use_privatekey(self.sbc_leaf.key)
+        client = client_connection_creator(
+            tls_identity(self, self.client_leaf, self.ca), "sbc.lab.test"
+        )
+        link = loopback(RawServer(context), client)
+        self.assertTrue(link.both_closed)
+        self.assertFalse(link.client.handshake_done)
+
+    def test_default_handshake_uses_an_aead_suite(self) -> None:
+        link = self.connect(self.sbc_leaf, "sbc.lab.test")
+        self.assertTrue(link.client.handshake_done)
+        name = link.server_handle.get_cipher_name() or ""
+        self.assertTrue("GCM" in name or "CHACHA20" in name, name)
+
     def test_no_expected_name_refused(self) -> None:
         identity = tls_identity(self, self.client_leaf, self.ca)
         self.assertRaises(ValueError, client_connection_creator, identity, "")
