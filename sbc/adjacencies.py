@@ -36,10 +36,30 @@ class ListenerKey:
 
 
 def listener_transports(adjacency: AdjacencyConfig) -> tuple[str, ...]:
-    """The transports an adjacency listens on: TLS when inbound is trusted-encrypted."""
+    """The transports an adjacency has a socket for on its port.
+
+    TLS when inbound is trusted-encrypted; with a plain outbound side that
+    sends over UDP, also a UDP socket on the same port number (TLS uses TCP):
+    the adjacency's requests leave from it, and their answers and the far
+    end's in-dialog requests come back to it (behaviour.md §2). Plain TCP
+    leaves from an ephemeral port, as every outbound connection does.
+    """
+    plain = {"udp": (UDP,), "tcp": (TCP,), "udp-tcp": (UDP, TCP)}[adjacency.transport]
     if adjacency.security_inbound is Security.TRUSTED_ENCRYPTED:
+        if not adjacency.sends_tls and UDP in plain:
+            return (TLS, UDP)
         return (TLS,)
-    return {"udp": (UDP,), "tcp": (TCP,), "udp-tcp": (UDP, TCP)}[adjacency.transport]
+    return plain
+
+
+def replies_only(adjacency: AdjacencyConfig, transport: str) -> bool:
+    """True when plain ``transport`` of ``adjacency`` may carry only answers and in-dialog requests.
+
+    That is the plain side of an adjacency whose inbound security is
+    trusted-encrypted: what it sent out comes back there, but a request
+    that starts something must arrive over TLS to be taken as trusted.
+    """
+    return adjacency.listens_tls and transport != TLS
 
 
 def listener_keys(adjacency: AdjacencyConfig) -> tuple[ListenerKey, ...]:

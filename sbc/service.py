@@ -469,6 +469,15 @@ class SbcService(MultiService):
         new commit. Refused while another one is waiting. Any successful
         commit confirms a waiting one.
         """
+        # behaviour.md §2: this refusal comes before every other one, so the
+        # operator hears it first whatever else is wrong with the candidate.
+        refused = security_changes_while_attached(self.config, candidate)
+        if refused:
+            line = SECURITY_CHANGE_MESSAGE.format(name=refused[0])
+            if len(refused) > 1:
+                line += f" (also: {', '.join(refused[1:])})"
+            self._log_refusal([line], user, client)
+            return [line]
         pending = self.pending_confirmation
         if confirm_within is not None:
             low, high = CONFIRM_SECONDS_RANGE
@@ -496,14 +505,17 @@ class SbcService(MultiService):
             if confirm_within is not None:
                 self._start_confirmation(record, confirm_within, user)
         if errors:
-            self.log.info(
-                "commit by {user} ({client}) refused: {reason}",
-                event="config.refused",
-                user=user or "-",
-                client=client or "-",
-                reason=" ".join(e.lstrip("% ") for e in errors),
-            )
+            self._log_refusal(errors, user, client)
         return errors
+
+    def _log_refusal(self, errors: list[str], user: str, client: str) -> None:
+        self.log.info(
+            "commit by {user} ({client}) refused: {reason}",
+            event="config.refused",
+            user=user or "-",
+            client=client or "-",
+            reason=" ".join(e.lstrip("% ") for e in errors),
+        )
 
     def _apply_config(
         self, candidate: SbcConfig, *, user: str, client: str, comment: str
@@ -517,12 +529,6 @@ class SbcService(MultiService):
             router = Router.from_config(candidate)
         except ConfigError as error:
             return [f"% {error.message}"]
-        refused = security_changes_while_attached(self.config, candidate)
-        if refused:
-            line = SECURITY_CHANGE_MESSAGE.format(name=refused[0])
-            if len(refused) > 1:
-                line += f" (also: {', '.join(refused[1:])})"
-            return [line]
         users = self.users
         if candidate.user_database is not None and (
             candidate.user_database != self.config.user_database or not len(users)

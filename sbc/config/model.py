@@ -315,14 +315,19 @@ class AdjacencyConfig:
 
     @property
     def transport_display(self) -> str:
-        """``TLS``, ``UDP``, ``TCP`` or ``UDP+TCP`` for the listener."""
-        if self.listens_tls:
-            return "TLS"
-        return {
+        """``TLS``, ``UDP``, ``TCP`` or ``UDP+TCP`` for the listener.
+
+        An adjacency that listens on TLS but sends plain says both:
+        ``TLS, sends UDP+TCP``.
+        """
+        plain = {
             Transport.UDP: "UDP",
             Transport.TCP: "TCP",
             Transport.UDP_TCP: "UDP+TCP",
         }[self.transport]
+        if self.listens_tls:
+            return "TLS" if self.sends_tls else f"TLS, sends {plain}"
+        return plain
 
 
 @attrs.frozen

@@ -58,21 +58,13 @@ def _check_adjacencies(cfg: SbcConfig, certificate_configured: bool) -> Iterator
             "security inbound" if adj.security_inbound.encrypted else "security outbound",
             default=adj.line,
         )
-        if encrypted and adj.transport is Transport.UDP:
+        # Inbound trusted-encrypted with a plain outbound side is fine: the
+        # adjacency listens on TLS and sends over its transport (docs/configuration.md).
+        if adj.security_outbound.encrypted and adj.transport is Transport.UDP:
             yield (
                 _line(adj.setting_lines, "transport", default=adj.line),
                 f"adjacency '{adj.name}' is trusted-encrypted but uses transport udp: "
                 "TLS runs over TCP only (use transport tcp, or leave transport out)",
-            )
-        if adj.security_inbound.encrypted and not adj.security_outbound.encrypted:
-            # The adjacency listens on TLS only, so it has no plain socket to
-            # send from (outbound TLS with plain inbound works: TLS leaves on
-            # connections the SBC opens).
-            yield (
-                _line(adj.setting_lines, "security outbound", default=security_line),
-                f"adjacency '{adj.name}': security inbound trusted-encrypted listens on TLS "
-                f"only, so outbound {adj.security_outbound.value} has no plain socket to send "
-                "from: make outbound trusted-encrypted too, or use a second adjacency",
             )
         if encrypted and not certificate_configured:
             yield (

@@ -66,12 +66,22 @@ from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from sbc.adjacencies import TCP, TLS, UDP, AdjacencyTable, InboundContext, ListenerKey
+from sbc.adjacencies import (
+    TCP,
+    TLS,
+    UDP,
+    AdjacencyTable,
+    InboundContext,
+    ListenerKey,
+    replies_only,
+)
 from sbc.config import ClientCertificate, Limits
 from sbc.counters import Counters
+from sbc.errors import ParseError
 from sbc.flood import Ban, SourceGuard, Verdict
 from sbc.identity import ip_literal
 from sbc.sip.locate import Resolution
+from sbc.sip.message import Request, parse_message
 from sbc.sip.stack import Dropped, Flow, Resolve, StackOutput, Transmit
 from sbc.sip.transaction import TransactionKey
 from sbc.transport.pool import ConnectionPool, NoTlsIdentityError, PoolKey, client_endpoint
@@ -836,6 +846,21 @@ class SipRuntime:
 
     def _deliver(self, data: bytes, flow: Flow, context: InboundContext) -> None:
         self.count(context.adjacency, "messages-received")
+        adjacency = self.table.get(context.adjacency)
+        if (
+            adjacency is not None
+            and replies_only(adjacency, flow.transport)
+            and _starts_something(data)
+        ):
+            self.event(
+                context.adjacency,
+                "drops:plain-request",
+                "{transport} {remote}: a request that starts something came over the plain "
+                "side of adjacency {adjacency}, whose inbound side is TLS only; dropped",
+                transport=flow.transport,
+                remote=_address_text(flow.remote),
+            )
+            return
         try:
             outputs = self.stack.receive(data, flow, self.reactor.seconds(), context)
         except Exception:
@@ -1092,6 +1117,17 @@ _CAP_FIELDS: dict[str, Callable[[Limits], dict[str, Any]]] = {
         "setting": "max-tls-handshakes-per-second",
     },
 }
+
+
+def _starts_something(data: bytes) -> bool:
+    """True for a request outside a dialog (no To tag); answers and in-dialog requests are not."""
+    if data[:4] == b"SIP/":
+        return False
+    try:
+        message = parse_message(data)
+        return isinstance(message, Request) and message.to.tag is None
+    except ParseError:
+        return True
 
 
 def _stopped(port: IListeningPort) -> Deferred[None]:

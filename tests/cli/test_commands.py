@@ -70,15 +70,15 @@ class FakeBackend:
         comment: str = "",
         confirm_within: int | None = None,
     ) -> list[str]:
+        names = security_changes_while_attached(self.config, candidate)
+        if names:  # first, as SbcService.apply_config does (behaviour.md §2)
+            return [SECURITY_CHANGE_MESSAGE.format(name=n) for n in names]
         if confirm_within is not None and self.waiting is not None:
             return [f"% commit {self.waiting[0]} is waiting for confirmation"]
         try:
             validate(candidate, certificate_configured=True)
         except ConfigError as error:
             return [f"% {error.message}"]
-        names = security_changes_while_attached(self.config, candidate)
-        if names:
-            return [SECURITY_CHANGE_MESSAGE.format(name=n) for n in names]
         self.clock += 60
         self.history.record(
             render_config(self.config),

@@ -25,7 +25,7 @@ from sbc.cli.server import (
     unix_path,
     unsafe_endpoint,
 )
-from sbc.config import load_config, parse_config, render_config
+from sbc.config import load_config, parse_config, render_config, validate
 from sbc.errors import ConfigError
 from sbc.labpki import Identity, issue, make_ca
 from sbc.service import SbcService, TlsFiles
@@ -162,6 +162,25 @@ class ServiceCommitTests(SynchronousTestCase):
         )
         self.assertIs(self.service.config, before)
         self.assertFalse(os.path.exists(self.path + ".bak"))
+
+    def test_security_change_is_heard_before_any_other_problem(self) -> None:
+        """behaviour.md §2: the candidate also has an invalid routing policy and an unknown
+        first table; the operator hears the attached-security refusal first."""
+        before = self.service.config
+        candidate = parse_config(
+            RUNNING.replace("security trusted-encrypted", "security trusted-unencrypted")
+            + "  routing-policy no-such-policy\n"
+        )
+        self.assertRaises(ConfigError, validate, candidate, certificate_configured=True)
+        self.assertEqual(
+            self.backend.commit(candidate),
+            ["% Security policy cannot be changed while adjacency core is attached"],
+        )
+        self.assertEqual(
+            self.service.apply_config(candidate, confirm_within=0),
+            ["% Security policy cannot be changed while adjacency core is attached"],
+        )
+        self.assertIs(self.service.config, before)
 
     def test_several_security_changes_refused_in_one_line(self) -> None:
         text = "sbc s\n sbe\n" + "".join(

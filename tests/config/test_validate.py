@@ -138,18 +138,17 @@ class TransportTests(ValidateTestCase):
         )
         self.assertInvalid(text, 10, "transport udp")
 
-    def test_inbound_tls_with_plain_outbound_refused(self) -> None:
-        """It would listen on TLS only and have no plain socket to send from."""
-        text = GOOD.replace(
-            "   security trusted-encrypted\n",
-            "   security trusted-encrypted\n   security outbound untrusted\n",
-        )
-        self.assertInvalid(
-            text,
-            10,
-            "adjacency 'core': security inbound trusted-encrypted listens on TLS only",
-            "outbound untrusted has no plain socket to send from",
-        )
+    def test_inbound_tls_with_plain_outbound_accepted(self) -> None:
+        """behaviour.md §2: it listens on TLS and sends over its transport (UDP too)."""
+        for transport in ("", "   transport udp\n", "   transport tcp\n"):
+            text = GOOD.replace(
+                "   security trusted-encrypted\n",
+                f"   security trusted-encrypted\n   security outbound untrusted\n{transport}",
+            )
+            config = parsed(text)
+            validate(config, certificate_configured=True)
+            [core] = [a for a in config.adjacencies if a.name == "core"]
+            self.assertEqual(core.security_display, "inbound Trusted-Encrypted, outbound Untrusted")
 
     def test_remote_address_family(self) -> None:
         text = GOOD.replace(

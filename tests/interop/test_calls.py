@@ -462,3 +462,147 @@ class SecureCallTests(TestCase):
         self.assertEqual([r.exit_code for r in results], [0, 0], context)
         self.assertIn("kamailio-test: INVITE sips:bob@far.test", kamailio.output(), context)
         self.assertRegex(kamailio.output(), r"kamailio-test: INVITE \S+ from \S+ proto tls")
+
+
+class TlsInPlainOutTests(TestCase):
+    """behaviour.md §2: an adjacency with inbound trusted-encrypted and outbound untrusted.
+
+    ``edge`` listens on TLS only (plus a UDP socket on the same port number,
+    which takes answers and in-dialog requests only) and sends its own
+    requests over UDP to its signaling-peer, a SIPp UAS::
+
+        SIPp UAC --UDP--> access (untrusted) --> SBC --> edge --UDP--> SIPp UAS (hangs up)
+        SIPp UAC --TCP--> stunnel --TLS--> edge --> SBC --> access --UDP--> SIPp UAS
+    """
+
+    timeout = 90
+
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:  # type: ignore[override]
+        self.pki = make_pki(self.mktemp())
+        self.out_callee = yield start_sipp_uas(
+            self, "calls_uas_bye.xml", transport="u1", keys={"contact_scheme": "sip"}
+        )
+        adjacencies = (
+            CallAdjacency("access", "untrusted", "udp"),
+            CallAdjacency(
+                "edge",
+                "trusted-encrypted",
+                outbound="untrusted",
+                signaling_peer=HOST,
+                signaling_peer_port=self.out_callee.port,
+            ),
+        )
+        routing = (
+            "call-policy-set 1",
+            " first-call-routing-table by-source",
+            " rtg-src-adjacency-table by-source",
+            "  entry 1",
+            "   match-adjacency access",
+            "   dst-adjacency edge",
+            "   action complete",
+            "  entry 2",
+            "   match-adjacency edge",
+            "   dst-adjacency access",
+            "   action complete",
+            "active-call-policy-set 1",
+        )
+        self.sbc = yield start_routed_sbc(self, self.pki, adjacencies, routing)
+
+    def context(self, *peers: SippProcess) -> str:
+        text = "\n".join(p.describe(p._result) for p in peers)
+        return text + "\n--- sbc log tail:\n" + self.sbc.tail(60)
+
+    @defer.inlineCallbacks
+    def test_show_says_both_sides(self) -> Any:
+        result = yield within(
+            run(
+                get_reactor(),
+                [
+                    SBC_CLI, "--socket", cli_socket(self.sbc.child),
+                    "-c", "show services sbc calls sbe adjacencies edge",
+                ],
+                timeout=30.0,
+            ),
+            40.0,
+            "sbc-cli",
+        )  # fmt: skip
+        self.assertEqual(result.exit_code, 0, result.text())
+        text = result.stdout.decode()
+        self.assertIn("  Security: inbound Trusted-Encrypted, outbound Untrusted\n", text)
+        self.assertIn("  Transport: TLS, sends UDP+TCP\n", text)
+
+    @defer.inlineCallbacks
+    def test_call_out_of_the_adjacency_over_udp_callee_hangs_up(self) -> Any:
+        """The INVITE leaves edge over UDP; the callee's BYE comes back to edge's UDP socket."""
+        caller = start_sipp(
+            self,
+            "calls_uac_bye.xml",
+            remote_port=self.sbc.port("access"),
+            transport="u1",
+            keys={
+                "ruri": f"sip:bob@{HOST}:{self.out_callee.port}",
+                "from_uri": "sip:alice@lab.test",
+                "contact_scheme": "sip",
+            },
+        )
+        results = [
+            (yield caller.wait(40, "the caller")),
+            (yield self.out_callee.wait(40, "the callee")),
+        ]
+        self.assertEqual(
+            [r.exit_code for r in results], [0, 0], self.context(caller, self.out_callee)
+        )
+
+    @defer.inlineCallbacks
+    def test_call_in_over_tls_out_over_udp(self) -> Any:
+        """The inbound side is TLS (stunnel presents the lab.test client certificate)."""
+        callee = yield start_sipp_uas(
+            self, "calls_uas.xml", transport="u1", keys={"contact_scheme": "sip"}
+        )
+        accept_port, stunnel = yield start_stunnel(
+            self,
+            connect_port=self.sbc.port("edge"),
+            cert=self.pki.cert("client"),
+            key=self.pki.key("client"),
+            ca=self.pki.cert("ca"),
+        )
+        caller = start_sipp(
+            self,
+            "calls_uac.xml",
+            remote_port=accept_port,
+            transport="t1",
+            keys={
+                "ruri": f"sip:bob@{HOST}:{callee.port}",
+                "from_uri": "sip:alice@lab.test",
+                "contact_scheme": "sip",
+            },
+        )
+        results = [(yield caller.wait(40, "the caller")), (yield callee.wait(40, "the callee"))]
+        self.assertEqual(
+            [r.exit_code for r in results],
+            [0, 0],
+            self.context(caller, callee) + "\n--- stunnel:\n" + stunnel.output()[-2000:],
+        )
+
+    @defer.inlineCallbacks
+    def test_plain_request_to_the_udp_socket_is_not_taken(self) -> Any:
+        """A new request over plain UDP to edge's port would be marked trusted: dropped."""
+        client = open_udp(self, self.sbc.port("edge"))
+        call_id = new_call_id()
+        client.send(
+            sip_request(
+                uri=f"sip:bob@{HOST}", via_transport="UDP", local_port=client.local_port,
+                call_id=call_id, method="INVITE",
+            )
+        )  # fmt: skip
+        probe = open_udp(self, self.sbc.port("access"))
+        probe_id = new_call_id()
+        request = sip_request(
+            uri=f"sip:{HOST}:{self.sbc.port('access')}", via_transport="UDP",
+            local_port=probe.local_port, call_id=probe_id,
+        )  # fmt: skip
+        response: Response = yield probe.transact(request, probe_id)
+        self.assertEqual(response.status, 200)
+        self.assertEqual(client.datagrams, [], self.sbc.tail(20))
+        self.assertIn("whose inbound side is TLS only; dropped", self.sbc.output())

@@ -104,10 +104,11 @@ class CliInteropTests(CliTestCase):
         response = yield self.options(new_port)
         self.assertEqual(response.status, 200)
 
-        # A security change of an attached adjacency is refused whole.
+        # A security change of an attached adjacency is refused whole, and heard first
+        # even when the candidate has another problem (an unknown routing policy).
         result = yield self.sbc_cli(
             path, "configure", "sbc mysbc", "sbe", "adjacency sip test", "security untrusted",
-            "commit",
+            "exit", "routing-policy no-such-policy", "commit",
         )  # fmt: skip
         self.assertEqual(result.exit_code, 1)
         self.assertEqual(

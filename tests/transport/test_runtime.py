@@ -7,6 +7,7 @@ SIP stack is a FakeStack that records what it is fed.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from twisted.internet.error import CannotListenError, ConnectionRefusedError
@@ -738,3 +739,45 @@ class UdpReceiveBufferTests(RuntimeMixin):
         port = _StubPort(cap=1 << 30)
         self.runtime._size_receive_buffer(UDP_KEY, port)
         self.assertEqual(port.socket.asked, [65536])
+
+
+class TlsInPlainOutTests(RuntimeMixin):
+    """behaviour.md §2: inbound trusted-encrypted, outbound untrusted: TLS in, UDP out."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        edge = AdjacencyConfig(
+            "edge",
+            ipaddress.ip_address(HOST),
+            signaling_port=5081,
+            remote_addresses=("192.0.2.0/24",),
+            security_inbound="trusted-encrypted",
+            security_outbound="untrusted",
+            attached=True,
+        )
+        self.runtime.table = AdjacencyTable([*self.configs, edge])
+
+    def test_listens_on_tls_and_has_a_udp_socket_on_the_same_port(self) -> None:
+        self.start()
+        self.assertIn(ListenerKey(HOST, 5081, "TLS"), self.runtime.listening)
+        self.assertIn(ListenerKey(HOST, 5081, "UDP"), self.runtime.listening)
+        self.assertNotIn(ListenerKey(HOST, 5081, "TCP"), self.runtime.listening)
+
+    def test_requests_leave_from_the_udp_socket(self) -> None:
+        self.start()
+        self.runtime.process([Transmit(Flow("UDP", (HOST, 5081), TRUNK), OPTIONS)])
+        [sent] = self.reactor.udp_protocol(5081, HOST).transport.written  # type: ignore[attr-defined]
+        self.assertEqual(sent, (OPTIONS, TRUNK))
+        self.assertEqual(self.counter("edge", "messages-sent"), 1)
+
+    def test_answers_and_in_dialog_requests_come_back_new_requests_do_not(self) -> None:
+        """Nothing plain may start something on an adjacency that trusts what comes in."""
+        self.start()
+        protocol = self.reactor.udp_protocol(5081, HOST)
+        answer = b"SIP/2.0 200 OK\r\n" + OPTIONS.partition(b"\r\n")[2]
+        in_dialog = OPTIONS.replace(b"\r\nTo: <sip:127.0.0.1>", b"\r\nTo: <sip:127.0.0.1>;tag=x")
+        self.assertNotEqual(in_dialog, OPTIONS)
+        for data in (answer, in_dialog, OPTIONS):
+            protocol.datagramReceived(data, TRUNK)
+        self.assertEqual([r.data for r in self.stack.received], [answer, in_dialog])
+        self.assertEqual(self.counter("edge", "drops:plain-request"), 1)
