@@ -51,8 +51,9 @@ class ParseError(SipError):
     Not Supported or 513 Message Too Large).
 
     ``request`` is set when the bytes were a request and enough of it was
-    understood to answer (request line, Via, From, To, Call-ID and CSeq all
-    present and usable): the transport may then send ``status`` back with
+    understood to answer (a recognisable request line; Via, From, To,
+    Call-ID and CSeq present, though maybe malformed: the answer copies them
+    as received): the transport may then send ``status`` back with
     :func:`sbc.sip.response_to`. When it is ``None`` the message is dropped
     and counted, never answered.
     """

@@ -600,9 +600,11 @@ def parse_message(data: bytes) -> Request | Response:
     Content-Length is absent. Header text is decoded as UTF-8 with
     surrogateescape, so any bytes survive parse + serialize.
 
-    The ParseError's ``request`` is set when the request line, Via, From, To,
-    Call-ID and CSeq were usable, so the caller can answer with ``status``
-    (400, or 505 for another SIP version); otherwise the bytes are dropped.
+    The ParseError's ``request`` is set when the bytes are recognisably a
+    request (method, Request-URI, SIP version) with Via, From, To, Call-ID
+    and CSeq present, even malformed, so the caller can answer with
+    ``status`` (400, or 505 for another SIP version; :func:`response_to`
+    copies malformed headers as received); otherwise the bytes are dropped.
     """
     try:
         return _parse(bytes(data), False)
