@@ -21,6 +21,7 @@ Exit status: 0 when every target ran its inputs without a failure.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import subprocess
 import sys
@@ -37,8 +38,11 @@ def worker(target: str, libfuzzer_args: list[str]) -> None:
     import atheris
 
     sys.path.insert(0, REPO)
-    with atheris.instrument_imports(include=["sbc"]):  # coverage of what they import
-        pass
+    if any(name == "sbc" or name.startswith("sbc.") for name in sys.modules):
+        raise SystemExit("fuzz: sbc was imported before atheris could instrument it")
+    with atheris.instrument_imports(include=["sbc"]):  # coverage of everything they import
+        for module in ("sbc.sip.message", "sbc.sip.framing", "sbc.service"):
+            importlib.import_module(module)
     sys.path.insert(0, HERE)
     import targets
 
