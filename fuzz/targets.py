@@ -21,8 +21,9 @@ raises :class:`BrokenPropertyError` (or any other exception: a bug):
     ``MemoryReactorClock``, no socket): the input's first four bytes choose
     the adjacency and transport the rest arrives on and how the far side
     answers, the rest goes through the framer (TCP, TLS) or is one datagram
-    (UDP) into :meth:`SipStack.receive`. Every request the SBC sends is
-    answered by a scripted peer (INVITE with the statuses the input chose,
+    (UDP) into :meth:`SipStack.receive`. Next hops are found by a scripted
+    DNS (a name is 127.0.0.9, or does not exist), and every request the SBC
+    sends is answered by a scripted peer (INVITE with the statuses the input chose,
     anything else 200); then the clock is run past every timer. Nothing may
     escape the stack, and afterwards every table must be empty:
     transactions, calls, dialogs, B2BUA handlers and timers, registrar
@@ -51,8 +52,9 @@ from sbc.identity import PeerIdentities
 from sbc.labpki import write_lab_pki
 from sbc.service import SbcService, TlsFiles
 from sbc.sip.framing import KEEPALIVE_PING, StreamFramer
+from sbc.sip.locate import Destination, NextHop, Resolution
 from sbc.sip.message import Request, Response, parse_message, response_to
-from sbc.sip.stack import Flow, Transmit, error_answer
+from sbc.sip.stack import Flow, Resolve, Transmit, error_answer
 from sbc.sip.uri import host_text
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -264,6 +266,7 @@ class SbcHarness:
         self.answers: tuple[int, ...] = ()
         self.bye_answer = 200
         self.broken_contact = False
+        self.dns_fails = False
 
     def context_for(self, flow: Flow) -> InboundContext:
         listener = ListenerKey(flow.local[0], flow.local[1], flow.transport)
@@ -286,6 +289,9 @@ class SbcHarness:
             if steps > MAX_STEPS:
                 raise BrokenPropertyError("the SBC and its peers never stop talking")
             output = pending.pop(0)
+            if isinstance(output, Resolve):
+                pending += output.reply(self.resolve(output.hop), self.now)
+                continue
             if not isinstance(output, Transmit):
                 continue
             try:
@@ -297,6 +303,15 @@ class SbcHarness:
             if not isinstance(message, Request) or message.method == "ACK":
                 continue
             pending += self.answer(message, output.flow)
+
+    def resolve(self, hop: NextHop) -> Resolution:
+        """The scripted DNS: an address is itself; a name is 127.0.0.9, or nothing."""
+        if hop.numeric:
+            return Resolution(hop, (hop.default_destination(),))
+        if self.dns_fails:
+            return Resolution(hop, (), error=f"{hop.host}: no such domain (fuzz)")
+        port = hop.port or 5060
+        return Resolution(hop, (Destination(hop.transports[0], "127.0.0.9", port, hop.host),))
 
     def answer(self, request: Request, flow: Flow) -> list[Any]:
         """The scripted peer's answers to a request the SBC sent."""
@@ -363,6 +378,7 @@ def sbc_target(data: bytes) -> None:
     harness.answers = INVITE_ANSWERS[control[1] % len(INVITE_ANSWERS)]
     harness.bye_answer = (200, 481, 408, 500)[control[2] % 4]
     harness.broken_contact = bool(control[2] & 8)
+    harness.dns_fails = bool(control[2] & 16)
     source = ("127.0.0.9" if adjacency == "trunk" else "127.0.0.2", 40000 + control[3])
     listener = ListenerKey("127.0.0.1", port, transport)
     context = InboundContext(adjacency, listener, identities)
