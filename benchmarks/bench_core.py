@@ -21,6 +21,16 @@ collector tuning applied, and the number of objects left behind. Sockets,
 the reactor and the kernel are not included: ``bench_calls.py`` measures
 those. ``--profile`` prints the top functions by own time (cProfile).
 
+Cold-cache mode: ``--idle-us N`` sleeps N µs before each datagram (outside
+the timed sections), so the core idles between datagrams as the daemon's
+does at 200 calls/s and the CPU caches and branch predictors cool down;
+``--evict-mb M`` also writes M MiB of memory before each datagram, as
+another process sharing the core would. ``--mode cold`` is
+``--idle-us 400``; ``--mode both`` runs the normal and the cold-cache
+measurement in alternating blocks of ``--block`` calls in the same process
+and prints both and their ratio (what the daemon's figure at low rates is
+made of).
+
 This is a benchmark, not a test: it asserts that every call completed and
 nothing about speed.
 """
@@ -123,6 +133,18 @@ class Bench:
         self.sent: list[Transmit] = []
         #: A cProfile.Profile enabled around the SBC's work only (``--profile``).
         self.profiler: Any = None
+        #: Cold-cache mode: seconds to sleep, and a buffer to write, before each datagram.
+        self.idle_s = 0.0
+        self.evict: bytearray | None = None
+
+    def _cool_down(self) -> None:
+        """Idle (and evict the caches) before a datagram, as a real core between datagrams."""
+        if self.evict is not None:
+            evict = self.evict
+            for offset in range(0, len(evict), 64):
+                evict[offset] = (evict[offset] + 1) & 0xFF
+        if self.idle_s:
+            time.sleep(self.idle_s)
 
     def _run(self, outputs: list[Any]) -> None:
         for output in outputs:
@@ -131,6 +153,8 @@ class Bench:
 
     def receive(self, data: bytes, source: tuple[str, int], listener: ListenerKey) -> None:
         """One datagram, as the UDP listener hands it to the runtime (timed)."""
+        if self.idle_s or self.evict is not None:
+            self._cool_down()
         if self.profiler is not None:
             self.profiler.enable()
         start = time.process_time()
@@ -195,33 +219,67 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--top", type=int, default=35)
     parser.add_argument("--sort", default="tottime", help="pstats sort key (tottime, cumtime)")
+    parser.add_argument(
+        "--mode",
+        choices=("normal", "cold", "both"),
+        default="normal",
+        help="normal: back to back; cold: --idle-us 400 unless given; both: one after the other",
+    )
+    parser.add_argument("--idle-us", type=float, default=None, help="sleep before each datagram")
+    parser.add_argument("--block", type=int, default=500, help="calls per block (--mode both)")
+    parser.add_argument("--evict-mb", type=float, default=0.0, help="MiB written before each")
     args = parser.parse_args(argv)
+    if args.mode != "normal" and args.idle_us is None:
+        args.idle_us = 400.0
 
     bench = Bench()
     for n in range(args.warmup):
         bench.tick(n / args.rate)
         one_call(bench, n)
     tune_garbage_collector()
-    bench.cpu = 0.0
+    modes = {"normal": [False], "cold": [True], "both": [False, True]}[args.mode]
+    evict = bytearray(int(args.evict_mb * 2**20)) if args.evict_mb else None
     profiler = None
     if args.profile:
         import cProfile
 
         profiler = cProfile.Profile()
+    cpu = dict.fromkeys(modes, 0.0)
+    done = dict.fromkeys(modes, 0)
+    # Blocks of calls alternate between the modes, so drift in the machine's
+    # speed while the run lasts falls on both figures alike.
+    next_call = args.warmup
+    block = 0
+    while min(done.values()) < args.calls:
+        cold = modes[block % len(modes)]
+        block += 1
+        count = min(args.block, args.calls - done[cold])
+        bench.idle_s = (args.idle_us or 0.0) / 1e6 if cold else 0.0
+        bench.evict = evict if cold else None
         bench.profiler = profiler
-    first = args.warmup
-    for n in range(first, first + args.calls):
-        bench.tick(n / args.rate)
-        one_call(bench, n)
-    bench.profiler = None
-    cpu = bench.cpu
-    per_call_us = cpu / args.calls * 1e6
-    calls = bench.service.core.calls
-    print(
-        f"{args.calls} calls at {args.rate:g}/s virtual: {per_call_us:.0f} µs CPU per call "
-        f"in the SBC ({1e6 / per_call_us:,.0f} calls/s per core at this cost); "
-        f"live calls {len(calls.calls)}, gc objects {len(gc.get_objects())}"
-    )
+        bench.cpu = 0.0
+        for n in range(next_call, next_call + count):
+            bench.tick(n / args.rate)
+            one_call(bench, n)
+        next_call += count
+        bench.profiler = None
+        cpu[cold] += bench.cpu
+        done[cold] += count
+    live = len(bench.service.core.calls.calls)
+    for cold in modes:
+        per_call_us = cpu[cold] / done[cold] * 1e6
+        label = "normal"
+        if cold:
+            label = f"cold cache (idle {args.idle_us:g} µs"
+            label += f", evict {args.evict_mb:g} MiB)" if args.evict_mb else ")"
+        print(
+            f"{label}: {done[cold]} calls at {args.rate:g}/s virtual: {per_call_us:.0f} µs "
+            f"CPU per call in the SBC ({1e6 / per_call_us:,.0f} calls/s per core at this "
+            f"cost); live calls {live}, gc objects {len(gc.get_objects())}",
+            flush=True,
+        )
+    if len(modes) == 2:
+        print(f"cold / normal: {cpu[True] / done[True] / (cpu[False] / done[False]):.2f}x")
     if profiler is not None:
         import pstats
 
