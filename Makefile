@@ -65,11 +65,22 @@ $(BENCH_SITE)/sippy: | $(STAMP)
 bench-parse: $(STAMP) $(BENCH_SITE)/sippy
 	PYTHONPATH=$(BENCH_SITE) SIPLOG_LVL=WARN $(BIN)/python benchmarks/bench_parse.py
 
-# SIPp load against the real daemon (SBC on CPU 0, SIPp on CPU 1), sippy's B2BUA
-# on the same scenario; needs sipp (apt-get install sip-tester). About 4 minutes.
+$(BENCH_SITE)/matplotlib: | $(STAMP)
+	$(BIN)/python -m pip install --quiet --target $(BENCH_SITE) matplotlib
+
+# SIPp load against the real daemon and sippy's B2BUA, alternating step by step
+# (system under test on CPU 0, SIPp on CPU 1), a ramp past the failure point, and
+# a plot; needs sipp (apt-get install sip-tester). About 15 minutes; see
+# docs/performance.md. BENCH_CALLS_ARGS="--plot docs/perf-calls.png" redraws the doc's plot.
 .PHONY: bench-calls
-bench-calls: $(STAMP) $(BENCH_SITE)/sippy
+bench-calls: $(STAMP) $(BENCH_SITE)/sippy $(BENCH_SITE)/matplotlib
 	PYTHONPATH=$(BENCH_SITE) SIPLOG_LVL=WARN $(BIN)/python benchmarks/bench_calls.py $(BENCH_CALLS_ARGS)
+
+# Where the daemon's CPU per call goes at one rate (strace, py-spy, /proc); needs sipp.
+.PHONY: bench-probe
+bench-probe: $(STAMP)
+	$(BIN)/python -m pip install --quiet py-spy
+	$(BIN)/python benchmarks/probe_daemon.py $(BENCH_PROBE_ARGS)
 
 # The SBC's own CPU per call, in process, no sockets (add BENCH_CORE_ARGS=--profile).
 .PHONY: bench-core

@@ -1,27 +1,46 @@
-"""Calls-per-second benchmark: the real ``twistd -n sbc`` under SIPp load, against sippy.
+"""Calls per second: the real ``twistd sbc`` and sippy's B2BUA under the same SIPp load.
 
 Run from the repository root (``make bench-calls`` does this)::
 
-    PYTHONPATH=.venv/bench-site SIPLOG_LVL=WARN .venv/bin/python benchmarks/bench_calls.py \
-        [--rates 100,200,...] [--seconds 10] [--no-sippy]
+    PYTHONPATH=.venv/bench-site SIPLOG_LVL=WARN .venv/bin/python benchmarks/bench_calls.py \\
+        [--rates 200,400,...] [--seconds 15] [--drain 33] [--no-sippy] [--plot FILE]
 
-What it does, all on 127.0.0.1 with free UDP ports:
+The call flow, for both systems under test (SUT), on 127.0.0.1 over UDP:
+SIPp UAC -> SUT -> SIPp UAS; INVITE with SDP, 100, 180, 200 with SDP, ACK,
+``--hold-ms`` (500) of hold, BYE, 200 (``benchmarks/scenarios/uac.xml`` and
+``uas.xml``). The SUT is pinned to CPU 0 (``taskset``), SIPp to CPU 1.
 
-1. writes a config with two UDP adjacencies: ``access`` (untrusted, where
-   the SIPp UAC sends) and ``core`` (trusted-unencrypted, ``signaling-peer``
-   the SIPp UAS), and an ``rtg-src-adjacency-table`` routing access -> core;
-2. starts ``twistd -n --pidfile= sbc`` pinned to core 0 (``taskset -c 0``)
-   and a SIPp UAS (``benchmarks/scenarios/uas.xml``) pinned to core 1;
-3. optionally holds ``--held-calls`` calls for a while to see the memory a
-   call in progress costs (VmRSS before and at the peak);
-4. drives SIPp's built-in UAC (``-sn uac -d HOLD``, pinned to core 1) at
-   increasing rates, each step ``rate x --seconds`` calls, bounded by
-   ``-timeout``; before and after each step it reads the SBC's CPU time
-   (utime + stime from /proc/PID/stat) and VmRSS (/proc/PID/status);
-   stops at the first step with more than 0.1 % failed calls;
-5. stops the SBC and runs sippy's ``b2bua_simple`` through the same UAS and
-   UAC, on the same core, at the rates up to the reference rate (200/s),
-   and prints the ratio of CPU ms per call.
+- sbc: ``twistd -n --pidfile= --logfile sbc.log sbc --config ...`` (the
+  operator's file log, see docs/logging.md; ``--log`` picks another) with two
+  UDP adjacencies: ``access`` (untrusted, where the UAC sends) and ``core``
+  (trusted-unencrypted, ``signaling-peer`` the UAS), routed by source.
+- sippy: ``python -m sippy.b2bua_simple -f -l ... -n UAS`` with
+  ``SIPLOG_LVL=WARN``.
+
+Each rate step starts a fresh SUT, offers ``rate x --seconds`` calls, waits
+for SIPp to finish them (bounded by ``-timeout``), then rests ``--drain``
+seconds (default 33: the transactions of the last calls expire) and stops
+the SUT. The SUT's CPU time (utime + stime from /proc/PID/stat) over calls
+and rest, divided by the completed calls, is "CPU ms per call"; the CPU
+while the calls run alone is shown too. The steps alternate: sbc at a
+rate, then sippy at the same rate, then the next rate, so a drift in the
+machine's speed hits both alike. A system stops once it has run a step at
+twice its highest clean rate and failed one, or after ``--past-failure``
+unclean steps in a row.
+
+Per step: offered calls, completed calls (the BYE's 200 arrived), calls
+answered 503 with a Retry-After (shed by overload control; SIPp's message
+counts, ``-trace_counts``), other failures, established calls lost (the
+INVITE's 200 arrived but the BYE's did not), SIPp's retransmissions, the
+mean INVITE -> 200 time, the kernel's drops on the SUT's sockets, wake-ups
+(voluntary context switches) per call, RSS. A step is clean with fewer than
+0.5 % of offered calls not completed, fewer than 0.5 % retransmissions per
+offered call and a mean INVITE -> 200 under 100 ms.
+
+The results are printed as Markdown tables, saved as ``results.json`` in
+the run's directory, and plotted (``--plot FILE``, matplotlib: CPU ms per
+call and failed-call percentage against offered rate for both systems;
+``--replot results.json`` redraws a saved run).
 
 This is a benchmark, not a test: it asserts nothing about speed. It exits 0
 unless something could not start (then 2). Every process it starts is
@@ -33,6 +52,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import json
 import os
 import platform
 import shutil
@@ -41,22 +61,29 @@ import socket
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 HOST = "127.0.0.1"
 REPO = Path(__file__).resolve().parent.parent
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 TWISTD = Path(sys.executable).parent / "twistd"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-#: A step passes with fewer failed calls than this fraction.
-MAX_FAILED = 0.001
-DEFAULT_RATES = (100, 200, 300, 400, 600, 800, 1000, 1500)
+#: A step is clean with fewer offered calls not completed than this fraction...
+MAX_FAILED = 0.005
+#: ... fewer SIPp retransmissions per offered call than this ...
+MAX_RETRANSMITTED = 0.005
+#: ... and a mean INVITE -> 200 time under this (ms).
+MAX_SETUP_MS = 100.0
+DEFAULT_RATES = (100, 200, 300, 400, 600, 800, 1000, 1200, 1500, 2000, 2500, 3000)
 #: How long after its last call a step may run (retransmissions end after ~32 s).
 STEP_GRACE_S = 40
+#: How the SBC logs: its own file log (operators' default), stdout to a file, nowhere.
+LOG_MODES = ("file", "stdout", "null")
 
 
 class BenchError(Exception):
@@ -192,6 +219,19 @@ class SippStats:
     successful: int
     failed: int
     retransmissions: int
+    #: Mean of RTD "setup" (uac.xml's INVITE -> 200), ms; None when not measured.
+    setup_ms: float | None = None
+
+
+def sipp_duration_ms(text: str) -> float | None:
+    """SIPp's ``HH:MM:SS:uuuuuu`` (or ``HH:MM:SS:mmm``) duration in ms."""
+    parts = text.strip().split(":")
+    if len(parts) != 4 or not all(p.isdigit() for p in parts):
+        return None
+    hours, minutes, seconds, fraction = parts
+    scale = 1000.0 if len(fraction) <= 3 else 1e6
+    total_s = int(hours) * 3600 + int(minutes) * 60 + int(seconds) + int(fraction) / scale
+    return total_s * 1000.0
 
 
 def read_stat_file(path: Path) -> SippStats | None:
@@ -217,7 +257,50 @@ def read_stat_file(path: Path) -> SippStats | None:
         successful=number("SuccessfulCall(C)"),
         failed=number("FailedCall(C)"),
         retransmissions=number("Retransmissions(C)"),
+        setup_ms=sipp_duration_ms(row.get("ResponseTimesetup(C)", "")),
     )
+
+
+@dataclass
+class Counts:
+    """From SIPp's ``-trace_counts`` file of ``uac.xml``: what happened to the calls."""
+
+    #: INVITEs answered 503 (shed).
+    shed: int
+    #: INVITEs answered 200 (established calls).
+    answered: int
+    #: BYEs answered 200 (completed calls).
+    completed: int
+
+
+def parse_counts(text: str) -> Counts | None:
+    """The last row of a counts CSV: first ``_503_Recv``, first and last ``_200_Recv``."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    if len(lines) < 2:
+        return None
+    header = lines[0].split(";")
+    values = lines[-1].split(";")
+    row = dict(zip(header, values, strict=False))
+
+    def value(name: str) -> int:
+        text = row.get(name, "0").strip()
+        return int(text) if text.isdigit() else 0
+
+    shed = [name for name in header if name.endswith("_503_Recv")]
+    ok = [name for name in header if name.endswith("_200_Recv")]
+    if not ok:
+        return None
+    return Counts(
+        shed=value(shed[0]) if shed else 0, answered=value(ok[0]), completed=value(ok[-1])
+    )
+
+
+def read_counts(directory: Path) -> Counts | None:
+    """The counts of the UAC run in ``directory`` (None without a counts file)."""
+    for path in sorted(directory.glob("*_counts.csv")):
+        with contextlib.suppress(OSError):
+            return parse_counts(path.read_text(errors="replace"))
+    return None
 
 
 @dataclass
@@ -246,6 +329,29 @@ def start_uas(procs: Processes, bench: Bench, tag: str) -> tuple[subprocess.Pope
     return child, port
 
 
+def uac_limit_s(rate: int, calls: int, hold_ms: int) -> int:
+    """SIPp's ``-timeout`` for a run: send time, hold, and the retransmission grace."""
+    return int(calls / rate + hold_ms / 1000.0 + STEP_GRACE_S)
+
+
+def start_uac(
+    procs: Processes, bench: Bench, *, target_port: int, rate: int, calls: int, tag: str
+) -> subprocess.Popen[bytes]:
+    """Start SIPp's UAC (``uac.xml``) in ``workdir/uac-TAG``, pinned to the load core."""
+    directory = bench.workdir / f"uac-{tag}"
+    directory.mkdir()
+    args = [
+        *bench.pin_load, bench.sipp, "-sf", str(SCENARIOS / "uac.xml"), "-d", str(bench.hold_ms),
+        "-i", HOST, "-p", str(free_udp_port()), "-t", "u1",
+        "-r", str(rate), "-rp", "1000", "-m", str(calls),
+        "-timeout", f"{uac_limit_s(rate, calls, bench.hold_ms)}s", "-timeout_error", "-nostdin",
+        "-trace_stat", "-stf", str(directory / "stat.csv"), "-fd", "1", "-trace_counts",
+        "-trace_err", "-error_file", str(directory / "errors.log"), "-max_log_size", "1000000",
+        f"{HOST}:{target_port}",
+    ]  # fmt: skip
+    return procs.start("SIPp UAC", args, log=directory / "screen.log", cwd=directory)
+
+
 def run_uac(
     procs: Processes,
     bench: Bench,
@@ -253,27 +359,12 @@ def run_uac(
     target_port: int,
     rate: int,
     calls: int,
-    hold_ms: int,
     tag: str,
     during: Callable[[], None] | None = None,
 ) -> SippStats | None:
     """One bounded SIPp UAC run; ``during()`` is called every 0.25 s while it runs."""
-    directory = bench.workdir / f"uac-{tag}"
-    directory.mkdir()
-    stat_file = directory / "stat.csv"
-    send_seconds = calls / rate
-    limit = int(send_seconds + hold_ms / 1000.0 + STEP_GRACE_S)
-    args = [
-        *bench.pin_load, bench.sipp, "-sn", "uac", "-d", str(hold_ms),
-        "-i", HOST, "-p", str(free_udp_port()), "-t", "u1",
-        "-r", str(rate), "-rp", "1000", "-m", str(calls),
-        "-timeout", f"{limit}s", "-timeout_error", "-nostdin",
-        "-trace_stat", "-stf", str(stat_file), "-fd", "1",
-        "-trace_err", "-error_file", str(directory / "errors.log"), "-max_log_size", "1000000",
-        f"{HOST}:{target_port}",
-    ]  # fmt: skip
-    child = procs.start("SIPp UAC", args, log=directory / "screen.log", cwd=directory)
-    deadline = time.monotonic() + limit + 20
+    child = start_uac(procs, bench, target_port=target_port, rate=rate, calls=calls, tag=tag)
+    deadline = time.monotonic() + uac_limit_s(rate, calls, bench.hold_ms) + 20
     try:
         while child.poll() is None and time.monotonic() < deadline:
             if during is not None:
@@ -281,10 +372,22 @@ def run_uac(
             time.sleep(0.25)
     finally:
         procs.stop(child)
-    return read_stat_file(stat_file)
+    return read_stat_file(bench.workdir / f"uac-{tag}" / "stat.csv")
 
 
-# --- one target (the SBC or sippy) ----------------------------------------
+# --- /proc readings (more) ------------------------------------------------
+
+
+def wakeups(pid: int) -> int:
+    """Voluntary context switches of ``pid`` so far: how often it slept and woke up."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("voluntary_ctxt_switches:"):
+                return int(line.split()[1])
+    return 0
+
+
+# --- one step -------------------------------------------------------------
 
 
 @dataclass
@@ -299,14 +402,29 @@ class Step:
     rss_before_kib: int
     rss_after_kib: int
     drops: int
+    #: What happened to the calls (uac.xml's message counts), when known.
+    counts: Counts | None = None
+    #: CPU while the calls ran, without the rest after them.
+    cpu_calls_ms: float | None = None
+    #: Voluntary context switches while the calls ran.
+    wakeups: int | None = None
+    #: Which system ran it ("sbc", "sippy").
+    target: str = ""
 
     @property
     def completed(self) -> int:
+        if self.counts is not None:
+            return self.counts.completed
         return self.stats.successful if self.stats else 0
 
     @property
+    def shed(self) -> int:
+        """Calls answered 503 + Retry-After."""
+        return self.counts.shed if self.counts is not None else 0
+
+    @property
     def failed(self) -> int:
-        """Calls that did not complete: failed, timed out, or never placed."""
+        """Calls that did not complete: shed, failed, timed out, or never placed."""
         return self.calls - self.completed
 
     @property
@@ -314,134 +432,51 @@ class Step:
         return self.failed / self.calls if self.calls else 1.0
 
     @property
+    def lost(self) -> int:
+        """Established calls (200 to the INVITE) whose BYE got no 200."""
+        if self.counts is None:
+            return 0
+        return max(0, self.counts.answered - self.counts.completed)
+
+    @property
+    def accepted(self) -> int:
+        """Offered calls not shed."""
+        return self.calls - self.shed
+
+    @property
+    def completed_of_accepted(self) -> float | None:
+        return self.completed / self.accepted if self.accepted else None
+
+    @property
+    def retransmitted_ratio(self) -> float:
+        if not self.stats or not self.calls:
+            return 0.0
+        return self.stats.retransmissions / self.calls
+
+    @property
     def passed(self) -> bool:
-        return self.stats is not None and self.failed_ratio < MAX_FAILED
+        """Clean: see MAX_FAILED, MAX_RETRANSMITTED, MAX_SETUP_MS."""
+        if self.stats is None or self.failed_ratio >= MAX_FAILED:
+            return False
+        if self.counts is None:  # a run without message counts (bench_tls)
+            return True
+        setup = self.stats.setup_ms
+        return self.retransmitted_ratio < MAX_RETRANSMITTED and (
+            setup is None or setup < MAX_SETUP_MS
+        )
 
     @property
     def ms_per_call(self) -> float | None:
         return self.cpu_ms / self.completed if self.completed else None
 
-
-def run_steps(
-    procs: Processes,
-    bench: Bench,
-    *,
-    name: str,
-    pid: int,
-    target_port: int,
-    drop_ports: Sequence[int],
-    rates: Sequence[int],
-    seconds: float,
-    stop_on_failure: bool = True,
-) -> list[Step]:
-    """Drive ``rates`` in order; stop after the first step that fails (if told to)."""
-    steps = []
-    for rate in rates:
-        calls = max(1, int(rate * seconds))
-        drops_before = sum(udp_drops(p) for p in drop_ports)
-        rss_before = rss_kib(pid)
-        cpu_before = cpu_ms(pid)
-        started = time.monotonic()
-        stats = run_uac(
-            procs, bench, target_port=target_port, rate=rate, calls=calls,
-            hold_ms=bench.hold_ms, tag=f"{name}-{rate}",
-        )  # fmt: skip
-        wall = time.monotonic() - started
-        step = Step(
-            rate=rate,
-            calls=calls,
-            stats=stats,
-            cpu_ms=cpu_ms(pid) - cpu_before,
-            wall_s=wall,
-            rss_before_kib=rss_before,
-            rss_after_kib=rss_kib(pid),
-            drops=sum(udp_drops(p) for p in drop_ports) - drops_before,
-        )
-        steps.append(step)
-        print_step(name, step)
-        if stop_on_failure and not step.passed:
-            break
-        time.sleep(1.0)  # let the last transactions settle before the next step
-    return steps
+    @property
+    def ms_per_call_calls(self) -> float | None:
+        if self.cpu_calls_ms is None or not self.completed:
+            return None
+        return self.cpu_calls_ms / self.completed
 
 
-def held_calls_memory(
-    procs: Processes, bench: Bench, *, pid: int, target_port: int, calls: int, hold_ms: int
-) -> tuple[int, int, int, int] | None:
-    """Hold ``calls`` calls at once; (RSS before, peak RSS, completed, peak-window calls)."""
-    rate = 200
-    before = rss_kib(pid)
-    peak = [before]
-
-    def sample() -> None:
-        with contextlib.suppress(OSError):
-            peak[0] = max(peak[0], rss_kib(pid))
-
-    stats = run_uac(
-        procs, bench, target_port=target_port, rate=rate, calls=calls,
-        hold_ms=hold_ms, tag="held", during=sample,
-    )  # fmt: skip
-    if stats is None:
-        return None
-    concurrent = min(calls, int(rate * hold_ms / 1000))
-    return before, peak[0], stats.successful, concurrent
-
-
-# --- output ---------------------------------------------------------------
-
-
-def print_step(name: str, step: Step) -> None:
-    per_call = f"{step.ms_per_call:.3f}" if step.ms_per_call is not None else "-"
-    print(
-        f"  {name}: {step.rate}/s: {step.completed}/{step.calls} calls completed, "
-        f"{step.failed} failed ({step.failed_ratio:.2%}), CPU {step.cpu_ms / 1000:.2f} s, "
-        f"{per_call} ms/call",
-        flush=True,
-    )
-
-
-def markdown_table(columns: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
-    """A Markdown table, every column right-aligned (numbers read best that way)."""
-    lines = [
-        "| " + " | ".join(columns) + " |",
-        "|" + "|".join("-" * len(c) + ":" for c in columns) + "|",
-    ]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def table(steps: Sequence[Step]) -> str:
-    columns = (
-        "rate/s", "calls", "completed", "failed", "failed %", "retrans", "UDP drops",
-        "CPU s", "CPU % core", "CPU ms/call", "RSS MiB before -> after",
-    )  # fmt: skip
-
-    def row(s: Step) -> tuple[object, ...]:
-        return (
-            s.rate, s.calls, s.completed, s.failed, f"{s.failed_ratio:.2%}",
-            s.stats.retransmissions if s.stats else "-", s.drops, f"{s.cpu_ms / 1000:.2f}",
-            f"{100 * s.cpu_ms / 1000 / s.wall_s:.0f} %",
-            f"{s.ms_per_call:.3f}" if s.ms_per_call is not None else "-",
-            f"{s.rss_before_kib / 1024:.1f} -> {s.rss_after_kib / 1024:.1f}",
-        )  # fmt: skip
-
-    return markdown_table(columns, [row(s) for s in steps])
-
-
-def log_problems(text: str, limit: int = 60) -> list[str]:
-    """Lines of a log around each traceback / error, at most ``limit`` lines."""
-    lines = text.splitlines()
-    markers = ("Traceback", "Unhandled Error", "Error", "error", "CRITICAL")
-    out: list[str] = []
-    for index, line in enumerate(lines):
-        if any(m in line for m in markers):
-            out.extend(lines[index : index + 12])
-            if len(out) >= limit:
-                break
-    return out[:limit]
-
-
-# --- the two targets ------------------------------------------------------
+# --- the two systems under test -------------------------------------------
 
 
 def sbc_config(name: str, access_port: int, core_port: int, uas_port: int) -> str:
@@ -493,98 +528,171 @@ def child_env(extra_path: str | None) -> dict[str, str]:
 
 
 @dataclass
-class TargetRun:
-    name: str
-    steps: list[Step]
-    log_problems: list[str]
-    held: tuple[int, int, int, int] | None = None
+class Target:
+    """A running system under test: its process, where the UAC sends, its sockets."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    drop_ports: tuple[int, ...]
+    log: Path
 
 
-def bench_sbc(procs: Processes, bench: Bench, args: argparse.Namespace) -> TargetRun:
-    uas, uas_port = start_uas(procs, bench, "sbc")
+def start_sbc(
+    procs: Processes, bench: Bench, uas_port: int, tag: str, log_mode: str = "file"
+) -> tuple[subprocess.Popen[bytes], int]:
+    """``twistd sbc`` on the benchmark configuration, pinned; (process, access port)."""
+    target = start_sbc_target(procs, bench, uas_port, tag, log_mode)
+    return target.process, target.port
+
+
+def start_sbc_target(
+    procs: Processes, bench: Bench, uas_port: int, tag: str, log_mode: str
+) -> Target:
     access_port, core_port = free_udp_port(), free_udp_port()
-    config = bench.workdir / "sbc.conf"
+    config = bench.workdir / f"sbc-{tag}.conf"
     config.write_text(sbc_config("bench", access_port, core_port, uas_port))
-    log = bench.workdir / "sbc.log"
+    screen = bench.workdir / f"sbc-{tag}.screen.log"
+    log = {"file": bench.workdir / f"sbc-{tag}.log", "stdout": screen, "null": screen}[log_mode]
+    logfile = {"file": [f"--logfile={log}"], "stdout": [], "null": ["--logfile=/dev/null"]}
     twistd = [
-        str(TWISTD), "-n", "--pidfile=", "sbc", "--config", str(config),
-        "--cli", f"unix:{bench.workdir / 'sbc.cli'}:mode=600",
+        str(TWISTD), "-n", "--pidfile=", *logfile[log_mode], "sbc", "--config", str(config),
+        "--cli", f"unix:{bench.workdir / f'sbc-{tag}.cli'}:mode=600",
     ]  # fmt: skip
     sbc = procs.start(
-        "the SBC", [*bench.pin_target, *twistd], log=log, env=child_env(None), cwd=bench.workdir
+        "the SBC", [*bench.pin_target, *twistd], log=screen, env=child_env(None), cwd=bench.workdir
     )
-    wait_until(
-        "the SBC",
-        30.0,
-        lambda: (
-            "started with" in log.read_text(errors="replace")
-            and udp_listening(access_port)
-            and udp_listening(core_port)
-        ),
-        sbc,
-    )
-    print(f"sbc: pid {sbc.pid}, access UDP {access_port}, core UDP {core_port}, UAS {uas_port}")
-    print(f"  RSS after start: {rss_kib(sbc.pid) / 1024:.1f} MiB", flush=True)
-    held = None
-    try:
-        if args.held_calls:
-            held = held_calls_memory(
-                procs, bench, pid=sbc.pid, target_port=access_port,
-                calls=args.held_calls, hold_ms=args.held_ms,
-            )  # fmt: skip
-            if held is not None:
-                print(
-                    f"  held calls: RSS {held[0] / 1024:.1f} -> peak {held[1] / 1024:.1f} MiB "
-                    f"with about {held[3]} calls up ({held[2]} completed)",
-                    flush=True,
-                )
-            # Let their transactions expire (Timer J/K/D: 32 s on UDP) before the steps.
-            time.sleep(args.drain)
-        steps = run_steps(
-            procs, bench, name="sbc", pid=sbc.pid, target_port=access_port,
-            drop_ports=(access_port, core_port), rates=args.rates, seconds=args.seconds,
-        )  # fmt: skip
-    finally:
-        procs.stop(sbc)
-        procs.stop(uas)
-    problems = log_problems(log.read_text(errors="replace"))
-    return TargetRun("sbc", steps, problems, held)
+
+    def ready() -> bool:
+        if not (udp_listening(access_port) and udp_listening(core_port)):
+            return False
+        return log_mode == "null" or "started with" in log.read_text(errors="replace")
+
+    wait_until("the SBC", 30.0, ready, sbc)
+    return Target(sbc, access_port, (access_port, core_port), log)
 
 
-def bench_sippy(procs: Processes, bench: Bench, args: argparse.Namespace) -> TargetRun | None:
-    site = Path(args.bench_site)
-    if not (site / "sippy" / "b2bua_simple.py").exists():
-        print(f"sippy: not found in {site} (make bench-calls installs it); skipped")
-        return None
-    uas, uas_port = start_uas(procs, bench, "sippy")
+def start_sippy_target(
+    procs: Processes, bench: Bench, uas_port: int, tag: str, site: Path
+) -> Target:
     port = free_udp_port()
-    log = bench.workdir / "sippy.log"
+    log = bench.workdir / f"sippy-{tag}.log"
     b2bua = [
         sys.executable, "-m", "sippy.b2bua_simple", "-f",
         "-l", HOST, "-p", str(port), "-n", f"{HOST}:{uas_port}",
-        "-L", str(bench.workdir / "sippy-file.log"),
+        "-L", str(bench.workdir / f"sippy-{tag}-file.log"),
     ]  # fmt: skip
     child = procs.start(
         "sippy b2bua_simple", [*bench.pin_target, *b2bua], log=log,
         env=child_env(str(site.resolve())), cwd=bench.workdir,
     )  # fmt: skip
-    try:
-        wait_until("sippy b2bua_simple", 30.0, lambda: udp_listening(port), child)
-        print(f"sippy: pid {child.pid}, UDP {port}, UAS {uas_port}", flush=True)
-        rates = [r for r in args.rates if r <= args.reference] or [args.reference]
-        if args.reference not in rates:
-            rates.append(args.reference)
-        steps = run_steps(
-            procs, bench, name="sippy", pid=child.pid, target_port=port,
-            drop_ports=(port,), rates=rates, seconds=args.seconds, stop_on_failure=False,
+    wait_until("sippy b2bua_simple", 30.0, lambda: udp_listening(port), child)
+    return Target(child, port, (port,), log)
+
+
+def run_step(
+    procs: Processes, bench: Bench, target: Target, *, name: str, rate: int, seconds: float,
+    drain: float,
+) -> Step:  # fmt: skip
+    """Offer ``rate x seconds`` calls to ``target``, rest ``drain`` s; measure (see module doc)."""
+    pid = target.process.pid
+    calls = max(1, int(rate * seconds))
+    time.sleep(1.0)  # start-up work done
+    drops_before = sum(udp_drops(p) for p in target.drop_ports)
+    rss_before = rss_kib(pid)
+    cpu_before = cpu_ms(pid)
+    wake_before = wakeups(pid)
+    started = time.monotonic()
+    tag = f"{name}-{rate}"
+    stats = run_uac(procs, bench, target_port=target.port, rate=rate, calls=calls, tag=tag)
+    cpu_calls = cpu_ms(pid) - cpu_before
+    woke = wakeups(pid) - wake_before
+    deadline = time.monotonic() + drain
+    while time.monotonic() < deadline and target.process.poll() is None:
+        time.sleep(0.25)
+    return Step(
+        rate=rate,
+        calls=calls,
+        stats=stats,
+        cpu_ms=cpu_ms(pid) - cpu_before,
+        wall_s=time.monotonic() - started,
+        rss_before_kib=rss_before,
+        rss_after_kib=rss_kib(pid),
+        drops=sum(udp_drops(p) for p in target.drop_ports) - drops_before,
+        counts=read_counts(bench.workdir / f"uac-{tag}"),
+        cpu_calls_ms=cpu_calls,
+        wakeups=woke,
+        target=name,
+    )
+
+
+# --- output ---------------------------------------------------------------
+
+
+def print_step(name: str, step: Step) -> None:
+    per_call = f"{step.ms_per_call:.3f}" if step.ms_per_call is not None else "-"
+    extra = ""
+    if step.counts is not None:
+        extra = (
+            f", shed {step.shed}, lost {step.lost}, retrans {step.retransmitted_ratio:.2%}"
+            f"{', clean' if step.passed else ''}"
+        )
+    print(
+        f"  {name}: {step.rate}/s: {step.completed}/{step.calls} calls completed, "
+        f"{step.failed} failed ({step.failed_ratio:.2%}){extra}, CPU {step.cpu_ms / 1000:.2f} s, "
+        f"{per_call} ms/call",
+        flush=True,
+    )
+
+
+def markdown_table(columns: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    """A Markdown table, every column right-aligned (numbers read best that way)."""
+    lines = [
+        "| " + " | ".join(columns) + " |",
+        "|" + "|".join("-" * len(c) + ":" for c in columns) + "|",
+    ]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _ms(value: float | None) -> str:
+    return f"{value:.3f}" if value is not None else "-"
+
+
+def table(steps: Sequence[Step]) -> str:
+    """One row per step: see the module docstring for the columns."""
+    columns = (
+        "rate/s", "offered", "completed", "503 shed", "failed %", "lost", "retrans %",
+        "setup ms", "UDP drops", "CPU % core", "CPU ms/call", "(calls only)", "wake-ups/call",
+        "RSS MiB", "clean",
+    )  # fmt: skip
+
+    def row(s: Step) -> tuple[object, ...]:
+        setup = s.stats.setup_ms if s.stats else None
+        calls_s = max(s.calls / s.rate, 1e-9)
+        core = (s.cpu_calls_ms if s.cpu_calls_ms is not None else s.cpu_ms) / 1000 / calls_s
+        return (
+            s.rate, s.calls, s.completed, s.shed, f"{100 * s.failed_ratio:.2f}", s.lost,
+            f"{100 * s.retransmitted_ratio:.2f}", f"{setup:.0f}" if setup is not None else "-",
+            s.drops, f"{100 * min(core, 9.99):.0f} %", _ms(s.ms_per_call),
+            _ms(s.ms_per_call_calls),
+            f"{s.wakeups / s.completed:.1f}" if s.wakeups is not None and s.completed else "-",
+            f"{s.rss_after_kib / 1024:.0f}", "yes" if s.passed else "no",
         )  # fmt: skip
-    finally:
-        procs.stop(child)
-        procs.stop(uas)
-    return TargetRun("sippy", steps, log_problems(log.read_text(errors="replace")))
+
+    return markdown_table(columns, [row(s) for s in steps])
 
 
-# --- main -----------------------------------------------------------------
+def log_problems(text: str, limit: int = 60) -> list[str]:
+    """Lines of a log around each traceback / error, at most ``limit`` lines."""
+    lines = text.splitlines()
+    markers = ("Traceback", "Unhandled Error", "Error", "error", "CRITICAL")
+    out: list[str] = []
+    for index, line in enumerate(lines):
+        if any(m in line for m in markers):
+            out.extend(lines[index : index + 12])
+            if len(out) >= limit:
+                break
+    return out[:limit]
 
 
 def best_rate(steps: Sequence[Step]) -> int | None:
@@ -597,60 +705,121 @@ def at_rate(steps: Sequence[Step], rate: int) -> Step | None:
 
 
 def describe(step: Step | None) -> str:
-    """CPU ms per call of a step, with its failures when it did not pass."""
+    """CPU ms per call of a step, with its failures when it was not clean."""
     if step is None or step.ms_per_call is None:
         return "not measured (rate not reached)"
     text = f"{step.ms_per_call:.3f} ms"
     if not step.passed:
-        text += f" (but {step.failed} of {step.calls} calls failed, {step.failed_ratio:.2%})"
+        text += f" (not clean: {step.failed} of {step.calls} calls not completed)"
     return text
 
 
-def report(bench: Bench, args: argparse.Namespace, sbc: TargetRun, sippy: TargetRun | None) -> None:
+def overload_summary(steps: Sequence[Step]) -> str | None:
+    """The step at (or just above) twice the highest clean rate, against the issue's targets."""
+    best = best_rate(steps)
+    if best is None:
+        return None
+    above = [s for s in steps if s.rate >= 2 * best]
+    if not above:
+        return f"no step at twice the highest clean rate ({2 * best} calls/s) was run"
+    step = min(above, key=lambda s: s.rate)
+    share = step.completed_of_accepted
+    return (
+        f"at {step.rate} calls/s (>= 2 x {best}): {step.accepted} of {step.calls} calls "
+        f"accepted, {step.completed} completed ("
+        + (f"{share:.1%}" if share is not None else "-")
+        + f" of accepted), {step.shed} answered 503 + Retry-After, "
+        f"{step.lost} established calls lost"
+    )
+
+
+def plot(runs: dict[str, list[Step]], path: Path, title: str) -> bool:
+    """CPU ms per call and failed-call % against offered rate; False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("plot: matplotlib not found (make bench-calls installs it); skipped")
+        return False
+    figure, (cpu, failed) = plt.subplots(2, 1, sharex=True, figsize=(8, 7))
+    styles = {"sbc": ("tab:blue", "o"), "sippy": ("tab:orange", "s")}
+    for name, steps in runs.items():
+        color, marker = styles.get(name, ("tab:gray", "^"))
+        rates = [s.rate for s in steps]
+        cpu.plot(
+            rates, [s.ms_per_call or float("nan") for s in steps],
+            color=color, marker=marker, label=name,
+        )  # fmt: skip
+        failed.plot(
+            rates, [100 * s.failed_ratio for s in steps],
+            color=color, marker=marker, label=f"{name}: not completed",
+        )  # fmt: skip
+        if any(s.shed for s in steps):
+            failed.plot(
+                rates, [100 * s.shed / s.calls for s in steps], color=color, marker=marker,
+                linestyle="--", label=f"{name}: of which answered 503 + Retry-After",
+            )  # fmt: skip
+    cpu.set_ylabel("CPU ms per completed call")
+    cpu.set_ylim(bottom=0)
+    cpu.grid(True, alpha=0.3)
+    cpu.legend()
+    cpu.set_title(textwrap.fill(title, 120), fontsize=7)
+    failed.set_ylabel("% of offered calls")
+    failed.set_xlabel("offered calls per second (one CPU core)")
+    failed.set_ylim(bottom=0)
+    failed.grid(True, alpha=0.3)
+    failed.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True
+
+
+def steps_to_json(runs: dict[str, list[Step]], meta: dict[str, Any]) -> str:
+    return json.dumps({"meta": meta, "runs": {k: [asdict(s) for s in v] for k, v in runs.items()}})
+
+
+def steps_from_json(text: str) -> tuple[dict[str, list[Step]], dict[str, Any]]:
+    data = json.loads(text)
+    runs: dict[str, list[Step]] = {}
+    for name, steps in data["runs"].items():
+        runs[name] = []
+        for raw in steps:
+            stats = SippStats(**raw.pop("stats")) if raw.get("stats") else None
+            raw.pop("stats", None)
+            counts = Counts(**raw.pop("counts")) if raw.get("counts") else None
+            raw.pop("counts", None)
+            runs[name].append(Step(stats=stats, counts=counts, **raw))
+    return runs, data.get("meta", {})
+
+
+def report(meta: dict[str, Any], runs: dict[str, list[Step]], reference: int) -> None:
     print()
-    print(
-        f"Calls benchmark, {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, "
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-        f"Python {platform.python_version()}, load average "
-        f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}"
-    )
-    print(
-        f"SIPp uac -d {bench.hold_ms} ms, {args.seconds:g} s per step, UDP; target on "
-        f"'{' '.join(bench.pin_target) or 'any CPU'}', SIPp on "
-        f"'{' '.join(bench.pin_load) or 'any CPU'}'"
-    )
-    for run in (sbc, sippy):
-        if run is None:
-            continue
+    print(meta["title"])
+    for name, steps in runs.items():
         print()
-        print(f"{run.name}:")
-        print(table(run.steps))
+        print(f"{name}:")
+        print(table(steps))
     print()
-    best = best_rate(sbc.steps)
-    print(f"sbc highest rate with < {MAX_FAILED:.1%} failed calls: {best or 'none'} calls/s")
-    reference = at_rate(sbc.steps, args.reference)
-    ref_ms = reference.ms_per_call if reference is not None else None
-    print(f"sbc CPU per call at {args.reference} calls/s: {describe(reference)}")
-    if sbc.held is not None:
-        before, peak, completed, concurrent = sbc.held
-        print(
-            f"sbc memory: {concurrent} calls held {args.held_ms} ms: RSS {before / 1024:.1f} -> "
-            f"{peak / 1024:.1f} MiB, about {(peak - before) / max(concurrent, 1):.1f} KiB per "
-            f"call in progress ({completed}/{args.held_calls} completed)"
-        )
+    sbc = runs.get("sbc", [])
+    for name, steps in runs.items():
+        best = best_rate(steps)
+        print(f"{name}: highest clean rate {best or 'none'} calls/s; CPU per call at "
+              f"{reference} calls/s: {describe(at_rate(steps, reference))}")  # fmt: skip
+    sippy = runs.get("sippy")
     if sippy is not None:
-        sippy_ref = at_rate(sippy.steps, args.reference)
-        sippy_ms = sippy_ref.ms_per_call if sippy_ref is not None else None
-        print(f"sippy CPU per call at {args.reference} calls/s: {describe(sippy_ref)}")
-        if ref_ms and sippy_ms:
-            print(f"sippy/sbc CPU per call: {sippy_ms / ref_ms:.2f}x")
-    for run in (sbc, sippy):
-        if run is not None and run.log_problems:
-            print()
-            print(f"{run.name} log: errors seen (first lines):")
-            for line in run.log_problems:
-                print("  " + line)
-    print(f"\nlogs and SIPp statistics in {bench.workdir}")
+        ours, theirs = at_rate(sbc, reference), at_rate(sippy, reference)
+        if ours and theirs and ours.ms_per_call and theirs.ms_per_call:
+            print(
+                f"sbc / sippy CPU per call at {reference} calls/s: "
+                f"{ours.ms_per_call / theirs.ms_per_call:.2f} "
+                f"(sippy {theirs.ms_per_call / ours.ms_per_call:.2f}x sbc)"
+            )
+    summary = overload_summary(sbc)
+    if summary:
+        print(f"sbc overload: {summary}")
 
 
 def print_failure(program: str, error: BenchError, logs: Sequence[Path]) -> int:
@@ -662,6 +831,29 @@ def print_failure(program: str, error: BenchError, logs: Sequence[Path]) -> int:
     return 2
 
 
+# --- main -----------------------------------------------------------------
+
+
+@dataclass
+class Ramp:
+    """One system's progress through the rates: when to stop."""
+
+    name: str
+    steps: list[Step] = field(default_factory=list)
+    done: bool = False
+
+    def record(self, step: Step, past_failure: int) -> None:
+        self.steps.append(step)
+        best = best_rate(self.steps) or 0
+        unclean = 0
+        for s in reversed(self.steps):
+            if s.passed:
+                break
+            unclean += 1
+        if unclean and (step.rate >= 2 * best or unclean >= past_failure):
+            self.done = True
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -670,17 +862,20 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         default=list(DEFAULT_RATES),
         help="comma-separated call rates (calls/s), in order (default %(default)s)",
     )
-    parser.add_argument("--seconds", type=float, default=10.0, help="seconds of calls per step")
-    parser.add_argument("--hold-ms", type=int, default=100, help="ACK to BYE (>= 100)")
+    parser.add_argument("--seconds", type=float, default=15.0, help="seconds of calls per step")
+    parser.add_argument("--hold-ms", type=int, default=500, help="ACK to BYE")
+    parser.add_argument("--drain", type=float, default=33.0, help="rest after each step (s)")
     parser.add_argument("--reference", type=int, default=200, help="reference rate (calls/s)")
+    parser.add_argument(
+        "--past-failure", type=int, default=3, help="unclean steps in a row before a system stops"
+    )
+    parser.add_argument("--log", choices=LOG_MODES, default="file", help="how sbc logs")
     parser.add_argument("--no-sippy", action="store_true", help="skip sippy's B2BUA")
+    parser.add_argument("--no-sbc", action="store_true", help="skip sbc")
     parser.add_argument(
-        "--held-calls", type=int, default=2000, help="calls held at once for memory (0: skip)"
+        "--plot", default=None, help="PNG to draw (default: in the run's directory)"
     )
-    parser.add_argument("--held-ms", type=int, default=10000, help="hold time of those calls")
-    parser.add_argument(
-        "--drain", type=float, default=35.0, help="seconds of rest after the held calls"
-    )
+    parser.add_argument("--replot", default=None, help="redraw a saved results.json and exit")
     parser.add_argument(
         "--bench-site",
         default=str(REPO / ".venv" / "bench-site"),
@@ -694,8 +889,24 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return args
 
 
+def machine_title(args: argparse.Namespace, started: datetime.datetime) -> str:
+    return (
+        f"bench_calls {started:%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()},"
+        f" {os.cpu_count()} CPUs, Python {platform.python_version()}, load average at start "
+        f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}; UDP, hold {args.hold_ms} ms, "
+        f"{args.seconds:g} s + {args.drain:g} s rest per step; SUT on CPU 0, SIPp on CPU 1; "
+        f"sbc log: {args.log}"
+    )
+
+
 def main(argv: Sequence[str]) -> int:
     args = parse_args(argv)
+    if args.replot:
+        runs, meta = steps_from_json(Path(args.replot).read_text())
+        target = Path(args.plot or Path(args.replot).with_suffix(".png"))
+        plot(runs, target, meta.get("title", ""))
+        report(meta, runs, args.reference)
+        return 0
     sipp = shutil.which("sipp")
     if sipp is None:
         print("bench_calls: sipp not found (apt-get install sip-tester)", file=sys.stderr)
@@ -709,21 +920,60 @@ def main(argv: Sequence[str]) -> int:
     else:
         print("bench_calls: fewer than 2 CPUs or no taskset: nothing is pinned", file=sys.stderr)
         pin_target, pin_load = [], []
+    site = Path(args.bench_site)
+    with_sippy = not args.no_sippy and (site / "sippy" / "b2bua_simple.py").exists()
+    if not args.no_sippy and not with_sippy:
+        print(f"sippy: not found in {site} (make bench-calls installs it); skipped")
     # Short path: the SBC's management socket lives here (UNIX paths are limited).
     workdir = Path(tempfile.mkdtemp(prefix="sbc-bench-calls-"))
     bench = Bench(sipp, workdir, pin_target, pin_load, args.hold_ms)
+    started = datetime.datetime.now(datetime.UTC)
+    meta = {"title": machine_title(args, started)}
+    print(meta["title"], flush=True)
     procs = Processes()
     previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    ramps = [Ramp(n) for n, on in (("sbc", not args.no_sbc), ("sippy", with_sippy)) if on]
+    problems: dict[str, list[str]] = {}
     try:
-        sbc = bench_sbc(procs, bench, args)
-        sippy = None if args.no_sippy else bench_sippy(procs, bench, args)
-        report(bench, args, sbc, sippy)
-        return 0
+        uas = {ramp.name: start_uas(procs, bench, ramp.name)[1] for ramp in ramps}
+        for rate in args.rates:
+            for ramp in ramps:
+                if ramp.done:
+                    continue
+                tag = f"{ramp.name}-{rate}"
+                if ramp.name == "sbc":
+                    target = start_sbc_target(procs, bench, uas["sbc"], tag, args.log)
+                else:
+                    target = start_sippy_target(procs, bench, uas["sippy"], tag, site)
+                try:
+                    step = run_step(
+                        procs, bench, target, name=ramp.name, rate=rate,
+                        seconds=args.seconds, drain=args.drain,
+                    )  # fmt: skip
+                finally:
+                    procs.stop(target.process)
+                found = log_problems(target.log.read_text(errors="replace"))
+                if found:
+                    problems.setdefault(tag, found)
+                print_step(ramp.name, step)
+                ramp.record(step, args.past_failure)
+            if all(ramp.done for ramp in ramps):
+                break
     except BenchError as error:
         return print_failure("bench_calls", error, sorted(workdir.glob("*.log")))
     finally:
         procs.stop_all()
         signal.signal(signal.SIGTERM, previous)
+    runs = {ramp.name: ramp.steps for ramp in ramps}
+    (workdir / "results.json").write_text(steps_to_json(runs, meta))
+    plot(runs, Path(args.plot) if args.plot else workdir / "perf-calls.png", meta["title"])
+    report(meta, runs, args.reference)
+    for tag, lines in problems.items():
+        print(f"\n{tag} log: errors seen (first lines):")
+        for line in lines:
+            print("  " + line)
+    print(f"\nlogs, SIPp statistics and results.json in {workdir}")
+    return 0
 
 
 if __name__ == "__main__":
