@@ -65,7 +65,6 @@ from __future__ import annotations
 import contextlib
 import enum
 import re
-import secrets
 import urllib.parse
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -79,6 +78,7 @@ from sbc.b2bua.nexthop import destination_flow, next_hop
 from sbc.config import AdjacencyConfig
 from sbc.errors import SipError
 from sbc.sip.headers import CSeq, Headers, NameAddr, Via
+from sbc.sip.ids import random_below, random_hex
 from sbc.sip.locate import NextHop, Resolution
 from sbc.sip.message import Request, Response, response_to
 from sbc.sip.stack import Flow, Resolve, StackOutput
@@ -144,12 +144,12 @@ REFRESH_REFUSED = "target refresh changed the URI scheme"
 
 def new_tag() -> str:
     """A fresh, unguessable tag (RFC 3261 §19.3)."""
-    return secrets.token_hex(6)
+    return random_hex(6)
 
 
 def new_call_id(host: str) -> str:
     """A fresh, globally unique Call-ID naming only the SBC's own address."""
-    return f"{secrets.token_hex(12)}@{host.strip('[]')}"
+    return f"{random_hex(12)}@{host.strip('[]')}"
 
 
 def outbound_flow(adjacency: AdjacencyConfig, uri: URI) -> Flow:
@@ -491,7 +491,7 @@ class Call:
             request.from_,
             a_flow,
             inbound.name,
-            secrets.randbelow(2**16) + 1,
+            random_below(2**16) + 1,
             self.secure,
         )
         self.a.remote_cseq = request.cseq.seq
@@ -634,7 +634,7 @@ class Call:
             call_id, from_tag, cseq = challenged.call_id, challenged.from_tag, challenged.cseq + 1
         else:
             call_id, from_tag = new_call_id(flow.local[0]), new_tag()
-            cseq = secrets.randbelow(2**16) + 1
+            cseq = random_below(2**16) + 1
         leg = Leg(
             "B",
             call_id,
