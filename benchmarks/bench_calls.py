@@ -546,8 +546,14 @@ def start_sbc(
 
 
 def start_sbc_target(
-    procs: Processes, bench: Bench, uas_port: int, tag: str, log_mode: str
+    procs: Processes,
+    bench: Bench,
+    uas_port: int,
+    tag: str,
+    log_mode: str,
+    code: Path | None = None,
 ) -> Target:
+    """``twistd sbc`` (``code``: another checkout of sbc, first on its PYTHONPATH)."""
     access_port, core_port = free_udp_port(), free_udp_port()
     config = bench.workdir / f"sbc-{tag}.conf"
     config.write_text(sbc_config("bench", access_port, core_port, uas_port))
@@ -559,7 +565,11 @@ def start_sbc_target(
         "--cli", f"unix:{bench.workdir / f'sbc-{tag}.cli'}:mode=600",
     ]  # fmt: skip
     sbc = procs.start(
-        "the SBC", [*bench.pin_target, *twistd], log=screen, env=child_env(None), cwd=bench.workdir
+        "the SBC",
+        [*bench.pin_target, *twistd],
+        log=screen,
+        env=child_env(str(code.resolve()) if code is not None else None),
+        cwd=bench.workdir,
     )
 
     def ready() -> bool:
@@ -591,7 +601,7 @@ def start_sippy_target(
 
 def run_step(
     procs: Processes, bench: Bench, target: Target, *, name: str, rate: int, seconds: float,
-    drain: float,
+    drain: float, tag: str | None = None,
 ) -> Step:  # fmt: skip
     """Offer ``rate x seconds`` calls to ``target``, rest ``drain`` s; measure (see module doc)."""
     pid = target.process.pid
@@ -602,7 +612,7 @@ def run_step(
     cpu_before = cpu_ms(pid)
     wake_before = wakeups(pid)
     started = time.monotonic()
-    tag = f"{name}-{rate}"
+    tag = tag or f"{name}-{rate}"
     stats = run_uac(procs, bench, target_port=target.port, rate=rate, calls=calls, tag=tag)
     cpu_calls = cpu_ms(pid) - cpu_before
     woke = wakeups(pid) - wake_before
@@ -744,7 +754,11 @@ def plot(runs: dict[str, list[Step]], path: Path, title: str) -> bool:
         print("plot: matplotlib not found (make bench-calls installs it); skipped")
         return False
     figure, (cpu, failed) = plt.subplots(2, 1, sharex=True, figsize=(8, 7))
-    styles = {"sbc": ("tab:blue", "o"), "sippy": ("tab:orange", "s")}
+    styles = {
+        "sbc": ("tab:blue", "o"),
+        "sippy": ("tab:orange", "s"),
+        "sbc-baseline": ("tab:green", "^"),
+    }
     for name, steps in runs.items():
         color, marker = styles.get(name, ("tab:gray", "^"))
         rates = [s.rate for s in steps]
@@ -873,6 +887,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--no-sippy", action="store_true", help="skip sippy's B2BUA")
     parser.add_argument("--no-sbc", action="store_true", help="skip sbc")
     parser.add_argument(
+        "--baseline",
+        default=None,
+        help="another sbc checkout to run as 'sbc-baseline', alternating (before/after)",
+    )
+    parser.add_argument(
         "--plot", default=None, help="PNG to draw (default: in the run's directory)"
     )
     parser.add_argument("--replot", default=None, help="redraw a saved results.json and exit")
@@ -932,23 +951,31 @@ def main(argv: Sequence[str]) -> int:
     print(meta["title"], flush=True)
     procs = Processes()
     previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    ramps = [Ramp(n) for n, on in (("sbc", not args.no_sbc), ("sippy", with_sippy)) if on]
+    chosen = (
+        ("sbc", not args.no_sbc),
+        ("sbc-baseline", args.baseline is not None),
+        ("sippy", with_sippy),
+    )
+    ramps = [Ramp(n) for n, on in chosen if on]
     problems: dict[str, list[str]] = {}
     try:
         uas = {ramp.name: start_uas(procs, bench, ramp.name)[1] for ramp in ramps}
-        for rate in args.rates:
+        baseline = Path(args.baseline) if args.baseline else None
+        for index, rate in enumerate(args.rates):
             for ramp in ramps:
                 if ramp.done:
                     continue
-                tag = f"{ramp.name}-{rate}"
+                tag = f"{ramp.name}-{rate}-{index}"
                 if ramp.name == "sbc":
                     target = start_sbc_target(procs, bench, uas["sbc"], tag, args.log)
+                elif ramp.name == "sbc-baseline":
+                    target = start_sbc_target(procs, bench, uas[ramp.name], tag, args.log, baseline)
                 else:
                     target = start_sippy_target(procs, bench, uas["sippy"], tag, site)
                 try:
                     step = run_step(
                         procs, bench, target, name=ramp.name, rate=rate,
-                        seconds=args.seconds, drain=args.drain,
+                        seconds=args.seconds, drain=args.drain, tag=tag,
                     )  # fmt: skip
                 finally:
                     procs.stop(target.process)

@@ -38,7 +38,6 @@ import bench_calls as bc
 #: (substring of a frame's file, layer), checked in order for each frame.
 LAYERS = (
     ("twisted/logger", "log output (twisted.logger, observers)"),
-    ("twisted/python/log", "log output (twisted.logger, observers)"),
     ("twisted/python/logfile", "log output (twisted.logger, observers)"),
     ("sbc/logs.py", "log output (twisted.logger, observers)"),
     ("sbc/b2bua/calllog.py", "call log events (building them)"),
@@ -60,7 +59,9 @@ LAYERS = (
     ("sbc/counters.py", "counters"),
     ("sbc/transport/", "transport (runtime, UDP listener, timer)"),
     ("twisted/internet/udp.py", "UDP socket calls (recvfrom, sendto)"),
+    ("twisted/internet/abstract.py", "UDP socket calls (recvfrom, sendto)"),
     ("twisted/internet/", "reactor (epoll loop, timers)"),
+    ("twisted/python/", "reactor (epoll loop, timers)"),
 )
 
 
@@ -73,14 +74,28 @@ def layer_of(stack: list[str]) -> str:
     return "other"
 
 
-def read_raw(path: Path) -> list[tuple[list[str], int]]:
-    """py-spy's raw (collapsed) output: (frames outermost first, samples)."""
+#: A sample whose innermost frame is one of these waits (epoll_wait, the log
+#: writer thread's wait): idle, though py-spy (blocking mode) does not
+#: always see it as idle.
+IDLE_FRAMES = (
+    "doPoll (twisted/internet/epollreactor.py)",
+    "wait (threading.py)",
+)
+
+
+def read_raw(path: Path) -> tuple[list[tuple[list[str], int]], int]:
+    """py-spy's raw (collapsed) output: ([(frames outermost first, samples)], idle samples)."""
     samples = []
+    idle = 0
     for line in path.read_text(errors="replace").splitlines():
         stack, _, count = line.rpartition(" ")
         if stack and count.isdigit():
-            samples.append((stack.split(";"), int(count)))
-    return samples
+            frames = stack.split(";")
+            if frames[-1].endswith(IDLE_FRAMES):
+                idle += int(count)
+            else:
+                samples.append((frames, int(count)))
+    return samples, idle
 
 
 def ctx_switches(pid: int) -> tuple[int, int]:
@@ -167,7 +182,7 @@ def main(argv: list[str]) -> int:
         raw = workdir / "pyspy.txt"
         subprocess.run(
             [str(pyspy), "record", "-r", "250", "-d", str(int(args.window)), "-p", str(pid),
-             "-f", "raw", "-F", "--nolineno", "-o", str(raw)],
+             "-f", "raw", "--nolineno", "-o", str(raw)],
             capture_output=True,
             timeout=args.window + 60,
         )  # fmt: skip
@@ -195,7 +210,7 @@ def main(argv: list[str]) -> int:
             + [("total", f"{total / offered:.2f}")],
         )
     )
-    samples = read_raw(raw) if raw.exists() else []
+    samples, idle = read_raw(raw) if raw.exists() else ([], 0)
     busy = sum(count for _, count in samples)
     if busy:
         by_layer: collections.Counter[str] = collections.Counter()
@@ -204,7 +219,10 @@ def main(argv: list[str]) -> int:
             by_layer[layer_of(stack)] += count
             own[stack[-1]] += count
         cpu_per_call = user + system
-        print(f"\npy-spy, {busy} busy samples: share and the CPU ms per call it stands for\n")
+        print(
+            f"\npy-spy, {busy} busy samples ({idle} more waiting, left out): "
+            "share and the CPU ms per call it stands for\n"
+        )
         print(
             bc.markdown_table(
                 ("layer", "share", "ms per call"),

@@ -25,7 +25,8 @@ from typing import Any
 import attrs
 from twisted.application.service import MultiService
 from twisted.internet.error import ReactorNotRunning
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
+from twisted.python.components import Componentized
 from twisted.python.failure import Failure
 
 from sbc.adjacencies import TCP, TLS, UDP, AdjacencyTable, ListenerKey
@@ -134,6 +135,8 @@ class SbcService(MultiService):
         #: Install a SIGHUP handler that reloads the TLS identity (a daemon owns its signals).
         self.reload_on_sighup = reload_on_sighup
         self._previous_sighup: Any = None
+        #: The log observer ``twistd sbc`` gives the application (see :meth:`setServiceParent`).
+        self.log_observer: ILogObserver | None = None
         #: Why the service gave up at start-up (a listener or endpoint it could not open).
         self.fatal_error: str | None = None
         #: The ``commit confirmed`` waiting for its confirmation, if any.
@@ -259,6 +262,21 @@ class SbcService(MultiService):
             reload_on_sighup=reload_on_sighup,
             users=users,
         )
+
+    def setServiceParent(self, parent: Any) -> None:
+        """Attach to ``parent``; hand :attr:`log_observer` to a twistd application.
+
+        twistd logs through the ``ILogObserver`` component of its application
+        when it has one (and neither ``--syslog`` nor ``--logger`` was given);
+        ``twistd sbc`` uses this for its text log (:class:`sbc.logs.TextLogFile`).
+        """
+        if (
+            self.log_observer is not None
+            and isinstance(parent, Componentized)
+            and parent.getComponent(ILogObserver, None) is None
+        ):
+            parent.setComponent(ILogObserver, self.log_observer)
+        super().setServiceParent(parent)
 
     def startService(self) -> None:
         super().startService()

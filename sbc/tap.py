@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from typing import Any
 
@@ -63,6 +64,14 @@ class Options(usage.Options):
             None,
             "Also write every log event as one JSON object per line to this file ('-': stdout).",
         ],
+        [
+            "log-max-size",
+            None,
+            "100M",
+            "Rotate the text log file (twistd --logfile) past this size (bytes; K, M, G "
+            "suffixes); 0: never (SIGUSR1 reopens it, for logrotate).",
+        ],
+        ["log-keep", None, "10", "Rotated text log files to keep (FILE.1 ... FILE.N)."],
         ["certificate", None, None, "PEM file with the SBC's certificate (and intermediates)."],
         ["private-key", None, None, "PEM file with the private key of --certificate."],
         ["ca-certificates", None, None, "PEM file with the CA certificates trusted for peers."],
@@ -74,6 +83,13 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if not self["config"]:
             raise usage.UsageError("--config is required")
+        self["log-max-size"] = _size(str(self["log-max-size"]), "--log-max-size")
+        try:
+            self["log-keep"] = int(self["log-keep"])
+        except ValueError:
+            raise usage.UsageError("--log-keep must be a whole number") from None
+        if self["log-keep"] < 0:
+            raise usage.UsageError("--log-keep must not be negative")
         tls = (self["certificate"], self["private-key"], self["ca-certificates"])
         if any(tls) and not all(tls):
             raise usage.UsageError("--certificate, --private-key and --ca-certificates go together")
@@ -101,6 +117,22 @@ class Options(usage.Options):
             os.path.dirname(os.path.abspath(self["config"])), "ssh_host_key"
         )
         return SshSettings(str(self["ssh"]), str(self["ssh-keys"]), str(host_key))
+
+
+def _size(text: str, option: str) -> int:
+    """``100M`` -> bytes (suffixes K, M, G: powers of 1024); UsageError when malformed."""
+    units = {"K": 1024, "M": 1024**2, "G": 1024**3}
+    number = text.strip().upper().removesuffix("B")
+    scale = units.get(number[-1:], 1)
+    if scale != 1:
+        number = number[:-1]
+    try:
+        value = int(number) * scale
+    except ValueError:
+        raise usage.UsageError(f"{option}: not a size: {text!r}") from None
+    if value < 0:
+        raise usage.UsageError(f"{option} must not be negative")
+    return value
 
 
 def build_service(
@@ -143,13 +175,44 @@ def makeService(options: Options) -> IService:
         from sbc.logs import json_log_observer
 
         globalLogPublisher.addObserver(json_log_observer(options["log-json"]))
+    _use_text_log(options, service)
     service.reactor.addSystemEventTrigger("after", "shutdown", _exit_if_failed, service)
     return service
+
+
+def _use_text_log(options: Options, service: SbcService) -> None:
+    """Log through :class:`sbc.logs.TextLogFile` instead of twistd's own text log.
+
+    Only under twistd (whose options are the parent of ours) and when twistd
+    would write a file or stdout (not with --syslog or --logger). SIGUSR1
+    reopens the file (twistd's own log rotated on SIGUSR1).
+    """
+    parent = getattr(options, "parent", None)
+    if parent is None or "logfile" not in parent:
+        return
+    from sbc.logs import text_log_for
+
+    observer = text_log_for(parent, options["log-max-size"], options["log-keep"])
+    if observer is None:
+        return
+    service.log_observer = observer
+    reactor = service.reactor
+    if observer.path is not None:
+
+        def reopen(signum: int, frame: Any) -> None:
+            # A signal handler may run between any two bytecodes: hand over to the reactor.
+            reactor.callFromThread(observer.reopen)
+
+        signal.signal(signal.SIGUSR1, reopen)
+    reactor.addSystemEventTrigger("after", "shutdown", observer.flush)
 
 
 def _exit_if_failed(service: SbcService) -> None:
     """After shutdown: exit with status 1 when the service gave up at start-up."""
     if service.fatal_error is not None:
+        from sbc.logs import flush_text_logs
+
+        flush_text_logs()
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(1)

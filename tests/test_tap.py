@@ -145,6 +145,51 @@ class BuildServiceTests(SynchronousTestCase):
         self.assertTrue(daemon.reload_on_sighup)
         self.assertTrue(daemon.tune_gc)
 
+    def test_twistd_logs_through_sbcs_text_log(self) -> None:
+        """Under twistd, --logfile FILE is sbc's TextLogFile, sized by --log-max-size/--log-keep."""
+        import signal
+
+        from twisted.application.service import Application
+        from twisted.logger import ILogObserver
+        from twisted.scripts.twistd import ServerOptions
+
+        from sbc.logs import TextLogFile
+
+        self.addCleanup(signal.signal, signal.SIGUSR1, signal.getsignal(signal.SIGUSR1))
+        self.patch(SbcService, "preflight", lambda self: [])
+        path = os.path.join(os.path.abspath(self.mktemp()) + ".log")
+        config = ServerOptions()
+        config.parseOptions(
+            ["-n", "--logfile", path, "sbc", "--config", LAB_CONF, *self.tls_args,
+             "--log-max-size", "2M", "--log-keep", "3"]
+        )  # fmt: skip
+        daemon = tap.makeService(config.subOptions)
+        assert isinstance(daemon, SbcService)
+        observer = daemon.log_observer
+        assert isinstance(observer, TextLogFile)
+        self.addCleanup(observer.close)
+        self.assertEqual((observer.path, observer.max_size, observer.keep), (path, 2 * 2**20, 3))
+        application = Application("sbc")
+        daemon.setServiceParent(application)
+        self.assertIs(application.getComponent(ILogObserver), observer)
+        self.assertNotEqual(signal.getsignal(signal.SIGUSR1), signal.SIG_DFL)
+        # --syslog: twistd's own logging, untouched
+        config = ServerOptions()
+        config.parseOptions(["--syslog", "sbc", "--config", LAB_CONF, *self.tls_args])
+        daemon = tap.makeService(config.subOptions)
+        assert isinstance(daemon, SbcService)
+        self.assertIsNone(daemon.log_observer)
+
+    def test_log_size_options(self) -> None:
+        self.assertEqual(options("--config", LAB_CONF)["log-max-size"], 100 * 2**20)
+        self.assertEqual(options("--config", LAB_CONF, "--log-max-size", "0")["log-max-size"], 0)
+        self.assertEqual(
+            options("--config", LAB_CONF, "--log-max-size", "64k")["log-max-size"], 65536
+        )
+        self.assertEqual(options("--config", LAB_CONF, "--log-keep", "4")["log-keep"], 4)
+        for bad in (["--log-max-size", "lots"], ["--log-max-size", "-1"], ["--log-keep", "x"]):
+            self.assertRaises(usage.UsageError, options, "--config", LAB_CONF, *bad)
+
     def free_port_config(self, udp_port: int) -> str:
         path = self.mktemp()
         with open(path, "w") as f:
