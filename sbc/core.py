@@ -5,6 +5,9 @@ It applies, in order:
 
 1. the TLS peer check (RFC 5922, docs/security-model.md): a request whose From
    domain the peer's certificate does not vouch for is dropped unanswered;
+   then ACK, CANCEL and in-dialog requests go to the B2BUA (5), and a new
+   INVITE or REGISTER may be answered 503 + Retry-After by overload control
+   (:mod:`sbc.overload`) before any of the work below;
 2. requests addressed to the SBC itself (Request-URI host is one of its
    signaling addresses, no user part): OPTIONS is answered 200;
 3. Max-Forwards 0 on a request to forward: 483;
@@ -50,6 +53,7 @@ from sbc.b2bua import CallManager, HuntPolicy, RouterFunction, Target, calllog
 from sbc.config import AdjacencyConfig
 from sbc.errors import SipError
 from sbc.interfaces import IAuthenticator
+from sbc.overload import OverloadControl
 from sbc.registrar import Registrar, aor_key
 from sbc.registrar.relay import RegistrationRelay
 from sbc.routing import RouteKey, Router
@@ -110,6 +114,8 @@ class SbcCore:
             table, self._registrars_for, self.calls.count, register_refresh_min or (lambda: 0.0)
         )
         self._stack: SipStack | None = None
+        #: Sheds new INVITEs and REGISTERs when the SBC is overloaded (sbc.overload).
+        self.overload = OverloadControl(count=self.calls.count)
 
     @property
     def stack(self) -> SipStack:
@@ -188,6 +194,10 @@ class SbcCore:
             return self.calls.cancel(request, transaction, flow, now)
         if request.to.tag is not None:
             return self.calls.in_dialog(request, transaction, flow, now)
+        # Overload control (sbc.overload): a new INVITE or REGISTER may get 503 here.
+        self.overload.admit(
+            method, context.adjacency if isinstance(context, InboundContext) else None
+        )
         local_register = method == "REGISTER" and self._is_local(request.to.uri)
         if not local_register and self._addressed_to_sbc(request):
             return self._answer_locally(request, transaction, flow, now)

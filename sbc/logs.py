@@ -384,8 +384,10 @@ class TextLogFile:
         self.rotations = 0
         self._time = _SecondCache()
         # _lock guards the pending lines; _write_lock orders writes to the file.
-        self._lock = threading.Lock()
-        self._write_lock = threading.Lock()
+        # Both are re-entrant: a signal handler that logs (twistd's "Received
+        # SIGTERM") may run in the middle of a write, in the same thread.
+        self._lock = threading.RLock()
+        self._write_lock = threading.RLock()
         self._pending: list[str] = []
         self._pending_bytes = 0
         self._dropped_unreported = 0

@@ -204,6 +204,10 @@ COUNTER_FAMILIES: Mapping[str, CounterFamily] = {
     ),
     "redirects-followed": CounterFamily("3xx redirections followed."),
     "redirects-refused": CounterFamily("3xx redirections refused by the security rules."),
+    "overload-shed": CounterFamily(
+        "New INVITEs and REGISTERs answered 503 + Retry-After by overload control, on the "
+        "inbound adjacency."
+    ),
     "target-refresh-refused": CounterFamily(
         "Target refreshes (Contact changes) refused by the security rules."
     ),
@@ -253,7 +257,9 @@ class SbcCollector:
     - ``connections``: the open stream connections;
     - ``transactions``: live transactions by ``"MACHINE STATE"``
       (:meth:`~sbc.sip.stack.SipStack.transactions_by_state`);
-    - ``blocked``: the sources banned by the flood defence (:mod:`sbc.flood`).
+    - ``blocked``: the sources banned by the flood defence (:mod:`sbc.flood`);
+    - ``overload``: (smoothed event-loop lag in seconds, share of new
+      INVITEs and REGISTERs shed) of :mod:`sbc.overload`.
     """
 
     def __init__(
@@ -267,6 +273,7 @@ class SbcCollector:
         transactions: Callable[[], Mapping[str, int]] = _no_transactions,
         blocked: Callable[[], Iterable[BlockedSourceInfo]] = _nothing,
         service_name: str | None = None,
+        overload: Callable[[], tuple[float, float]] | None = None,
     ) -> None:
         self.counters = counters
         self.adjacencies = adjacencies
@@ -276,6 +283,7 @@ class SbcCollector:
         self.transactions = transactions
         self.blocked = blocked
         self.service_name = service_name
+        self.overload = overload
 
     @classmethod
     def for_service(cls, service: SbcService) -> SbcCollector:
@@ -299,6 +307,7 @@ class SbcCollector:
             transactions=service.stack.transactions_by_state,
             blocked=backend.blocked_sources,
             service_name=service.config.service_name,
+            overload=lambda: (service.overload.lag, service.overload.share),
         )
 
     def collect(self) -> Iterator[Metric]:
@@ -332,6 +341,19 @@ class SbcCollector:
         )
         yield self._connections()
         yield self._transactions()
+        if self.overload is not None:
+            lag, share = self.overload()
+            yield GaugeMetricFamily(
+                "sbc_event_loop_lag_seconds",
+                "Event-loop lag, smoothed: how late the SBC's 50 ms heartbeat fires "
+                "(overload control, sbc.overload).",
+                value=lag,
+            )
+            yield GaugeMetricFamily(
+                "sbc_overload_shed_share",
+                "Share (0 to 1) of new INVITEs and REGISTERs answered 503 by overload control now.",
+                value=share,
+            )
         if self.service_name is not None:
             info = GaugeMetricFamily(
                 "sbc_info", "The sbc service (value 1).", labels=["service", "version"]

@@ -52,6 +52,7 @@ from sbc.flood import SourceGuard
 from sbc.routing import Router, available_policies
 from sbc.sip.stack import SipStack
 from sbc.sip.timers import TimerSettings
+from sbc.transport.overload import LoadMeter
 from sbc.transport.runtime import SipRuntime
 from sbc.transport.tls import TlsConfigError, TlsFilePaths, TlsIdentity, load_tls_identity
 
@@ -125,6 +126,7 @@ class SbcService(MultiService):
         tune_gc: bool = False,
         reload_on_sighup: bool = False,
         users: UserDatabase | None = None,
+        overload_control: bool = False,
     ) -> None:
         super().__init__()
         self.config = config
@@ -189,6 +191,18 @@ class SbcService(MultiService):
         self.guard.configure(config.limits, config.blocked_user_agents)
         # repeated digest failures from one source count toward a ban (docs/hardening.md)
         self.core.on_auth_failure = self.guard.note_auth_failure
+        #: Overload control (sbc.overload): the core consults it; the heartbeat that
+        #: measures the load runs only when ``overload_control`` is true.
+        self.overload = self.core.overload
+        self.overload_meter: LoadMeter | None = None
+        if overload_control:
+            self.overload_meter = LoadMeter(
+                reactor,
+                self.overload,
+                lambda: self.runtime.table,
+                lambda: self.runtime.listening,
+            )
+        self.overload.limits = lambda: self.config.limits
         if cli_endpoint is not None:
             from sbc.cli.server import CliService
 
@@ -220,6 +234,7 @@ class SbcService(MultiService):
         metrics_endpoint: str | None = None,
         tune_gc: bool = False,
         reload_on_sighup: bool = False,
+        overload_control: bool = False,
     ) -> SbcService:
         """Validate ``config``, load the TLS identity and build the service.
 
@@ -236,6 +251,10 @@ class SbcService(MultiService):
         installs a SIGHUP handler that reloads the TLS identity
         (:meth:`reload_tls`) while the service runs; also for ``twistd sbc``
         only, since an embedding application owns its signals.
+        ``overload_control`` runs the 50 ms heartbeat that measures the
+        event-loop lag and sheds new calls when it grows (:mod:`sbc.overload`):
+        on under ``twistd sbc``; an embedding application whose reactor does
+        other work may turn it on too.
         """
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -261,6 +280,7 @@ class SbcService(MultiService):
             tune_gc=tune_gc,
             reload_on_sighup=reload_on_sighup,
             users=users,
+            overload_control=overload_control,
         )
 
     def setServiceParent(self, parent: Any) -> None:
@@ -294,6 +314,8 @@ class SbcService(MultiService):
             )
         self.started = self.runtime.start()
         self.started.addCallbacks(self._listening, self._listen_failed)
+        if self.overload_meter is not None:
+            self.overload_meter.start()
 
     def _listening(self, _: object) -> None:
         if self.tune_gc:
@@ -349,6 +371,8 @@ class SbcService(MultiService):
 
     def stopService(self) -> Any:
         self.log.info("sbc {name} stopping", name=self.config.service_name)
+        if self.overload_meter is not None:
+            self.overload_meter.stop()
         pending = self.pending_confirmation
         if pending is not None:
             self.pending_confirmation = None

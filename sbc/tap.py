@@ -136,7 +136,11 @@ def _size(text: str, option: str) -> int:
 
 
 def build_service(
-    options: Options, reactor: Any = None, tune_gc: bool = False, reload_on_sighup: bool = False
+    options: Options,
+    reactor: Any = None,
+    tune_gc: bool = False,
+    reload_on_sighup: bool = False,
+    overload_control: bool = False,
 ) -> SbcService:
     """Load, validate and build the service; raise ``ConfigError`` on a bad config."""
     config = load_config(options["config"])
@@ -150,14 +154,15 @@ def build_service(
         metrics_endpoint=options["metrics"] or None,
         tune_gc=tune_gc,
         reload_on_sighup=reload_on_sighup,
+        overload_control=overload_control,
     )
 
 
 def makeService(options: Options) -> IService:
     """Called by twistd: build the service or exit non-zero with ``file:line: problem``."""
     try:
-        # The process is the SBC: it owns the garbage collector and SIGHUP.
-        service = build_service(options, tune_gc=True, reload_on_sighup=True)
+        # The process is the SBC: it owns the garbage collector, SIGHUP and its reactor's load.
+        service = build_service(options, tune_gc=True, reload_on_sighup=True, overload_control=True)
     except ConfigError as error:
         sys.stderr.write(f"sbc: {error}\n")
         raise SystemExit(1) from None

@@ -232,3 +232,30 @@ class TwistdOptionsTests(SynchronousTestCase):
         self.assertEqual(
             (observer.path, observer.max_size, observer.keep), (os.path.abspath(path), 1234, 3)
         )
+
+
+class ReentryTests(SynchronousTestCase):
+    def test_an_event_logged_while_writing_is_written_not_deadlocked(self) -> None:
+        """twistd's SIGTERM handler logs from a signal handler, maybe in the middle of a write."""
+
+        class Interrupted(io.StringIO):
+            observer: TextLogFile | None = None
+
+            def write(self, text: str) -> int:
+                written = super().write(text)
+                observer, self.observer = self.observer, None
+                if observer is not None:  # the "signal" arrives during the first write
+                    observer(other_event("Received SIGTERM, shutting down."))
+                return written
+
+        stream = Interrupted()
+        observer = TextLogFile(stream=stream, flush_interval=3600.0)
+        self.addCleanup(observer.close)
+        stream.observer = observer
+        observer(call_event("call 1"))
+        observer(other_event("sbc lab started with 3 adjacencies"))
+        lines = [line.partition("] ")[2] for line in stream.getvalue().splitlines()]
+        self.assertEqual(
+            lines,
+            ["call 1", "sbc lab started with 3 adjacencies", "Received SIGTERM, shutting down."],
+        )

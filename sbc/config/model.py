@@ -590,6 +590,35 @@ LIMIT_SETTINGS: tuple[LimitSetting, ...] = (
         "counts as 408 (hunting tries the next candidate)",
     ),
     LimitSetting(
+        "overload-lag-threshold",
+        "overload_lag_threshold",
+        30,
+        0,
+        10000,
+        "milliseconds",
+        "Overload control: above this event-loop lag (smoothed) part of the new INVITEs "
+        "and REGISTERs are answered 503 with Retry-After; 0 turns shedding off",
+    ),
+    LimitSetting(
+        "overload-retry-after",
+        "overload_retry_after",
+        10,
+        1,
+        3600,
+        "seconds",
+        "The Retry-After of the 503 that overload control answers",
+    ),
+    LimitSetting(
+        "overload-pause-lag",
+        "overload_pause_lag",
+        100,
+        0,
+        10000,
+        "milliseconds",
+        "Overload control: above this event-loop lag the UDP listeners of untrusted "
+        "adjacencies are not read for a moment (their datagrams wait in the kernel); 0: never",
+    ),
+    LimitSetting(
         "detach-drain-time",
         "detach_drain_time",
         2,
@@ -775,6 +804,9 @@ class Limits:
     outbound_connect_timeout: int = _LIMIT_DEFAULTS["outbound_connect_timeout"]
     udp_receive_buffer: int = _LIMIT_DEFAULTS["udp_receive_buffer"]
     no_answer_timeout: int = _LIMIT_DEFAULTS["no_answer_timeout"]
+    overload_lag_threshold: int = _LIMIT_DEFAULTS["overload_lag_threshold"]
+    overload_retry_after: int = _LIMIT_DEFAULTS["overload_retry_after"]
+    overload_pause_lag: int = _LIMIT_DEFAULTS["overload_pause_lag"]
     detach_drain_time: int = _LIMIT_DEFAULTS["detach_drain_time"]
     cli_idle_timeout: int = _LIMIT_DEFAULTS["cli_idle_timeout"]
     ssh_login_timeout: int = _LIMIT_DEFAULTS["ssh_login_timeout"]

@@ -1,0 +1,123 @@
+"""The reactor side of overload control (:mod:`sbc.overload`): the heartbeat and the pause.
+
+:class:`LoadMeter` arms a timer every :data:`~sbc.overload.SAMPLE_INTERVAL`
+seconds and measures how late it fires, on the monotonic clock (the time
+the reactor really spent elsewhere, not the reactor's clock, which tests
+move at will and NTP may step). Each measurement goes to
+:meth:`OverloadControl.sample`. While the control asks for it, the UDP
+listeners that serve only untrusted adjacencies are taken out of the
+reactor (``stopReading``) until the next heartbeat; the kernel keeps their
+datagrams.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from sbc.adjacencies import AdjacencyTable, ListenerKey
+from sbc.config import Security
+from sbc.overload import SAMPLE_INTERVAL, OverloadControl
+
+__all__ = ["LoadMeter", "untrusted_udp_listeners"]
+
+
+def untrusted_udp_listeners(table: AdjacencyTable) -> list[ListenerKey]:
+    """The UDP listeners on which every attached adjacency is untrusted inbound."""
+    keys = []
+    for key in table.listeners:
+        if key.transport != "UDP":
+            continue
+        adjacencies = table.adjacencies_on(key)
+        if adjacencies and all(a.security_inbound is Security.UNTRUSTED for a in adjacencies):
+            keys.append(key)
+    return keys
+
+
+class LoadMeter:
+    """Samples the event-loop lag for an :class:`OverloadControl`; pauses untrusted listeners.
+
+    ``reactor`` provides ``callLater``; ``table`` returns the adjacency table
+    in force and ``ports`` the open listening ports (the runtime's); tests
+    pass ``monotonic``.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        control: OverloadControl,
+        table: Callable[[], AdjacencyTable],
+        ports: Callable[[], dict[ListenerKey, Any]],
+        *,
+        interval: float = SAMPLE_INTERVAL,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.reactor = reactor
+        self.control = control
+        self._table = table
+        self._ports = ports
+        self.interval = interval
+        self._monotonic = monotonic
+        self._call: Any = None
+        self._starting = False
+        self._due = 0.0
+        self._paused: list[Any] = []
+        #: Times the untrusted listeners were paused.
+        self.pauses = 0
+
+    @property
+    def running(self) -> bool:
+        return self._call is not None
+
+    def start(self) -> None:
+        """Arm the heartbeat once the reactor runs (start-up work is no load)."""
+        if self._call is None and not self._starting:
+            self._starting = True
+            self.reactor.callWhenRunning(self._first)
+
+    def _first(self) -> None:
+        if self._starting:
+            self._starting = False
+            self._arm()
+
+    def stop(self) -> None:
+        """Disarm the heartbeat and read every paused listener again."""
+        self._starting = False
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        self._resume()
+
+    def _arm(self) -> None:
+        self._due = self._monotonic() + self.interval
+        self._call = self.reactor.callLater(self.interval, self._tick)
+
+    def _tick(self) -> None:
+        lag = max(0.0, self._monotonic() - self._due)
+        self.control.sample(self.reactor.seconds(), lag)
+        if self.control.pause_untrusted:
+            self._pause()
+        else:
+            self._resume()
+        self._arm()
+
+    def _pause(self) -> None:
+        ports = self._ports()
+        wanted = [ports[key] for key in untrusted_udp_listeners(self._table()) if key in ports]
+        if not self._paused:
+            self.pauses += 1
+        for port in wanted:
+            if port not in self._paused:
+                port.stopReading()
+                self._paused.append(port)
+
+    def _resume(self) -> None:
+        paused, self._paused = self._paused, []
+        _start_reading(paused)
+
+
+def _start_reading(ports: Iterable[Any]) -> None:
+    for port in ports:
+        if getattr(port, "connected", True):  # a port closed meanwhile stays closed
+            port.startReading()
