@@ -864,7 +864,7 @@ class Ramp:
             if s.passed:
                 break
             unclean += 1
-        if unclean and (step.rate >= 2 * best or unclean >= past_failure):
+        if unclean and ((best and step.rate >= 2 * best) or unclean >= past_failure):
             self.done = True
 
 

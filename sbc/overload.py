@@ -7,16 +7,18 @@ fire every :data:`SAMPLE_INTERVAL` seconds actually fires
 since its last turn in a few milliseconds, so the lag stays small; one that
 cannot keep up reads full socket buffers every turn and the lag grows to tens
 of milliseconds and more. The lag is smoothed (exponential moving average).
+It also grows when another process takes the SBC's CPU: then too the SBC
+answers late, and shedding is what keeps the calls it accepts alive.
 
 Above ``overload-lag-threshold`` (milliseconds, the ``limits`` block) the SBC
 sheds: a share of the **new** INVITEs and REGISTERs (out of a dialog) is
 answered ``503 Service Unavailable`` with ``Retry-After`` (``overload-retry-after``
 seconds) by the stack's ordinary error path, before the B2BUA or the
-registrar does any work for them. The share rises by :data:`RAISE_STEP` every
-sample the lag stays above the threshold and falls by :data:`LOWER_STEP`
-every sample it stays under half the threshold (a loss-based control loop as
-in RFC 7339 §3.5, applied locally), never above :data:`MAX_SHARE`, so the
-loop keeps seeing how the SBC fares with new calls. Which requests are shed
+registrar does any work for them. The share rises by :data:`RAISE_RATE` per
+second the lag stays above the threshold and falls by :data:`LOWER_RATE` per
+second it stays under half the threshold (a loss-based control loop as in
+RFC 7339 §3.5, applied locally), never above :data:`MAX_SHARE`, so the loop
+keeps seeing how the SBC fares with new calls. Which requests are shed
 is deterministic (a running credit), not random: at a share of 0.3 exactly 3
 of every 10 new requests get the 503.
 
@@ -47,9 +49,9 @@ from sbc.config import Limits
 from sbc.errors import SipError
 
 __all__ = [
-    "LOWER_STEP",
+    "LOWER_RATE",
     "MAX_SHARE",
-    "RAISE_STEP",
+    "RAISE_RATE",
     "SAMPLE_INTERVAL",
     "SHED_COUNTER",
     "SHED_METHODS",
@@ -60,10 +62,12 @@ __all__ = [
 SAMPLE_INTERVAL: Final = 0.05
 #: Weight of the newest sample in the smoothed lag.
 SMOOTHING: Final = 0.3
-#: Share of new requests shed added per sample above the threshold ...
-RAISE_STEP: Final = 0.05
-#: ... and taken away per sample under half of it.
-LOWER_STEP: Final = 0.02
+#: Share of new requests shed added per second above the threshold ...
+RAISE_RATE: Final = 1.0
+#: ... and taken away per second under half of it.
+LOWER_RATE: Final = 0.4
+#: A single late heartbeat moves the share by at most this many seconds' worth.
+MAX_ELAPSED: Final = 2 * SAMPLE_INTERVAL
 #: The most that is ever shed: some new calls always get through.
 MAX_SHARE: Final = 0.95
 #: The requests that are shed (outside a dialog only).
@@ -108,11 +112,17 @@ class OverloadControl:
         """True while some new INVITEs and REGISTERs are answered 503."""
         return self.share > 0.0
 
-    def sample(self, now: float, lag: float) -> None:
-        """One lag measurement (seconds) at ``now``: update the share and the pause."""
+    def sample(self, now: float, lag: float, elapsed: float = SAMPLE_INTERVAL) -> None:
+        """One lag measurement (seconds) at ``now``, ``elapsed`` seconds after the last one.
+
+        Updates the smoothed lag, the share shed and the pause; the share
+        moves by :data:`RAISE_RATE` / :data:`LOWER_RATE` per second of
+        ``elapsed`` (at most :data:`MAX_ELAPSED` per sample).
+        """
         limits = self.limits()
         threshold = limits.overload_lag_threshold / 1000.0
         self.lag += SMOOTHING * (max(0.0, lag) - self.lag)
+        elapsed = min(elapsed, MAX_ELAPSED)
         if threshold <= 0.0:  # turned off
             if self.shedding:
                 self.share = 0.0
@@ -121,9 +131,9 @@ class OverloadControl:
             return
         was_shedding = self.shedding
         if self.lag > threshold:
-            self.share = min(MAX_SHARE, self.share + RAISE_STEP)
+            self.share = min(MAX_SHARE, self.share + RAISE_RATE * elapsed)
         elif self.lag < threshold / 2:
-            self.share = max(0.0, self.share - LOWER_STEP)
+            self.share = max(0.0, self.share - LOWER_RATE * elapsed)
             if self.share < 1e-9:
                 self.share = 0.0
         pause_lag = limits.overload_pause_lag / 1000.0

@@ -14,7 +14,14 @@ from sbc.adjacencies import AdjacencyTable, InboundContext, ListenerKey
 from sbc.config import Limits, parse_config
 from sbc.core import SbcCore
 from sbc.errors import SipError
-from sbc.overload import LOWER_STEP, MAX_SHARE, RAISE_STEP, SHED_COUNTER, OverloadControl
+from sbc.overload import (
+    LOWER_RATE,
+    MAX_ELAPSED,
+    MAX_SHARE,
+    RAISE_RATE,
+    SHED_COUNTER,
+    OverloadControl,
+)
 from sbc.sip import parse_message
 from sbc.sip.message import Response
 from sbc.sip.stack import Flow, SipStack, Transmit
@@ -42,7 +49,7 @@ class Recorder:
 
 class ControlTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.limits = Limits(overload_lag_threshold=30, overload_retry_after=7)
+        self.limits = Limits(overload_lag_threshold=50, overload_retry_after=7)
         self.counted: list[tuple[str | None, str]] = []
         self.control = OverloadControl(
             lambda: self.limits, lambda adjacency, name: self.counted.append((adjacency, name))
@@ -78,17 +85,22 @@ class ControlTests(SynchronousTestCase):
         self.assertEqual(self.control.share, 0.0)
 
     def test_share_rises_while_over_and_falls_when_under_half(self) -> None:
-        now = self.feed(100 * MS, 3)
+        now = self.feed(200 * MS, 3)  # smoothed: 60, 102, 131 ms
         self.assertTrue(self.control.shedding)
-        self.assertAlmostEqual(self.control.share, 2 * RAISE_STEP)  # smoothed: 30, 51, 66 ms
-        now = self.feed(100 * MS, 100, now)
+        self.assertAlmostEqual(self.control.share, 3 * 0.05 * RAISE_RATE)
+        now = self.feed(200 * MS, 100, now)
         self.assertEqual(self.control.share, MAX_SHARE)
         # between half the threshold and the threshold: the share holds
-        self.control.lag = 20 * MS
-        self.control.sample(now + 0.05, 20 * MS)
+        self.control.lag = 40 * MS
+        self.control.sample(now + 0.05, 40 * MS)
         self.assertEqual(self.control.share, MAX_SHARE)
-        self.feed(0.0, 10, now + 0.05)
-        self.assertAlmostEqual(self.control.share, MAX_SHARE - 10 * LOWER_STEP, places=6)
+        self.feed(0.0, 10, now + 0.05)  # smoothed 28 ms (holds), then under half: 9 steps
+        self.assertAlmostEqual(self.control.share, MAX_SHARE - 9 * 0.05 * LOWER_RATE, places=6)
+
+    def test_a_very_late_heartbeat_moves_the_share_a_bounded_step(self) -> None:
+        self.control.lag = 100 * MS
+        self.control.sample(1.0, 2.0, elapsed=2.05)
+        self.assertAlmostEqual(self.control.share, MAX_ELAPSED * RAISE_RATE)
 
     def test_shed_share_is_exact_and_only_new_invites_and_registers(self) -> None:
         self.control.share = 0.3
@@ -108,7 +120,7 @@ class ControlTests(SynchronousTestCase):
         self.assertEqual(caught.exception.headers, (("Retry-After", "7"),))
 
     def test_start_and_end_are_logged_once_with_what_was_shed(self) -> None:
-        now = self.feed(100 * MS, 20)
+        now = self.feed(200 * MS, 40)
         self.shed_of(10)
         self.feed(0.0, 200, now)
         self.assertEqual(self.log.names(), ["overload.started", "overload.ended"])
@@ -117,7 +129,7 @@ class ControlTests(SynchronousTestCase):
         self.assertEqual(started["retry_after"], 7)
         self.assertEqual(ended["shed"], 9)  # 0.95 of 10, deterministically
         self.assertGreater(ended["duration"], 0.0)
-        self.assertGreaterEqual(ended["peak_lag_ms"], 90.0)
+        self.assertGreaterEqual(ended["peak_lag_ms"], 190.0)
 
     def test_threshold_zero_turns_it_off(self) -> None:
         self.limits = Limits(overload_lag_threshold=0)
@@ -126,14 +138,14 @@ class ControlTests(SynchronousTestCase):
         self.assertFalse(self.control.pause_untrusted)
 
     def test_turning_it_off_while_shedding_ends_the_period(self) -> None:
-        now = self.feed(100 * MS, 5)
+        now = self.feed(200 * MS, 5)
         self.limits = Limits(overload_lag_threshold=0)
-        self.feed(100 * MS, 1, now)
+        self.feed(200 * MS, 1, now)
         self.assertEqual(self.control.share, 0.0)
         self.assertEqual(self.log.names(), ["overload.started", "overload.ended"])
 
     def test_pause_above_the_pause_lag(self) -> None:
-        self.limits = Limits(overload_lag_threshold=30, overload_pause_lag=100)
+        self.limits = Limits(overload_lag_threshold=50, overload_pause_lag=100)
         now = self.feed(80 * MS, 30)
         self.assertFalse(self.control.pause_untrusted)
         now = self.feed(300 * MS, 10, now)

@@ -592,7 +592,7 @@ LIMIT_SETTINGS: tuple[LimitSetting, ...] = (
     LimitSetting(
         "overload-lag-threshold",
         "overload_lag_threshold",
-        30,
+        50,
         0,
         10000,
         "milliseconds",
@@ -611,7 +611,7 @@ LIMIT_SETTINGS: tuple[LimitSetting, ...] = (
     LimitSetting(
         "overload-pause-lag",
         "overload_pause_lag",
-        100,
+        200,
         0,
         10000,
         "milliseconds",

@@ -59,6 +59,7 @@ class LoadMeter:
         self._ports = ports
         self.interval = interval
         self._monotonic = monotonic
+        self._armed_at = 0.0
         self._call: Any = None
         self._starting = False
         self._due = 0.0
@@ -90,12 +91,15 @@ class LoadMeter:
         self._resume()
 
     def _arm(self) -> None:
-        self._due = self._monotonic() + self.interval
+        self._armed_at = self._monotonic()
+        self._due = self._armed_at + self.interval
         self._call = self.reactor.callLater(self.interval, self._tick)
 
     def _tick(self) -> None:
-        lag = max(0.0, self._monotonic() - self._due)
-        self.control.sample(self.reactor.seconds(), lag)
+        now = self._monotonic()
+        lag = max(0.0, now - self._due)
+        elapsed = max(now - self._armed_at, 0.0)
+        self.control.sample(self.reactor.seconds(), lag, elapsed)
         if self.control.pause_untrusted:
             self._pause()
         else:
