@@ -11,7 +11,8 @@ It also grows when another process takes the SBC's CPU: then too the SBC
 answers late, and shedding is what keeps the calls it accepts alive.
 
 Above ``overload-lag-threshold`` (milliseconds, the ``limits`` block) the SBC
-sheds: a share of the **new** INVITEs and REGISTERs (out of a dialog) is
+sheds, once the lag has stayed above it for :data:`ONSET` seconds (a single
+stall is no overload): a share of the **new** INVITEs and REGISTERs (out of a dialog) is
 answered ``503 Service Unavailable`` with ``Retry-After`` (``overload-retry-after``
 seconds) by the stack's ordinary error path, before the B2BUA or the
 registrar does any work for them. The share rises by :data:`RAISE_RATE` per
@@ -51,6 +52,7 @@ from sbc.errors import SipError
 __all__ = [
     "LOWER_RATE",
     "MAX_SHARE",
+    "ONSET",
     "RAISE_RATE",
     "SAMPLE_INTERVAL",
     "SHED_COUNTER",
@@ -66,6 +68,10 @@ SMOOTHING: Final = 0.3
 RAISE_RATE: Final = 1.0
 #: ... and taken away per second under half of it.
 LOWER_RATE: Final = 0.4
+#: Seconds the smoothed lag must stay above the threshold before shedding
+#: starts: one stall (a burst of timers, another process taking the CPU for a
+#: few hundred ms) is no overload.
+ONSET: Final = 1.0
 #: A single late heartbeat moves the share by at most this many seconds' worth.
 MAX_ELAPSED: Final = 2 * SAMPLE_INTERVAL
 #: The most that is ever shed: some new calls always get through.
@@ -100,6 +106,7 @@ class OverloadControl:
         #: True while the untrusted UDP listeners should not be read.
         self.pause_untrusted = False
         self._credit = 0.0
+        self._over_for = 0.0
         self._started_at: float | None = None
         self._shed_since_start = 0
         self._pauses_since_start = 0
@@ -122,6 +129,8 @@ class OverloadControl:
         limits = self.limits()
         threshold = limits.overload_lag_threshold / 1000.0
         self.lag += SMOOTHING * (max(0.0, lag) - self.lag)
+        over = self.lag > threshold
+        self._over_for = self._over_for + elapsed if over else 0.0
         elapsed = min(elapsed, MAX_ELAPSED)
         if threshold <= 0.0:  # turned off
             if self.shedding:
@@ -130,7 +139,7 @@ class OverloadControl:
             self.pause_untrusted = False
             return
         was_shedding = self.shedding
-        if self.lag > threshold:
+        if over and (self.shedding or self._over_for >= ONSET):
             self.share = min(MAX_SHARE, self.share + RAISE_RATE * elapsed)
         elif self.lag < threshold / 2:
             self.share = max(0.0, self.share - LOWER_RATE * elapsed)

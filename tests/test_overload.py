@@ -18,6 +18,7 @@ from sbc.overload import (
     LOWER_RATE,
     MAX_ELAPSED,
     MAX_SHARE,
+    ONSET,
     RAISE_RATE,
     SHED_COUNTER,
     OverloadControl,
@@ -85,7 +86,10 @@ class ControlTests(SynchronousTestCase):
         self.assertEqual(self.control.share, 0.0)
 
     def test_share_rises_while_over_and_falls_when_under_half(self) -> None:
-        now = self.feed(200 * MS, 3)  # smoothed: 60, 102, 131 ms
+        onset = int(ONSET / 0.05)
+        now = self.feed(200 * MS, onset - 1)
+        self.assertFalse(self.control.shedding)  # not over for ONSET seconds yet
+        now = self.feed(200 * MS, 3, now)
         self.assertTrue(self.control.shedding)
         self.assertAlmostEqual(self.control.share, 3 * 0.05 * RAISE_RATE)
         now = self.feed(200 * MS, 100, now)
@@ -97,9 +101,17 @@ class ControlTests(SynchronousTestCase):
         self.feed(0.0, 10, now + 0.05)  # smoothed 28 ms (holds), then under half: 9 steps
         self.assertAlmostEqual(self.control.share, MAX_SHARE - 9 * 0.05 * LOWER_RATE, places=6)
 
+    def test_one_long_stall_is_no_overload(self) -> None:
+        """A 400 ms stall (a burst of timers, the CPU taken away) smooths to 120 ms: not shed."""
+        now = self.feed(2 * MS, 20)
+        self.control.sample(now + 0.45, 400 * MS, elapsed=0.45)
+        self.feed(2 * MS, 40, now + 0.45)
+        self.assertEqual(self.control.shed_total + self.shed_of(1000), 0)
+        self.assertEqual(self.log.events, [])
+
     def test_a_very_late_heartbeat_moves_the_share_a_bounded_step(self) -> None:
         self.control.lag = 100 * MS
-        self.control.sample(1.0, 2.0, elapsed=2.05)
+        self.control.sample(1.0, 2.0, elapsed=2.05)  # over for 2 s at once: past the onset
         self.assertAlmostEqual(self.control.share, MAX_ELAPSED * RAISE_RATE)
 
     def test_shed_share_is_exact_and_only_new_invites_and_registers(self) -> None:
@@ -138,7 +150,7 @@ class ControlTests(SynchronousTestCase):
         self.assertFalse(self.control.pause_untrusted)
 
     def test_turning_it_off_while_shedding_ends_the_period(self) -> None:
-        now = self.feed(200 * MS, 5)
+        now = self.feed(200 * MS, 30)
         self.limits = Limits(overload_lag_threshold=0)
         self.feed(200 * MS, 1, now)
         self.assertEqual(self.control.share, 0.0)
