@@ -537,14 +537,6 @@ class Target:
     log: Path
 
 
-def start_sbc(
-    procs: Processes, bench: Bench, uas_port: int, tag: str, log_mode: str = "file"
-) -> tuple[subprocess.Popen[bytes], int]:
-    """``twistd sbc`` on the benchmark configuration, pinned; (process, access port)."""
-    target = start_sbc_target(procs, bench, uas_port, tag, log_mode)
-    return target.process, target.port
-
-
 def start_sbc_target(
     procs: Processes,
     bench: Bench,

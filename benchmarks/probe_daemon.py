@@ -143,6 +143,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--log", choices=bc.LOG_MODES, default="file", help="how the SBC logs (default: file)"
     )
+    parser.add_argument(
+        "--code", default=None, help="another sbc checkout to probe (first on its PYTHONPATH)"
+    )
     args = parser.parse_args(argv)
     sipp = shutil.which("sipp")
     strace = shutil.which("strace")
@@ -155,8 +158,9 @@ def main(argv: list[str]) -> int:
     procs = bc.Processes()
     try:
         _, uas_port = bc.start_uas(procs, bench, "probe")
-        sbc, access_port = bc.start_sbc(procs, bench, uas_port, "probe", args.log)
-        pid = sbc.pid
+        code = Path(args.code) if args.code else None
+        target = bc.start_sbc_target(procs, bench, uas_port, "probe", args.log, code)
+        access_port, pid = target.port, target.process.pid
         seconds = args.warmup + 3 * args.window + 6
         calls = int(args.rate * seconds)
         uac = bc.start_uac(
@@ -193,7 +197,10 @@ def main(argv: list[str]) -> int:
     finally:
         procs.stop_all()
 
-    print(f"\n## sbc at {args.rate} calls/s (log: {args.log}), {args.window:g} s windows")
+    print(
+        f"\n## sbc ({args.code or 'this checkout'}) at {args.rate} calls/s (log: {args.log}), "
+        f"{args.window:g} s windows"
+    )
     print(f"UAC: {stats}")
     print(
         f"\nCPU per call: {user + system:.3f} ms (user {user:.3f}, system {system:.3f}); "
