@@ -18,7 +18,9 @@ windows of ``--window`` seconds follow each other:
    layer (the first frame, from the innermost outwards, whose file belongs to
    a known layer names it), and the functions with the most own samples.
 
-It prints Markdown tables. This is a probe for docs/performance.md, not a
+Overload control is turned off (``overload-lag-threshold 0``): strace slows
+the daemon several times over, which it would take for overload. It prints
+Markdown tables. This is a probe for docs/performance.md, not a
 test; every process it starts is stopped by PID, every wait is bounded.
 """
 
@@ -159,7 +161,11 @@ def main(argv: list[str]) -> int:
     try:
         _, uas_port = bc.start_uas(procs, bench, "probe")
         code = Path(args.code) if args.code else None
-        target = bc.start_sbc_target(procs, bench, uas_port, "probe", args.log, code)
+        # strace slows the daemon several times over: overload control would
+        # take that for overload and shed calls (a checkout without it has no
+        # such limit)
+        limits = () if code is not None else (*bc.SBC_LIMITS, "overload-lag-threshold 0")
+        target = bc.start_sbc_target(procs, bench, uas_port, "probe", args.log, code, limits)
         access_port, pid = target.port, target.process.pid
         seconds = args.warmup + 3 * args.window + 6
         calls = int(args.rate * seconds)

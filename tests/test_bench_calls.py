@@ -104,17 +104,26 @@ class JudgingTests(SynchronousTestCase):
 
     def test_a_ramp_stops_past_twice_the_best_clean_rate(self) -> None:
         ramp = bc.Ramp("sbc")
-        ramp.record(step(rate=400), 3)
-        ramp.record(step(rate=600, completed=900), 3)
-        self.assertFalse(ramp.done)  # unclean, but below 800
-        ramp.record(step(rate=800, completed=900), 3)
-        self.assertTrue(ramp.done)
+        ramp.record(step(rate=400), 2)
+        ramp.record(step(rate=600, completed=900), 2)
+        self.assertFalse(ramp.done)  # one unclean step
+        ramp.record(step(rate=800, completed=900), 2)
+        self.assertTrue(ramp.done)  # two, and 800 >= 2 x 400
+
+    def test_a_ramp_goes_on_below_twice_the_best(self) -> None:
+        ramp = bc.Ramp("sbc")
+        ramp.record(step(rate=1000), 2)
+        for rate in (1200, 1400, 1600):
+            ramp.record(step(rate=rate, completed=900), 2)
+            self.assertFalse(ramp.done, rate)
+        ramp.record(step(rate=1800, completed=900), 2)
+        self.assertTrue(ramp.done)  # four unclean in a row
 
     def test_a_ramp_with_no_clean_step_stops_after_n(self) -> None:
         ramp = bc.Ramp("sippy")
-        for n, rate in enumerate((100, 200, 300)):
-            self.assertFalse(ramp.done, n)
-            ramp.record(step(rate=rate, completed=10), 3)
+        ramp.record(step(rate=100, completed=10), 2)
+        self.assertFalse(ramp.done)
+        ramp.record(step(rate=200, completed=10), 2)
         self.assertTrue(ramp.done)
 
     def test_overload_summary_uses_the_step_at_twice_the_best(self) -> None:
