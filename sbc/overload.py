@@ -4,22 +4,23 @@ The load measure is the **event-loop lag**: how late a timer that should
 fire every :data:`SAMPLE_INTERVAL` seconds actually fires
 (:class:`sbc.transport.overload.LoadMeter` measures it and calls
 :meth:`OverloadControl.sample`). An SBC that keeps up handles what arrived
-since its last turn in a few milliseconds, so the lag stays small; one that
-cannot keep up reads full socket buffers every turn and the lag grows to tens
-of milliseconds and more. The lag is smoothed (exponential moving average).
-It also grows when another process takes the SBC's CPU: then too the SBC
-answers late, and shedding is what keeps the calls it accepts alive.
+since its last turn in a few milliseconds, so its heartbeats are on time,
+with a late one now and then (a garbage collection, a burst of timers);
+one that cannot keep up reads full socket buffers every turn and every
+heartbeat is late by 100 ms and more. The same happens when another
+process takes the SBC's CPU: then too the SBC answers late, and shedding is
+what keeps the calls it accepts alive.
 
-Above ``overload-lag-threshold`` (milliseconds, the ``limits`` block) the SBC
-sheds, once the lag has stayed above it for :data:`ONSET` seconds (a single
-stall is no overload): a share of the **new** INVITEs and REGISTERs (out of a dialog) is
+When every heartbeat for :data:`ONSET` seconds was later than
+``overload-lag-threshold`` (milliseconds, the ``limits`` block) the SBC
+sheds: a share of the **new** INVITEs and REGISTERs (out of a dialog) is
 answered ``503 Service Unavailable`` with ``Retry-After`` (``overload-retry-after``
 seconds) by the stack's ordinary error path, before the B2BUA or the
 registrar does any work for them. The share rises by :data:`RAISE_RATE` per
-second the lag stays above the threshold and falls by :data:`LOWER_RATE` per
-second it stays under half the threshold (a loss-based control loop as in
-RFC 7339 §3.5, applied locally), never above :data:`MAX_SHARE`, so the loop
-keeps seeing how the SBC fares with new calls. Which requests are shed
+second of late heartbeats and falls by :data:`LOWER_RATE` per second of
+heartbeats later than half the threshold at most (a loss-based control loop
+as in RFC 7339 §3.5, applied locally), never above :data:`MAX_SHARE`, so the
+loop keeps seeing how the SBC fares with new calls. Which requests are shed
 is deterministic (a running credit), not random: at a share of 0.3 exactly 3
 of every 10 new requests get the 503.
 
@@ -28,8 +29,9 @@ request inside a dialog, responses, and out-of-dialog requests other than
 INVITE and REGISTER (OPTIONS keep-alives...). So calls already set up are
 never lost to shedding.
 
-Above ``overload-pause-lag`` the SBC also stops reading its UDP listeners
-that serve only untrusted adjacencies for one sample at a time (the kernel
+When shedding all it may and the smoothed lag is still above
+``overload-pause-lag``, the SBC also stops reading its UDP listeners that
+serve only untrusted adjacencies for one sample at a time (the kernel
 keeps their datagrams in the receive buffer), so that the trusted side, whose
 responses finish the calls already under way, is served first.
 
@@ -68,9 +70,9 @@ SMOOTHING: Final = 0.3
 RAISE_RATE: Final = 1.0
 #: ... and taken away per second under half of it.
 LOWER_RATE: Final = 0.4
-#: Seconds the smoothed lag must stay above the threshold before shedding
-#: starts: one stall (a burst of timers, another process taking the CPU for a
-#: few hundred ms) is no overload.
+#: Seconds of heartbeats that are all late (each over the threshold) before
+#: shedding starts: one stall (a collection, a burst of timers, another
+#: process taking the CPU for a few hundred ms) is no overload.
 ONSET: Final = 1.0
 #: A single late heartbeat moves the share by at most this many seconds' worth.
 MAX_ELAPSED: Final = 2 * SAMPLE_INTERVAL
@@ -106,7 +108,7 @@ class OverloadControl:
         #: True while the untrusted UDP listeners should not be read.
         self.pause_untrusted = False
         self._credit = 0.0
-        self._over_for = 0.0
+        self._late_for = 0.0
         self._started_at: float | None = None
         self._shed_since_start = 0
         self._pauses_since_start = 0
@@ -128,9 +130,13 @@ class OverloadControl:
         """
         limits = self.limits()
         threshold = limits.overload_lag_threshold / 1000.0
-        self.lag += SMOOTHING * (max(0.0, lag) - self.lag)
-        over = self.lag > threshold
-        self._over_for = self._over_for + elapsed if over else 0.0
+        lag = max(0.0, lag)
+        self.lag += SMOOTHING * (lag - self.lag)
+        # Decisions use each heartbeat's own lag: an SBC that cannot keep up
+        # is late at every heartbeat; a collection or a timer burst makes one
+        # heartbeat late and the next one on time.
+        late = lag > threshold
+        self._late_for = self._late_for + elapsed if late else 0.0
         elapsed = min(elapsed, MAX_ELAPSED)
         if threshold <= 0.0:  # turned off
             if self.shedding:
@@ -139,14 +145,16 @@ class OverloadControl:
             self.pause_untrusted = False
             return
         was_shedding = self.shedding
-        if over and (self.shedding or self._over_for >= ONSET):
+        if late and (self.shedding or self._late_for >= ONSET):
             self.share = min(MAX_SHARE, self.share + RAISE_RATE * elapsed)
-        elif self.lag < threshold / 2:
+        elif lag < threshold / 2:
             self.share = max(0.0, self.share - LOWER_RATE * elapsed)
             if self.share < 1e-9:
                 self.share = 0.0
+        # Pausing the untrusted side is the last resort: shedding all it may
+        # and still far behind.
         pause_lag = limits.overload_pause_lag / 1000.0
-        pause = pause_lag > 0.0 and self.lag > pause_lag
+        pause = pause_lag > 0.0 and self.share >= MAX_SHARE and self.lag > pause_lag
         if pause and not self.pause_untrusted:
             self._pauses_since_start += 1
         self.pause_untrusted = pause

@@ -596,8 +596,8 @@ LIMIT_SETTINGS: tuple[LimitSetting, ...] = (
         0,
         10000,
         "milliseconds",
-        "Overload control: above this event-loop lag (smoothed) part of the new INVITEs "
-        "and REGISTERs are answered 503 with Retry-After; 0 turns shedding off",
+        "Overload control: when every heartbeat for 1 s is later than this, part of the "
+        "new INVITEs and REGISTERs are answered 503 with Retry-After; 0 turns shedding off",
     ),
     LimitSetting(
         "overload-retry-after",
@@ -611,12 +611,12 @@ LIMIT_SETTINGS: tuple[LimitSetting, ...] = (
     LimitSetting(
         "overload-pause-lag",
         "overload_pause_lag",
-        200,
+        500,
         0,
         10000,
         "milliseconds",
-        "Overload control: above this event-loop lag the UDP listeners of untrusted "
-        "adjacencies are not read for a moment (their datagrams wait in the kernel); 0: never",
+        "Overload control: shedding all it may and still above this event-loop lag, the "
+        "UDP listeners of untrusted adjacencies are not read for a moment; 0: never",
     ),
     LimitSetting(
         "detach-drain-time",
