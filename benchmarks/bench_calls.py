@@ -746,7 +746,10 @@ def overload_summary(steps: Sequence[Step]) -> str | None:
 
 
 def plot(runs: dict[str, list[Step]], path: Path, title: str) -> bool:
-    """CPU ms per call and failed-call % against offered rate; False without matplotlib."""
+    """CPU ms per call, failed-call %, retransmissions and lost calls against offered rate.
+
+    False without matplotlib.
+    """
     try:
         import matplotlib
 
@@ -755,7 +758,7 @@ def plot(runs: dict[str, list[Step]], path: Path, title: str) -> bool:
     except ImportError:
         print("plot: matplotlib not found (make bench-calls installs it); skipped")
         return False
-    figure, (cpu, failed) = plt.subplots(2, 1, sharex=True, figsize=(8, 7))
+    figure, (cpu, failed, trouble) = plt.subplots(3, 1, sharex=True, figsize=(8, 9.5))
     styles = {
         "sbc": ("tab:blue", "o"),
         "sippy": ("tab:orange", "s"),
@@ -772,6 +775,14 @@ def plot(runs: dict[str, list[Step]], path: Path, title: str) -> bool:
             rates, [100 * s.failed_ratio for s in steps],
             color=color, marker=marker, label=f"{name}: not completed",
         )  # fmt: skip
+        trouble.plot(
+            rates, [100 * s.retransmitted_ratio for s in steps],
+            color=color, marker=marker, label=f"{name}: retransmissions per offered call",
+        )  # fmt: skip
+        trouble.plot(
+            rates, [100 * s.lost / max(s.calls, 1) for s in steps], color=color, marker=marker,
+            linestyle=":", label=f"{name}: established calls lost",
+        )  # fmt: skip
         if any(s.shed for s in steps):
             failed.plot(
                 rates, [100 * s.shed / s.calls for s in steps], color=color, marker=marker,
@@ -782,11 +793,15 @@ def plot(runs: dict[str, list[Step]], path: Path, title: str) -> bool:
     cpu.grid(True, alpha=0.3)
     cpu.legend()
     cpu.set_title(textwrap.fill(title, 120), fontsize=7)
-    failed.set_ylabel("% of offered calls")
-    failed.set_xlabel("offered calls per second (one CPU core)")
+    failed.set_ylabel("% of offered calls\nnot completed")
     failed.set_ylim(bottom=0)
     failed.grid(True, alpha=0.3)
-    failed.legend(fontsize=8)
+    failed.legend(fontsize=7)
+    trouble.set_ylabel("% of offered calls")
+    trouble.set_xlabel("offered calls per second (one CPU core)")
+    trouble.set_ylim(bottom=0)
+    trouble.grid(True, alpha=0.3)
+    trouble.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
