@@ -200,6 +200,11 @@ class RefusalLimiter:
         return None
 
 
+def _admitted(limiter: RefusalLimiter | None, key: tuple[str, str], now: float) -> int | None:
+    """None when ``limiter`` leaves this event out, else how many it left out before it."""
+    return 0 if limiter is None else limiter.admit(key, now)
+
+
 def log_refused(
     call_id: int,
     request: Request,
@@ -214,12 +219,9 @@ def log_refused(
     With a ``limiter``, floods are capped (see :class:`RefusalLimiter`).
     """
     rule, why = refusal_rule(error)
-    suppressed = 0
-    if limiter is not None:
-        admitted = limiter.admit((inbound.name, rule), now)
-        if admitted is None:
-            return
-        suppressed = admitted
+    suppressed = _admitted(limiter, (inbound.name, rule), now)
+    if suppressed is None:
+        return
     _emit(
         LogLevel.info,
         _REFUSED if not suppressed else _REFUSED + _SUPPRESSED,
@@ -266,12 +268,9 @@ def log_auth_failure(
     authenticator's reason (``wrong-response``, ``stale-nonce``...). Capped
     like refusals per (adjacency, failure).
     """
-    suppressed = 0
-    if limiter is not None:
-        admitted = limiter.admit((inbound.name, "auth:" + failure), now)
-        if admitted is None:
-            return
-        suppressed = admitted
+    suppressed = _admitted(limiter, (inbound.name, "auth:" + failure), now)
+    if suppressed is None:
+        return
     _emit(
         LogLevel.info,
         _AUTH_FAILED if not suppressed else _AUTH_FAILED + _SUPPRESSED,
