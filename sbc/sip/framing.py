@@ -19,7 +19,7 @@ from __future__ import annotations
 import enum
 from typing import Final, TypeAlias
 
-from sbc.errors import ParseError
+from sbc.sip.errors import ParseError
 from sbc.sip.headers import parse_uint
 from sbc.sip.message import _request_for_error
 

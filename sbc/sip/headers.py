@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Final, Protocol, cast
 
-from sbc.errors import ParseError
+from sbc.sip.errors import ParseError
 from sbc.sip.uri import URI, UnsupportedSchemeError, parse_uri
 
 __all__ = [

@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterable, Mapping
 from itertools import repeat as _repeat
 from typing import Any, Final
 
-from sbc.errors import ParseError
+from sbc.sip.errors import ParseError
 from sbc.sip.headers import (
     _CANON,
     CSeq,

@@ -23,7 +23,7 @@ from typing import Protocol, TypeAlias
 
 import attrs
 
-from sbc.errors import ParseError, SipError
+from sbc.sip.errors import ParseError, SipError
 from sbc.sip.locate import NextHop, Resolution
 from sbc.sip.message import Request, Response, parse_message, response_to
 from sbc.sip.timers import TimerSettings

@@ -37,7 +37,7 @@ from typing import Final, TypeAlias
 
 import attrs
 
-from sbc.errors import SbcError
+from sbc.sip.errors import SbcError
 from sbc.sip.headers import Headers, Via
 from sbc.sip.message import Request, Response, response_to
 from sbc.sip.timers import LINGER_TIMERS, RETRANSMIT_TIMERS, Timer, TimerSettings

@@ -21,7 +21,7 @@ import re
 from collections.abc import Iterable
 from typing import Literal, NoReturn, cast
 
-from sbc.errors import ParseError
+from sbc.sip.errors import ParseError
 
 __all__ = ["URI", "UnsupportedSchemeError", "host_text", "parse_uri", "unescape"]
 
