@@ -51,6 +51,20 @@ Choices made here (documented in behaviour terms):
   64*T1 after the CANCEL is given up (§9.1), so a peer that never answers
   cannot keep a call in the tables. A 2xx that arrives after that is a
   stray: not ACKed nor BYEd (the peer's own timers end its dialog).
+  The lifecycle that a B-leg INVITE and a relayed re-INVITE share (sent,
+  provisional seen, CANCEL held or sent, Timer C, given up) is ONE
+  transition table, :mod:`sbc.b2bua.outgoing`; this module says what its
+  events mean for the call.
+* **Ending a call**: :meth:`Call.terminate` is the one verb. Whatever the
+  call's state, every request still waiting for its final response gets
+  one (the caller's INVITE, relayed in-dialog requests: 480, or 503 when an
+  adjacency is detached), a B-leg INVITE in progress is CANCELled and every
+  confirmed dialog gets a BYE. The SBC calls it when a 2xx is never ACKed,
+  when an in-dialog request gets no answer or 408/481, when a target refresh
+  tries to change the URI scheme, and for ``no attach`` of an adjacency.
+  The other ends are the peers' doing and handled as events: a final
+  response to the caller, its CANCEL (:meth:`Call.on_cancel`), a BYE from
+  either side. All of them finish with ``_leave_tables`` (bookkeeping only).
 * **In-dialog destination**: requests on a leg go to the flow its peer
   talks from (the A-leg's request source, the B-leg's destination),
   symmetric signaling as SBCs do behind NAT; the Request-URI is the
@@ -68,13 +82,15 @@ import re
 import urllib.parse
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import attrs
 
 from sbc import security
+from sbc.adjacencies import AdjacencyTable
 from sbc.b2bua import calllog
-from sbc.b2bua.nexthop import destination_flow, next_hop
+from sbc.b2bua.nexthop import Target, destination_flow, next_hop
+from sbc.b2bua.outgoing import OutgoingHost, OutgoingInvite
 from sbc.config import AdjacencyConfig
 from sbc.errors import SipError
 from sbc.sip.headers import CSeq, Headers, NameAddr, Via
@@ -82,20 +98,14 @@ from sbc.sip.ids import random_below, random_hex
 from sbc.sip.locate import NextHop, Resolution
 from sbc.sip.message import Request, Response, response_to
 from sbc.sip.stack import Flow, Resolve, StackOutput
-from sbc.sip.transaction import (
-    ClientTransaction,
-    IllegalTransitionError,
-    ServerTransaction,
-    build_cancel,
-)
+from sbc.sip.transaction import ClientTransaction, IllegalTransitionError, ServerTransaction
 from sbc.sip.uri import URI, host_text
-
-if TYPE_CHECKING:
-    from sbc.b2bua.manager import CallManager
 
 __all__ = [
     "DEFAULT_CONTINUE_ON",
+    "RELEASED",
     "Call",
+    "CallHost",
     "CallState",
     "HuntPolicy",
     "Leg",
@@ -140,6 +150,8 @@ DIALOG_ENDING = frozenset({408, 481})
 MAX_REDIRECTS = 5
 #: Why a call ended when a target refresh tried to change the URI scheme (call log).
 REFRESH_REFUSED = "target refresh changed the URI scheme"
+#: What a request still waiting for its final response gets when the SBC ends its call.
+RELEASED = SipError(480, "Temporarily Unavailable")
 
 
 def new_tag() -> str:
@@ -267,21 +279,6 @@ def rewrite_dialog_refs(headers: Headers, lookup: DialogMap) -> None:
             return match.group(1) + match.group(2) + urllib.parse.quote(mapped, safe="")
 
         headers.set("Refer-To", _EMBEDDED_REPLACES.sub(embedded, refer_to))
-
-
-@attrs.frozen
-class Target:
-    """One hunt candidate: an outbound adjacency and the Request-URI to use.
-
-    ``flow`` is set for a registered contact (the flow it registered from)
-    and for each destination DNS found for a target (RFC 3263); otherwise the
-    hunt resolves the next hop first (a host name) or uses :func:`outbound_flow`
-    (an IP address).
-    """
-
-    adjacency: str
-    uri: URI
-    flow: Flow | None = None
 
 
 @attrs.frozen
@@ -427,7 +424,11 @@ class PendingAck:
 
 @attrs.define(eq=False)
 class Relay:
-    """A request received on ``source`` (server transaction) and sent on ``target``."""
+    """A request received on ``source`` (server transaction) and sent on ``target``.
+
+    ``answered``: a final response went to the source. ``invite``: the
+    lifecycle of a relayed re-INVITE (Timer C, CANCEL; :mod:`sbc.b2bua.outgoing`).
+    """
 
     call: Call
     source: Leg
@@ -436,12 +437,7 @@ class Relay:
     client: ClientTransaction | None = None
     answered: bool = False
     ends_call: bool = False
-    #: A relayed re-INVITE: the second its timer ends (Timer C, or the wait
-    #: after a CANCEL), whether a provisional response came, CANCEL state.
-    deadline: int | None = None
-    provisional: bool = False
-    cancel_pending: bool = False
-    cancel_sent: bool = False
+    invite: OutgoingInvite | None = None
 
     def on_response(self, response: Response, now: float) -> list[StackOutput]:
         """Relay a response of the other leg back to the source."""
@@ -451,22 +447,103 @@ class Relay:
         """The other leg did not answer: 408 (or, for a BYE, 200: the call is over)."""
         return self.call.relay_failed(self, reason, now)
 
-    def deadline_passed(self, now: float) -> list[StackOutput]:
-        """The relayed re-INVITE's timer ran out (called by the manager)."""
-        return self.call.relay_deadline_passed(self, now)
+    def on_cancel(self, now: float) -> list[StackOutput]:
+        """The source CANCELled the request: 487 to it, CANCEL on the other leg."""
+        return self.call.cancel_relay(self, now)
+
+    def on_no_answer(self, invite: OutgoingInvite, now: float) -> list[StackOutput]:
+        """Timer C of the relayed re-INVITE: 408 to the source (the table CANCELs it)."""
+        return self.call.relay_no_answer(self, now)
+
+    def on_given_up(self, invite: OutgoingInvite, now: float) -> list[StackOutput]:
+        """No final response 64*T1 after the CANCEL: forget the relay."""
+        self.call.forget_relay(self)
+        return []
+
+
+class CallHost(OutgoingHost, Protocol):
+    """What a call uses of the B2BUA's tables: the :class:`~sbc.b2bua.manager.CallManager`.
+
+    Calls never import the manager (which imports them): this protocol is the
+    seam between the two, checked by mypy where the manager makes a call.
+    """
+
+    hunting: HuntPolicy
+    table: Callable[[], AdjacencyTable]
+
+    def next_call_id(self) -> int:
+        """A number naming a new call."""
+        ...
+
+    def targets_for(self, call: Call, uri: URI, now: float) -> list[Target]:
+        """The hunt candidates for ``uri`` (registered contacts, or routing)."""
+        ...
+
+    def challenge_for(self, request: Request, now: float) -> Challenged | None:
+        """The challenged dialog a new request retries, if any."""
+        ...
+
+    def note_challenge(self, call: Call, leg: Leg, now: float) -> None:
+        """``leg``'s request was answered 401/407: remember its dialog for the retry."""
+        ...
+
+    def bind_client(self, transaction: ClientTransaction, handler: Call | Relay) -> None:
+        """Responses to ``transaction`` go to ``handler``."""
+        ...
+
+    def unbind_client(self, transaction: ClientTransaction) -> None:
+        """Forget ``transaction``."""
+        ...
+
+    def bind_server(self, transaction: ServerTransaction, handler: Call | Relay) -> None:
+        """A CANCEL naming ``transaction`` goes to ``handler``."""
+        ...
+
+    def unbind_server(self, transaction: ServerTransaction) -> None:
+        """``transaction`` can no longer be cancelled through us."""
+        ...
+
+    def bind_dialog(self, call: Call, leg: Leg) -> None:
+        """Requests in ``leg``'s dialog go to ``call``."""
+        ...
+
+    def unbind_dialog(self, leg: Leg) -> None:
+        """Forget ``leg``'s dialog."""
+        ...
+
+    def dialog_ref(self, call_id: str, to_tag: str, from_tag: str) -> tuple[str, str, str] | None:
+        """A dialog named from one side, as (Call-ID, to-tag, from-tag) of the other leg."""
+        ...
+
+    def await_ack(
+        self,
+        call: Call,
+        leg: Leg,
+        response: Response,
+        other_cseq: int | None,
+        flow: Flow,
+        now: float,
+    ) -> list[StackOutput]:
+        """Retransmit ``response`` (a 2xx we sent on ``leg``) until its ACK arrives."""
+        ...
+
+    def forget(self, call: Call) -> None:
+        """Drop ``call`` from the call table."""
+        ...
 
 
 class Call:
     """A-leg + B-legs + hunt list; see the module docstring for the behaviour.
 
     ``manager`` is the :class:`~sbc.b2bua.manager.CallManager` (stack,
-    routing, tables, timers). ``inbound`` is the A-leg's adjacency and
-    ``secure`` whether the call requires outbound security (SIPS).
+    routing, tables, timers), as a :class:`CallHost`. ``inbound`` is the
+    A-leg's adjacency and ``secure`` whether the call requires outbound
+    security (SIPS).
     """
 
     def __init__(
         self,
-        manager: CallManager,
+        manager: CallHost,
         request: Request,
         transaction: ServerTransaction,
         flow: Flow,
@@ -503,17 +580,16 @@ class Call:
         self.hunt: deque[Target] = deque()
         self.tried: set[tuple[object, ...]] = set()
         self.redirects = 0
-        self.answered = False  # a final response went to the A-leg
-        self.b_provisional = False  # the current B INVITE got a 1xx (CANCEL allowed)
-        self.cancel_pending = False
-        self.cancel_sent = False
+        #: A final response went to the A-leg: the set-up is over (a B-leg INVITE
+        #: still in progress is being CANCELled, and hunting stops).
+        self.answered = False
+        #: The current B-leg INVITE's lifecycle: Timer C, CANCEL (sbc.b2bua.outgoing).
+        #: It is kept after it ended, until the next B-leg or the call's end.
+        self.b_invite: OutgoingInvite | None = None
         #: The best failure of the candidates tried (RFC 3261 §16.7 step 6), for the caller.
         self.last_failure: Response | SipError | None = None
-        #: The second the B-leg INVITE's timer ends (manager.b_deadlines), if armed.
-        self.deadline: int | None = None
-        #: Timer C fired on the current B-leg: its final response counts as 408.
-        self.no_answer = False
         self.relays: set[Relay] = set()
+        #: The relayed re-INVITE in progress, if any (another one gets 491).
         self.reinvite: Relay | None = None
         #: the outbound dialog of this request's challenged first try, if any
         #: (CallManager.note_challenge): the retry reuses it
@@ -607,7 +683,7 @@ class Call:
         a 503 would, and hunting goes on.
         """
         self.resolving = None
-        if self.state is CallState.ENDED or self.cancel_pending or self.answered:
+        if self.state is CallState.ENDED or self.answered:
             return []
         adjacency = self.manager.table().get(target.adjacency)
         if adjacency is None or resolution.failed:
@@ -654,14 +730,14 @@ class Call:
         request.body = original.body
         self.b = leg
         self.last_outbound = adjacency.name
-        self.b_provisional = False
-        self.cancel_sent = False
         transaction, outputs = manager.stack.send_request(request, flow, now)
         self.b_transaction = transaction
         manager.bind_client(transaction, self)
         if self.dialog:
             manager.bind_dialog(self, leg)
-            manager.b_deadlines.arm(self, now + manager.no_answer_timeout())
+            self.b_invite = OutgoingInvite.sent(
+                manager, self, transaction, flow, leg.adjacency, now
+            )
         manager.count(adjacency.name, "attempts")
         return outputs
 
@@ -671,8 +747,10 @@ class Call:
         return security.reached_over_tls(adjacency, leg.flow.transport)
 
     def _drop_b(self) -> None:
-        self.manager.b_deadlines.disarm(self)
-        self.no_answer = False
+        invite = self.b_invite
+        if invite is not None:
+            invite.drop()
+            self.b_invite = None
         if self.b is not None:
             self.manager.unbind_dialog(self.b)
         if self.b_transaction is not None:
@@ -701,7 +779,7 @@ class Call:
         else:
             outputs = self._reject_a(SipError(503, "Service Unavailable"), now)
         self.manager.count(self.a.adjacency, "calls-failed")
-        return outputs + self.end(now)
+        return outputs + self._leave_tables(now)
 
     # -- responses on the B INVITE --------------------------------------------
 
@@ -709,21 +787,37 @@ class Call:
         """A response to the current B-leg request (INVITE, or OPTIONS/MESSAGE...)."""
         status = response.status
         leg = self.b
-        if status >= 200 and self.b_transaction is not None:
+        invite = self.b_invite
+        if status < 200:
+            if invite is not None:
+                cancelled = invite.cancelled
+                outputs = invite.provisional(status, now)  # the held CANCEL goes now
+                if cancelled or self.state is CallState.ENDED:
+                    return outputs  # the attempt is over: nothing to relay
+            if self.state is CallState.ENDED or leg is None:
+                return []
+            return self._on_provisional(leg, response, now)
+        outputs = []
+        if self.b_transaction is not None:
             # 2xx retransmissions reach the call through its dialog (CallManager)
             self.manager.unbind_client(self.b_transaction)
             self.b_transaction = None
-            self.manager.b_deadlines.disarm(self)
+            if invite is not None:
+                outputs = invite.final(now)
         if self.state is CallState.ENDED or leg is None:
-            return self._late_final(response, now)
-        if status < 200:
-            return self._on_provisional(leg, response, now)
+            return outputs + self._late_final(response, now)
         if status < 300:
-            return self._on_success(leg, response, now)
-        if self.cancel_pending or self.answered:
-            return self.end(now)
-        if self.no_answer:  # the answer to the CANCEL Timer C sent
-            return self._no_answer(now)
+            return outputs + self._on_success(leg, response, now)
+        if self.answered:  # the caller left (or was answered) meanwhile
+            return outputs + self._leave_tables(now)
+        if invite is not None and invite.timed_out:  # the answer to Timer C's CANCEL
+            return outputs + self._no_answer(now)
+        outputs += self._on_failure_response(leg, response, now)
+        return outputs
+
+    def _on_failure_response(self, leg: Leg, response: Response, now: float) -> list[StackOutput]:
+        """A 3xx-6xx from the current B-leg: redirect, hunt on, or relay it to the caller."""
+        status = response.status
         if status < 400:
             return self._on_redirect(response, now)
         if self.manager.hunting.continues(status):
@@ -736,38 +830,34 @@ class Call:
             # the far side authenticates (authentication delegated): the
             # caller's retry goes out on this same outbound Call-ID and From tag
             self.manager.note_challenge(self, leg, now)
-        return self._answer_a(response, now) + self.end(now)
+        return self._answer_a(response, now) + self._leave_tables(now)
 
     def on_failure(self, reason: str, now: float) -> list[StackOutput]:
         """The B-leg request timed out or could not be sent: hunt on."""
         leg = self.b
+        invite = self.b_invite
         self.b_transaction = None
-        self.manager.b_deadlines.disarm(self)
+        outputs = invite.failed(now) if invite is not None else []
         if self.state is CallState.ENDED or leg is None:
             self._drop_b()
             self.maybe_forget()
-            return []
-        if self.cancel_pending or self.answered:
+            return outputs
+        if self.answered:
             self.manager.count(leg.adjacency, f"hunt-skip:{reason}")
-            return self.end(now)
-        if self.no_answer:  # Timer C had run out: Timer B (or an error) ends it
-            return self._no_answer(now)
+            return outputs + self._leave_tables(now)
+        if invite is not None and invite.timed_out:  # Timer C had run out: Timer B ends it
+            return outputs + self._no_answer(now)
         self.manager.count(leg.adjacency, f"hunt-skip:{reason}")
         self.hunt_why = reason
         if leg.flow.pinned:
             # a registered contact whose connection is gone: unavailable, not a
             # failure of the SBC (480 when no other contact answers)
             self._note_failure(SipError(480, "Temporarily Unavailable"))
-        return self._try_next(now)
+        return outputs + self._try_next(now)
 
     def _on_provisional(self, leg: Leg, response: Response, now: float) -> list[StackOutput]:
+        """A 1xx on the B-leg of a call being set up: relay it (an early dialog)."""
         outputs: list[StackOutput] = []
-        self.b_provisional = True
-        if (self.cancel_pending or self.no_answer) and self.b_transaction is not None:
-            return self._cancel_b(now)
-        if response.status > 100 and not self.cancel_sent and self.deadline is not None:
-            # RFC 3261 §16.7 step 2: a provisional response above 100 restarts Timer C
-            self.manager.b_deadlines.arm(self, now + self.manager.no_answer_timeout())
         if not self.dialog or response.status == 100 or self.answered:
             return outputs
         contacts = [c for c in response.contacts if not c.is_star]
@@ -781,9 +871,8 @@ class Call:
                 self.manager.count(leg.adjacency, "target-refresh-refused")
                 self.outcome_hint = "rejected"
                 outputs = self._reject_a(error, now)
-                self.cancel_pending = True
                 self.hunt.clear()
-                return outputs + self._cancel_b(now) + self.end(now, keep_b=True)
+                return outputs + self._cancel_b(now) + self._leave_tables(now, keep_b=True)
         if response.to.tag is not None:
             leg.remote_tag = response.to.tag
             leg.learn_target(response)
@@ -794,25 +883,29 @@ class Call:
         manager = self.manager
         if not self.dialog:
             manager.count(leg.adjacency, "requests-relayed")
-            return self._answer_a(response, now) + self.end(now)
+            return self._answer_a(response, now) + self._leave_tables(now)
         leg.remote_tag = response.to.tag
         leg.route_set = list(reversed(response.record_routes))
         contacts = [c for c in response.contacts if not c.is_star]
         leg.confirmed = True
-        if self.cancel_pending or self.answered or not contacts:
+        if self.answered or not contacts:
             # the caller gave up meanwhile (or the 2xx is unusable): ACK it, then BYE
             if contacts:
                 leg.learn_target(response)
             else:
                 leg.remote_target = leg.remote_target or self.request.uri
-            return self._ack(leg, leg.invite_cseq, b"", None) + self._bye(leg, now) + self.end(now)
+            return (
+                self._ack(leg, leg.invite_cseq, b"", None)
+                + self._bye(leg, now)
+                + self._leave_tables(now)
+            )
         new_scheme = contacts[0].uri.scheme
         error = security.check_redirect([new_scheme], self.secure, self._over_tls(leg))
         leg.learn_target(response)
         if error is not None:
             manager.count(leg.adjacency, "target-refresh-refused")
             outputs = self._ack(leg, leg.invite_cseq, b"", None) + self._bye(leg, now)
-            return outputs + self._reject_a(error, now) + self.end(now)
+            return outputs + self._reject_a(error, now) + self._leave_tables(now)
         manager.count(leg.adjacency, "calls-answered")
         return self._answer_a(response, now)
 
@@ -826,7 +919,7 @@ class Call:
         if error is not None:
             self.manager.count(leg.adjacency, "redirects-refused")
             self._drop_b()
-            return self._reject_a(error, now) + self.end(now)
+            return self._reject_a(error, now) + self._leave_tables(now)
         self.redirects += 1
         if self.redirects > MAX_REDIRECTS or not contacts:
             self.hunt_why = f"{response.status} {response.reason}, not followed"
@@ -848,10 +941,6 @@ class Call:
 
     def _late_final(self, response: Response, now: float) -> list[StackOutput]:
         """A final response on the B-leg of a call already over: ACK and BYE a 2xx."""
-        if response.status < 200:
-            if self.cancel_pending and self.b_transaction is not None:
-                return self._cancel_b(now)
-            return []
         leg = self.b
         self._drop_b()
         self.maybe_forget()
@@ -923,74 +1012,51 @@ class Call:
 
     # -- CANCEL ----------------------------------------------------------------
 
-    def cancel(self, now: float) -> list[StackOutput]:
+    def on_cancel(self, now: float) -> list[StackOutput]:
         """The caller cancelled: 487 to its INVITE, CANCEL on the B-leg."""
         if self.answered:
             return []
         self.outcome_hint = "cancelled"
         outputs = self._reject_a(SipError(487, "Request Terminated"), now)
         self.manager.count(self.a.adjacency, "calls-cancelled")
-        self.cancel_pending = True
         self.hunt.clear()
         if self.b_transaction is None:
-            return outputs + self.end(now)
-        if self.b_provisional:
-            outputs += self._cancel_b(now)
-        return outputs
+            return outputs + self._leave_tables(now)
+        return outputs + self._cancel_b(now)
 
     def _cancel_b(self, now: float) -> list[StackOutput]:
-        transaction = self.b_transaction
-        leg = self.b
-        if transaction is None or leg is None or self.cancel_sent:
+        """CANCEL the B-leg INVITE: now, or on its first provisional response (the table)."""
+        invite = self.b_invite
+        if invite is None or not invite.live:
             return []
-        cancel = build_cancel(transaction.request)
-        _, outputs = self.manager.stack.send_request(cancel, leg.flow, now)
-        self.cancel_sent = True  # one CANCEL is enough
-        # RFC 3261 §9.1: the INVITE's final response should follow within 64*T1
-        self.manager.b_deadlines.arm(self, now + 64 * self.manager.stack.transactions.settings.t1)
-        return outputs
+        return invite.cancel(now)
 
-    # -- the B-leg INVITE timer: Timer C, then the wait after a CANCEL ---------
+    # -- the B-leg INVITE's timers (sbc.b2bua.outgoing calls back) ----------------
 
-    def deadline_passed(self, now: float) -> list[StackOutput]:
-        """The B-leg INVITE's timer ran out (called by the manager).
+    def on_no_answer(self, invite: OutgoingInvite, now: float) -> list[StackOutput]:
+        """Timer C fired on the B-leg INVITE: the table CANCELs it, now or on its
+        first provisional response (Timer B ends a silent one), and its end counts
+        as 408 (``invite.timed_out``; :meth:`_no_answer`)."""
+        return []
 
-        Timer C (no final response): CANCEL the INVITE now if it had a
-        provisional response, else on its first one (Timer B ends a silent
-        one); either way its end counts as 408. After a CANCEL: its final
-        response never came, give the INVITE up.
+    def on_given_up(self, invite: OutgoingInvite, now: float) -> list[StackOutput]:
+        """The CANCELled B-leg INVITE never got its final response: abandoned (§9.1).
+
+        Later responses to it are strays. The attempt counts as 408 (hunting
+        goes on) unless the set-up was over already.
         """
-        leg = self.b
-        if self.b_transaction is None or leg is None:
-            return []
-        manager = self.manager
-        if not self.cancel_sent:
-            manager.count(leg.adjacency, "no-answer-timeouts")
-            if self.state is not CallState.ENDED and not self.answered:
-                self.no_answer = True  # its final response (487, or Timer B) counts as 408
-            if self.b_provisional:
-                return self._cancel_b(now)
-            # RFC 3261 §9.1: no CANCEL before a provisional response. The first
-            # one triggers it (_on_provisional); with none, Timer B ends the
-            # INVITE within 64*T1 of sending it.
-            return []
-        manager.count(leg.adjacency, "cancel-unanswered")
-        # abandoned (RFC 3261 §9.1): later responses to this INVITE are strays
-        transaction = self.b_transaction
-        manager.unbind_client(transaction)
+        self.manager.unbind_client(invite.client)
         self.b_transaction = None
-        outputs = manager.stack.abandon(transaction, now)
         if self.state is CallState.ENDED or self.answered:
             self._drop_b()
             if self.state is not CallState.ENDED:
-                return outputs + self.end(now)
+                return self._leave_tables(now)
             self.maybe_forget()
-            return outputs
-        return outputs + self._no_answer(now)
+            return []
+        return self._no_answer(now)
 
     def _no_answer(self, now: float) -> list[StackOutput]:
         """The current B-leg gave no final answer in time: a 408, for hunting too."""
-        self.no_answer = False
         adjacency = self.last_outbound
         error = SipError(408, "Request Timeout")
         self._note_failure(error)
@@ -1000,7 +1066,7 @@ class Call:
             return self._try_next(now)
         self.manager.count(adjacency, "calls-rejected:408")
         self._drop_b()
-        return self._reject_a(error, now) + self.end(now)
+        return self._reject_a(error, now) + self._leave_tables(now)
 
     # -- ACK --------------------------------------------------------------------
 
@@ -1101,11 +1167,13 @@ class Call:
         self.manager.bind_server(transaction, relay)
         if method == "INVITE":
             self.reinvite = relay
-            self.manager.b_deadlines.arm(relay, now + self.manager.no_answer_timeout())
+            relay.invite = OutgoingInvite.sent(
+                self.manager, relay, client, other.flow, other.adjacency, now
+            )
         if method == "BYE":
             self.manager.count(leg.adjacency, "calls-ended")
             self.end_why = "BYE from the caller" if leg is self.a else "BYE from the callee"
-            outputs += self.end(now, keep_relays=True)
+            outputs += self._leave_tables(now, keep_relays=True)
         return outputs
 
     @staticmethod
@@ -1118,15 +1186,16 @@ class Call:
         status = response.status
         stack = self.manager.stack
         target = relay.target
+        invite = relay.invite
         if status >= 200:
-            self._forget(relay)  # 2xx retransmissions come back through the dialog
-        elif relay.client is not None and relay.client.request.method == "INVITE":
-            relay.provisional = True
-            if relay.cancel_pending and not relay.cancel_sent:
-                return self._cancel_relayed(relay, now)
-            if status > 100 and not relay.cancel_sent and relay.deadline is not None:
-                # §16.7 step 2
-                self.manager.b_deadlines.arm(relay, now + self.manager.no_answer_timeout())
+            if invite is not None:
+                invite.final(now)
+            self.forget_relay(relay)  # 2xx retransmissions come back through the dialog
+        elif invite is not None:
+            cancelled = invite.cancelled
+            sent = invite.provisional(status, now)  # the held CANCEL goes now
+            if cancelled:
+                return sent  # the source has its final response already
         if relay.answered:
             return []
         if status == 100:
@@ -1171,7 +1240,9 @@ class Call:
         all terminates the dialog; the far leg is unreachable, so the call is
         brought down (BYE to the source's side).
         """
-        self._forget(relay)
+        if relay.invite is not None:
+            relay.invite.failed(now)
+        self.forget_relay(relay)
         if relay.answered:
             return []
         relay.answered = True
@@ -1186,8 +1257,10 @@ class Call:
             outputs += self.terminate(now, f"no answer to an in-dialog {request.method}")
         return outputs
 
-    def _forget(self, relay: Relay) -> None:
-        self.manager.b_deadlines.disarm(relay)
+    def forget_relay(self, relay: Relay) -> None:
+        """``relay`` is over (or its call is): out of the tables; a live re-INVITE is dropped."""
+        if relay.invite is not None:
+            relay.invite.drop()
         self.relays.discard(relay)
         if relay.client is not None:
             self.manager.unbind_client(relay.client)
@@ -1202,7 +1275,8 @@ class Call:
             self.manager.forget(self)
 
     def cancel_relay(self, relay: Relay, now: float) -> list[StackOutput]:
-        """A CANCEL for a relayed re-INVITE: 487 to it, CANCEL on the other leg."""
+        """A CANCEL for a relayed request: 487 to it; a re-INVITE is CANCELled on the other leg
+        (now, or on its first provisional response: :mod:`sbc.b2bua.outgoing`)."""
         if relay.answered or relay.client is None:
             return []
         relay.answered = True
@@ -1210,49 +1284,22 @@ class Call:
         outputs = stack.reject(
             relay.server, SipError(487, "Request Terminated"), relay.source.flow, now
         )
-        relay.cancel_pending = True
-        if relay.provisional:  # §9.1: else on the first provisional response
-            outputs += self._cancel_relayed(relay, now)
+        if relay.invite is not None:
+            outputs += relay.invite.cancel(now)
         return outputs
 
-    def _cancel_relayed(self, relay: Relay, now: float) -> list[StackOutput]:
-        assert relay.client is not None
-        manager = self.manager
-        relay.cancel_sent = True
-        _, sent = manager.stack.send_request(
-            build_cancel(relay.client.request), relay.target.flow, now
-        )
-        # §9.1: the INVITE's final response should follow within 64*T1
-        manager.b_deadlines.arm(relay, now + 64 * manager.stack.transactions.settings.t1)
-        return sent
+    def relay_no_answer(self, relay: Relay, now: float) -> list[StackOutput]:
+        """Timer C of a relayed re-INVITE: the source gets 408 at once.
 
-    def relay_deadline_passed(self, relay: Relay, now: float) -> list[StackOutput]:
-        """Timer C of a relayed re-INVITE, or the end of the wait after its CANCEL.
-
-        Timer C: the source gets 408 at once and the re-INVITE is CANCELled
-        (once it had a provisional response; else Timer B ends it). After
-        a CANCEL with no final response for 64*T1, the re-INVITE is given
-        up (RFC 3261 §9.1) and the relay forgotten.
+        The table CANCELs the re-INVITE (once it had a provisional response;
+        else Timer B ends it) and gives it up 64*T1 after that CANCEL if no
+        final response came (RFC 3261 §9.1; :meth:`Relay.on_given_up`).
         """
-        client = relay.client
-        if client is None or relay not in self.relays:
+        if relay.answered:
             return []
-        manager = self.manager
-        outputs: list[StackOutput] = []
-        if not relay.cancel_sent:
-            manager.count(relay.target.adjacency, "no-answer-timeouts")
-            if not relay.answered:
-                relay.answered = True
-                outputs += manager.stack.reject(
-                    relay.server, SipError(408, "Request Timeout"), relay.source.flow, now
-                )
-            relay.cancel_pending = True
-            if relay.provisional:
-                outputs += self._cancel_relayed(relay, now)
-            return outputs
-        manager.count(relay.target.adjacency, "cancel-unanswered")
-        self._forget(relay)
-        return outputs + manager.stack.abandon(client, now)
+        relay.answered = True
+        error = SipError(408, "Request Timeout")
+        return self.manager.stack.reject(relay.server, error, relay.source.flow, now)
 
     # -- the end ----------------------------------------------------------------
 
@@ -1263,36 +1310,35 @@ class Call:
         _, outputs = self.manager.stack.send_request(bye, leg.flow, now)
         return outputs
 
-    def terminate(self, now: float, why: str = "released") -> list[StackOutput]:
-        """Bring the call down: final response or CANCEL where set-up is pending, BYE elsewhere.
+    def terminate(
+        self,
+        now: float,
+        why: str = "released",
+        error: SipError = RELEASED,
+        counted_as: tuple[str, str] | None = None,
+    ) -> list[StackOutput]:
+        """End the call, whatever its state: THE verb for ending a call (module docstring).
 
-        ``why`` is for the call log.
+        Every request of the call still waiting for its final response gets
+        ``error`` (default 480 Temporarily Unavailable): the caller's INVITE
+        while the call is being set up (its B-leg INVITE is then CANCELled,
+        now or on its first provisional response), and the in-dialog
+        requests being relayed. Each leg whose dialog is confirmed gets a
+        BYE. Counted as ``counted_as`` (adjacency, counter name), by default
+        ``calls-released`` on the A-leg's adjacency; ``why`` is for the call
+        log. Nothing happens to a call that is over already.
+
+        ``no attach`` of an adjacency (:meth:`CallManager.release_adjacency`)
+        passes ``503 Service Unavailable - adjacency NAME detached`` and
+        ``calls-released:detach``: 503 rather than 487, because the SBC, not
+        the caller, ends the set-up and an upstream proxy may try elsewhere.
         """
         if self.state is CallState.ENDED:
             return []
-        self.manager.count(self.a.adjacency, "calls-released")
+        adjacency, counter = counted_as or (self.a.adjacency, "calls-released")
+        self.manager.count(adjacency, counter)
         self.outcome_hint = "released"
         self.end_why = why
-        return self._bring_down(SipError(480, "Temporarily Unavailable"), now)
-
-    def release(self, adjacency: str, now: float) -> list[StackOutput]:
-        """``adjacency`` (one of this call's) is being detached: release the call.
-
-        Like :meth:`terminate` (BYE on both legs once answered, else a final
-        response to the caller and CANCEL on a proceeding B-leg), with
-        ``503 Service Unavailable - adjacency NAME detached`` as the final
-        response, also to an in-dialog request (re-INVITE...) still being
-        relayed. 503 rather than 487: the SBC, not the caller, ends the
-        set-up, and an upstream proxy may try elsewhere. Counted as
-        ``calls-released:detach`` on ``adjacency``. Messages on the leg of the
-        detached adjacency are sent best effort (its listener is closing).
-        """
-        if self.state is CallState.ENDED:
-            return []
-        self.manager.count(adjacency, "calls-released:detach")
-        self.outcome_hint = "released"
-        self.end_why = f"adjacency {adjacency} detached"
-        error = SipError(503, f"Service Unavailable - adjacency {adjacency} detached")
         stack = self.manager.stack
         outputs: list[StackOutput] = []
         for relay in list(self.relays):
@@ -1301,10 +1347,6 @@ class Call:
             relay.answered = True
             with contextlib.suppress(IllegalTransitionError):  # its transaction is over
                 outputs += stack.reject(relay.server, error, relay.source.flow, now)
-        return outputs + self._bring_down(error, now)
-
-    def _bring_down(self, error: SipError, now: float) -> list[StackOutput]:
-        outputs: list[StackOutput] = []
         if not self.answered:
             outputs += self._reject_a(error, now)
         elif self.a.confirmed:
@@ -1313,14 +1355,20 @@ class Call:
         if b is not None and b.confirmed:
             outputs += self._bye(b, now)
         elif self.b_transaction is not None:
-            self.cancel_pending = True
-            if self.b_provisional and self.dialog:
-                outputs += self._cancel_b(now)
-            return outputs + self.end(now, keep_b=True)
-        return outputs + self.end(now)
+            outputs += self._cancel_b(now)
+            return outputs + self._leave_tables(now, keep_b=True)
+        return outputs + self._leave_tables(now)
 
-    def end(self, now: float, keep_relays: bool = False, keep_b: bool = False) -> list[StackOutput]:
-        """Leave every table (a pending B INVITE or relays may keep it findable)."""
+    def _leave_tables(
+        self, now: float, keep_relays: bool = False, keep_b: bool = False
+    ) -> list[StackOutput]:
+        """The call is over (state ENDED): leave every table.
+
+        Bookkeeping only, nothing is sent: callers answer or BYE first. A B-leg
+        INVITE being CANCELled (``keep_b``) or relays still waiting for their
+        responses (``keep_relays``) keep the call findable until they end
+        (:meth:`maybe_forget`).
+        """
         if self.state is CallState.ENDED:
             return []
         self.state = CallState.ENDED
@@ -1334,7 +1382,8 @@ class Call:
                 leg.unacked.clear()
                 self.manager.unbind_dialog(leg)
         if not keep_b and self.b_transaction is not None:
-            self.manager.b_deadlines.disarm(self)
+            if self.b_invite is not None:
+                self.b_invite.drop()
             self.manager.unbind_client(self.b_transaction)
             # The INVITE transactions linger up to 64*T1 for retransmissions
             # only: their messages need no typed header values any more.
@@ -1345,7 +1394,7 @@ class Call:
             self.b_transaction = None
         if not keep_relays:
             for relay in list(self.relays):
-                self._forget(relay)
+                self.forget_relay(relay)
         self.manager.unbind_server(self.transaction)
         self.maybe_forget()
         return []

@@ -5,9 +5,10 @@ responses to once a request is admitted. It holds no global state: every
 table is an attribute, and everything a call does goes through the
 :class:`~sbc.sip.stack.SipStack` it is given. Time is an argument: the
 manager's own timers (2xx retransmission and the ACK wait of RFC 3261
-§13.3.1.4, and each call's B-leg INVITE timer: Timer C of §16.6, the
-``no-answer-timeout`` limit) run when :meth:`CallManager.advance` is
-called, at :meth:`CallManager.next_deadline` at the latest.
+§13.3.1.4, and the timers of each outbound INVITE: Timer C of §16.6, the
+``no-answer-timeout`` limit, and the wait after a CANCEL, see
+:mod:`sbc.b2bua.outgoing`) run when :meth:`CallManager.advance` is called,
+at :meth:`CallManager.next_deadline` at the latest.
 
 Tables, all empty once every call is over (tests check it):
 
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import math
 from collections.abc import Callable
 
 import attrs
@@ -41,6 +41,7 @@ from sbc.b2bua.call import (
     Relay,
     Target,
 )
+from sbc.b2bua.outgoing import DeadlineBuckets
 from sbc.config import AdjacencyConfig
 from sbc.counters import Counters
 from sbc.errors import SipError
@@ -96,68 +97,6 @@ class TimerHandle:
         self.callback = _never
 
 
-class DeadlineBuckets:
-    """Calls and relays waiting for a deadline rounded up to a whole second (INVITE timers).
-
-    Arming, re-arming (every 180 Ringing restarts Timer C) and disarming
-    cost a dictionary operation and leave nothing behind, unlike
-    :class:`TimerHandle` entries that stay in the heap until their time: a
-    busy SBC arms one of these per call for minutes. The heap holds one
-    entry per second that has calls due.
-    """
-
-    __slots__ = ("_buckets", "_seconds")
-
-    def __init__(self) -> None:
-        self._buckets: dict[int, dict[Call | Relay, None]] = {}
-        self._seconds: list[int] = []
-
-    def __len__(self) -> int:
-        return sum(len(bucket) for bucket in self._buckets.values())
-
-    def arm(self, waiting: Call | Relay, at: float) -> None:
-        """Wake ``waiting`` at ``at`` rounded up to a second (instead of any earlier arming).
-
-        The second is kept in ``waiting.deadline`` (``None`` when not armed).
-        """
-        self.disarm(waiting)
-        second = math.ceil(at)
-        bucket = self._buckets.get(second)
-        if bucket is None:
-            bucket = self._buckets[second] = {}
-            heapq.heappush(self._seconds, second)
-        bucket[waiting] = None
-        waiting.deadline = second
-
-    def disarm(self, waiting: Call | Relay) -> None:
-        """Forget ``waiting``'s deadline, if it has one."""
-        second = waiting.deadline
-        if second is not None:
-            waiting.deadline = None
-            bucket = self._buckets.get(second)
-            if bucket is not None:
-                bucket.pop(waiting, None)
-
-    def next_deadline(self) -> int | None:
-        """The first second with a call due, or ``None``."""
-        seconds, buckets = self._seconds, self._buckets
-        while seconds and not buckets.get(seconds[0]):
-            buckets.pop(heapq.heappop(seconds), None)
-        return seconds[0] if seconds else None
-
-    def due(self, now: float) -> list[Call | Relay]:
-        """Remove and return (disarmed) what is due at ``now`` or earlier, in order."""
-        calls: list[Call | Relay] = []
-        seconds, buckets = self._seconds, self._buckets
-        while seconds and seconds[0] <= now:
-            bucket = buckets.pop(heapq.heappop(seconds), None)
-            if bucket:
-                calls.extend(bucket)
-        for waiting in calls:
-            waiting.deadline = None
-        return calls
-
-
 class CallManager:
     """The table of calls and the entry points the core calls; see the module docstring."""
 
@@ -177,8 +116,8 @@ class CallManager:
         self.no_answer_timeout: Callable[[], float] = no_answer_timeout or (
             lambda: DEFAULT_NO_ANSWER_TIMEOUT
         )
-        #: Each proceeding B-leg INVITE's deadline (Timer C, or the wait for
-        #: the final response after a CANCEL).
+        #: The deadline of each outbound INVITE in progress (Timer C, or the wait
+        #: for the final response after a CANCEL): sbc.b2bua.outgoing.
         self.b_deadlines = DeadlineBuckets()
         self.router = router
         self.hunting = hunting or HuntPolicy()
@@ -315,10 +254,8 @@ class CallManager:
             raise SipError(481, "Call/Transaction Does Not Exist")
         outputs = self.stack.respond(transaction, response_to(request, 200), now)
         handler = self.servers.get(invite.key)
-        if isinstance(handler, Call):
-            outputs += handler.cancel(now)
-        elif isinstance(handler, Relay):
-            outputs += handler.call.cancel_relay(handler, now)
+        if handler is not None:
+            outputs += handler.on_cancel(now)
         return outputs
 
     def response(
@@ -349,14 +286,18 @@ class CallManager:
         """Release every live call with a leg on adjacency ``name`` (``no attach``).
 
         Answered calls get a BYE on both legs; calls being set up get a 503
-        to the caller and a CANCEL on a B-leg that is proceeding (see
-        :meth:`Call.release`). Each call is counted as
-        ``calls-released:detach`` on ``name``.
+        to the caller and a CANCEL on a B-leg that is proceeding, requests
+        being relayed a 503 too (see :meth:`Call.terminate`). Each call is
+        counted as ``calls-released:detach`` on ``name``. Messages on the leg
+        of the detached adjacency are sent best effort (its listener is
+        closing).
         """
         outputs: list[StackOutput] = []
+        error = SipError(503, f"Service Unavailable - adjacency {name} detached")
         for call in list(self.calls.values()):
             if call.state is not CallState.ENDED and name in call.adjacencies:
-                outputs += call.release(name, now)
+                why = f"adjacency {name} detached"
+                outputs += call.terminate(now, why, error, (name, "calls-released:detach"))
         return outputs
 
     # -- challenges relayed to the caller (authentication delegated) -------------

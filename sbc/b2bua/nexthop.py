@@ -17,9 +17,14 @@ destination found. For TLS its ``server_name`` (the identity the peer's
 certificate must match, and the SNI) is the domain that was the *input* of
 the resolution (RFC 5922 §7.3): the ``signaling-peer`` when it is a host
 name, else the Request-URI's host, never a name learnt from SRV records.
+
+:class:`Target` is one hunt candidate: an adjacency and a Request-URI, and
+the flow once it is known.
 """
 
 from __future__ import annotations
+
+import attrs
 
 from sbc.config import AdjacencyConfig, Transport
 from sbc.identity import ip_literal
@@ -27,7 +32,22 @@ from sbc.sip.locate import TCP, TLS, UDP, Destination, NextHop
 from sbc.sip.stack import Flow
 from sbc.sip.uri import URI
 
-__all__ = ["adjacency_transports", "destination_flow", "next_hop", "tls_server_name"]
+__all__ = ["Target", "adjacency_transports", "destination_flow", "next_hop", "tls_server_name"]
+
+
+@attrs.frozen
+class Target:
+    """One hunt candidate: an outbound adjacency and the Request-URI to use.
+
+    ``flow`` is set for a registered contact (the flow it registered from)
+    and for each destination DNS found for a target (RFC 3263); otherwise the
+    hunt resolves the next hop first (a host name) or uses
+    :func:`sbc.b2bua.call.outbound_flow` (an IP address).
+    """
+
+    adjacency: str
+    uri: URI
+    flow: Flow | None = None
 
 
 def adjacency_transports(adjacency: AdjacencyConfig) -> tuple[str, ...]:
