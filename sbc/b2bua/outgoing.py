@@ -64,6 +64,7 @@ __all__ = [
     "OutgoingState",
     "OutgoingTimer",
     "Waiting",
+    "check_table",
     "outgoing_transition",
 ]
 
@@ -212,34 +213,41 @@ _ALWAYS: Final = frozenset(e for e in OutgoingEvent if e is not E.SENT) - set(_T
 _LIVE: Final = frozenset(s for s in OutgoingState if s is not S.TERMINATED)
 
 
-def _check_table() -> None:
-    # one creation row; nothing leaves Terminated
-    assert [e for s, e in OUTGOING_TABLE if s is None] == [OutgoingEvent.SENT]
-    for (state, event), (actions, next_state) in OUTGOING_TABLE.items():
-        assert state is not OutgoingState.TERMINATED, event
-        # a timer a row starts may run in its next state
+def _require(condition: bool, *what: object) -> None:
+    if not condition:
+        raise AssertionError(f"outbound INVITE table: {what}")
+
+
+def check_table(
+    table: Table, state_timers: Mapping[OutgoingState, frozenset[OutgoingTimer]]
+) -> None:
+    """Raise AssertionError unless ``table`` is consistent with ``state_timers`` (run at import).
+
+    One creation row; nothing leaves Terminated; a row starts only a timer
+    that may run in its next state; a timer event has a row exactly where
+    that timer may run; every other event has a row in every live state;
+    a CANCEL is sent once, entering Cancelling.
+    """
+    _require([e for s, e in table if s is None] == [OutgoingEvent.SENT], "creation rows")
+    for (state, event), (actions, next_state) in table.items():
+        _require(state is not OutgoingState.TERMINATED, "leaves Terminated", event)
         for action in actions:
             if action in _START:
-                assert _START[action] in STATE_TIMERS[next_state], (state, event, action)
-        # a timer fires only where it may run
+                _require(_START[action] in state_timers[next_state], state, event, action)
         for timer, timer_event in _TIMER_EVENT.items():
             if event is timer_event:
-                assert state is not None and timer in STATE_TIMERS[state], (state, event)
-        # the CANCEL goes once, and only after a provisional response (or with one)
+                _require(state is not None and timer in state_timers[state], state, event)
         if OutgoingAction.SEND_CANCEL in actions:
-            assert (
-                next_state is OutgoingState.CANCELLING and state is not OutgoingState.CANCELLING
-            ), (state, event)
+            _require(next_state is OutgoingState.CANCELLING, state, event, next_state)
+            _require(state is not OutgoingState.CANCELLING, "second CANCEL", event)
     for state in _LIVE:
-        # every event the network or the owner can cause is handled in every live state
         for event in _ALWAYS:
-            assert (state, event) in OUTGOING_TABLE, (state, event)
-        # and every timer that may run has a row for when it fires
-        for timer in STATE_TIMERS[state]:
-            assert (state, _TIMER_EVENT[timer]) in OUTGOING_TABLE, (state, timer)
+            _require((state, event) in table, "missing", state, event)
+        for timer in state_timers[state]:
+            _require((state, _TIMER_EVENT[timer]) in table, "missing", state, timer)
 
 
-_check_table()
+check_table(OUTGOING_TABLE, STATE_TIMERS)
 del S, E, A
 
 

@@ -474,6 +474,29 @@ class AckTests(CallTestCase):
             self.net.feed(answer(bye, 200, contact=None), flow, context)
         self.assertIdle()
 
+    def test_request_being_relayed_when_the_call_is_terminated_gets_its_answer(self) -> None:
+        """Call.terminate answers every request still waiting (here: no ACK for the 2xx).
+
+        The caller's INFO is relayed to a callee that never answers it; the
+        call comes down first (64*T1 after the 2xx) and the INFO gets 480,
+        so its server transaction ends instead of staying in the table.
+        """
+        _a_invite, b_invite = self.start()
+        sent = self.net.feed(answer(b_invite, 200, body=SDP), B_FLOW, CORE)
+        [(_, ok)] = self.net.responses(sent)
+        self.net.tick(5.0)
+        info = invite(method="INFO", to_tag=ok.to.tag, branch="z9hG4bKinfo", cseq=2, body=b"")
+        [(flow, _)] = self.net.requests(self.net.feed(info, A_FLOW, ACCESS), "INFO")
+        self.assertEqual(flow, B_FLOW)
+        sent = self.net.tick(32.0)  # the ACK wait ends before the INFO's Timer F (37)
+        answered = [(m.status, m.cseq.method) for f, m in self.net.responses(sent) if f == A_FLOW]
+        self.assertIn((480, "INFO"), answered)
+        self.assertEqual(self.net.core.calls.counters.get("access", "calls-released"), 1)
+        for flow, bye in self.net.requests(sent, "BYE"):
+            context = ACCESS if flow == A_FLOW else CORE
+            self.net.feed(answer(bye, 200, contact=None), flow, context)
+        self.assertIdle()
+
 
 class CancelTests(CallTestCase):
     def test_caller_cancel(self) -> None:
