@@ -13,8 +13,10 @@
 - :class:`IAuthenticator`: checks a request's credentials (SIP digest,
   docs/authentication.md), :class:`sbc.auth.DigestAuthenticator`.
 
-Only interfaces live here. The types named in the signatures are defined in
-:mod:`sbc.routing` and :mod:`sbc.config`.
+Only interfaces live here. The value types named in the signatures live in
+modules that import nothing back from here or from their implementations:
+:mod:`sbc.routing.values`, :mod:`sbc.registrar.binding`, :mod:`sbc.config`,
+:mod:`sbc.sip.message` (tests/test_import_cycles.py checks it).
 """
 
 # zope interface methods are declared without ``self``:
@@ -30,8 +32,8 @@ from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
     from sbc.config import SbcConfig
-    from sbc.registrar.bindings import Binding
-    from sbc.routing import Destination, RouteKey, RoutingContext
+    from sbc.registrar.binding import Binding
+    from sbc.routing.values import Destination, RouteKey, RoutingContext
     from sbc.sip.message import Request
 
 __all__ = [

@@ -38,22 +38,21 @@ before an observer wants it.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from twisted.logger import Logger, LogLevel
 
 from sbc import security
+from sbc.b2bua.nexthop import Target
 from sbc.config import AdjacencyConfig
 from sbc.errors import SipError
 from sbc.sip.message import Request
-
-if TYPE_CHECKING:
-    from sbc.b2bua.call import Call, Target
 
 __all__ = [
     "CALL_LOG_NAMESPACE",
     "REFUSED_COUNTER",
     "LazyText",
+    "LoggedCall",
     "Names",
     "RoutePath",
     "log",
@@ -288,6 +287,64 @@ def log_auth_failure(
     )
 
 
+class LoggedCall(Protocol):
+    """What the call log reads of a call (:class:`sbc.b2bua.call.Call` is one).
+
+    The call module logs through this one; this protocol keeps the log from
+    importing the call module back.
+    """
+
+    @property
+    def id(self) -> int:
+        """The number naming the call in the log."""
+        ...
+
+    @property
+    def method(self) -> str:
+        """INVITE, or the method of a relayed out-of-dialog request."""
+        ...
+
+    @property
+    def inbound(self) -> AdjacencyConfig:
+        """The caller's adjacency."""
+        ...
+
+    @property
+    def secure(self) -> bool:
+        """The call requires outbound security (SIPS)."""
+        ...
+
+    @property
+    def request(self) -> Request:
+        """The caller's request."""
+        ...
+
+    @property
+    def route_path(self) -> tuple[str, ...]:
+        """The routing path matched."""
+        ...
+
+    @property
+    def started_at(self) -> float:
+        """When the caller's request arrived."""
+        ...
+
+    @property
+    def last_outbound(self) -> str | None:
+        """The adjacency of the latest B-leg."""
+        ...
+
+    @property
+    def answer(self) -> tuple[int, str]:
+        """The 2xx the caller got: status and reason."""
+        ...
+
+    @property
+    def end_why(self) -> str:
+        """Why an answered call ended."""
+        ...
+
+
 _ROUTED = (
     "call {call_id} {method} from {adjacency} ({trust}) to {target}: routed to {outbound} "
     "(candidates {candidates}; route {route_path})"
@@ -298,7 +355,7 @@ _NOT_ROUTED = (
 )
 
 
-def log_routed(call: Call, candidates: Iterable[Target], outbound: str | None) -> None:
+def log_routed(call: LoggedCall, candidates: Iterable[Target], outbound: str | None) -> None:
     """Where a new call goes: route path, candidates and the adjacency tried first."""
     _emit(
         LogLevel.info,
@@ -323,7 +380,12 @@ _HUNT_SKIP = "call {call_id}: candidate {outbound} skipped ({why})"
 
 
 def log_hunt(
-    call: Call, failed: str | None, why: str, outbound: str, target: object, skipped: bool = False
+    call: LoggedCall,
+    failed: str | None,
+    why: str,
+    outbound: str,
+    target: object,
+    skipped: bool = False,
 ) -> None:
     """A hunting step: the next candidate tried after ``failed``, or one skipped."""
     _emit(
@@ -352,7 +414,7 @@ _OUTCOME_WARNED = (
 
 
 def log_outcome(
-    call: Call,
+    call: LoggedCall,
     outcome: str,
     status: int,
     reason: str,
@@ -385,7 +447,7 @@ _ENDED = (
 )
 
 
-def log_ended(call: Call, answered_at: float, now: float) -> None:
+def log_ended(call: LoggedCall, answered_at: float, now: float) -> None:
     """An answered call is over: its answer, how long it was up and why it ended."""
     status, reason = call.answer
     _emit(

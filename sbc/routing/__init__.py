@@ -1,6 +1,8 @@
 """Routing (docs/routing.md): which adjacencies a new call is tried on, in order.
 
-- :class:`RouteKey`: what routing reads from a request, computed once.
+- :class:`RouteKey`: what routing reads from a request, computed once
+  (:mod:`sbc.routing.values`, with :class:`Destination` and
+  :class:`RoutingContext`).
 - :func:`walk` over :class:`RoutingNode` trees (built from a
   call-policy-set by :func:`build_tree`), like ``twisted.web.resource``.
 - Routing policies (:class:`sbc.interfaces.IRoutingPolicy`), chosen with
@@ -15,7 +17,6 @@ from sbc.routing.policies import (
     LeastCallsPolicy,
     PolicyFactory,
     RoundRobinPolicy,
-    RoutingContext,
 )
 from sbc.routing.router import (
     NO_POLICY_SET_LABEL,
@@ -26,12 +27,10 @@ from sbc.routing.router import (
 from sbc.routing.tree import (
     MAX_DEPTH,
     AddressTable,
-    Destination,
     DomainTable,
     Junction,
     Leaf,
     RoundRobinTable,
-    RouteKey,
     RoutingNode,
     SourceAdjacencyTable,
     TableNode,
@@ -39,6 +38,7 @@ from sbc.routing.tree import (
     digits_of,
     walk,
 )
+from sbc.routing.values import Destination, RouteKey, RoutingContext
 
 __all__ = [
     "MAX_DEPTH",

@@ -24,10 +24,9 @@ from collections.abc import Callable, Sequence
 import attrs
 from zope.interface import implementer
 
-from sbc.adjacencies import AdjacencyTable
-from sbc.config import AdjacencyConfig, SbcConfig
+from sbc.config import SbcConfig
 from sbc.interfaces import IRoutingPolicy, IRoutingPolicyFactory
-from sbc.routing.tree import Destination, RouteKey
+from sbc.routing.values import Destination, RouteKey, RoutingContext
 
 __all__ = [
     "STOCK_FACTORIES",
@@ -37,26 +36,6 @@ __all__ = [
     "RoundRobinPolicy",
     "RoutingContext",
 ]
-
-
-def _no_calls(name: str) -> int:
-    return 0
-
-
-@attrs.frozen
-class RoutingContext:
-    """What a policy may consult about the SBC while it chooses.
-
-    ``adjacencies`` are the attached adjacencies; ``active_calls(name)`` is
-    the number of calls currently using adjacency ``name``.
-    """
-
-    adjacencies: AdjacencyTable
-    active_calls: Callable[[str], int] = _no_calls
-
-    def adjacency(self, name: str) -> AdjacencyConfig | None:
-        """The configuration of attached adjacency ``name``, or None."""
-        return self.adjacencies.get(name)
 
 
 @implementer(IRoutingPolicy)

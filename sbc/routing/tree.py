@@ -23,13 +23,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 
-import attrs
 from zope.interface import implementer
 
 from sbc.config import Action, CallPolicySet, RoutingEntry, RoutingTable, TableKind
 from sbc.errors import ConfigError
 from sbc.interfaces import IRoutingNode
-from sbc.sip.uri import URI, unescape
+from sbc.routing.values import Destination, RouteKey
 
 __all__ = [
     "MAX_DEPTH",
@@ -50,48 +49,6 @@ __all__ = [
 
 MAX_DEPTH = 64
 """A walk longer than this many steps stops with no candidates (a loop in a hand-built tree)."""
-
-
-def _lower(value: str) -> str:
-    return value.lower()
-
-
-@attrs.frozen
-class RouteKey:
-    """What routing reads from a request, computed once per request.
-
-    ``destination_domain`` is the Request-URI host (stored lower-case);
-    ``destination_user`` its user part, unescaped (the number of a ``tel:``
-    URI); ``secure`` is True for a SIPS Request-URI; ``trusted_caller`` is
-    False for a request from an untrusted adjacency (it never leaves through
-    a trusted-encrypted one, even with ``sip-over-tls``).
-    """
-
-    source_adjacency: str
-    destination_domain: str = attrs.field(converter=_lower)
-    destination_user: str | None
-    secure: bool
-    trusted_caller: bool = True
-
-    @classmethod
-    def from_uri(
-        cls, source_adjacency: str, request_uri: URI, trusted_caller: bool = True
-    ) -> RouteKey:
-        """The key of a request that arrived on ``source_adjacency`` for ``request_uri``.
-
-        For a ``tel:`` URI the number is the user part and the domain is empty.
-        """
-        if request_uri.scheme == "tel":
-            return cls(source_adjacency, "", request_uri.host, False, trusted_caller)
-        user = None if request_uri.user is None else unescape(request_uri.user)
-        return cls(source_adjacency, request_uri.host, user, request_uri.is_secure, trusted_caller)
-
-
-@attrs.frozen
-class Destination:
-    """One candidate: the outbound adjacency to send the call out of."""
-
-    adjacency: str
 
 
 _VISUAL_SEPARATORS = re.compile(r"[-.()]")

@@ -2,7 +2,9 @@
 
 A :class:`PoolKey` names a destination: transport, the local address the
 flow is sent from, the remote address and port, and for TLS the name the
-peer's certificate must match (RFC 5922 §7.3). :meth:`ConnectionPool.get`
+peer's certificate must match (RFC 5922 §7.3). It is defined next to the
+connection (:mod:`sbc.transport.stream`), which keeps the key it was opened
+for, and re-exported here. :meth:`ConnectionPool.get`
 returns an open connection for the key or opens one:
 
 - a connection is reused for a key only when it goes to the same remote
@@ -33,7 +35,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import attrs
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import (
     HostnameEndpoint,
@@ -44,10 +45,10 @@ from twisted.internet.endpoints import (
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.python.failure import Failure
 
-from sbc.adjacencies import TCP, TLS
+from sbc.adjacencies import TLS
 from sbc.errors import SbcError
 from sbc.identity import identity_matches, ip_literal
-from sbc.transport.stream import StreamConnection
+from sbc.transport.stream import PoolKey, StreamConnection
 from sbc.transport.tls import TlsIdentity, client_connection_creator
 
 __all__ = [
@@ -60,35 +61,6 @@ __all__ = [
 
 class NoTlsIdentityError(SbcError):
     """An outbound TLS connection was needed but the SBC has no certificate."""
-
-
-@attrs.frozen
-class PoolKey:
-    """One outbound destination.
-
-    ``local`` is the address and port of the flow (the adjacency's
-    signaling address; the socket binds that address with an ephemeral
-    port). ``expected_name`` is required for TLS and None for TCP.
-    ``adjacency`` names the adjacency the connection is opened for, when the
-    sender knows it (a label: no part of equality).
-    """
-
-    transport: str
-    local: tuple[str, int]
-    remote: tuple[str, int]
-    expected_name: str | None = None
-    adjacency: str | None = attrs.field(default=None, eq=False)
-
-    def __attrs_post_init__(self) -> None:
-        if self.transport not in (TCP, TLS):
-            raise ValueError(f"not a stream transport: {self.transport!r}")
-        if (self.transport == TLS) != (self.expected_name is not None):
-            raise ValueError("expected_name is set exactly for TLS destinations")
-
-    @property
-    def destination(self) -> tuple[str, str, tuple[str, int]]:
-        """What a reusable connection must share: transport, local address, remote."""
-        return (self.transport, self.local[0], self.remote)
 
 
 def identity_ok(connection: StreamConnection, key: PoolKey) -> bool:

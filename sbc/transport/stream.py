@@ -32,8 +32,9 @@ Every event is counted per adjacency through :meth:`StreamHost.event`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
+import attrs
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IAddress, IDelayedCall, IHandshakeListener, IReactorTime
 from twisted.internet.protocol import Factory
@@ -49,20 +50,48 @@ from sbc.sip.framing import KEEPALIVE_PING, StreamFramer
 from sbc.sip.stack import error_answer
 from sbc.transport.tls import PeerVerificationError, anonymous_peer, peer_identities
 
-if TYPE_CHECKING:
-    from sbc.transport.pool import PoolKey
-
 __all__ = [
     "CLOSE_GRACE",
     "KEEPALIVE_PONG",
     "TLS_RECORD_PREFIX",
     "OutboundFactory",
+    "PoolKey",
     "StreamConnection",
     "StreamFactory",
     "StreamHost",
     "address_of",
     "starts_like_tls",
 ]
+
+
+@attrs.frozen
+class PoolKey:
+    """One outbound destination.
+
+    ``local`` is the address and port of the flow (the adjacency's
+    signaling address; the socket binds that address with an ephemeral
+    port). ``expected_name`` is required for TLS and None for TCP.
+    ``adjacency`` names the adjacency the connection is opened for, when the
+    sender knows it (a label: no part of equality).
+    """
+
+    transport: str
+    local: tuple[str, int]
+    remote: tuple[str, int]
+    expected_name: str | None = None
+    adjacency: str | None = attrs.field(default=None, eq=False)
+
+    def __attrs_post_init__(self) -> None:
+        if self.transport not in (TCP, TLS):
+            raise ValueError(f"not a stream transport: {self.transport!r}")
+        if (self.transport == TLS) != (self.expected_name is not None):
+            raise ValueError("expected_name is set exactly for TLS destinations")
+
+    @property
+    def destination(self) -> tuple[str, str, tuple[str, int]]:
+        """What a reusable connection must share: transport, local address, remote."""
+        return (self.transport, self.local[0], self.remote)
+
 
 TLS_RECORD_PREFIX = b"\x16\x03"
 """A TLS handshake record header: content type 22, protocol version major 3."""
