@@ -13,7 +13,7 @@ It applies, in order:
 3. Max-Forwards 0 on a request to forward: 483;
 4. the seed's admission rule (:mod:`sbc.security`): an untrusted request
    to a SIPS Request-URI, or a REGISTER for a SIPS AOR, gets 403 + Warning 380
-   (refusals at 3, 4 and 5, and by routing at 6, are logged as ``call.refused``,
+   (refusals at 3, 4 and 5, and by routing at 7, are logged as ``call.refused``,
    docs/logging.md, and counted as ``calls-refused:RULE`` on the inbound
    adjacency, docs/metrics.md);
 5. authentication (:func:`sbc.security.authentication_step`): a request from
@@ -25,7 +25,12 @@ It applies, in order:
    request goes on; with ``authentication delegated`` it passes to the far
    side; on an adjacency whose TLS clients may lack a certificate, a request
    nothing can authenticate gets 403;
-6. dispatch: ACK and CANCEL to the B2BUA; in-dialog requests (To tag
+6. SIP extensions (:func:`check_extensions`): a request whose ``Require``
+   or ``Proxy-Require`` names an option-tag the SBC does not support end to
+   end gets 420 Bad Extension listing them in ``Unsupported`` (in-dialog
+   requests and requests to the SBC itself are checked too; ACK and CANCEL
+   never);
+7. dispatch: ACK and CANCEL to the B2BUA; in-dialog requests (To tag
    present) to their call; REGISTER for a ``local-domain`` to the
    :class:`~sbc.registrar.Registrar`, for any other domain to the
    :class:`~sbc.registrar.relay.RegistrationRelay` (relayed to the registrar
@@ -68,8 +73,39 @@ ALLOW = (
     "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, UPDATE, INFO, PRACK, MESSAGE, REFER, NOTIFY, "
     "SUBSCRIBE"
 )
-SUPPORTED = "outbound"
+#: The option-tags (RFC 3261 §19.2) the SBC supports end to end, as a B2BUA
+#: (docs/security-model.md, "SIP extensions"): 100rel (PRACK relayed, RAck
+#: mapped to the other leg), precondition (SDP and UPDATE/PRACK relayed
+#: unchanged), timer (Session-Expires and refreshes relayed), replaces
+#: (Replaces mapped to the other leg's dialog), outbound (flows of registered
+#: phones). A request that requires anything else gets 420.
+SUPPORTED_EXTENSIONS: frozenset[str] = frozenset(
+    {"100rel", "outbound", "precondition", "replaces", "timer"}
+)
+SUPPORTED = ", ".join(sorted(SUPPORTED_EXTENSIONS))
 ACCEPT = "application/sdp"
+
+
+def check_extensions(request: Request) -> None:
+    """Raise 420 Bad Extension when ``request`` requires an option-tag the SBC lacks.
+
+    RFC 3261 §8.2.2.3 (``Require``, at a UAS) and §16.3 step 5
+    (``Proxy-Require``, at the proxy the caller sees as its next hop): the
+    SBC is both for the caller. The ``Unsupported`` header lists every
+    unknown tag of the two, in order (tokens: compared ignoring case).
+    Not for ACK and CANCEL, which must ignore both headers (§20.32).
+    """
+    headers = request.headers
+    if "Require" not in headers and "Proxy-Require" not in headers:
+        return
+    unknown: list[str] = []
+    for name in ("Require", "Proxy-Require"):
+        for tag in headers.values(name):
+            tag = tag.strip()
+            if tag and tag.lower() not in SUPPORTED_EXTENSIONS and tag not in unknown:
+                unknown.append(tag)
+    if unknown:
+        raise SipError(420, "Bad Extension", headers=(("Unsupported", ", ".join(unknown)),))
 
 
 class SbcCore:
@@ -193,6 +229,7 @@ class SbcCore:
         if method == "CANCEL":
             return self.calls.cancel(request, transaction, flow, now)
         if request.to.tag is not None:
+            check_extensions(request)
             return self.calls.in_dialog(request, transaction, flow, now)
         # Overload control (sbc.overload): a new INVITE or REGISTER may get 503 here.
         self.overload.admit(
@@ -200,6 +237,7 @@ class SbcCore:
         )
         local_register = method == "REGISTER" and self._is_local(request.to.uri)
         if not local_register and self._addressed_to_sbc(request):
+            check_extensions(request)
             return self._answer_locally(request, transaction, flow, now)
         max_forwards = request.max_forwards
         if max_forwards is not None and max_forwards <= 0 and not local_register:
@@ -220,6 +258,7 @@ class SbcCore:
             self._refuse(request, context, secure, security.unauthenticated(), now)
         elif step is AuthenticationStep.DIGEST:
             self._authenticate(request, inbound, flow, local_register, now)
+        check_extensions(request)
         if method == "REGISTER" and not local_register:
             # registration relay: never as a plain request (its Contacts would go)
             return self.relay.register(request, transaction, flow, inbound, trusted, now)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from twisted.trial.unittest import SynchronousTestCase
 
 from sbc import security
@@ -253,3 +255,90 @@ class RefusalCounterTests(SynchronousTestCase):
         gone = InboundContext("detached-one", ListenerKey("127.0.0.1", 5060, "TCP"))
         self.assertEqual(self.refused(request("INVITE", "sip:bob@lab.test"), gone), 503)
         self.assertEqual(self.counted("detached-one"), {})
+
+
+def with_headers(data: bytes, *lines: str) -> bytes:
+    """``data`` with header ``lines`` added before Content-Length."""
+    extra = "".join(f"{line}\r\n" for line in lines).encode()
+    return data.replace(b"Content-Length:", extra + b"Content-Length:", 1)
+
+
+class ExtensionTests(SynchronousTestCase):
+    """RFC 3261 §8.2.2.3 and §16.3 step 5: 420 Bad Extension with Unsupported."""
+
+    def setUp(self) -> None:
+        table = AdjacencyTable(parse_config(CONFIG).adjacencies)
+        self.core = SbcCore(lambda: table, router=self.route)
+        self.stack = SipStack(self.core)
+        self.core.stack = self.stack
+        self.routed: list[RouteKey] = []
+
+    def route(self, key: RouteKey, table: AdjacencyTable, active: object) -> RoutingDecision:
+        self.routed.append(key)
+        return RoutingDecision((Destination("plain-out"),), ("test",))
+
+    def outputs(self, data: bytes) -> list[Request | Response]:
+        sent = self.stack.receive(data, FLOW, 0.0, ACCESS)
+        found = []
+        for output in sent:
+            if isinstance(output, Transmit):
+                message = parse_message(output.data)
+                assert isinstance(message, Request | Response)
+                found.append(message)
+        return found
+
+    def final(self, data: bytes) -> Response:
+        [response] = [m for m in self.outputs(data) if isinstance(m, Response) and m.status >= 200]
+        return response
+
+    def test_bext01_gets_420_listing_every_unknown_tag(self) -> None:
+        """RFC 4475 §3.3.5, as written in tests/sip/torture/bext01.sip."""
+        torture = os.path.join(os.path.dirname(__file__), "sip", "torture", "bext01.sip")
+        with open(torture, "rb") as handle:
+            response = self.final(handle.read())
+        self.assertEqual((response.status, response.reason), (420, "Bad Extension"))
+        self.assertEqual(
+            response.headers.values("Unsupported"),
+            [
+                "nothingSupportsThis",
+                "nothingSupportsThisEither",
+                "noProxiesSupportThis",
+                "norDoAnyProxiesSupportThis",
+            ],
+        )
+        self.assertEqual(self.routed, [])  # refused before routing
+
+    def test_supported_tags_pass_and_go_on(self) -> None:
+        invite = with_headers(
+            request("INVITE", "sip:bob@192.0.2.9"), "Require: 100rel, TIMER", "Supported: foo"
+        )
+        sent = self.outputs(invite)
+        [relayed] = [m for m in sent if isinstance(m, Request) and m.method == "INVITE"]
+        self.assertEqual(relayed.headers.values("Require"), ["100rel", "TIMER"])
+        self.assertEqual([m.status for m in sent if isinstance(m, Response)], [100])
+
+    def test_only_the_unknown_tags_are_listed_once(self) -> None:
+        invite = with_headers(
+            request("INVITE", "sip:bob@192.0.2.9"),
+            "Require: replaces, join",
+            "Proxy-Require: join, sec-agree",
+        )
+        response = self.final(invite)
+        self.assertEqual(response.status, 420)
+        self.assertEqual(response.headers.values("Unsupported"), ["join", "sec-agree"])
+
+    def test_options_to_the_sbc_is_checked_too(self) -> None:
+        response = self.final(with_headers(request(), "Require: gruu"))
+        self.assertEqual((response.status, response.headers.get("Unsupported")), (420, "gruu"))
+
+    def test_options_lists_what_is_supported(self) -> None:
+        response = self.final(request())
+        self.assertEqual(
+            response.headers.values("Supported"),
+            ["100rel", "outbound", "precondition", "replaces", "timer"],
+        )
+
+    def test_cancel_ignores_require(self) -> None:
+        """§20.32: Require and Proxy-Require in a CANCEL are ignored (here: no INVITE, 481)."""
+        cancel = with_headers(request("CANCEL", "sip:bob@192.0.2.9"), "Require: nothing")
+        self.assertEqual(self.final(cancel).status, 481)

@@ -863,6 +863,21 @@ class InDialogTests(CallTestCase):
             [(_, response)] = self.net.responses(sent)
             self.assertEqual((response.status, response.cseq.method), (200, method))
 
+    def test_in_dialog_request_requiring_an_unknown_extension_gets_420(self) -> None:
+        _a_invite, _b_invite, ok = self.establish()
+        info = invite(method="INFO", to_tag=ok.to.tag, branch="z9hG4bKext", cseq=2, body=b"")
+        info.headers.add("Require", "nothingSupportsThis")
+        sent = self.net.feed(info, A_FLOW, ACCESS)
+        self.assertEqual(self.net.requests(sent, "INFO"), [])
+        [(flow, response)] = self.net.responses(sent)
+        self.assertEqual((flow, response.status), (A_FLOW, 420))
+        self.assertEqual(response.headers.get("Unsupported"), "nothingSupportsThis")
+        # the call is untouched: the next request is relayed
+        info = invite(method="INFO", to_tag=ok.to.tag, branch="z9hG4bKext2", cseq=3, body=b"")
+        info.headers.add("Require", "timer")
+        [(flow, _)] = self.net.requests(self.net.feed(info, A_FLOW, ACCESS), "INFO")
+        self.assertEqual(flow, B_FLOW)
+
     def test_in_dialog_request_with_max_forwards_0_gets_483(self) -> None:
         _a_invite, _b_invite, ok = self.establish()
         info = invite(method="INFO", to_tag=ok.to.tag, branch="z9hG4bKmf0", cseq=2, body=b"")

@@ -6,8 +6,9 @@ trusted-encrypted one, and a call policy under which nothing routes anywhere
 never a relay towards example.com). Every message of tests/sip/torture/ is
 then sent as it is written in the RFC, and gets the outcome the RFC asks
 for: a final response for a valid request (not 400/416/505/513), 400 with a
-reason naming the problem, 416, 505, or silence where nothing can be
-answered (a response sent to the SBC, a request without From/To/Call-ID).
+reason naming the problem, 416, 505, 420 listing the unknown option-tags
+(bext01), or silence where nothing can be answered (a response sent to the
+SBC, a request without From/To/Call-ID: docs/testing.md says why).
 After each message a clean OPTIONS to the SBC itself must still be answered
 200, on the same connection while it is open.
 
@@ -74,12 +75,15 @@ class Expect:
     ``"closed"`` is a 400 after which the SBC closes the connection,
     ``"incomplete"`` is a message the stream framer is still waiting for,
     ``"reconnect"`` a message whose bytes do not frame cleanly (the probe
-    then goes on a new connection).
+    then goes on a new connection). ``unsupported``: the option-tags a 420
+    lists.
     """
 
     kind: str
     statuses: tuple[int, ...] = ()
     stream: str | None = None
+    #: for a 420: the option-tags its Unsupported header lists, in order
+    unsupported: tuple[str, ...] = ()
 
 
 VALID = Expect("valid")
@@ -136,7 +140,17 @@ EXPECTED: dict[str, Expect] = {
     "unkscm": refused(416),
     "novelsc": refused(416),
     "unksm2": EITHER,
-    "bext01": VALID,
+    # RFC 3261 §8.2.2.3 / §16.3 step 5: 420 listing the unknown option-tags
+    "bext01": Expect(
+        "refused",
+        (420,),
+        unsupported=(
+            "nothingSupportsThis",
+            "nothingSupportsThisEither",
+            "noProxiesSupportThis",
+            "norDoAnyProxiesSupportThis",
+        ),
+    ),
     "invut": VALID,
     "regaut01": VALID,
     "multi01": refused(),
@@ -283,6 +297,9 @@ class _TortureTestCase(TestCase):
             self.assertTrue(answer.reason.strip(), where)
             if answer.status == 400:
                 self.assertNotEqual(answer.reason, "Bad Request", f"no problem named: {where}")
+            if expect.unsupported:
+                listed = [t.strip() for v in answer.header("Unsupported") for t in v.split(",")]
+                self.assertEqual(listed, list(expect.unsupported), where)
 
 
 class _UdpTestCase(_TortureTestCase):
