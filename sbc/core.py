@@ -5,7 +5,8 @@ It applies, in order:
 
 1. the TLS peer check (RFC 5922, docs/security-model.md): a request whose From
    domain the peer's certificate does not vouch for is dropped unanswered;
-   then ACK, CANCEL and in-dialog requests go to the B2BUA (5), and a new
+   then ACK, CANCEL and in-dialog requests go to the B2BUA (7; in-dialog
+   requests after the extension check of 6), and a new
    INVITE or REGISTER may be answered 503 + Retry-After by overload control
    (:mod:`sbc.overload`) before any of the work below;
 2. requests addressed to the SBC itself (Request-URI host is one of its
