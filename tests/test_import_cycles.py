@@ -1,4 +1,4 @@
-"""No import cycles in sbc (docs/architecture.md, "Import cycles").
+"""No import cycles in sbc (docs/architecture.md, "No import cycles").
 
 A static check over the source, so it sees every import statement: at module
 level, inside functions (lazy imports), and under ``if TYPE_CHECKING:``

@@ -382,6 +382,7 @@ class OutgoingInvite:
     """
 
     __slots__ = (
+        "__weakref__",
         "adjacency",
         "client",
         "deadline",
@@ -402,7 +403,9 @@ class OutgoingInvite:
         adjacency: str,
     ) -> None:
         self.host = host
-        self.owner = owner
+        #: None once the INVITE ended: the owner refers to the machine, and
+        #: a finished call must not be kept alive by a reference cycle
+        self.owner: OutgoingOwner | None = owner
         self.client = client
         self.flow = flow
         self.adjacency = adjacency
@@ -487,11 +490,11 @@ class OutgoingInvite:
         if timer is not None and timer not in STATE_TIMERS[next_state]:
             self.timer = None
             self.host.b_deadlines.disarm(self)
-        if not actions:
-            return []
         outputs: list[StackOutput] = []
         for action in actions:
             outputs += self._do(action, now)
+        if next_state is OutgoingState.TERMINATED:
+            self.owner = None
         return outputs
 
     def _do(self, action: OutgoingAction, now: float) -> list[StackOutput]:
@@ -508,11 +511,13 @@ class OutgoingInvite:
         elif action is OutgoingAction.NO_ANSWER_TO_OWNER:
             self.timed_out = True
             host.count(self.adjacency, "no-answer-timeouts")
+            assert self.owner is not None
             return self.owner.on_no_answer(self, now)
         elif action is OutgoingAction.ABANDON:
             host.count(self.adjacency, "cancel-unanswered")
             return host.stack.abandon(self.client, now)
         elif action is OutgoingAction.GIVEN_UP_TO_OWNER:
+            assert self.owner is not None
             return self.owner.on_given_up(self, now)
         else:  # pragma: no cover - every action is handled above
             raise AssertionError(action)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import urllib.parse
+import weakref
 from collections.abc import Callable, Sequence
 
 import attrs
@@ -432,6 +434,83 @@ class BasicCallTests(CallTestCase):
         [(_, response)] = self.net.responses(self.net.feed(bye, A_FLOW, ACCESS))
         self.assertEqual(response.status, 481)
         self.assertIdle()
+
+
+class NoReferenceCycleTests(CallTestCase):
+    """A finished call is freed by reference counting alone, without the garbage collector.
+
+    The daemon tunes the collector to run rarely (sbc.service.tune_garbage_collector):
+    a call kept alive by a reference cycle (a call and its INVITE machine, a relay...)
+    would stay in memory until the next full collection.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.addCleanup(gc.enable)
+        gc.disable()
+
+    def watch(self) -> list[weakref.ref[object]]:
+        """Weak references to the live call, its B-leg INVITE machine and its relays."""
+        [call] = self.net.core.calls.calls.values()
+        found: list[object] = [call]
+        if call.b_invite is not None:
+            found.append(call.b_invite)
+        for relay in call.relays:
+            found.append(relay)
+            if relay.invite is not None:
+                found.append(relay.invite)
+        return [weakref.ref(thing) for thing in found]
+
+    def assertFreed(self, refs: list[weakref.ref[object]]) -> None:
+        self.assertIdle()
+        self.assertEqual([r() for r in refs], [None] * len(refs))
+
+    def bye_from_a(self, ok: Response, cseq: int = 2) -> None:
+        bye = invite(method="BYE", to_tag=ok.to.tag, branch=f"z9hG4bKbye{cseq}", cseq=cseq)
+        for flow, b_bye in self.net.requests(self.net.feed(bye, A_FLOW, ACCESS), "BYE"):
+            self.net.feed(answer(b_bye, 200, contact=None), flow, CORE)
+
+    def test_basic_call(self) -> None:
+        _a_invite, b_invite = self.start()
+        refs = self.watch()
+        self.net.feed(answer(b_invite, 180), B_FLOW, CORE)
+        [(_, ok)] = self.net.responses(self.net.feed(answer(b_invite, 200, body=SDP), B_FLOW, CORE))
+        ack = invite(method="ACK", to_tag=ok.to.tag, branch="z9hG4bKack1", body=b"")
+        self.net.feed(ack, A_FLOW, ACCESS)
+        self.bye_from_a(ok)
+        self.assertFreed(refs)
+
+    def test_cancelled_call(self) -> None:
+        _a_invite, b_invite = self.start()
+        refs = self.watch()
+        self.net.feed(answer(b_invite, 180), B_FLOW, CORE)
+        sent = self.net.feed(invite(method="CANCEL", body=b""), A_FLOW, ACCESS)
+        [(_, b_cancel)] = self.net.requests(sent, "CANCEL")
+        self.net.feed(answer(b_cancel, 200, contact=None), B_FLOW, CORE)
+        self.net.feed(answer(b_invite, 487, contact=None), B_FLOW, CORE)
+        self.net.feed(invite(method="ACK", body=b""), A_FLOW, ACCESS)
+        self.assertFreed(refs)
+
+    def test_cancel_never_answered(self) -> None:
+        _a_invite, b_invite = self.start()
+        self.net.feed(answer(b_invite, 180), B_FLOW, CORE)
+        refs = self.watch()
+        self.net.tick(10.0)
+        self.net.feed(invite(method="CANCEL", body=b""), A_FLOW, ACCESS)
+        self.net.feed(invite(method="ACK", body=b""), A_FLOW, ACCESS)
+        self.assertFreed(refs)  # given up 64*T1 after the CANCEL
+
+    def test_relayed_reinvite(self) -> None:
+        _a_invite, _b_invite, ok = self.establish()
+        reinvite = invite(to_tag=ok.to.tag, branch="z9hG4bKre1", cseq=2)
+        [(_, b_re)] = self.net.requests(self.net.feed(reinvite, A_FLOW, ACCESS), "INVITE")
+        refs = self.watch()
+        self.assertEqual(len(refs), 4)  # the call, its B-leg INVITE, the relay, its INVITE
+        self.net.feed(answer(b_re, 200, body=SDP), B_FLOW, CORE)
+        ack = invite(method="ACK", to_tag=ok.to.tag, branch="z9hG4bKreack", cseq=2, body=b"")
+        self.net.feed(ack, A_FLOW, ACCESS)
+        self.bye_from_a(ok, cseq=3)
+        self.assertFreed(refs)
 
 
 class AckTests(CallTestCase):
