@@ -13,6 +13,7 @@ import math
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from sbc.b2bua import outgoing
 from sbc.b2bua.outgoing import (
     OUTGOING_TABLE,
     STATE_TIMERS,
@@ -220,6 +221,7 @@ class TableTests(OutgoingTestCase):
         self.assertEqual(self.host.b_deadlines.next_deadline(), 180)
         self.assertTrue(invite.live)
         self.assertFalse(invite.cancelled)
+        self.assertEqual(repr(invite), "<OutgoingInvite client/INVITE/z9hG4bKout1 CALLING>")
 
     def test_missing_row_raises(self) -> None:
         illegal = IllegalOutgoingTransitionError
@@ -289,6 +291,10 @@ class CheckTableTests(SynchronousTestCase):
 
     def test_a_second_creation_row_fails(self) -> None:
         self.broken(NEW__CANCEL=((), S.CALLING))
+
+    def test_a_duplicate_row_fails(self) -> None:
+        row = (S.CALLING, E.FINAL, (), S.TERMINATED)
+        self.assertRaises(AssertionError, outgoing._table, row, row)
 
 
 class LifecycleTests(OutgoingTestCase):
