@@ -488,7 +488,9 @@ class AccessCommandTests(ParseErrorMixin):
         cfg = parse("sbc s\nsbe\nstore redis://127.0.0.1:6380/2\nnode edge-a\n")
         self.assertEqual(cfg.store, StoreUrl("127.0.0.1", 6380, 2))
         self.assertEqual(cfg.node, "edge-a")
-        self.assertEqual(parse("sbc s\nsbe\nstore redis://redis.lab\n").store, StoreUrl("redis.lab"))
+        self.assertEqual(
+            parse("sbc s\nsbe\nstore redis://redis.lab\n").store, StoreUrl("redis.lab")
+        )
         self.assertEqual(parse("sbc s\nsbe\nstore redis://[::1]:7000\n").store.host, "::1")
         cfg = parse("sbc s\nsbe\nstore redis://r\nnode a\nno store\nno node\n")
         self.assertIsNone(cfg.store)
