@@ -9,6 +9,7 @@ TTL it reads back into a time on its own clock (nodes' clocks never meet).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from typing import Any
@@ -46,8 +47,13 @@ NODE_PREFIX = "sbc:node:"
 
 def binding_key(binding: Binding) -> str:
     """The key of a registrar binding: its AOR and a digest of its Contact."""
-    digest = hashlib.sha1(binding.contact.serialize().encode(), usedforsecurity=False)
-    return f"{REGISTRAR_PREFIX}{binding.aor}:{digest.hexdigest()[:16]}"
+    return _binding_key(binding.aor, binding.contact)
+
+
+@functools.lru_cache(maxsize=65536)
+def _binding_key(aor: str, contact: URI) -> str:
+    digest = hashlib.sha1(contact.serialize().encode(), usedforsecurity=False)
+    return f"{REGISTRAR_PREFIX}{aor}:{digest.hexdigest()[:16]}"
 
 
 def relay_key(token: str) -> str:

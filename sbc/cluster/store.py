@@ -60,6 +60,7 @@ from sbc.cluster.codec import (
     encode_binding,
     encode_relayed,
     node_key,
+    record_node,
     relay_key,
 )
 from sbc.errors import SipError
@@ -501,6 +502,8 @@ class SharedStore:
         if not key.startswith((REGISTRAR_PREFIX, RELAY_PREFIX)):
             return
         if op[0] == "put" and len(op) >= 4:
+            if origin == self.node and record_node(op[2]) == self.node:
+                return  # our own write coming back: the view has it already
             try:
                 record = decode_record(op[2], now + int(op[3]) / 1000.0)
             except (ValueError, TypeError) as error:
