@@ -253,7 +253,10 @@ class SharedStoreTests(CliTestCase):
         self.assertEqual(response.status, 480, response.raw)
         statistics = yield self.show(self.b, "statistics")
         self.assertRegex(statistics, r"held-elsewhere\s+1", statistics)
-        self.assertIn("is held by node A", self.b.output())
+        # call lines reach the text log in batches (sbc.logs): wait for it
+        yield within(
+            self.b.child.output_contains(b"is held by node A"), 10.0, "call.held-elsewhere"
+        )
         # node A stops cleanly: its bindings leave Redis and B's view at once
         ended = self.a.child.output_contains(b"Server Shut Down.")
         self.a.child.process.signalProcess("TERM")
