@@ -398,3 +398,63 @@ class HeldElsewhereTests(SynchronousTestCase):
         )
         [target] = core_a._locate(uri, "trunk", clock.seconds()) or []
         self.assertEqual(target.flow, A_PHONE)
+
+
+class RelayedThroughTheStoreTests(SynchronousTestCase):
+    """The registration relay (access SBC) on two nodes sharing a store."""
+
+    def setUp(self) -> None:
+        from tests.registrar.test_relay import RelayNet
+
+        self.clock = Clock()
+        self.redis = FakeRedis(self.clock)
+        self.nets = {}
+        for name in ("A", "B"):
+            net = RelayNet()
+            store = SharedStore(name, self.clock.seconds, count=net.core.calls.count)
+            store.relayed = net.core.relay.bindings
+            net.core.relay.store = store
+            FakeClient(self.redis, store).connect()
+            self.nets[name] = net
+        self.a, self.b = self.nets["A"], self.nets["B"]
+
+    def test_a_relayed_binding_is_shared_and_a_call_for_it_on_b_gets_480(self) -> None:
+        from tests.b2bua.test_call import invite
+        from tests.registrar.test_relay import CORE, CORE_FLOW
+
+        _, token = self.a.registered(expires=300)
+        [key] = self.redis.live()
+        self.assertEqual(key, relay_key(token))
+        record = self.redis.record(key)
+        self.assertEqual(
+            (record["node"], record["inbound"], record["outbound"]), ("A", "phones", "core")
+        )
+        self.redis.deliver()
+        seen = self.b.core.relay.store.relayed_held_elsewhere(token, 0.0)  # type: ignore[union-attr]
+        assert seen is not None
+        self.assertEqual(
+            (seen.node, seen.aor, seen.flow.connection_id), ("A", "alice@core.test", 11)
+        )
+        call = invite(f"sip:{token}@127.0.0.1:5062", via_host="10.0.0.5")
+        _, refusal = self.b.one(self.b.feed(call, CORE_FLOW, CORE), "480")
+        self.assertEqual(refusal.status, 480)
+        self.assertEqual(self.b.counter("phones", "held-elsewhere"), 1)
+        # the phone's connection closes on A: the record goes, and from B's view
+        self.a.core.connection_closed(11, 1.0)
+        self.redis.deliver()
+        self.assertEqual(self.redis.live(), {})
+        self.assertIsNone(self.b.core.relay.store.relayed_held_elsewhere(token, 1.0))  # type: ignore[union-attr]
+
+    def test_a_new_relayed_registration_is_refused_while_the_store_is_away(self) -> None:
+        from tests.registrar.test_relay import PHONE, PHONES, register
+
+        store = self.a.core.relay.store
+        assert isinstance(store, SharedStore)
+        self.redis.up = False
+        store.lost("connection lost")
+        sent = self.a.feed(register(), PHONE, PHONES)
+        [(flow, refusal)] = sent
+        self.assertEqual((flow.connection_id, refusal.status), (11, 503))
+        self.assertEqual(refusal.headers.get("Retry-After"), "30")
+        self.assertEqual(self.a.counter("phones", "store-unavailable"), 1)
+        self.assertEqual(self.a.core.relay.sessions, {})
