@@ -33,7 +33,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from sbc.cluster.codec import BINDING_PREFIX, NODE_PREFIX
-from sbc.cluster.store import HEARTBEAT_INTERVAL, Delete, Drop, Op, Put, SharedStore
+from sbc.cluster.store import BATCH, HEARTBEAT_INTERVAL, Delete, Drop, Op, Put, SharedStore
 from sbc.config import StoreUrl
 
 __all__ = ["APPLY_SCRIPT", "RedisStoreService", "channel_name"]
@@ -189,6 +189,8 @@ class RedisStoreService(Service):
         self._ready: set[str] = set()
         self._services: list[ClientService] = []
         self._heartbeat: LoopingCall | None = None
+        self._queue: list[tuple[Sequence[Op], str, int, defer.Deferred[object]]] = []
+        self._flush_call: Any = None
         store.client = self
         self.setName("store")
 
@@ -290,7 +292,47 @@ class RedisStoreService(Service):
         return self.commands
 
     def apply(self, ops: Sequence[Op], origin: str, seq: int) -> defer.Deferred[object]:
-        """Apply ``ops`` and publish the result (:data:`APPLY_SCRIPT`)."""
+        """Apply ``ops`` and publish the result (:data:`APPLY_SCRIPT`).
+
+        The batches of one reactor turn go to Redis together, in order, in
+        as few script calls as :data:`BATCH` allows (one per turn usually):
+        a busy node pays the round trip once for many REGISTERs.
+        """
+        waiter: defer.Deferred[object] = defer.Deferred()
+        self._queue.append((ops, origin, seq, waiter))
+        if self._flush_call is None:
+            self._flush_call = self.reactor.callLater(0, self._flush)
+        return waiter
+
+    def _flush(self) -> None:
+        self._flush_call = None
+        queue, self._queue = self._queue, []
+        ops: list[Op] = []
+        waiters: list[defer.Deferred[object]] = []
+        origin, seq = "", 0
+        for batch, origin, seq, waiter in queue:
+            if ops and len(ops) + len(batch) > BATCH:
+                self._send(ops, origin, seq, waiters)
+                ops, waiters = [], []
+            ops.extend(batch)
+            waiters.append(waiter)
+        if waiters:
+            self._send(ops, origin, seq, waiters)
+
+    def _send(
+        self, ops: Sequence[Op], origin: str, seq: int, waiters: list[defer.Deferred[object]]
+    ) -> None:
+        def done(result: object) -> None:
+            for waiter in waiters:
+                waiter.callback(result)
+
+        def failed(failure: Failure) -> None:
+            for waiter in waiters:
+                waiter.errback(failure)
+
+        self._eval_apply(ops, origin, seq).addCallbacks(done, failed)
+
+    def _eval_apply(self, ops: Sequence[Op], origin: str, seq: int) -> defer.Deferred[object]:
         keys: list[str] = []
         args: list[str | int] = [self.channel, origin, seq]
         for op in ops:
