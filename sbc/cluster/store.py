@@ -377,8 +377,12 @@ class SharedStore:
 
     @property
     def available(self) -> bool:
-        """True when changes can be written (connected, and the view rebuilt)."""
-        return self.state == StoreState.UP
+        """True when connected: new bindings are accepted.
+
+        While the view is being rebuilt (syncing) changes are kept here only;
+        the end of the rebuild writes every binding this node holds.
+        """
+        return self.state != StoreState.DOWN
 
     # -- connection events (from the client) -------------------------------------------
 

@@ -281,9 +281,16 @@ class SharedRegistrationTests(SynchronousTestCase):
         self.b.store._waiting = []
         self.a.register(contact="<sip:bob@127.0.0.3:5070>", expires=0, cseq=3)
         self.redis.deliver()  # B is reading: the message waits
-        self.b.store._loaded(self.redis.rows())
+        # a REGISTER on B while it reads is accepted, and written once the read is done
+        rows = self.redis.rows()
+        self.assertEqual(
+            self.b.register(flow=B_PHONE, aor="sip:carol@example.com", call_id="c"), 200
+        )
+        self.assertNotIn("carol", "".join(self.redis.live()))
+        self.b.store._loaded(rows)
         [left] = self.b.lookup()
         self.assertEqual(left.contact.port, 5071)
+        self.assertIn("carol", "".join(self.redis.live()))
 
     def test_clean_stop_removes_this_nodes_bindings_at_once(self) -> None:
         self.a.register(expires=60)
