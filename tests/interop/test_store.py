@@ -9,6 +9,7 @@ an operator's restart: Redis drops every connection).
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 from typing import Any
 
 from twisted.internet import defer
@@ -331,3 +332,100 @@ class SharedStoreTests(CliTestCase):
                 return text
             yield pause(0.3)
         self.fail(f"timed out after {seconds:g} s waiting for {describe}:\n{text}")
+
+
+class RedisClientTests(CliTestCase):
+    """sbc.transport.redis in this process against a real redis-server: the scripts themselves."""
+
+    timeout = 60
+
+    def mktemp_dir(self) -> str:
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        return directory
+
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:  # type: ignore[override]
+        self.redis = RedisServer(self, free_port())
+        yield self.redis.start()
+
+    @defer.inlineCallbacks
+    def node(self, name: str) -> Any:
+        from sbc.cluster import SharedStore, StoreState
+        from sbc.config import StoreUrl
+        from sbc.transport.redis import RedisStoreService
+
+        reactor = get_reactor()
+        store = SharedStore(name, reactor.seconds)
+        service = RedisStoreService(reactor, StoreUrl("127.0.0.1", self.redis.port, 0), store)
+        service.startService()
+        self.addCleanup(lambda: service.stopService() if service.running else None)
+        yield self.until(lambda: store.state == StoreState.UP, "node " + name)
+        return store, service
+
+    @defer.inlineCallbacks
+    def until(self, condition: Any, what: str, seconds: float = 10.0) -> Any:
+        deadline = get_reactor().seconds() + seconds
+        while not condition():
+            if get_reactor().seconds() > deadline:
+                self.fail(f"timed out after {seconds:g} s waiting for {what}")
+            yield pause(0.02)
+
+    @defer.inlineCallbacks
+    def test_scripts_apply_announce_load_and_heartbeat(self) -> Any:
+        from sbc.cluster.codec import encode_relayed, relay_key
+        from sbc.cluster.store import Delete, Drop, Put
+        from sbc.sip.stack import Flow
+        from sbc.sip.uri import parse_uri
+
+        a, service_a = yield self.node("A")
+        b, service_b = yield self.node("B")
+        flow = Flow("TLS", ("127.0.0.1", 5061), ("192.0.2.7", 40000), 3, pinned=True)
+        contact = parse_uri("sip:alice@192.0.2.7:40000;transport=tls")
+
+        def record(token: str, node: str) -> str:
+            return encode_relayed(token, "alice@lab.test", contact, flow, "phones", "pbx", node)
+
+        # two batches in one reactor turn: one script call, both announced, in order
+        a.write([Put(relay_key("sbcr-1"), record("sbcr-1", "A"), 60_000)])
+        a.write([Put(relay_key("sbcr-2"), record("sbcr-2", "A"), 60_000)])
+        yield self.until(lambda: len(b.remote_relayed) == 2, "B to hear A's writes")
+        ttl = yield self.redis.cli("PTTL", relay_key("sbcr-1"))
+        self.assertTrue(55_000 < int(ttl[0]) <= 60_000, ttl)
+        self.assertEqual(b.remote_relayed["sbcr-1"].flow, flow)
+        # Drop removes only a record that still names the node; B's record stays
+        b.write([Put(relay_key("sbcr-3"), record("sbcr-3", "B"), 60_000)])
+        yield self.until(lambda: "sbcr-3" in a.remote_relayed, "A to hear B")
+        a.write([Drop(relay_key("sbcr-1")), Drop(relay_key("sbcr-3"))])
+        yield self.until(lambda: "sbcr-1" not in b.remote_relayed, "B to hear the drop")
+        keys = yield self.redis.bindings()
+        self.assertEqual(keys, [relay_key("sbcr-2"), relay_key("sbcr-3")])
+        self.assertIn("sbcr-3", a.remote_relayed)  # A's Drop announced B's record, unchanged
+        a.write([Delete(relay_key("sbcr-2"))])
+        yield self.until(lambda: "sbcr-2" not in b.remote_relayed, "B to hear the delete")
+        # load: what a (re)connecting node reads
+        rows = yield service_a.load()
+        self.assertEqual([(k, int(t) > 0) for k, _, t in rows], [(relay_key("sbcr-3"), True)])
+        # heartbeat: each node's counts, and the live nodes
+        a.call_counts = lambda: {"trunk": 2}
+        b.call_counts = lambda: {"trunk": 5}
+        yield b.tick()
+        yield a.tick()
+        self.assertEqual((a.remote_calls, a.nodes), ({"trunk": 5}, ("A", "B")))
+        # a clean stop removes what the node holds and its heartbeat
+        b.relayed = lambda: [SimpleNamespace(token="sbcr-3")]
+        yield service_b.stopService()
+        keys = yield self.redis.cli("--scan", "--pattern", "sbc:*")
+        self.assertEqual(sorted(keys), ["sbc:node:A", "sbc:nodes"])
+
+    @defer.inlineCallbacks
+    def test_lost_and_connected_again(self) -> Any:
+        from sbc.cluster import StoreState
+
+        a, _ = yield self.node("A")
+        yield self.redis.stop()
+        yield self.until(lambda: a.state == StoreState.DOWN, "A to see Redis go")
+        self.assertFalse(a.available)
+        self.redis = RedisServer(self, self.redis.port)
+        yield self.redis.start()
+        yield self.until(lambda: a.state == StoreState.UP, "A to reconnect", 15.0)
