@@ -150,6 +150,7 @@ class SbcCore:
         self.relay = RegistrationRelay(
             table, self._registrars_for, self.calls.count, register_refresh_min or (lambda: 0.0)
         )
+        self.relay.on_held_elsewhere = self._relayed_held_elsewhere
         self._stack: SipStack | None = None
         #: Sheds new INVITEs and REGISTERs when the SBC is overloaded (sbc.overload).
         self.overload = OverloadControl(count=self.calls.count)
@@ -368,9 +369,46 @@ class SbcCore:
             return [Target(b.inbound, b.phone_contact, b.flow) for b in relayed]
         if uri.user is None or not self._is_local(uri):
             return None
-        return [
-            Target(b.adjacency, b.contact, b.flow) for b in self.registrar.lookup(aor_key(uri), now)
-        ]
+        targets = []
+        for binding in self.registrar.lookup(aor_key(uri), now):
+            if binding.node is not None:
+                # the flow is another node's (a shared store, docs/scaling.md): calls
+                # routed to its holder are not there yet (issue 13), so it is skipped
+                self.held_elsewhere(binding.aor, binding.node, binding.adjacency, inbound, now)
+                continue
+            targets.append(Target(binding.adjacency, binding.contact, binding.flow))
+        return targets
+
+    def _relayed_held_elsewhere(self, token: str, record: object, inbound: str, now: float) -> None:
+        """A request for a relayed registration's token that another node holds."""
+        self.held_elsewhere(
+            str(getattr(record, "aor", token)),
+            str(getattr(record, "node", "?")),
+            str(getattr(record, "inbound", inbound)),
+            inbound,
+            now,
+        )
+
+    def held_elsewhere(self, aor: str, node: str, adjacency: str, inbound: str, now: float) -> None:
+        """A call's contact whose flow another node holds: counted and logged, then skipped.
+
+        Counted as ``held-elsewhere`` on the contact's adjacency, logged as
+        ``call.held-elsewhere`` (capped like refusals). This is where calls
+        routed to the holder of the flow will plug in.
+        """
+        self.calls.count(adjacency, "held-elsewhere")
+        suppressed = self.calls.refusals.admit((adjacency, "held-elsewhere"), now)
+        if suppressed is not None:
+            calllog.log.info(
+                "call from {inbound} to {aor}: a contact on {adjacency} is held by node {node}, "
+                "skipped (calls to another node's phones are not supported yet)",
+                event="call.held-elsewhere",
+                aor=aor,
+                node=node,
+                adjacency=adjacency,
+                inbound=inbound,
+                suppressed=suppressed,
+            )
 
     def _registrars_for(
         self, request: Request, inbound: AdjacencyConfig, now: float

@@ -9,7 +9,9 @@
   :mod:`sbc.plugins` package) that makes a policy; ``routing-policy NAME``
   in the configuration selects one by its :attr:`name`.
 - :class:`ILocationService`: the registrar's binding store (docs/phones.md),
-  :class:`sbc.registrar.LocationService` in memory.
+  :class:`sbc.registrar.LocationService` in memory, or
+  :class:`sbc.cluster.SharedLocationService` shared through Redis
+  (docs/scaling.md).
 - :class:`IAuthenticator`: checks a request's credentials (SIP digest,
   docs/authentication.md), :class:`sbc.auth.DigestAuthenticator`.
 
@@ -134,7 +136,12 @@ class ILocationService(Interface):
         """The live bindings of ``aor``, highest q first."""
 
     def update(aor: str, bindings: list[Binding], now: float) -> None:
-        """Replace the bindings of ``aor`` (an empty list removes the AOR)."""
+        """Replace the bindings of ``aor`` (an empty list removes the AOR).
+
+        A store shared with other nodes (:class:`sbc.cluster.SharedLocationService`)
+        may refuse a change it cannot record by raising a ``SipError`` (503);
+        nothing has changed then.
+        """
 
     def purge(now: float) -> int:
         """Drop every expired binding; return how many went."""

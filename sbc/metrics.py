@@ -331,7 +331,7 @@ class SbcCollector:
             "sbc_registrations",
             "Registered contacts (live bindings) reached through the adjacency.",
             names,
-            (binding.adjacency for binding in self.registrations()),
+            (binding.adjacency for binding in self.registrations() if binding.held_here),
         )
         yield self._per_adjacency(
             "sbc_blocked_sources",

@@ -20,10 +20,12 @@ import os
 import secrets
 import signal
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import attrs
 from twisted.application.service import MultiService
+from twisted.internet.defer import gatherResults
 from twisted.internet.error import ReactorNotRunning
 from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
@@ -31,6 +33,7 @@ from twisted.python.failure import Failure
 
 from sbc.adjacencies import TCP, TLS, UDP, AdjacencyTable, ListenerKey
 from sbc.auth import DigestAuthenticator, UserDatabase, UserDatabaseError, load_user_database
+from sbc.cluster import SharedStore
 from sbc.commits import (
     CONFIRM_SECONDS_RANGE,
     CommitHistory,
@@ -49,7 +52,8 @@ from sbc.config import (
 from sbc.core import SbcCore
 from sbc.errors import ConfigError, SbcError
 from sbc.flood import SourceGuard
-from sbc.routing import Router, available_policies
+from sbc.registrar import Registrar
+from sbc.routing import RouteKey, Router, RoutingDecision, available_policies
 from sbc.sip.stack import SipStack
 from sbc.sip.timers import TimerSettings
 from sbc.transport.overload import LoadMeter
@@ -168,13 +172,24 @@ class SbcService(MultiService):
             lambda: self.users,
             nonce_lifetime=config.limits.nonce_lifetime,
         )
+        #: The store shared with other SBC nodes (``store`` under ``sbe``), or None.
+        self.store: SharedStore | None = None
+        registrar = None
+        if config.store is not None:
+            self.store = SharedStore(
+                node_name(config),
+                reactor.seconds,
+                count=lambda adjacency, name: self.core.calls.count(adjacency, name),
+            )
+            registrar = Registrar(self.store.location)
         self.core = SbcCore(
             lambda: self.runtime.table,
-            lambda key, table, active: self.router.route(key, table, active),
+            self._route,
             local_domains=lambda: self.config.local_domains,
             no_answer_timeout=lambda: self.config.limits.no_answer_timeout,
             authenticator=self.authenticator,
             register_refresh_min=lambda: self.config.limits.register_refresh_min,
+            registrar=registrar,
         )
         # Transactions waiting only for retransmissions end on whole seconds:
         # one wake-up ends all of a second's, instead of one wake-up each.
@@ -203,6 +218,13 @@ class SbcService(MultiService):
                 lambda: self.runtime.listening,
             )
         self.overload.limits = lambda: self.config.limits
+        if self.store is not None and config.store is not None:
+            from sbc.transport.redis import RedisStoreService
+
+            self.store.relayed = self.core.relay.bindings
+            self.store.call_counts = self._call_counts
+            self.core.relay.store = self.store
+            RedisStoreService(reactor, config.store, self.store).setServiceParent(self)
         if cli_endpoint is not None:
             from sbc.cli.server import CliService
 
@@ -215,6 +237,20 @@ class SbcService(MultiService):
             from sbc.metrics import MetricsService
 
             MetricsService(self, metrics_endpoint).setServiceParent(self)
+
+    def _route(
+        self, key: RouteKey, table: AdjacencyTable, active: Callable[[str], int]
+    ) -> RoutingDecision:
+        """Routing with the router in force; with a shared store, least-calls counts every node."""
+        if self.store is not None:
+            active = self.store.active_calls(active)
+        return self.router.route(key, table, active)
+
+    def _call_counts(self) -> dict[str, int]:
+        """This node's active calls per adjacency (what the other nodes add to theirs)."""
+        calls = self.core.calls
+        counts = {a.name: calls.active_calls(a.name) for a in self.config.adjacencies}
+        return {name: count for name, count in counts.items() if count}
 
     @property
     def guard(self) -> SourceGuard:
@@ -385,8 +421,12 @@ class SbcService(MultiService):
                 commit_id=pending.commit_id,
             )
         self._restore_sighup()
-        super().stopService()
-        return self.runtime.stop()
+        children = super().stopService()
+        stopped = self.runtime.stop()
+        if self.store is None:
+            return stopped
+        # the store service removes this node's bindings from Redis first
+        return gatherResults([children, stopped], consumeErrors=True)
 
     # -- TLS identity reload (``crypto reload``, SIGHUP) -------------------------
 
@@ -518,6 +558,13 @@ class SbcService(MultiService):
             line = SECURITY_CHANGE_MESSAGE.format(name=refused[0])
             if len(refused) > 1:
                 line += f" (also: {', '.join(refused[1:])})"
+            self._log_refusal([line], user, client)
+            return [line]
+        if (candidate.store, candidate.node) != (self.config.store, self.config.node):
+            line = (
+                "% store and node are read at start only: change them in the file and "
+                "restart sbc (docs/scaling.md)"
+            )
             self._log_refusal([line], user, client)
             return [line]
         pending = self.pending_confirmation
@@ -749,6 +796,11 @@ class SbcService(MultiService):
         if errors:
             return errors
         return [f"Configuration rolled back ({label}): commit {self.commits.records[-1].id}."]
+
+
+def node_name(config: SbcConfig) -> str:
+    """This SBC's name among the nodes sharing a store: ``node NAME``, else the host name."""
+    return config.node if config.node is not None else socket.gethostname()
 
 
 def user_database_path(name: str, config_path: str | None) -> str:

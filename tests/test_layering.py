@@ -62,6 +62,7 @@ class LayeringTests(SynchronousTestCase):
             "sbc.plugins.sbc_policies",
             "sbc.core",
             "sbc.flood",
+            "sbc.cluster",
         )
         bad = sorted(
             m for m in loaded if any(m == f or m.startswith(f + ".") for f in FORBIDDEN_FOR_POLICY)

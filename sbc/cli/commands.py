@@ -87,6 +87,10 @@ class RegistrationInfo:
     flow: str = ""
     #: for a registration relayed to a registrar: the outbound adjacency
     relayed_to: str = ""
+    #: with a shared store (docs/scaling.md): the node that holds the flow ("" without one)
+    node: str = ""
+    #: False for a binding another node holds (shown, not counted in this node's metrics)
+    held_here: bool = True
 
 
 @attrs.frozen
@@ -831,10 +835,13 @@ class Session:
             ]
             for r in bindings
         ]
-        return [
-            *format_table(["AOR", "Contact", "Adjacency", "Flow", "Expires", "Registrar"], rows),
-            f"{len(bindings)} binding(s)",
-        ]
+        headers = ["AOR", "Contact", "Adjacency", "Flow", "Expires", "Registrar"]
+        if any(r.node for r in bindings):
+            # a shared store: which node holds each flow (docs/scaling.md)
+            headers.append("Node")
+            for row, r in zip(rows, bindings, strict=True):
+                row.append(r.node or "-")
+        return [*format_table(headers, rows), f"{len(bindings)} binding(s)"]
 
     def _show_statistics(self, running: SbcConfig) -> list[str]:
         counters = self.backend.counters()

@@ -180,9 +180,17 @@ class ServiceBackend:
             bindings = list(location)
         except TypeError:  # a location service that cannot be listed
             return []
+        store = self.service.store
+        here = store.node if store is not None else ""
         local = [
             RegistrationInfo(
-                b.aor, str(b.contact), b.adjacency, b.remaining(now), b.flow.describe()
+                b.aor,
+                str(b.contact),
+                b.adjacency,
+                b.remaining(now),
+                b.flow.describe(),
+                node=b.node or here,
+                held_here=b.node is None,
             )
             for b in bindings
             if b.remaining(now) > 0
@@ -195,10 +203,26 @@ class ServiceBackend:
                 r.remaining(now),
                 r.flow.describe(),
                 relayed_to=r.outbound,
+                node=here,
             )
             for r in self.service.core.relay.bindings()
             if r.remaining(now) > 0
         ]
+        if store is not None:
+            relayed += [
+                RegistrationInfo(
+                    r.aor,
+                    str(r.phone_contact),
+                    r.inbound,
+                    r.remaining(now),
+                    r.flow.describe(),
+                    relayed_to=r.outbound,
+                    node=r.node,
+                    held_here=False,
+                )
+                for r in store.remote_relayed.values()
+                if r.remaining(now) > 0
+            ]
         return local + relayed
 
 

@@ -434,6 +434,27 @@ def _dns_servers(values: Iterable[DnsServer]) -> tuple[DnsServer, ...]:
     return tuple(values)
 
 
+#: Port of a ``store redis://HOST`` given without one.
+DEFAULT_REDIS_PORT = 6379
+
+
+@attrs.frozen
+class StoreUrl:
+    """``store redis://HOST[:PORT][/DB]``: the Redis database shared by the SBC nodes.
+
+    ``host`` is an IP address or a host name; ``db`` the Redis database
+    number (``SELECT``). docs/scaling.md says what lives there.
+    """
+
+    host: str
+    port: int = DEFAULT_REDIS_PORT
+    db: int = 0
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"redis://{host}:{self.port}/{self.db}"
+
+
 @attrs.frozen
 class LimitNumber:
     """The second number of a two-number limit (``source-rate-limit REQUESTS SECONDS``)."""
@@ -865,6 +886,9 @@ class SbcConfig:
     ``blocked_user_agents`` are the ``blocked-user-agent`` texts (a request on an
     untrusted adjacency whose User-Agent contains one is dropped and its
     source banned; see docs/hardening.md).
+    ``store`` is the shared store of registrations and call counts
+    (``store redis://...``; None: this process's memory, docs/scaling.md);
+    ``node`` names this SBC among those sharing it (None: the host name).
     ``source`` is the file the model came from (for error messages; not part of equality).
     """
 
@@ -880,6 +904,8 @@ class SbcConfig:
     user_database: str | None = None
     dns_servers: tuple[DnsServer, ...] = attrs.field(default=(), converter=_dns_servers)
     blocked_user_agents: tuple[str, ...] = attrs.field(default=(), converter=_texts)
+    store: StoreUrl | None = None
+    node: str | None = None
     source: str = attrs.field(default="<string>", eq=False, repr=False)
     line: int = attrs.field(default=0, eq=False, repr=False)
     setting_lines: FrozenMap[str, int] = attrs.field(

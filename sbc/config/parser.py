@@ -31,6 +31,7 @@ import attrs
 
 from sbc.config.model import (
     DEFAULT_DNS_PORT,
+    DEFAULT_REDIS_PORT,
     DEFAULT_ROUTING_POLICY,
     LIMIT_SETTINGS,
     Action,
@@ -48,6 +49,7 @@ from sbc.config.model import (
     RoutingTable,
     SbcConfig,
     Security,
+    StoreUrl,
     TableKind,
     Transport,
 )
@@ -462,6 +464,8 @@ class ConfigBuilder:
         self.active_call_policy_set: int | None = None
         self.routing_policy = DEFAULT_ROUTING_POLICY
         self.user_database: str | None = None
+        self.store: StoreUrl | None = None
+        self.node: str | None = None
         self.setting_lines: dict[str, int] = {}
         # blocked-user-agent TEXT -> line
         self.blocked_user_agents: dict[str, int] = {}
@@ -483,6 +487,8 @@ class ConfigBuilder:
         self.active_call_policy_set = None
         self.routing_policy = DEFAULT_ROUTING_POLICY
         self.user_database = None
+        self.store = None
+        self.node = None
         self.setting_lines = {}
         self.blocked_user_agents = {}
         self._clear_limits()
@@ -551,6 +557,8 @@ class ConfigBuilder:
         b.active_call_policy_set = cfg.active_call_policy_set
         b.routing_policy = cfg.routing_policy
         b.user_database = cfg.user_database
+        b.store = cfg.store
+        b.node = cfg.node
         for setting in LIMIT_SETTINGS:
             if not setting.is_default(cfg.limits):
                 for limit in setting.numbers:
@@ -743,6 +751,8 @@ class ConfigBuilder:
             ),
             dns_servers=tuple(self.dns_servers),
             blocked_user_agents=tuple(self.blocked_user_agents),
+            store=self.store,
+            node=self.node,
             source=self.path,
             line=self.service_line,
             setting_lines={
@@ -1015,6 +1025,61 @@ def _blocked_user_agent(
         del b.blocked_user_agents[text]
     elif text not in b.blocked_user_agents:
         b.blocked_user_agents[text] = line
+    return mode
+
+
+_STORE_RE = re.compile(r"redis://(\[[0-9A-Fa-f:.]+\]|[^/:\[\]]+)(?::([^/]*))?(?:/(.*))?\Z")
+
+
+def _store_url(word: str) -> StoreUrl:
+    """``redis://HOST[:PORT][/DB]`` (an IPv6 address in brackets)."""
+    match = _STORE_RE.match(word)
+    if match is None:
+        raise _InvalidError(f"bad store '{word}': expected redis://HOST[:PORT][/DB]")
+    host, port, db = match.groups()
+    host = host.strip("[]")
+    _host(host, "store host")
+    return StoreUrl(
+        host,
+        _port(port) if port is not None else DEFAULT_REDIS_PORT,
+        _number(db, "store database", 0, 65535) if db else 0,
+    )
+
+
+@_command(
+    ModeKind.SBE,
+    "store redis://HOST[:PORT][/DB]",
+    "Share registrations and call counts with other SBC nodes in this Redis database "
+    "(default: none, this process's memory)",
+    "no store",
+)
+def _store(b: ConfigBuilder, mode: Mode, args: Sequence[str], line: int, negate: bool) -> Mode:
+    if negate:
+        _arity(args, "no store [URL]", 0, 1)
+        b.store = None
+        b.setting_lines.pop("store", None)
+        return mode
+    _arity(args, "store redis://HOST[:PORT][/DB]", 1)
+    b.store = _store_url(args[0])
+    b.setting_lines["store"] = line
+    return mode
+
+
+@_command(
+    ModeKind.SBE,
+    "node NAME",
+    "This SBC's name among the nodes sharing a store (default: the host name)",
+    "no node",
+)
+def _node(b: ConfigBuilder, mode: Mode, args: Sequence[str], line: int, negate: bool) -> Mode:
+    if negate:
+        _arity(args, "no node [NAME]", 0, 1)
+        b.node = None
+        b.setting_lines.pop("node", None)
+        return mode
+    _arity(args, "node NAME", 1)
+    b.node = _name(args[0], "node name")
+    b.setting_lines["node"] = line
     return mode
 
 

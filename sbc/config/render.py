@@ -104,6 +104,10 @@ def render_config(cfg: SbcConfig) -> str:
     if cfg.user_database is not None:
         sbe.append(f"user-database {cfg.user_database}")
     sbe.extend(f"blocked-user-agent {text}" for text in cfg.blocked_user_agents)
+    if cfg.store is not None:
+        sbe.append(f"store {cfg.store}")
+    if cfg.node is not None:
+        sbe.append(f"node {cfg.node}")
     changed = [s for s in LIMIT_SETTINGS if not s.is_default(cfg.limits)]
     if changed:
         sbe.append("limits")

@@ -39,6 +39,10 @@ class Binding:
     q: float | None = None
     #: Registered from a trusted adjacency: an untrusted REGISTER neither sees nor changes it.
     trusted: bool = False
+    #: The SBC node that holds the flow (a shared store, docs/scaling.md); None: this process.
+    node: str | None = None
+    #: The worker process of ``node`` that holds the flow (0: the only one, for now).
+    worker: int = 0
 
     def remaining(self, now: float) -> int:
         """Whole seconds left before the binding expires (never negative)."""

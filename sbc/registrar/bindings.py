@@ -44,6 +44,15 @@ class LocationService:
 
     def update(self, aor: str, bindings: list[Binding], now: float) -> None:
         """Replace the bindings of ``aor``; expired ones are not kept."""
+        self._replace(aor, bindings, now)
+
+    def _replace(self, aor: str, bindings: list[Binding], now: float) -> None:
+        """:meth:`update` itself; expiry and closed connections use it too.
+
+        A subclass that writes changes elsewhere overrides :meth:`update`
+        (what the registrar asks) and sees expiry and closed connections
+        through :meth:`expire` and :meth:`remove_connection` instead.
+        """
         old = self._bindings.get(aor, ())
         live = [b for b in bindings if b.expires_at > now]
         if live:
@@ -79,7 +88,7 @@ class LocationService:
             expired = [b for b in bindings if b.expires_at <= now]
             if expired:
                 gone.extend(expired)
-                self.update(aor, [b for b in bindings if b.expires_at > now], now)
+                self._replace(aor, [b for b in bindings if b.expires_at > now], now)
         return gone
 
     def remove_connection(self, connection_id: int, now: float) -> list[Binding]:
@@ -89,7 +98,7 @@ class LocationService:
             bindings = self._bindings.get(aor, [])
             closed = [b for b in bindings if b.flow.connection_id == connection_id]
             gone.extend(closed)
-            self.update(aor, [b for b in bindings if b not in closed], now)
+            self._replace(aor, [b for b in bindings if b not in closed], now)
         self._by_connection.pop(connection_id, None)
         return gone
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
+from typing import Protocol
 
 import attrs
 from twisted.logger import Logger
@@ -145,13 +146,40 @@ def _canonical(uri: URI) -> str:
     return uri.serialize().lower()
 
 
+class RelayStore(Protocol):
+    """Where relayed bindings are also kept when nodes share a store (sbc.cluster.SharedStore)."""
+
+    @property
+    def available(self) -> bool:
+        """False while a new binding cannot be written (the store is away)."""
+        ...
+
+    def refuse(self, aor: str, adjacency: str, now: float) -> None:
+        """Count, log and raise the 503 of a REGISTER the store cannot take."""
+        ...
+
+    def relayed_bound(self, record: RelayedBinding, now: float) -> None:
+        """A binding was added or refreshed (its flow or expiry changed)."""
+        ...
+
+    def relayed_ended(self, token: str) -> None:
+        """A binding ended."""
+        ...
+
+    def relayed_held_elsewhere(self, token: str, now: float) -> object | None:
+        """Another node's live binding for ``token`` (its record), or None."""
+        ...
+
+
 class RegistrationRelay:
     """REGISTER relay to registrars behind the SBC; see the module docstring.
 
     ``table`` gives the attached adjacencies, ``route`` the outbound
     adjacencies for a REGISTER, ``count(adjacency, name)`` counts,
     ``refresh_min`` returns ``register-refresh-min`` (0: off). Set
-    :attr:`stack` before use.
+    :attr:`stack` before use. :attr:`store`, when set, is told of every
+    binding added, refreshed and ended, refuses (503) a REGISTER that would
+    add a binding while it is away, and knows the tokens other nodes hold.
     """
 
     stack: SipStack
@@ -170,6 +198,10 @@ class RegistrationRelay:
         self.tokens: dict[str, RelayedBinding] = {}
         self.sessions: dict[tuple[str, str], RelaySession] = {}
         self.pending: dict[TransactionKey, PendingRegister] = {}
+        self.store: RelayStore | None = None
+        #: Called with the token, the record and the inbound adjacency of a request for
+        #: a token another node holds (the request then gets 480).
+        self.on_held_elsewhere: Callable[[str, object, str, float], object] | None = None
 
     # -- queries ---------------------------------------------------------------------
 
@@ -194,6 +226,13 @@ class RegistrationRelay:
         if uri.host.strip("[]") not in self._table().addresses:
             return None
         binding = self.tokens.get(user)
+        if binding is None and self.store is not None:
+            record = self.store.relayed_held_elsewhere(user, now)
+            if record is not None:
+                # calls to another node's phones are not relayed there yet (issue 13)
+                if self.on_held_elsewhere is not None:
+                    self.on_held_elsewhere(user, record, inbound, now)
+                raise SipError(480, "Temporarily Unavailable")
         if binding is None or binding.outbound != inbound or binding.phone_expires_at <= now:
             raise SipError(404, "Not Found - registration ended")
         return [binding]
@@ -242,6 +281,13 @@ class RegistrationRelay:
             answered = self._answer_locally(request, server, flow, session, requested, now)
             if answered is not None:
                 return answered
+        store = self.store
+        if store is not None and not star and not store.available:
+            pinned = _pinned(flow)
+            for canonical, (_, expires) in requested.items():
+                bound = session.bindings.get(canonical) if session is not None else None
+                if expires > 0 and (bound is None or bound.flow != pinned):
+                    store.refuse(aor, inbound.name, now)
         new_session = session is None or not session.bindings
         if session is None:
             if len(self.sessions) >= MAX_SESSIONS:
@@ -332,6 +378,8 @@ class RegistrationRelay:
             binding = bindings[canonical]
             granted = min(float(expires), binding.expires_at - now)
             binding.phone_expires_at = now + granted
+            if self.store is not None:
+                self.store.relayed_bound(binding, now)
             response.headers.add("Contact", _phone_contact(contact, int(granted)))
         self._count(session.key[0], "register-answered-locally")
         return self.stack.respond(server, response, now)
@@ -506,6 +554,8 @@ class RegistrationRelay:
                 current.expires_at = now + seconds
                 current.phone_expires_at = now + phone_seconds
                 _log_binding("registration.refreshed", current, now)
+            if self.store is not None:
+                self.store.relayed_bound(current, now)
             reply.headers.add("Contact", _phone_contact(contact, phone_seconds))
         if not session.bindings:
             self._forget_session(session)
@@ -536,6 +586,8 @@ class RegistrationRelay:
         if self.tokens.get(binding.token) is not binding:
             return
         del self.tokens[binding.token]
+        if self.store is not None:
+            self.store.relayed_ended(binding.token)
         session = binding.session
         for canonical, bound in list(session.bindings.items()):
             if bound is binding:

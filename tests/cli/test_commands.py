@@ -449,6 +449,18 @@ class ShowTests(SynchronousTestCase):
                 "local",
             ],
         )
+        # with a shared store (docs/scaling.md): the node that holds each flow
+        backend.bindings = [
+            RegistrationInfo("a@lab.test", "sip:a@1", "test", 60, "UDP 10.0.0.1:5060", node="A"),
+            RegistrationInfo(
+                "b@lab.test", "sip:b@10.0.0.2", "test", 50, "TLS 10.0.0.2:4000", node="B",
+                held_here=False, relayed_to="pbx",
+            ),
+        ]  # fmt: skip
+        lines = session.execute("show services sbc mysbc sbe registrations")[0].split("\n")
+        self.assertEqual(lines[0].split()[-2:], ["Registrar", "Node"])
+        self.assertEqual(lines[2].split()[-2:], ["local", "A"])
+        self.assertEqual(lines[3].split()[-4:], ["relayed", "to", "pbx", "B"])
         backend.counter_values = {
             "core": {"handshakes": 2},
             "(unclassified)": {"drops:no-adjacency": 1},

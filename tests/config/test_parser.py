@@ -21,6 +21,7 @@ from sbc.config import (
     ModeKind,
     SbcConfig,
     Security,
+    StoreUrl,
     TableKind,
     Transport,
     apply_command,
@@ -478,6 +479,28 @@ class AccessCommandTests(ParseErrorMixin):
         self.assertTrue(self.adj("sip-over-tls").sip_over_tls)
         self.assertFalse(self.adj("sip-over-tls", "no sip-over-tls").sip_over_tls)
         self.assertRefused(HEAD + "sip-over-tls yes\n", 5, "too many words")
+
+    def test_store_and_node(self) -> None:
+        """store redis://HOST[:PORT][/DB] and node NAME under sbe (docs/scaling.md)."""
+        cfg = parse("sbc s\nsbe\n")
+        self.assertIsNone(cfg.store)
+        self.assertIsNone(cfg.node)
+        cfg = parse("sbc s\nsbe\nstore redis://127.0.0.1:6380/2\nnode edge-a\n")
+        self.assertEqual(cfg.store, StoreUrl("127.0.0.1", 6380, 2))
+        self.assertEqual(cfg.node, "edge-a")
+        self.assertEqual(
+            parse("sbc s\nsbe\nstore redis://redis.lab\n").store, StoreUrl("redis.lab")
+        )
+        self.assertEqual(parse("sbc s\nsbe\nstore redis://[::1]:7000\n").store.host, "::1")
+        cfg = parse("sbc s\nsbe\nstore redis://r\nnode a\nno store\nno node\n")
+        self.assertIsNone(cfg.store)
+        self.assertIsNone(cfg.node)
+        self.assertRefused("sbc s\nsbe\nstore http://r\n", 3, "expected redis://HOST")
+        self.assertRefused("sbc s\nsbe\nstore redis://r:99999\n", 3, "bad port")
+        self.assertRefused("sbc s\nsbe\nstore redis://r/x\n", 3, "bad store database")
+        self.assertRefused("sbc s\nsbe\nstore redis://bad_host!\n", 3, "bad store host")
+        self.assertRefused("sbc s\nsbe\nnode -x\n", 3, "bad node name")
+        self.assertRefused("sbc s\nsbe\nstore\n", 3, "incomplete command")
 
     def test_user_database(self) -> None:
         cfg = parse("sbc s\nsbe\nuser-database /etc/sbc/users\n")
@@ -965,6 +988,8 @@ class BuilderApiTests(SynchronousTestCase):
                 "routing-policy",
                 "user-database",
                 "blocked-user-agent",
+                "store",
+                "node",
                 "limits",
                 "exit",
                 "end",

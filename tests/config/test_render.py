@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from sbc.config import (
+    DEFAULT_REDIS_PORT,
     LIMIT_SETTINGS,
     Action,
     AdjacencyConfig,
@@ -23,6 +24,7 @@ from sbc.config import (
     RoutingTable,
     SbcConfig,
     Security,
+    StoreUrl,
     TableKind,
     Transport,
     parse_config,
@@ -123,6 +125,12 @@ def limits(draw: st.DrawFn) -> Limits:
     return Limits(**values)
 
 
+stores = st.builds(
+    StoreUrl,
+    hosts,
+    st.just(DEFAULT_REDIS_PORT) | ports,
+    st.integers(0, 65535),
+)
 dns_servers = st.builds(DnsServer, st.ip_addresses(), st.just(53) | ports)
 
 
@@ -142,6 +150,8 @@ def configs(draw: st.DrawFn) -> SbcConfig:
         user_database=draw(st.none() | st.from_regex(r"[a-z0-9/._\-]{1,30}", fullmatch=True)),
         dns_servers=draw(st.lists(dns_servers, max_size=3, unique=True)),
         blocked_user_agents=draw(st.lists(user_agent_texts, max_size=3, unique=True)),
+        store=draw(st.none() | stores),
+        node=draw(st.none() | names),
     )
 
 

@@ -218,7 +218,7 @@ def render_config(
 
 
 def _listening_sockets() -> set[tuple[int, bool]]:
-    """(port, is_udp) of every socket listening on 127.0.0.1 or any address, from /proc/net.
+    """(port, is_udp) of every socket listening on 127.0.0.0/8 or any address, from /proc/net.
 
     TCP sockets in LISTEN state and unconnected bound UDP sockets.
     """
@@ -234,7 +234,9 @@ def _listening_sockets() -> set[tuple[int, bool]]:
         for row in rows:
             fields = row.split()
             address, _, port_hex = fields[1].rpartition(":")
-            if fields[3] == state and (address == "0100007F" or set(address) == {"0"}):
+            # any 127.0.0.0/8 address (little-endian hex: ...7F) or any address
+            loopback = len(address) == 8 and address.endswith("7F")
+            if fields[3] == state and (loopback or set(address) == {"0"}):
                 found.add((int(port_hex, 16), udp))
     return found
 
