@@ -53,7 +53,7 @@ from twisted.web.resource import IResource, NoResource, Resource
 from twisted.web.server import Request, Site
 
 from sbc import __version__
-from sbc.cli.commands import BlockedSourceInfo, CallInfo, RegistrationInfo
+from sbc.cli.commands import BlockedSourceInfo, CallInfo, OpenConnection, RegistrationInfo
 from sbc.config.model import AdjacencyConfig
 from sbc.counters import UNCLASSIFIED
 from sbc.endpoints import close_port
@@ -223,15 +223,6 @@ COUNTER_FAMILIES: Mapping[str, CounterFamily] = {
 def metric_name(family: str) -> str:
     """``sbc_`` + the family name with every character not allowed in a metric name as ``_``."""
     return PREFIX + re.sub(r"[^a-zA-Z0-9_]", "_", family)
-
-
-@attrs.frozen
-class OpenConnection:
-    """One open stream connection: its adjacency (None: none yet), direction and transport."""
-
-    adjacency: str | None
-    outbound: bool
-    transport: str
 
 
 CounterSource = Callable[[], Mapping[str, Mapping[str, int]]]

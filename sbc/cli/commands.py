@@ -49,6 +49,7 @@ __all__ = [
     "EXEC_PROMPT",
     "BlockedSourceInfo",
     "CallInfo",
+    "OpenConnection",
     "RegistrationInfo",
     "SbcBackend",
     "Session",
@@ -72,6 +73,15 @@ class CallInfo:
     age: float
     from_uri: str = ""
     to_uri: str = ""
+
+
+@attrs.frozen
+class OpenConnection:
+    """One open stream connection: its adjacency (None: none yet), direction and transport."""
+
+    adjacency: str | None
+    outbound: bool
+    transport: str
 
 
 @attrs.frozen

@@ -33,7 +33,7 @@ from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
-from sbc.b2bua.call import CallState
+from sbc.cli import replies
 from sbc.cli.commands import (
     BlockedSourceInfo,
     CallInfo,
@@ -45,7 +45,6 @@ from sbc.cli.idle import IDLE_MESSAGE, IdleTimer
 from sbc.commits import CommitRecord
 from sbc.config import SbcConfig
 from sbc.endpoints import close_port
-from sbc.service import describe_tls_identity
 
 if TYPE_CHECKING:
     from sbc.service import SbcService
@@ -68,7 +67,12 @@ MAX_UNIX_PATH = 107
 
 
 class ServiceBackend:
-    """:class:`~sbc.cli.commands.SbcBackend` over a running :class:`SbcService`."""
+    """:class:`~sbc.cli.commands.SbcBackend` over a running :class:`SbcService`.
+
+    Commits and rollbacks go to its :class:`~sbc.controller.ConfigController`,
+    everything else to its :class:`~sbc.worker.SipWorker`; the typed results
+    become lines through :mod:`sbc.cli.replies`.
+    """
 
     def __init__(self, service: SbcService) -> None:
         self.service = service
@@ -90,10 +94,7 @@ class ServiceBackend:
         )
 
     def pending_confirmation(self) -> tuple[int, int] | None:
-        pending = self.service.pending_confirmation
-        if pending is None:
-            return None
-        return pending.commit_id, pending.seconds_left(self.service.reactor.seconds())
+        return self.service.controller.pending_confirmation()
 
     def confirm_commit(self, *, user: str = "", client: str = "") -> list[str]:
         return self.service.confirm_commit(user=user, client=client)
@@ -107,123 +108,25 @@ class ServiceBackend:
         return self.service.rollback(last=last, to=to, user=user, client=client)
 
     def reload_tls(self) -> list[str]:
-        errors = self.service.reload_tls()
-        if errors or self.service.tls is None:
-            return errors or ["% no TLS identity is configured"]
-        return [f"TLS identity reloaded: {describe_tls_identity(self.service.tls)}"]
+        return replies.reload_tls_lines(self.service.worker.reload_tls())
 
     def reload_users(self) -> list[str]:
-        errors = self.service.reload_user_database()
-        if errors:
-            return errors
-        return [f"user database reloaded: {self.service.describe_user_database()}"]
+        return replies.reload_users_lines(self.service.worker.reload_users())
 
     def counters(self) -> Mapping[str, Mapping[str, int]]:
-        merged: dict[str, dict[str, int]] = {}
-        sources = [self.service.runtime.counters, self.service.core.calls.counters]
-        for source in {id(s): s for s in sources}.values():
-            for adjacency, values in source.snapshot().items():
-                into = merged.setdefault(adjacency, {})
-                for name, value in values.items():
-                    into[name] = into.get(name, 0) + value
-        return {a: dict(sorted(v.items())) for a, v in sorted(merged.items())}
+        return self.service.worker.counters()
 
     def calls(self) -> Sequence[CallInfo]:
-        now = self.service.reactor.seconds()
-        out = []
-        for call in list(self.service.core.calls.calls.values()):
-            if call.state is CallState.ENDED:
-                continue
-            out.append(
-                CallInfo(
-                    id=call.id,
-                    method=call.method,
-                    state=call.state.value,
-                    inbound=call.a.adjacency,
-                    outbound=call.b.adjacency if call.b is not None else None,
-                    secure=call.secure,
-                    age=max(0.0, now - call.started_at),
-                    from_uri=str(call.request.from_.uri),
-                    to_uri=str(call.request.uri),
-                )
-            )
-        return out
+        return self.service.worker.calls()
 
     def blocked_sources(self) -> Sequence[BlockedSourceInfo]:
-        now = self.service.reactor.seconds()
-        return [
-            BlockedSourceInfo(
-                b.address, b.adjacency or "-", b.reason, b.since, b.remaining(now), b.dropped
-            )
-            for b in self.service.guard.bans(now)
-        ]
+        return self.service.worker.blocked_sources()
 
     def release_source(self, address: str | None) -> list[str]:
-        guard = self.service.guard
-        now = self.service.reactor.seconds()
-        if address is None:
-            count = guard.release_all(now)
-            return [f"{count} blocked source(s) released."]
-        ban = guard.banned(address, now)
-        if ban is None:
-            return [f"% {address} is not blocked (show services sbc NAME sbe blocked-sources)"]
-        guard.release(address, now)
-        return [
-            f"{address} released (banned for {ban.reason} on {ban.adjacency or '-'}; "
-            f"{ban.dropped} dropped)."
-        ]
+        return replies.release_lines(self.service.worker.release_source(address))
 
     def registrations(self) -> Sequence[RegistrationInfo]:
-        now = self.service.reactor.seconds()
-        location: Any = self.service.core.registrar.location
-        try:
-            bindings = list(location)
-        except TypeError:  # a location service that cannot be listed
-            return []
-        store = self.service.store
-        here = store.node if store is not None else ""
-        local = [
-            RegistrationInfo(
-                b.aor,
-                str(b.contact),
-                b.adjacency,
-                b.remaining(now),
-                b.flow.describe(),
-                node=b.node or here,
-                held_here=b.node is None,
-            )
-            for b in bindings
-            if b.remaining(now) > 0
-        ]
-        relayed = [
-            RegistrationInfo(
-                r.aor,
-                str(r.phone_contact),
-                r.inbound,
-                r.remaining(now),
-                r.flow.describe(),
-                relayed_to=r.outbound,
-                node=here,
-            )
-            for r in self.service.core.relay.bindings()
-            if r.remaining(now) > 0
-        ]
-        if store is not None:
-            relayed += [
-                RegistrationInfo(
-                    r.aor,
-                    str(r.phone_contact),
-                    r.inbound,
-                    r.remaining(now),
-                    r.flow.describe(),
-                    relayed_to=r.outbound,
-                    node=r.node,
-                    held_here=False,
-                )
-                for r in store.remote_relayed.values()
-                if r.remaining(now) > 0
-            ]
-        return local + relayed
+        return self.service.worker.registrations()
 
 
 class CliProtocol(LineReceiver):

@@ -286,8 +286,11 @@ class SipRuntime:
         resolver: NextHopResolver | None = None,
         dns_servers: Iterable[tuple[str, int]] = (),
         guard: SourceGuard | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self.reactor = reactor
+        #: Open listeners with SO_REUSEPORT (worker processes; not implemented yet).
+        self.reuse_port = reuse_port
         self.stack = stack
         self.table = table
         self._limits = limits if limits is not None else Limits()

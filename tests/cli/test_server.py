@@ -331,7 +331,7 @@ class ServiceRollbackTests(_ServiceCase):
         """A full history and a candidate lowering commit-history; then the save fails."""
         import errno
 
-        import sbc.service
+        import sbc.controller
 
         self.service.commits.keep = 2
         self.commit_port(5071)
@@ -342,7 +342,7 @@ class ServiceRollbackTests(_ServiceCase):
         def full_disk(path: str, config: object) -> None:
             raise OSError(errno.ENOSPC, "No space left on device")
 
-        self.patch(sbc.service, "save_config", full_disk)
+        self.patch(sbc.controller, "save_config", full_disk)
         candidate = parse_config(
             RUNNING.replace("security trusted-encrypted\n", "") + "  limits\n   commit-history 1\n"
         )
