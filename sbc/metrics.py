@@ -50,7 +50,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.web.resource import IResource, NoResource, Resource
-from twisted.web.server import Request, Site
+from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from sbc import __version__
 from sbc.cli.commands import BlockedSourceInfo, CallInfo, OpenConnection, RegistrationInfo
@@ -490,14 +490,34 @@ class MetricsResource(Resource):
 
     log = Logger()
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, refresh: Callable[[], Deferred[None]] | None = None
+    ) -> None:
         super().__init__()
         self.registry = registry
+        #: Called before each scrape when the numbers come from elsewhere (worker
+        #: processes): the page is rendered once it fires.
+        self.refresh = refresh
 
     def getChild(self, path: bytes, request: Any) -> IResource:
         return NoResource()
 
-    def render_GET(self, request: Request) -> bytes:
+    def render_GET(self, request: Request) -> bytes | int:
+        if self.refresh is None:
+            return self._render(request)
+
+        def write(_: object) -> None:
+            if request.finished or getattr(request, "_disconnected", False):
+                return
+            request.write(self._render(request))
+            request.finish()
+
+        refreshing = self.refresh()
+        refreshing.addErrback(lambda failure: self.log.failure("metrics refresh", failure))
+        refreshing.addCallback(write)
+        return NOT_DONE_YET
+
+    def _render(self, request: Request) -> bytes:
         accept = request.getHeader("accept") or ""
         encoder, content_type = choose_encoder(accept)
         try:
@@ -536,13 +556,18 @@ class MetricsSite(Site):
         pass
 
 
-def metrics_site(registry: CollectorRegistry, reactor: Any = None) -> Site:
+def metrics_site(
+    registry: CollectorRegistry,
+    reactor: Any = None,
+    refresh: Callable[[], Deferred[None]] | None = None,
+) -> Site:
     """The HTTP site: ``/metrics`` serves ``registry``, any other path is 404.
 
-    ``reactor`` times the connections out (None: the global reactor).
+    ``reactor`` times the connections out (None: the global reactor);
+    ``refresh`` is called (and waited for) before each scrape.
     """
     root = _Root()
-    root.putChild(b"metrics", MetricsResource(registry))
+    root.putChild(b"metrics", MetricsResource(registry, refresh))
     return MetricsSite(root, reactor=reactor)
 
 
@@ -565,17 +590,26 @@ class MetricsService(Service):
     """Serves an SBC's Prometheus metrics on the strports ``endpoint``.
 
     When the endpoint cannot be opened the SBC gives up
-    (:meth:`SbcService.fail`), as for the management CLI.
+    (:meth:`SbcService.fail`), as for the management CLI. ``sbc`` is the
+    service (its ``reactor`` and ``fail``); ``collector`` reads the numbers
+    (default: :meth:`SbcCollector.for_service`), after ``refresh`` when given
+    (the supervisor of worker processes, :mod:`sbc.cluster.supervisor`).
     """
 
     log = Logger()
 
-    def __init__(self, sbc: SbcService, endpoint: str) -> None:
+    def __init__(
+        self,
+        sbc: SbcService,
+        endpoint: str,
+        collector: SbcCollector | None = None,
+        refresh: Callable[[], Deferred[None]] | None = None,
+    ) -> None:
         self.sbc = sbc
         self.endpoint = endpoint
-        self.collector = SbcCollector.for_service(sbc)
+        self.collector = collector if collector is not None else SbcCollector.for_service(sbc)
         self.registry = service_registry(self.collector)
-        self.site = metrics_site(self.registry, sbc.reactor)
+        self.site = metrics_site(self.registry, sbc.reactor, refresh)
         self.port: IListeningPort | None = None
         self.setName("metrics")
 

@@ -10,6 +10,14 @@ small :class:`SbcBackend` (plain data in, error lines out), so this module
 never touches a reactor or a socket; :mod:`sbc.cli.server` adapts a running
 :class:`~sbc.service.SbcService` to it.
 
+A backend whose changes take time (the supervisor of worker processes,
+:mod:`sbc.cluster.supervisor`) answers them with a ``Deferred``, and may
+read what ``show services`` prints from a snapshot it refreshes first
+(:class:`RefreshingBackend`): :meth:`Session.run` waits for both, and the
+servers run a session's lines one at a time (:class:`LineQueue`). With a
+backend that answers at once, :meth:`Session.run` has its answer at once
+and :meth:`Session.execute` gives it directly.
+
 Modes and prompts (docs/cli.md)::
 
     sbc#                                  exec
@@ -24,10 +32,13 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import time
-from collections.abc import Mapping, Sequence
-from typing import Protocol
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol, runtime_checkable
 
 import attrs
+from twisted.internet.defer import Deferred, succeed
+from twisted.python.failure import Failure
 
 from sbc.commits import CONFIRM_SECONDS_RANGE, DEFAULT_CONFIRM_SECONDS, CommitRecord
 from sbc.config import (
@@ -49,8 +60,11 @@ __all__ = [
     "EXEC_PROMPT",
     "BlockedSourceInfo",
     "CallInfo",
+    "LineQueue",
     "OpenConnection",
+    "RefreshingBackend",
     "RegistrationInfo",
+    "Reply",
     "SbcBackend",
     "Session",
     "format_table",
@@ -73,6 +87,8 @@ class CallInfo:
     age: float
     from_uri: str = ""
     to_uri: str = ""
+    #: with worker processes (docs/scaling.md): the worker holding the call ("" without)
+    worker: str = ""
 
 
 @attrs.frozen
@@ -101,6 +117,8 @@ class RegistrationInfo:
     node: str = ""
     #: False for a binding another node holds (shown, not counted in this node's metrics)
     held_here: bool = True
+    #: with worker processes (docs/scaling.md): the worker holding the binding ("" without)
+    worker: str = ""
 
 
 @attrs.frozen
@@ -120,8 +138,16 @@ class BlockedSourceInfo:
     dropped: int
 
 
+Reply = list[str] | Deferred[list[str]]
+"""Output lines (``%`` lines for errors), at once or later (an asynchronous backend)."""
+
+
 class SbcBackend(Protocol):
-    """What a session needs from the running SBC (plain data in and out)."""
+    """What a session needs from the running SBC (plain data in and out).
+
+    The methods that change something may answer with a ``Deferred`` (a
+    :data:`Reply`); see the module docstring.
+    """
 
     def running_config(self) -> SbcConfig:
         """The configuration in force."""
@@ -135,7 +161,7 @@ class SbcBackend(Protocol):
         client: str = "",
         comment: str = "",
         confirm_within: int | None = None,
-    ) -> list[str]:
+    ) -> Reply:
         """Validate and apply ``candidate`` whole; the ``%`` error lines, empty on success.
 
         ``confirm_within`` (seconds): a ``commit confirmed``, rolled back
@@ -147,7 +173,7 @@ class SbcBackend(Protocol):
         """The ``commit confirmed`` waiting: (commit id, seconds left), or None."""
         ...
 
-    def confirm_commit(self, *, user: str = "", client: str = "") -> list[str]:
+    def confirm_commit(self, *, user: str = "", client: str = "") -> Reply:
         """Confirm the waiting ``commit confirmed``: the output line, or a ``%`` line."""
         ...
 
@@ -157,7 +183,7 @@ class SbcBackend(Protocol):
 
     def rollback(
         self, *, last: int | None = None, to: int | None = None, user: str = "", client: str = ""
-    ) -> list[str]:
+    ) -> Reply:
         """Roll back the last N commits or to commit ID: output lines, or ``%`` error lines."""
         ...
 
@@ -173,11 +199,11 @@ class SbcBackend(Protocol):
         """The live registrar bindings."""
         ...
 
-    def reload_tls(self) -> list[str]:
+    def reload_tls(self) -> Reply:
         """Reload the TLS files: ``TLS identity reloaded: ...`` or the ``%`` error lines."""
         ...
 
-    def reload_users(self) -> list[str]:
+    def reload_users(self) -> Reply:
         """Re-read the user database: ``user database reloaded: ...`` or the ``%`` lines."""
         ...
 
@@ -185,9 +211,32 @@ class SbcBackend(Protocol):
         """The sources banned by the flood and scanner defence."""
         ...
 
-    def release_source(self, address: str | None) -> list[str]:
+    def release_source(self, address: str | None) -> Reply:
         """End the ban on ``address`` (None: every ban): output lines, or one ``%`` line."""
         ...
+
+
+@runtime_checkable
+class RefreshingBackend(Protocol):
+    """A backend that reads what ``show services`` prints from a snapshot it must refresh."""
+
+    def refresh(self) -> Deferred[None]:
+        """Fetch the counters, calls, registrations and bans now; fires when fresh."""
+        ...
+
+
+def _then(reply: Reply, then: Callable[[list[str]], list[str]]) -> Reply:
+    """``then(lines)`` now, or once a later reply has come."""
+    if isinstance(reply, Deferred):
+        return reply.addCallback(then)
+    return then(reply)
+
+
+def _reads_state(words: list[str]) -> bool:
+    """True for ``show services ...`` (also after ``do``): it reads counters, calls..."""
+    if words[:1] == ["do"]:
+        words = words[1:]
+    return words[:2] == ["show", "services"]
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -353,6 +402,87 @@ class _CliError(Exception):
     """A refused command; printed as is when it starts with ``%``, else as ``% text``."""
 
 
+def _refused(error: _CliError) -> tuple[str, bool]:
+    text = str(error)
+    return (text if text.startswith("%") else f"% {text}"), False
+
+
+def _refused_later(failure: Failure) -> tuple[str, bool]:
+    """A refusal that came with a later answer; any other failure goes on."""
+    error = failure.trap(_CliError) and failure.value
+    assert isinstance(error, _CliError)
+    return _refused(error)
+
+
+class LineQueue:
+    """Runs a session's command lines one at a time, in order.
+
+    :meth:`put` runs a line at once when nothing is running, else after the
+    lines before it; ``answer(text, ok)`` is called with each line's output
+    (``ok`` False: the text is a ``%`` refusal). A backend that answers at
+    once never makes a line wait. A line whose run failed unexpectedly is
+    answered ``% internal error`` (and the failure handed to ``failed``).
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        answer: Callable[[str, bool], object],
+        failed: Callable[[Failure], object] = lambda failure: None,
+    ) -> None:
+        self.session = session
+        self.answer = answer
+        self.failed = failed
+        self._waiting: deque[str] = deque()
+        self._busy = False
+        self._idle: list[Deferred[None]] = []
+
+    @property
+    def busy(self) -> bool:
+        """True while a line's answer is awaited."""
+        return self._busy
+
+    def put(self, line: str) -> None:
+        """Run ``line`` after those already given."""
+        self._waiting.append(line)
+        if not self._busy:
+            self._next()
+
+    def idle(self) -> Deferred[None]:
+        """Fires once every line given so far has been answered."""
+        if not self._busy and not self._waiting:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._idle.append(waiter)
+        return waiter
+
+    def _next(self) -> None:
+        while self._waiting and not self._busy:
+            if self.session.closed:
+                self._waiting.clear()
+                break
+            line = self._waiting.popleft()
+            self._busy = True
+            running = self.session.run(line)
+            running.addCallbacks(self._answered, self._crashed)
+            if not running.called:
+                running.addBoth(lambda _: self._next())
+                return
+        if not self._busy and not self._waiting:
+            waiters, self._idle = self._idle, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def _answered(self, result: tuple[str, bool]) -> None:
+        self._busy = False
+        self.answer(*result)
+
+    def _crashed(self, failure: Failure) -> None:
+        self._busy = False
+        self.failed(failure)
+        self.answer("% internal error (see the sbc log)", False)
+
+
 class Session:
     """One CLI conversation: mode stack, candidate configuration, prompt.
 
@@ -392,7 +522,30 @@ class Session:
     # -- the one entry point --------------------------------------------------
 
     def execute(self, line: str) -> tuple[str, bool]:
-        """Run one command line; return ``(text to print, ok)``."""
+        """Run one command line; return ``(text to print, ok)``.
+
+        For a backend that answers at once (``TypeError`` otherwise: use :meth:`run`).
+        """
+        result = self._execute(line)
+        if isinstance(result, Deferred):
+            raise TypeError("this backend answers later: use Session.run")
+        return result
+
+    def run(self, line: str) -> Deferred[tuple[str, bool]]:
+        """Run one command line: ``(text to print, ok)`` once the backend has answered.
+
+        ``show services`` first refreshes a :class:`RefreshingBackend`.
+        """
+        backend = self.backend
+        if isinstance(backend, RefreshingBackend) and _reads_state(line.split()):
+            refreshed = backend.refresh()
+            return refreshed.addCallback(lambda _: self._execute(line))
+        result = self._execute(line)
+        if isinstance(result, Deferred):
+            return result
+        return succeed(result)
+
+    def _execute(self, line: str) -> tuple[str, bool] | Deferred[tuple[str, bool]]:
         words = line.split()
         if not words or words[0].startswith("!"):
             return "", True
@@ -401,13 +554,14 @@ class Session:
                 return "\n".join(self._help(words)), True
             lines = self._config(words) if self.in_config else self._exec(words)
         except _CliError as error:
-            text = str(error)
-            return (text if text.startswith("%") else f"% {text}"), False
+            return _refused(error)
+        if isinstance(lines, Deferred):
+            return lines.addCallbacks(lambda done: ("\n".join(done), True), _refused_later)
         return "\n".join(lines), True
 
     # -- exec mode ------------------------------------------------------------
 
-    def _exec(self, words: list[str]) -> list[str]:
+    def _exec(self, words: list[str]) -> Reply:
         keyword = words[0]
         if keyword == "configure":
             if words[1:] not in ([], ["terminal"]):
@@ -423,7 +577,7 @@ class Session:
         if keyword == "reload":
             if words[1:] != ["user-database"]:
                 raise _CliError("bad command: usage: reload user-database")
-            return self._checked(self.backend.reload_users())
+            return _then(self.backend.reload_users(), self._checked)
         if keyword == "rollback":
             return self._rollback(words[1:])
         if keyword == "clear":
@@ -437,7 +591,7 @@ class Session:
             raise _CliError(f"'{keyword}' is only valid in configuration mode (type configure)")
         raise _CliError(f"unknown command '{keyword}' in exec mode (type ? for the list)")
 
-    def _rollback(self, args: list[str]) -> list[str]:
+    def _rollback(self, args: list[str]) -> Reply:
         usage = "usage: rollback configuration last N | rollback configuration to ID"
         if len(args) != 3 or args[0] != "configuration" or args[1] not in ("last", "to"):
             raise _CliError(f"bad command: {usage}")
@@ -448,11 +602,9 @@ class Session:
             lines = self.backend.rollback(last=number, user=self.user, client=self.client)
         else:
             lines = self.backend.rollback(to=number, user=self.user, client=self.client)
-        if any(line.startswith("%") for line in lines):
-            raise _CliError("\n".join(lines))
-        return lines
+        return _then(lines, self._checked)
 
-    def _clear(self, args: list[str]) -> list[str]:
+    def _clear(self, args: list[str]) -> Reply:
         """``clear services sbc NAME sbe blocked-source ADDRESS|all``."""
         usage = "usage: clear services sbc NAME sbe blocked-source ADDRESS|all"
         if not args or args[0] != "services":
@@ -471,13 +623,10 @@ class Session:
                 address = str(ipaddress.ip_address(target.strip("[]")))
             except ValueError:
                 raise _CliError(f"bad address '{target}': {usage}") from None
-        lines = self.backend.release_source(address)
-        if any(line.startswith("%") for line in lines):
-            raise _CliError("\n".join(lines))
-        return lines
+        return _then(self.backend.release_source(address), self._checked)
 
-    def _crypto_reload(self) -> list[str]:
-        return self._checked(self.backend.reload_tls())
+    def _crypto_reload(self) -> Reply:
+        return _then(self.backend.reload_tls(), self._checked)
 
     @staticmethod
     def _checked(lines: list[str]) -> list[str]:
@@ -507,7 +656,7 @@ class Session:
 
     # -- config modes ---------------------------------------------------------
 
-    def _config(self, words: list[str]) -> list[str]:
+    def _config(self, words: list[str]) -> Reply:
         assert self.mode is not None and self.builder is not None
         keyword = words[0]
         if keyword == "commit":
@@ -548,7 +697,7 @@ class Session:
         except ConfigError as error:
             raise _CliError(error.message) from None
 
-    def _commit_command(self, args: list[str]) -> list[str]:
+    def _commit_command(self, args: list[str]) -> Reply:
         """``commit [confirmed [SECONDS]] [comment TEXT]``."""
         usage = "usage: commit [confirmed [SECONDS]] [comment TEXT]"
         confirm_within: int | None = None
@@ -570,7 +719,7 @@ class Session:
             comment = " ".join(args[1:])
         return self._commit(comment, confirm_within)
 
-    def _commit(self, comment: str, confirm_within: int | None = None) -> list[str]:
+    def _commit(self, comment: str, confirm_within: int | None = None) -> Reply:
         assert self.builder is not None
         running = self.backend.running_config()
         if running is not self._base:
@@ -580,10 +729,8 @@ class Session:
         if candidate == running:
             self.dirty = False
             if waiting is not None and confirm_within is None:
-                lines = self.backend.confirm_commit(user=self.user, client=self.client)
-                if any(line.startswith("%") for line in lines):
-                    raise _CliError("\n".join(lines))
-                return lines
+                confirming = self.backend.confirm_commit(user=self.user, client=self.client)
+                return _then(confirming, self._checked)
             if waiting is not None:
                 return [
                     f"No configuration changes to commit; commit {waiting[0]} is still rolled "
@@ -597,6 +744,12 @@ class Session:
             comment=comment,
             confirm_within=confirm_within,
         )
+        return _then(errors, lambda done: self._committed(done, waiting, confirm_within))
+
+    def _committed(
+        self, errors: list[str], waiting: tuple[int, int] | None, confirm_within: int | None
+    ) -> list[str]:
+        """What the session does and says once the backend answered a commit."""
         if errors:
             raise _CliError("\n".join(e if e.startswith("%") else f"% {e}" for e in errors))
         self._rebase_on(self.backend.running_config())
@@ -810,7 +963,7 @@ class Session:
         return out
 
     def _show_calls(self) -> list[str]:
-        calls = sorted(self.backend.calls(), key=lambda c: c.id)
+        calls = sorted(self.backend.calls(), key=lambda c: (c.worker, c.id))
         if not calls:
             return ["No active calls."]
         rows = [
@@ -828,6 +981,11 @@ class Session:
             for c in calls
         ]
         headers = ["ID", "Method", "State", "Inbound", "Outbound", "Secure", "Age", "From", "To"]
+        if any(c.worker for c in calls):
+            # worker processes (docs/scaling.md): each numbers its own calls
+            headers.insert(1, "Worker")
+            for row, c in zip(rows, calls, strict=True):
+                row.insert(1, c.worker or "-")
         return [*format_table(headers, rows), f"{len(calls)} call(s)"]
 
     def _show_registrations(self) -> list[str]:
@@ -851,6 +1009,11 @@ class Session:
             headers.append("Node")
             for row, r in zip(rows, bindings, strict=True):
                 row.append(r.node or "-")
+        if any(r.worker for r in bindings):
+            # worker processes (docs/scaling.md): which one holds each binding
+            headers.append("Worker")
+            for row, r in zip(rows, bindings, strict=True):
+                row.append(r.worker or "-")
         return [*format_table(headers, rows), f"{len(bindings)} binding(s)"]
 
     def _show_statistics(self, running: SbcConfig) -> list[str]:

@@ -37,6 +37,7 @@ from sbc.cli import replies
 from sbc.cli.commands import (
     BlockedSourceInfo,
     CallInfo,
+    LineQueue,
     RegistrationInfo,
     SbcBackend,
     Session,
@@ -135,8 +136,11 @@ class CliProtocol(LineReceiver):
     delimiter = b"\n"
     MAX_LENGTH = 8192
 
+    log = Logger()
+
     def __init__(self, backend: SbcBackend, clock: IReactorTime | None = None) -> None:
         self.session = Session(backend)
+        self.queue = LineQueue(self.session, self._answer, self._crashed)
         self.idle = (
             IdleTimer(clock, lambda: backend.running_config().limits.cli_idle_timeout, self._idle)
             if clock is not None
@@ -178,13 +182,20 @@ class CliProtocol(LineReceiver):
             self._write("".join(f"{c}\n" for c in candidates).encode())
             self._prompt()
             return
-        text, _ = self.session.execute(line.rstrip(b"\r").decode("utf-8", errors="replace"))
+        self.queue.put(line.rstrip(b"\r").decode("utf-8", errors="replace"))
+
+    def _answer(self, text: str, ok: bool) -> None:
+        if self.transport is None or getattr(self.transport, "disconnecting", False):
+            return
         if text:
             self._write(text.encode() + b"\n")
         if self.session.closed:
             self._close()
             return
         self._prompt()
+
+    def _crashed(self, failure: Failure) -> None:
+        self.log.failure("a CLI command failed", failure)
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self._write(b"% command line too long\n")

@@ -91,7 +91,7 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from sbc.cli.commands import SbcBackend, Session
+from sbc.cli.commands import LineQueue, SbcBackend, Session
 from sbc.cli.idle import IDLE_MESSAGE, IdleTimer
 from sbc.cli.server import ServiceBackend
 from sbc.endpoints import close_port
@@ -533,6 +533,7 @@ class _LineEditor(HistoricRecvLine):
         self.finish = finish
         self.touch = touch
         self.done = False
+        self.queue = LineQueue(session, self._answer, _log_crash)
         self._set_prompt()
 
     def _set_prompt(self) -> None:
@@ -617,7 +618,11 @@ class _LineEditor(HistoricRecvLine):
         if len(self.historyLines) > HISTORY_LINES:
             del self.historyLines[:-HISTORY_LINES]
             self.historyPosition = len(self.historyLines)
-        text, _ = self.session.execute(line.decode("utf-8", errors="replace"))
+        self.queue.put(line.decode("utf-8", errors="replace"))
+
+    def _answer(self, text: str, ok: bool) -> None:
+        if self.done:
+            return
         if text:
             self.terminal.write(text.encode() + b"\n")
         if self.session.closed:
@@ -630,6 +635,10 @@ class _LineEditor(HistoricRecvLine):
         """Stop reading keys and end the SSH session with exit ``status``."""
         self.done = True
         self.finish(status)
+
+
+def _log_crash(failure: Failure) -> None:
+    _log.failure("a CLI command failed (SSH)", failure)
 
 
 class _PlainShell(LineReceiver):
@@ -649,6 +658,7 @@ class _PlainShell(LineReceiver):
         self.touch = touch
         self.failed = False
         self.done = False
+        self.queue = LineQueue(session, self._answer, _log_crash)
 
     def connectionMade(self) -> None:
         self._write(self.session.prompt.encode() + b" ")
@@ -661,7 +671,11 @@ class _PlainShell(LineReceiver):
         if self.done:
             return
         self.touch()
-        text, _ = self.session.execute(line.rstrip(b"\r").decode("utf-8", errors="replace"))
+        self.queue.put(line.rstrip(b"\r").decode("utf-8", errors="replace"))
+
+    def _answer(self, text: str, ok: bool) -> None:
+        if self.done:
+            return
         if text:
             self._write(text.encode() + b"\n")
             self.failed = self.failed or _has_error(text)
@@ -680,7 +694,7 @@ class _PlainShell(LineReceiver):
         rest = self.clearLineBuffer()
         if rest.strip() and not self.done:
             self.lineReceived(rest)
-        self.end()
+        self.queue.idle().addCallback(lambda _: self.end())
 
     def end(self) -> None:
         if not self.done:
@@ -775,24 +789,31 @@ class SshCliSession:
         session = self.avatar.new_session()
         output: list[str] = []
         failed = False
-        for raw in command.decode("utf-8", errors="replace").split("\n"):
-            line = raw.rstrip("\r")
-            if len(line) > MAX_LINE_LENGTH:
-                output.append("% command line too long")
-                failed = True
-                break
-            if not line.strip():
-                continue
-            text, _ = session.execute(line)
+
+        def answer(text: str, ok: bool) -> None:
+            nonlocal failed
             if text:
                 output.append(text)
                 failed = failed or _has_error(text)
-            if session.closed:
+
+        queue = LineQueue(session, answer, _log_crash)
+        for raw in command.decode("utf-8", errors="replace").split("\n"):
+            line = raw.rstrip("\r")
+            if len(line) > MAX_LINE_LENGTH:
+                queue.idle().addCallback(lambda _: answer("% command line too long", False))
                 break
-        if output and self.transport is not None:
-            self.transport.write(("\n".join(output) + "\n").encode())
-        self.finished = True
-        self._end(1 if failed else 0)
+            if line.strip():
+                queue.put(line)
+
+        def done(_: object) -> None:
+            if self.channel_closed:
+                return
+            if output and self.transport is not None:
+                self.transport.write(("\n".join(output) + "\n").encode())
+            self.finished = True
+            self._end(1 if failed else 0)
+
+        queue.idle().addCallback(done)
 
     def _idle(self, seconds: int) -> None:
         if self.finished or self.transport is None:
