@@ -10,7 +10,7 @@ matches its source, the most specific prefix winning. An adjacency without
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import attrs
 
@@ -90,7 +90,13 @@ class AdjacencyTable:
 
     CLASSIFY_CACHE_SIZE = 4096
 
+    #: This process's own UDP ports, by the (address, port) of the listener all
+    #: worker processes share (docs/scaling.md): filled in by the runtime of a
+    #: worker process as it opens them; empty in a single process.
+    own_ports: Mapping[tuple[str, int], int]
+
     def __init__(self, adjacencies: Iterable[AdjacencyConfig]) -> None:
+        self.own_ports = {}
         self._by_listener: dict[ListenerKey, list[_Candidate]] = {}
         self._by_name: dict[str, AdjacencyConfig] = {}
         for adjacency in adjacencies:
@@ -125,6 +131,17 @@ class AdjacencyTable:
     def get(self, name: str) -> AdjacencyConfig | None:
         """The attached adjacency called ``name``, if any."""
         return self._by_name.get(name)
+
+    def local_address(self, adjacency: AdjacencyConfig, transport: str) -> tuple[str, int]:
+        """The address and port a new request out of ``adjacency`` over ``transport``
+        leaves from: the adjacency's, or over UDP this process's own port beside it
+        (:attr:`own_ports`), so that its answers come back to this process."""
+        local = (str(adjacency.address), adjacency.port)
+        if transport == UDP:
+            own = self.own_ports.get(local)
+            if own is not None:
+                return local[0], own
+        return local
 
     def classify(self, key: ListenerKey, source_ip: str) -> AdjacencyConfig | None:
         """The adjacency a message from ``source_ip`` on listener ``key`` belongs to.

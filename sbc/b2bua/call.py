@@ -164,7 +164,9 @@ def new_call_id(host: str) -> str:
     return f"{random_hex(12)}@{host.strip('[]')}"
 
 
-def outbound_flow(adjacency: AdjacencyConfig, uri: URI) -> Flow:
+def outbound_flow(
+    adjacency: AdjacencyConfig, uri: URI, local: tuple[str, int] | None = None
+) -> Flow:
     """Where a request out of ``adjacency`` to ``uri`` goes before any DNS (docs/routing.md).
 
     TLS when the adjacency's outbound security is trusted-encrypted, else its
@@ -178,7 +180,8 @@ def outbound_flow(adjacency: AdjacencyConfig, uri: URI) -> Flow:
     resolved by the hunt first (:meth:`Call._resolve`); this flow is the one
     used for an IP address.
     """
-    return destination_flow(adjacency, uri, next_hop(adjacency, uri).default_destination)
+    hop = next_hop(adjacency, uri).default_destination
+    return destination_flow(adjacency, uri, hop, local)
 
 
 def contact_for(flow: Flow, user: str | None = None, *, secure: bool = True) -> NameAddr:
@@ -187,8 +190,10 @@ def contact_for(flow: Flow, user: str | None = None, *, secure: bool = True) -> 
     On TLS: ``sips:...;transport=tls`` in a ``sips:`` dialog (``secure``),
     ``sip:...;transport=tls`` in a ``sip:`` one (a ``sip:`` UA cannot send
     to a ``sips:`` Contact, RFC 5630 §3.1.2). On TCP ``transport=tcp``.
+    The address is the flow's :attr:`~sbc.sip.stack.Flow.advertised` one when
+    it has one (a worker process's own port), else its local one.
     """
-    host, port = flow.local
+    host, port = flow.advertised or flow.local
     if flow.transport == "TLS":
         params: tuple[tuple[str, str | None], ...] = (("transport", "tls"),)
         scheme = "sips" if secure else "sip"
@@ -200,7 +205,7 @@ def contact_for(flow: Flow, user: str | None = None, *, secure: bool = True) -> 
 
 
 def _via(flow: Flow, branch: str) -> Via:
-    host, port = flow.local
+    host, port = flow.advertised or flow.local
     return Via(flow.transport, host_text(host), port, (("branch", branch), ("rport", None)))
 
 
@@ -656,7 +661,9 @@ class Call:
                 hop = next_hop(adjacency, target.uri)
                 if not hop.numeric:
                     return self._resolve(target, adjacency, hop)
-                flow = destination_flow(adjacency, target.uri, hop.default_destination)
+                destination = hop.default_destination
+                local = manager.table().local_address(adjacency, destination.transport)
+                flow = destination_flow(adjacency, target.uri, destination, local)
                 target = Target(target.adjacency, target.uri, flow)
             return self._send_b(target, adjacency, now)
         if not self.tried:
@@ -691,8 +698,17 @@ class Call:
             self.manager.count(target.adjacency, "hunt-skip:dns")
             self.hunt_why = f"DNS: {resolution.error}" if resolution.failed else "not attached"
             return self._try_next(now)
+        table = self.manager.table()
         found = [
-            attrs.evolve(target, flow=destination_flow(adjacency, target.uri, destination))
+            attrs.evolve(
+                target,
+                flow=destination_flow(
+                    adjacency,
+                    target.uri,
+                    destination,
+                    table.local_address(adjacency, destination.transport),
+                ),
+            )
             for destination in resolution.destinations
         ]
         self.hunt.extendleft(reversed(found[1:]))
@@ -702,7 +718,11 @@ class Call:
     def _send_b(self, target: Target, adjacency: AdjacencyConfig, now: float) -> list[StackOutput]:
         manager = self.manager
         self._drop_b()
-        flow = target.flow or outbound_flow(adjacency, target.uri)
+        flow = target.flow
+        if flow is None:
+            transport = next_hop(adjacency, target.uri).default_destination.transport
+            local = manager.table().local_address(adjacency, transport)
+            flow = outbound_flow(adjacency, target.uri, local)
         original = self.request
         challenged, self.challenged = self.challenged, None
         if challenged is not None and challenged.adjacency == adjacency.name:

@@ -84,12 +84,22 @@ def tls_server_name(adjacency: AdjacencyConfig, uri: URI) -> str:
     return uri.host.strip("[]")
 
 
-def destination_flow(adjacency: AdjacencyConfig, uri: URI, destination: Destination) -> Flow:
-    """The flow of one destination of a request out of ``adjacency`` to ``uri``."""
+def destination_flow(
+    adjacency: AdjacencyConfig,
+    uri: URI,
+    destination: Destination,
+    local: tuple[str, int] | None = None,
+) -> Flow:
+    """The flow of one destination of a request out of ``adjacency`` to ``uri``.
+
+    ``local`` is the address and port it leaves from (default: the
+    adjacency's; a worker process's own UDP port, see
+    :meth:`~sbc.adjacencies.AdjacencyTable.local_address`).
+    """
     server_name = tls_server_name(adjacency, uri) if destination.transport == TLS else None
     return Flow(
         destination.transport,
-        (str(adjacency.address), adjacency.port),
+        local or (str(adjacency.address), adjacency.port),
         (destination.address, destination.port),
         None,
         server_name,

@@ -392,7 +392,9 @@ class RegistrationRelay:
                 continue
             hop = next_hop(outbound, pending.request.uri)
             if hop.numeric:
-                flow = destination_flow(outbound, pending.request.uri, hop.default_destination)
+                destination = hop.default_destination
+                local = table.local_address(outbound, destination.transport)
+                flow = destination_flow(outbound, pending.request.uri, destination, local)
                 return self._send_to(pending, outbound, flow, now)
             return [Resolve(hop, self._resolved_for(pending, outbound), outbound.name)]
         raise SipError(503, "Service Unavailable - no registrar reachable")
@@ -406,7 +408,9 @@ class RegistrationRelay:
             if resolution.failed or not resolution.destinations:
                 self._count(outbound.name, "hunt-skip:dns")
                 return self._retry(pending, now)
-            flow = destination_flow(outbound, pending.request.uri, resolution.destinations[0])
+            destination = resolution.destinations[0]
+            local = self._table().local_address(outbound, destination.transport)
+            flow = destination_flow(outbound, pending.request.uri, destination, local)
             return self._send_to(pending, outbound, flow, now)
 
         return reply
@@ -422,13 +426,14 @@ class RegistrationRelay:
         session.cseq += 1
         secure = security.requires_secure_target(phone.uri.scheme)
         own = contact_for(flow, secure=secure).uri
+        via_host, via_port = flow.advertised or flow.local
         headers = Headers()
         headers.add(
             "Via",
             Via(
                 flow.transport,
-                host_text(flow.local[0]),
-                flow.local[1],
+                host_text(via_host),
+                via_port,
                 (
                     ("branch", self.stack.new_branch()),
                     ("rport", None),

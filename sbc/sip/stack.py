@@ -65,6 +65,9 @@ class Flow:
     ``adjacency`` names the adjacency the flow belongs to when the sender
     knows it (an outbound leg): the edge counts and logs by it. It is a label,
     not part of where the flow goes (no part of equality).
+    ``advertised`` is the address our Via and Contact name on this flow when
+    it is not ``local``: a worker process's own UDP port, for a flow that came
+    in on a port all the workers share (docs/scaling.md). A label too.
     """
 
     transport: str
@@ -74,6 +77,7 @@ class Flow:
     server_name: str | None = None
     pinned: bool = False
     adjacency: str | None = attrs.field(default=None, eq=False)
+    advertised: tuple[str, int] | None = attrs.field(default=None, eq=False)
 
     @property
     def reliable(self) -> bool:
@@ -188,7 +192,7 @@ def response_flow(request: Request, flow: Flow) -> Flow:
         return flow
     return Flow(
         flow.transport, flow.local, (flow.remote[0], port), flow.connection_id,
-        adjacency=flow.adjacency,
+        adjacency=flow.adjacency, advertised=flow.advertised,
     )  # fmt: skip
 
 

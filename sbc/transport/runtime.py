@@ -92,6 +92,7 @@ from sbc.transport.resolver import (
     names_query,
     names_resolver,
 )
+from sbc.transport.reuseport import listen_stream_shared, listen_udp_shared
 from sbc.transport.stream import OutboundFactory, StreamConnection, StreamFactory
 from sbc.transport.tls import TlsIdentity, server_context_factory
 from sbc.transport.udp import UdpListener
@@ -289,7 +290,8 @@ class SipRuntime:
         reuse_port: bool = False,
     ) -> None:
         self.reactor = reactor
-        #: Open listeners with SO_REUSEPORT (worker processes; not implemented yet).
+        #: Open listeners with SO_REUSEPORT, with a UDP socket of this process's own
+        #: beside each UDP listener (a worker process, docs/scaling.md).
         self.reuse_port = reuse_port
         self.stack = stack
         self.table = table
@@ -311,6 +313,12 @@ class SipRuntime:
         self._ports: dict[ListenerKey, IListeningPort] = {}
         self._opening: dict[ListenerKey, list[Deferred[None]]] = {}
         self._udp: dict[ListenerKey, UdpListener] = {}
+        #: reuse_port: this process's own UDP socket beside each shared UDP listener
+        self._own: dict[ListenerKey, tuple[ListenerKey, IListeningPort]] = {}
+        #: reuse_port: (address, own port) -> (address, shared port), and the reverse
+        self._shared_of: dict[tuple[str, int], tuple[str, int]] = {}
+        self._own_ports: dict[tuple[str, int], int] = {}
+        table.own_ports = self._own_ports
         self._connections: dict[int, StreamConnection] = {}
         #: Connections of detached adjacencies waiting for their drain time: id -> close timer.
         self._draining: dict[int, IDelayedCall] = {}
@@ -394,6 +402,7 @@ class SipRuntime:
         """
         before = self.table
         self.table = table
+        table.own_ports = self._own_ports
         self.guard.trusted = _trusted_names(table)
         if limits is not None:
             self._limits = limits
@@ -585,7 +594,7 @@ class SipRuntime:
         self, listener: UdpListener, adjacency: str, data: bytes, source: tuple[str, int]
     ) -> None:
         key = listener.listener
-        flow = Flow(UDP, (key.address, key.port), source)
+        flow = Flow(UDP, listener.local, source, advertised=listener.advertised)
         self._deliver(data, flow, InboundContext(adjacency, key, None))
 
     def stream_opened(self, connection: StreamConnection) -> bool:
@@ -715,9 +724,12 @@ class SipRuntime:
         try:
             if key.transport == UDP:
                 protocol = UdpListener(self, key)
-                port = self.reactor.listenUDP(
-                    key.port, protocol, interface=key.address, maxPacketSize=65535
-                )
+                if self.reuse_port:
+                    port = listen_udp_shared(self.reactor, key, protocol)
+                else:
+                    port = self.reactor.listenUDP(
+                        key.port, protocol, interface=key.address, maxPacketSize=65535
+                    )
                 self._udp[key] = protocol
                 self._size_receive_buffer(key, port)
                 started: Deferred[IListeningPort] = succeed(port)
@@ -729,8 +741,11 @@ class SipRuntime:
                     factory = TLSMemoryBIOFactory(
                         _CurrentIdentityCreator(self), False, factory, clock=self.reactor
                     )
-                description = f"tcp:{key.port}:interface={quoteStringArgument(key.address)}"
-                started = serverFromString(self.reactor, description).listen(factory)
+                if self.reuse_port:
+                    started = succeed(listen_stream_shared(self.reactor, key, factory))
+                else:
+                    description = f"tcp:{key.port}:interface={quoteStringArgument(key.address)}"
+                    started = serverFromString(self.reactor, description).listen(factory)
         except Exception:
             started = fail()
 
@@ -747,6 +762,8 @@ class SipRuntime:
                     listener=str(key),
                     adjacencies=[a.name for a in self.table.adjacencies_on(key)],
                 )
+                if self.reuse_port and key.transport == UDP:
+                    self._open_own(key)
             for waiter in waiters:
                 waiter.callback(None)
 
@@ -770,7 +787,60 @@ class SipRuntime:
         port = self._ports.pop(key)
         self._udp.pop(key, None)
         self.log.info("stopped listening on {listener}", event="listener.closed", listener=str(key))
-        return _stopped(port)
+        own = self._own.pop(key, None)
+        if own is None:
+            return _stopped(port)
+        own_key, own_port = own
+        self._udp.pop(own_key, None)
+        self._own_ports.pop((key.address, key.port), None)
+        self._shared_of.pop((own_key.address, own_key.port), None)
+        return _gather([_stopped(port), _stopped(own_port)])
+
+    def _open_own(self, key: ListenerKey) -> None:
+        """Open this process's own UDP socket beside the shared UDP listener ``key``.
+
+        It is bound to the same address on a port the kernel picks. Requests
+        this process starts out of the listener's adjacencies leave from it,
+        and every flow that comes in on the shared listener names it in our
+        Via and Contact (:attr:`UdpListener.advertised`): answers and
+        in-dialog requests come back to this process (docs/scaling.md).
+        Datagrams arriving on it are classified as on the shared listener.
+        """
+        shared = self._udp.get(key)
+        protocol = UdpListener(self, key)
+        try:
+            port = self.reactor.listenUDP(0, protocol, interface=key.address, maxPacketSize=65535)
+        except Exception as error:
+            self.event(
+                None,
+                "listen-failures",
+                "cannot open this process's own UDP socket beside {listener}: {why}",
+                listener=str(key),
+                why=str(error),
+            )
+            return
+        own = int(port.getHost().port)
+        own_key = ListenerKey(key.address, own, UDP)
+        protocol.local = (key.address, own)
+        self._udp[own_key] = protocol
+        self._own[key] = (own_key, port)
+        self._own_ports[(key.address, key.port)] = own
+        self._shared_of[(key.address, own)] = (key.address, key.port)
+        if shared is not None:
+            shared.advertised = (key.address, own)
+        self._size_receive_buffer(own_key, port)
+        self.log.info(
+            "this process's own UDP socket beside {listener}: port {port}",
+            event="listener.opened",
+            listener=str(own_key),
+            shared=str(key),
+            port=own,
+        )
+
+    @property
+    def own_ports(self) -> dict[tuple[str, int], int]:
+        """This process's own UDP ports by shared (address, port): :meth:`_open_own`."""
+        return dict(self._own_ports)
 
     # -- internals: connections ---------------------------------------------
 
@@ -799,6 +869,7 @@ class SipRuntime:
 
     def _adjacency_for(self, transport: str, local: tuple[str, int], remote_ip: str) -> str | None:
         """The adjacency a flow belongs to: classification as if a message came in on it."""
+        local = self._shared_of.get(local, local)
         for candidate in dict.fromkeys((transport, TCP, TLS, UDP)):
             found = self.classify(ListenerKey(local[0], local[1], candidate), remote_ip)
             if found is not None:

@@ -66,13 +66,28 @@ def _text(address: tuple[str, int]) -> str:
 
 
 class UdpListener(DatagramProtocol):
-    """The protocol of one UDP listener; see the module docstring."""
+    """The protocol of one UDP socket; see the module docstring.
+
+    ``listener`` is the listener whose adjacencies the datagrams are
+    classified into. ``local`` is the socket's own address and port: the
+    listener's, except for a worker process's own socket beside a shared
+    listener (docs/scaling.md), which is classified like the shared one.
+    ``advertised``, when set, is the address flows arriving here name in
+    our Via and Contact (the shared listener's: this process's own socket).
+    """
 
     noisy = False  # the runtime logs listeners itself
 
-    def __init__(self, host: DatagramHost, listener: ListenerKey) -> None:
+    def __init__(
+        self,
+        host: DatagramHost,
+        listener: ListenerKey,
+        local: tuple[str, int] | None = None,
+    ) -> None:
         self.host = host
         self.listener = listener
+        self.local = local if local is not None else (listener.address, listener.port)
+        self.advertised: tuple[str, int] | None = None
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         source = (str(addr[0]), int(addr[1]))
