@@ -2,10 +2,33 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, Protocol
+
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IListeningPort
 
-__all__ = ["close_port"]
+if TYPE_CHECKING:
+    from sbc.cli.commands import SbcBackend
+
+__all__ = ["ManagedSbc", "close_port"]
+
+
+class ManagedSbc(Protocol):
+    """What the management services need from the SBC they serve.
+
+    An :class:`~sbc.service.SbcService` (one process) or a
+    :class:`~sbc.cluster.supervisor.Supervisor` (worker processes).
+    """
+
+    @property
+    def reactor(self) -> Any:
+        """The reactor the services listen with."""
+
+    def fail(self, why: str) -> None:
+        """Give up at start-up (a management endpoint that cannot be opened)."""
+
+    def cli_backend(self) -> SbcBackend:
+        """What a CLI session (socket or SSH) reads and changes."""
 
 
 def close_port(port: IListeningPort | None) -> Deferred[None]:

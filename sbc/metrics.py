@@ -56,7 +56,7 @@ from sbc import __version__
 from sbc.cli.commands import BlockedSourceInfo, CallInfo, OpenConnection, RegistrationInfo
 from sbc.config.model import AdjacencyConfig
 from sbc.counters import UNCLASSIFIED
-from sbc.endpoints import close_port
+from sbc.endpoints import ManagedSbc, close_port
 
 if TYPE_CHECKING:
     from sbc.service import SbcService
@@ -600,14 +600,19 @@ class MetricsService(Service):
 
     def __init__(
         self,
-        sbc: SbcService,
+        sbc: ManagedSbc,
         endpoint: str,
         collector: SbcCollector | None = None,
         refresh: Callable[[], Deferred[None]] | None = None,
     ) -> None:
         self.sbc = sbc
         self.endpoint = endpoint
-        self.collector = collector if collector is not None else SbcCollector.for_service(sbc)
+        if collector is None:
+            from sbc.service import SbcService
+
+            assert isinstance(sbc, SbcService), "give the collector of a supervisor"
+            collector = SbcCollector.for_service(sbc)
+        self.collector = collector
         self.registry = service_registry(self.collector)
         self.site = metrics_site(self.registry, sbc.reactor, refresh)
         self.port: IListeningPort | None = None

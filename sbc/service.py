@@ -255,6 +255,12 @@ class SbcService(MultiService):
         """The PEM files ``crypto reload`` / SIGHUP read again (None: no TLS)."""
         return self.worker.tls_files
 
+    def cli_backend(self) -> Any:
+        """What the management CLI (socket and SSH) works on: a ServiceBackend."""
+        from sbc.cli.server import ServiceBackend
+
+        return ServiceBackend(self)
+
     # -- building ------------------------------------------------------------------
 
     @classmethod

@@ -10,6 +10,7 @@ from typing import Any
 from twisted.application.service import IService
 from twisted.python import usage
 
+from sbc.cluster.supervisor import Supervisor, worker_count
 from sbc.config import load_config
 from sbc.errors import ConfigError
 from sbc.service import SbcService, SshSettings, TlsFiles
@@ -72,6 +73,13 @@ class Options(usage.Options):
             "suffixes); 0: never (SIGUSR1 reopens it, for logrotate).",
         ],
         ["log-keep", None, "10", "Rotated text log files to keep (FILE.1 ... FILE.N)."],
+        [
+            "workers",
+            None,
+            "1",
+            "Worker processes sharing the SIP ports (SO_REUSEPORT) under one supervisor that "
+            "owns the CLI and the metrics; 'auto': one per CPU. 1: a single process.",
+        ],
         ["certificate", None, None, "PEM file with the SBC's certificate (and intermediates)."],
         ["private-key", None, None, "PEM file with the private key of --certificate."],
         ["ca-certificates", None, None, "PEM file with the CA certificates trusted for peers."],
@@ -90,6 +98,10 @@ class Options(usage.Options):
             raise usage.UsageError("--log-keep must be a whole number") from None
         if self["log-keep"] < 0:
             raise usage.UsageError("--log-keep must not be negative")
+        try:
+            self["workers"] = worker_count(str(self["workers"]))
+        except ValueError:
+            raise usage.UsageError("--workers takes a number from 1, or auto") from None
         tls = (self["certificate"], self["private-key"], self["ca-certificates"])
         if any(tls) and not all(tls):
             raise usage.UsageError("--certificate, --private-key and --ca-certificates go together")
@@ -158,11 +170,38 @@ def build_service(
     )
 
 
+def build_supervisor(options: Options, reactor: Any = None) -> Supervisor:
+    """``--workers N`` (N > 1): the supervisor of N worker processes (docs/scaling.md)."""
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor
+    config = load_config(options["config"])
+    return Supervisor.from_config(
+        config,
+        reactor,
+        options["workers"],
+        tls=options.tls_files(),
+        config_path=options["config"],
+        cli_endpoint=options.cli_endpoint(),
+        ssh=options.ssh_settings(),
+        metrics_endpoint=options["metrics"] or None,
+        reload_on_sighup=True,
+    )
+
+
 def makeService(options: Options) -> IService:
     """Called by twistd: build the service or exit non-zero with ``file:line: problem``."""
+    service: SbcService | Supervisor
     try:
-        # The process is the SBC: it owns the garbage collector, SIGHUP and its reactor's load.
-        service = build_service(options, tune_gc=True, reload_on_sighup=True, overload_control=True)
+        if options["workers"] > 1:
+            service = build_supervisor(options)
+        else:
+            # The process is the SBC: it owns the garbage collector, SIGHUP and its
+            # reactor's load.
+            service = build_service(
+                options, tune_gc=True, reload_on_sighup=True, overload_control=True
+            )
     except ConfigError as error:
         sys.stderr.write(f"sbc: {error}\n")
         raise SystemExit(1) from None
@@ -185,7 +224,7 @@ def makeService(options: Options) -> IService:
     return service
 
 
-def _use_text_log(options: Options, service: SbcService) -> None:
+def _use_text_log(options: Options, service: SbcService | Supervisor) -> None:
     """Log through :class:`sbc.logs.TextLogFile` instead of twistd's own text log.
 
     Only under twistd (whose options are the parent of ours) and when twistd
@@ -212,7 +251,7 @@ def _use_text_log(options: Options, service: SbcService) -> None:
     reactor.addSystemEventTrigger("after", "shutdown", observer.flush)
 
 
-def _exit_if_failed(service: SbcService) -> None:
+def _exit_if_failed(service: SbcService | Supervisor) -> None:
     """After shutdown: exit with status 1 when the service gave up at start-up."""
     if service.fatal_error is not None:
         from sbc.logs import flush_text_logs

@@ -45,7 +45,7 @@ from sbc.cli.commands import (
 from sbc.cli.idle import IDLE_MESSAGE, IdleTimer
 from sbc.commits import CommitRecord
 from sbc.config import SbcConfig
-from sbc.endpoints import close_port
+from sbc.endpoints import ManagedSbc, close_port
 
 if TYPE_CHECKING:
     from sbc.service import SbcService
@@ -347,12 +347,12 @@ class CliService(Service):
 
     log = Logger()
 
-    def __init__(self, sbc: SbcService, description: str) -> None:
+    def __init__(self, sbc: ManagedSbc, description: str) -> None:
         if description.startswith("unix:") and ":mode=" not in description:
             description += ":mode=600"
         self.sbc = sbc
         self.description = description
-        self.factory = CliFactory(ServiceBackend(sbc), sbc.reactor)
+        self.factory = CliFactory(sbc.cli_backend(), sbc.reactor)
         self.port: IListeningPort | None = None
         self.setName("cli")
 

@@ -93,12 +93,11 @@ from zope.interface import implementer
 
 from sbc.cli.commands import LineQueue, SbcBackend, Session
 from sbc.cli.idle import IDLE_MESSAGE, IdleTimer
-from sbc.cli.server import ServiceBackend
-from sbc.endpoints import close_port
+from sbc.endpoints import ManagedSbc, close_port
 from sbc.errors import ConfigError
 
 if TYPE_CHECKING:
-    from sbc.service import SbcService, SshSettings
+    from sbc.service import SshSettings
 
 __all__ = [
     "MAX_LINE_LENGTH",
@@ -1140,10 +1139,10 @@ class SshCliService(Service):
 
     log = _log
 
-    def __init__(self, sbc: SbcService, settings: SshSettings) -> None:
+    def __init__(self, sbc: ManagedSbc, settings: SshSettings) -> None:
         self.sbc = sbc
         self.settings = settings
-        self.backend = ServiceBackend(sbc)
+        self.backend = sbc.cli_backend()
         self.authorized_keys = AuthorizedKeys(settings.authorized_keys)
         self.host_key: Key | None = None
         self.factory: CliSshFactory | None = None

@@ -31,7 +31,9 @@ __all__ = [
     "decode_record",
     "encode_binding",
     "encode_relayed",
+    "holder_name",
     "node_key",
+    "record_holder",
     "relay_key",
 ]
 
@@ -199,10 +201,21 @@ def decode_record(value: str | bytes, expires_at: float) -> Binding | RemoteRela
     raise ValueError(f"unknown binding record kind {data.get('kind')!r}")
 
 
-def record_node(value: str | bytes) -> str | None:
-    """The node a record names, or None when it cannot be read."""
+def holder_name(node: str, worker: int = 0) -> str:
+    """Who holds a record's flow, as one name: ``NODE``, or ``NODE/W`` for worker W.
+
+    A node that runs one process is its worker 0 and is named by its node
+    name alone; the worker processes of ``twistd sbc --workers N`` (1..N)
+    each hold their own bindings (docs/scaling.md). The store's messages,
+    heartbeats and clean-up compare holders, never node names alone.
+    """
+    return node if not worker else f"{node}/{worker}"
+
+
+def record_holder(value: str | bytes) -> str | None:
+    """The holder a record names (:func:`holder_name`), or None when it cannot be read."""
     try:
-        node = json.loads(value)["node"]
-    except (KeyError, TypeError, ValueError):
+        data = json.loads(value)
+        return holder_name(str(data["node"]), int(data.get("worker") or 0))
+    except (KeyError, TypeError, ValueError, AttributeError):
         return None
-    return str(node)

@@ -59,8 +59,9 @@ from sbc.cluster.codec import (
     decode_record,
     encode_binding,
     encode_relayed,
+    holder_name,
     node_key,
-    record_node,
+    record_holder,
     relay_key,
 )
 from sbc.errors import SipError
@@ -355,6 +356,9 @@ class SharedStore:
     ) -> None:
         self.node = node
         self.worker = worker
+        #: What this process is called in the store's messages and heartbeats
+        #: (:func:`~sbc.cluster.codec.holder_name`: the node, or ``NODE/W``).
+        self.holder = holder_name(node, worker)
         self.clock = clock
         self.count = count or (lambda adjacency, name: None)
         self.client: StoreClient | None = None
@@ -407,7 +411,7 @@ class SharedStore:
         _log.warn(
             "store lost: {reason}; registrations that need it are refused (503) until it is back",
             event="store.lost",
-            node=self.node,
+            node=self.holder,
             reason=reason,
         )
 
@@ -442,7 +446,7 @@ class SharedStore:
             except ValueError as error:
                 _log.warn("store: {key} ignored: {error}", key=key, error=str(error))
                 continue
-            if record.node == self.node:
+            if holder_name(record.node or "", record.worker) == self.holder:
                 if key not in location.own_keys and key not in own_relayed:
                     stale.append(Drop(key))
             elif isinstance(record, Binding):
@@ -470,7 +474,7 @@ class SharedStore:
             "store connected: {remote} binding(s) of other nodes, {own} of this node written "
             "again, {stale} stale record(s) of this node removed",
             event="store.connected",
-            node=self.node,
+            node=self.holder,
             remote=len(remote) + len(relayed),
             own=len(ops) - len(stale),
             stale=len(stale),
@@ -486,7 +490,7 @@ class SharedStore:
     def _apply_message(self, message: dict[str, Any]) -> None:
         origin = str(message.get("by", ""))
         ops = message.get("ops") or []
-        mine = origin == self.node
+        mine = origin == self.holder
         now = self.clock()
         for op in ops:
             if not isinstance(op, list) or len(op) < 2:
@@ -506,14 +510,14 @@ class SharedStore:
         if not key.startswith((REGISTRAR_PREFIX, RELAY_PREFIX)):
             return
         if op[0] == "put" and len(op) >= 4:
-            if origin == self.node and record_node(op[2]) == self.node:
+            if origin == self.holder and record_holder(op[2]) == self.holder:
                 return  # our own write coming back: the view has it already
             try:
                 record = decode_record(op[2], now + int(op[3]) / 1000.0)
             except (ValueError, TypeError) as error:
                 _log.warn("store: {key} ignored: {error}", key=key, error=str(error))
                 return
-            if record.node == self.node:
+            if holder_name(record.node or "", record.worker) == self.holder:
                 return  # ours: the view has it already
             if isinstance(record, Binding):
                 self.location.put_remote(key, record, now)
@@ -535,7 +539,7 @@ class SharedStore:
         self._seq += 1
         for op in ops:
             self._pending[op.key] = self._pending.get(op.key, 0) + 1
-        written = client.apply(ops, self.node, self._seq)
+        written = client.apply(ops, self.holder, self._seq)
         written.addErrback(self._write_failed)
 
     def _write_failed(self, failure: Failure) -> None:
@@ -617,13 +621,13 @@ class SharedStore:
             self.remote_calls = {}
             return succeed(None)
         counts = json.dumps(dict(self.call_counts()), separators=(",", ":"))
-        heard = client.heartbeat(self.node, counts, int(HEARTBEAT_TTL * 1000))
+        heard = client.heartbeat(self.holder, counts, int(HEARTBEAT_TTL * 1000))
         return heard.addCallbacks(self._heard, self._heartbeat_failed)
 
     def _heard(self, nodes: dict[str, str]) -> None:
         totals: dict[str, int] = {}
         for node, text in nodes.items():
-            if node == self.node:
+            if node == self.holder:
                 continue
             try:
                 counts = json.loads(text)
@@ -646,16 +650,16 @@ class SharedStore:
         ops: list[Op] = [Drop(key) for key, _ in self.location.own()]
         ops += [Drop(relay_key(r.token)) for r in self.relayed()]
         count = len(ops)
-        ops.append(Delete(node_key(self.node)))
+        ops.append(Delete(node_key(self.holder)))
         writes = []
         for start in range(0, len(ops), BATCH):
             self._seq += 1
-            writes.append(client.apply(ops[start : start + BATCH], self.node, self._seq))
+            writes.append(client.apply(ops[start : start + BATCH], self.holder, self._seq))
         self.state = StoreState.DOWN
         _log.info(
             "store: node {node} stopping, {count} binding(s) of this node removed",
             event="store.stopping",
-            node=self.node,
+            node=self.holder,
             count=count,
         )
         return gatherResults(writes, consumeErrors=True)

@@ -47,9 +47,10 @@ SCAN_COUNT = 1000
 #: The set of node names whose heartbeat keys are read.
 NODES_KEY = "sbc:nodes"
 
-#: KEYS: the keys. ARGV: channel, origin node, sequence number, then for each key
+#: KEYS: the keys. ARGV: channel, origin (the holder: ``NODE`` or ``NODE/WORKER``,
+#: sbc.cluster.codec.holder_name), sequence number, then for each key
 #: ``put VALUE TTL-MS`` | ``del`` | ``drop`` (delete only while the record names
-#: the origin). Publishes what each key holds afterwards, in one message.
+#: the origin as its holder). Publishes what each key holds afterwards, in one message.
 APPLY_SCRIPT = """
 local out = {}
 local a = 4
@@ -69,7 +70,12 @@ for _, key in ipairs(KEYS) do
     local mine = false
     if value then
       local ok, record = pcall(cjson.decode, value)
-      mine = ok and type(record) == 'table' and record['node'] == ARGV[2]
+      if ok and type(record) == 'table' then
+        local holder = tostring(record['node'])
+        local worker = tonumber(record['worker']) or 0
+        if worker ~= 0 then holder = holder .. '/' .. string.format('%d', worker) end
+        mine = holder == ARGV[2]
+      end
     end
     if value and not mine then
       out[#out + 1] = {'put', key, value, redis.call('PTTL', key)}

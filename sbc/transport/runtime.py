@@ -830,7 +830,7 @@ class SipRuntime:
             shared.advertised = (key.address, own)
         self._size_receive_buffer(own_key, port)
         self.log.info(
-            "this process's own UDP socket beside {listener}: port {port}",
+            "listening on {listener}, this process's own port beside {shared}",
             event="listener.opened",
             listener=str(own_key),
             shared=str(key),

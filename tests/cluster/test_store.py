@@ -20,7 +20,7 @@ from zope.interface.verify import verifyObject
 
 from sbc.adjacencies import AdjacencyTable
 from sbc.cluster import SharedStore, StoreState, StoreUnavailableError
-from sbc.cluster.codec import NODE_PREFIX, binding_key, decode_record, relay_key
+from sbc.cluster.codec import NODE_PREFIX, binding_key, decode_record, record_holder, relay_key
 from sbc.cluster.store import Delete, Drop, Op, Put
 from sbc.core import SbcCore
 from sbc.counters import Counters
@@ -71,7 +71,7 @@ class FakeRedis:
                 out.append(["del", op.key])
             elif isinstance(op, Drop):
                 value = live.get(op.key)
-                if value is not None and json.loads(value)["node"] != origin:
+                if value is not None and record_holder(value) != origin:
                     ttl = int((self.data[op.key][1] - now) * 1000)
                     out.append(["put", op.key, value, ttl])
                 else:

@@ -350,13 +350,13 @@ class RedisClientTests(CliTestCase):
         yield self.redis.start()
 
     @defer.inlineCallbacks
-    def node(self, name: str) -> Any:
+    def node(self, name: str, worker: int = 0) -> Any:
         from sbc.cluster import SharedStore, StoreState
         from sbc.config import StoreUrl
         from sbc.transport.redis import RedisStoreService
 
         reactor = get_reactor()
-        store = SharedStore(name, reactor.seconds)
+        store = SharedStore(name, reactor.seconds, worker=worker)
         service = RedisStoreService(reactor, StoreUrl("127.0.0.1", self.redis.port, 0), store)
         service.startService()
         self.addCleanup(lambda: service.stopService() if service.running else None)
@@ -417,6 +417,33 @@ class RedisClientTests(CliTestCase):
         yield service_b.stopService()
         keys = yield self.redis.cli("--scan", "--pattern", "sbc:*")
         self.assertEqual(sorted(keys), ["sbc:node:A", "sbc:nodes"])
+
+    @defer.inlineCallbacks
+    def test_drop_compares_the_holder_node_and_worker(self) -> Any:
+        """Two worker processes of one node: the script's Drop keeps the sibling's record."""
+        from sbc.cluster.codec import encode_relayed, relay_key
+        from sbc.cluster.store import Drop, Put
+        from sbc.sip.stack import Flow
+        from sbc.sip.uri import parse_uri
+
+        one, _ = yield self.node("edge", 1)
+        two, _ = yield self.node("edge", 2)
+        flow = Flow("UDP", ("127.0.0.1", 5060), ("192.0.2.7", 5060))
+        contact = parse_uri("sip:alice@192.0.2.7")
+
+        def record(token: str, worker: int) -> str:
+            return encode_relayed(
+                token, "alice@lab.test", contact, flow, "phones", "pbx", "edge", worker
+            )
+
+        two.write([Put(relay_key("w2"), record("w2", 2), 60_000)])
+        one.write([Put(relay_key("w1"), record("w1", 1), 60_000)])
+        yield self.until(lambda: "w2" in one.remote_relayed, "worker 1 to hear worker 2")
+        self.assertEqual(one.remote_relayed["w2"].worker, 2)
+        one.write([Drop(relay_key("w1")), Drop(relay_key("w2"))])
+        yield self.until(lambda: "w1" not in two.remote_relayed, "worker 2 to hear the drop")
+        keys = yield self.redis.bindings()
+        self.assertEqual(keys, [relay_key("w2")])
 
     @defer.inlineCallbacks
     def test_lost_and_connected_again(self) -> Any:
