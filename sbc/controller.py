@@ -10,7 +10,7 @@ them into text (:mod:`sbc.cli.replies`).
 
 The SIP side is a :class:`ConfigTarget`: one :class:`~sbc.worker.SipWorker`
 in a single process, every worker process under a supervisor
-(:mod:`sbc.cluster.supervisor`). A commit is two-phase:
+(:mod:`sbc.workers.supervisor`). A commit is two-phase:
 
 1. the controller checks the candidate (security of attached adjacencies,
    ``commit confirmed`` rules, validation, routing);

@@ -60,7 +60,7 @@ from sbc.config import AdjacencyConfig
 from sbc.errors import SipError
 from sbc.interfaces import IAuthenticator
 from sbc.overload import OverloadControl
-from sbc.registrar import Registrar, aor_key
+from sbc.registrar import Binding, Registrar, aor_key
 from sbc.registrar.relay import RegistrationRelay
 from sbc.routing import RouteKey, Router
 from sbc.routing.policies import DefaultPolicy
@@ -151,6 +151,10 @@ class SbcCore:
             table, self._registrars_for, self.calls.count, register_refresh_min or (lambda: 0.0)
         )
         self.relay.on_held_elsewhere = self._relayed_held_elsewhere
+        #: The flow this process may use for a binding another process holds, or
+        #: None: the worker processes of one node share their UDP listeners, so a
+        #: sibling's UDP binding is reachable from here (docs/scaling.md).
+        self.sibling_flow: Callable[[Binding], Flow | None] = _no_flow
         self._stack: SipStack | None = None
         #: Sheds new INVITEs and REGISTERs when the SBC is overloaded (sbc.overload).
         self.overload = OverloadControl(count=self.calls.count)
@@ -371,12 +375,17 @@ class SbcCore:
             return None
         targets = []
         for binding in self.registrar.lookup(aor_key(uri), now):
+            flow: Flow | None = binding.flow
             if binding.node is not None:
-                # the flow is another node's (a shared store, docs/scaling.md): calls
-                # routed to its holder are not there yet (issue 13), so it is skipped
-                self.held_elsewhere(binding.aor, binding.node, binding.adjacency, inbound, now)
-                continue
-            targets.append(Target(binding.adjacency, binding.contact, binding.flow))
+                # another process's flow (a shared store, docs/scaling.md): a sibling
+                # worker's UDP binding is reachable from here; calls routed to the
+                # holder of another flow are not there yet (issue 13): skipped
+                flow = self.sibling_flow(binding)
+                if flow is None:
+                    holder = f"{binding.node}/{binding.worker}" if binding.worker else binding.node
+                    self.held_elsewhere(binding.aor, holder, binding.adjacency, inbound, now)
+                    continue
+            targets.append(Target(binding.adjacency, binding.contact, flow))
         return targets
 
     def _relayed_held_elsewhere(self, token: str, record: object, inbound: str, now: float) -> None:
@@ -446,3 +455,8 @@ class SbcCore:
         response.headers.add("Accept", ACCEPT)
         response.headers.add("Allow", ALLOW)
         return self.stack.respond(transaction, response, now)
+
+
+def _no_flow(binding: Binding) -> Flow | None:
+    """:attr:`SbcCore.sibling_flow` of a process that has no siblings."""
+    return None

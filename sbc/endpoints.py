@@ -17,7 +17,7 @@ class ManagedSbc(Protocol):
     """What the management services need from the SBC they serve.
 
     An :class:`~sbc.service.SbcService` (one process) or a
-    :class:`~sbc.cluster.supervisor.Supervisor` (worker processes).
+    :class:`~sbc.workers.supervisor.Supervisor` (worker processes).
     """
 
     @property

@@ -320,6 +320,9 @@ def classic_line(event: LogEvent, time_text: Callable[[float | None], str]) -> s
             return None
         level = event.get("log_level")
         system = f"{event.get('log_namespace', '-')}#{level.name if level is not None else '-'}"
+        worker = event.get("worker")
+        if worker is not None:  # a worker process's line (twistd sbc --workers N)
+            system = f"worker {worker} {system}"
         if "\n" in text:
             text = text.replace("\n", "\n\t")
         return f"{time_text(event.get('log_time'))} [{system}] {text}\n"

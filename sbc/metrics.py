@@ -593,7 +593,7 @@ class MetricsService(Service):
     (:meth:`SbcService.fail`), as for the management CLI. ``sbc`` is the
     service (its ``reactor`` and ``fail``); ``collector`` reads the numbers
     (default: :meth:`SbcCollector.for_service`), after ``refresh`` when given
-    (the supervisor of worker processes, :mod:`sbc.cluster.supervisor`).
+    (the supervisor of worker processes, :mod:`sbc.workers.supervisor`).
     """
 
     log = Logger()

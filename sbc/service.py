@@ -493,7 +493,7 @@ class SbcService(MultiService):
         return rollback_lines(result)
 
 
-# -- shared with the supervisor of worker processes (sbc.cluster.supervisor) -----------
+# -- shared with the supervisor of worker processes (sbc.workers.supervisor) -----------
 
 
 def load_checked(

@@ -10,10 +10,10 @@ from typing import Any
 from twisted.application.service import IService
 from twisted.python import usage
 
-from sbc.cluster.supervisor import Supervisor, worker_count
 from sbc.config import load_config
 from sbc.errors import ConfigError
 from sbc.service import SbcService, SshSettings, TlsFiles
+from sbc.workers.supervisor import Supervisor, worker_count
 
 
 class Options(usage.Options):

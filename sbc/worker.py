@@ -12,7 +12,7 @@ and the user database, and answers what the CLI and the metrics show
 In a single process (``twistd sbc``, or an application embedding
 :class:`~sbc.service.SbcService`) there is one, inside the service. With
 ``twistd sbc --workers N`` each worker process runs one
-(:mod:`sbc.cluster.worker`), built with ``reuse_port=True`` so that the N
+(:mod:`sbc.workers.process`), built with ``reuse_port=True`` so that the N
 processes share every listening port (docs/scaling.md).
 """
 
@@ -40,9 +40,9 @@ from sbc.controller import CommitPlan, Refused
 from sbc.core import SbcCore
 from sbc.errors import ConfigError, SbcError
 from sbc.flood import SourceGuard
-from sbc.registrar import Registrar
+from sbc.registrar import Binding, Registrar
 from sbc.routing import RouteKey, Router, RoutingDecision
-from sbc.sip.stack import SipStack
+from sbc.sip.stack import Flow, SipStack
 from sbc.sip.timers import TimerSettings
 from sbc.transport.overload import LoadMeter
 from sbc.transport.runtime import SipRuntime
@@ -102,7 +102,13 @@ class SipWorker:
     relative ``user-database`` name. ``overload_control`` runs the heartbeat
     that measures the event-loop lag (:mod:`sbc.overload`). ``reuse_port``
     opens every listener with ``SO_REUSEPORT`` and gives each UDP listener a
-    socket of this process's own (a worker process of ``--workers N``).
+    socket of this process's own (a worker process of ``--workers N``);
+    ``worker_id`` is that worker's number (0: the only process).
+    ``share_registrations`` makes a :class:`~sbc.cluster.SharedStore` even
+    without a ``store`` line: its client is then the owner's business (the
+    worker processes of one machine share through their supervisor,
+    :mod:`sbc.workers.process`); with a ``store`` line it is Redis
+    (:attr:`store_service`).
     """
 
     log = Logger()
@@ -118,6 +124,7 @@ class SipWorker:
         overload_control: bool = False,
         reuse_port: bool = False,
         worker_id: int = 0,
+        share_registrations: bool = False,
     ) -> None:
         self.config = config
         #: This process's number among the worker processes (0: the only process).
@@ -140,7 +147,7 @@ class SipWorker:
         #: The store shared with other SBC nodes (``store`` under ``sbe``), or None.
         self.store: SharedStore | None = None
         registrar = None
-        if config.store is not None:
+        if config.store is not None or share_registrations:
             self.store = SharedStore(
                 node_name(config),
                 reactor.seconds,
@@ -187,12 +194,14 @@ class SipWorker:
         self.overload.limits = lambda: self.config.limits
         #: The Redis connection of :attr:`store` (a service its owner starts and stops), or None.
         self.store_service: Service | None = None
-        if self.store is not None and config.store is not None:
-            from sbc.transport.redis import RedisStoreService
-
+        if self.store is not None:
             self.store.relayed = self.core.relay.bindings
             self.store.call_counts = self._call_counts
             self.core.relay.store = self.store
+            self.core.sibling_flow = self._sibling_flow
+        if self.store is not None and config.store is not None:
+            from sbc.transport.redis import RedisStoreService
+
             self.store_service = RedisStoreService(reactor, config.store, self.store)
         self._prepared: tuple[CommitPlan, Router, UserDatabase, AdjacencyTable] | None = None
 
@@ -203,6 +212,27 @@ class SipWorker:
         if self.store is not None:
             active = self.store.active_calls(active)
         return self.router.route(key, table, active)
+
+    def _sibling_flow(self, binding: Binding) -> Flow | None:
+        """The flow to a UDP binding that another worker process of this node holds.
+
+        It leaves from this process's own UDP port beside the listener the
+        phone registered to (same address), so that the phone's answers,
+        sent back to where the request came from (RFC 3581), reach this
+        process and not the holder: the kernel would give a datagram to the
+        shared port to the holder, as it gave it the REGISTER
+        (docs/scaling.md says what this means for phones behind a NAT). None
+        for a stream flow (its connection lives in the holder), another
+        node's binding, or a listener this process does not have.
+        """
+        store = self.store
+        flow = binding.flow
+        if store is None or binding.node != store.node or flow.transport != UDP:
+            return None
+        own = self.runtime.own_port(flow.local)
+        if own is None:
+            return None
+        return attrs.evolve(flow, local=(flow.local[0], own), advertised=None)
 
     def _call_counts(self) -> dict[str, int]:
         """This process's active calls per adjacency (what the other nodes add to theirs)."""
@@ -407,8 +437,10 @@ class SipWorker:
     def registrations(self) -> list[RegistrationInfo]:
         """The live bindings: the registrar's, then the relayed registrations.
 
-        With a shared store, the other nodes' bindings too (``held_here``
-        false), each naming the node that holds it.
+        With a shared store, the other nodes' and workers' bindings too
+        (``held_here`` false). ``node`` names the node that holds a binding
+        (with a ``store`` line only); ``worker`` the worker process (worker
+        processes only).
         """
         now = self.reactor.seconds()
         location: Any = self.core.registrar.location
@@ -417,7 +449,13 @@ class SipWorker:
         except TypeError:  # a location service that cannot be listed
             return []
         store = self.store
-        here = store.node if store is not None else ""
+        named = self.config.store is not None
+        here = store.node if store is not None and named else ""
+        mine = str(self.worker_id) if self.worker_id else ""
+
+        def node_of(node: str | None) -> str:
+            return (node or here) if named else ""
+
         local = [
             RegistrationInfo(
                 b.aor,
@@ -425,8 +463,9 @@ class SipWorker:
                 b.adjacency,
                 b.remaining(now),
                 b.flow.describe(),
-                node=b.node or here,
+                node=node_of(b.node),
                 held_here=b.node is None,
+                worker=mine if b.node is None else str(b.worker or ""),
             )
             for b in bindings
             if b.remaining(now) > 0
@@ -440,6 +479,7 @@ class SipWorker:
                 r.flow.describe(),
                 relayed_to=r.outbound,
                 node=here,
+                worker=mine,
             )
             for r in self.core.relay.bindings()
             if r.remaining(now) > 0
@@ -453,8 +493,9 @@ class SipWorker:
                     r.remaining(now),
                     r.flow.describe(),
                     relayed_to=r.outbound,
-                    node=r.node,
+                    node=node_of(r.node),
                     held_here=False,
+                    worker=str(r.worker or ""),
                 )
                 for r in store.remote_relayed.values()
                 if r.remaining(now) > 0

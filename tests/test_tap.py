@@ -46,6 +46,13 @@ class OptionsTests(SynchronousTestCase):
             "--private-key", "k.pem",
         )  # fmt: skip
 
+    def test_workers(self) -> None:
+        self.assertEqual(options("--config", LAB_CONF)["workers"], 1)
+        self.assertEqual(options("--config", LAB_CONF, "--workers", "3")["workers"], 3)
+        self.assertGreaterEqual(options("--config", LAB_CONF, "--workers", "auto")["workers"], 1)
+        for bad in ("0", "-1", "two"):
+            self.assertRaises(usage.UsageError, options, "--config", LAB_CONF, "--workers", bad)
+
     def test_tls_files(self) -> None:
         parsed = options(
             "--config", LAB_CONF, "--certificate", "c.pem", "--private-key", "k.pem",
@@ -97,6 +104,21 @@ class BuildServiceTests(SynchronousTestCase):
         self.assertTrue(service.running)
         service.stopService()
         self.assertFalse(service.running)
+
+    def test_workers_build_a_supervisor_checked_like_one_process(self) -> None:
+        from sbc.workers.supervisor import Supervisor
+
+        args = [
+            "--config", LAB_CONF, "--certificate", self.pki["sbc"],
+            "--private-key", self.pki["sbc-key"], "--ca-certificates", self.pki["ca"],
+            "--workers", "2",
+        ]  # fmt: skip
+        supervisor = tap.build_supervisor(options(*args), MemoryReactorClock())
+        self.assertIsInstance(supervisor, Supervisor)
+        self.assertEqual(len(supervisor.pool.slots), 2)
+        self.assertIsNotNone(supervisor.hub)  # no store line: shared through the supervisor
+        with self.assertRaises(ConfigError):
+            tap.build_supervisor(options("--config", LAB_CONF, "--workers", "2"), Reactor())
 
     def test_tls_adjacency_without_certificate_refused(self) -> None:
         """examples/lab.conf has a trusted-encrypted adjacency: no certificate, no start."""

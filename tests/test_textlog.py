@@ -51,6 +51,13 @@ class ClassicLineTests(SynchronousTestCase):
             event = call_event(text)
             self.assertEqual(classic_line(event, formatTime), self.twisted(event))
 
+    def test_a_worker_process_call_line_names_the_worker(self) -> None:
+        """``twistd sbc --workers N``: the supervisor marks each worker's events."""
+        event = {**call_event("call 3 INVITE from access: routed"), "worker": 2}
+        line = classic_line(event, formatTime)
+        assert line is not None
+        self.assertIn(" [worker 2 sbc.calls#info] call 3 INVITE from access: routed\n", line)
+
     def test_other_events_match_twisted(self) -> None:
         events = [
             other_event("adjacency access: attached"),

@@ -11,7 +11,7 @@ never touches a reactor or a socket; :mod:`sbc.cli.server` adapts a running
 :class:`~sbc.service.SbcService` to it.
 
 A backend whose changes take time (the supervisor of worker processes,
-:mod:`sbc.cluster.supervisor`) answers them with a ``Deferred``, and may
+:mod:`sbc.workers.supervisor`) answers them with a ``Deferred``, and may
 read what ``show services`` prints from a snapshot it refreshes first
 (:class:`RefreshingBackend`): :meth:`Session.run` waits for both, and the
 servers run a session's lines one at a time (:class:`LineQueue`). With a
@@ -67,6 +67,7 @@ __all__ = [
     "Reply",
     "SbcBackend",
     "Session",
+    "WorkerInfo",
     "format_table",
 ]
 
@@ -136,6 +137,23 @@ class BlockedSourceInfo:
     since: float
     remaining: int
     dropped: int
+
+
+@attrs.frozen
+class WorkerInfo:
+    """One worker process, as ``show ... workers`` prints it (docs/scaling.md).
+
+    ``state`` is ``starting``, ``ready`` or ``exited`` (waiting to be started
+    again); ``uptime`` whole seconds since it was started; ``exits`` how
+    many times a process in this position ended; ``calls`` its live calls.
+    """
+
+    index: int
+    pid: int | None
+    state: str
+    uptime: int
+    exits: int
+    calls: int
 
 
 Reply = list[str] | Deferred[list[str]]
@@ -391,6 +409,7 @@ _SHOW_HELP = (
     ("show services sbc NAME sbe calls", "Live calls"),
     ("show services sbc NAME sbe registrations", "Registered contacts"),
     ("show services sbc NAME sbe statistics", "Counters of every adjacency"),
+    ("show services sbc NAME sbe workers", "The worker processes (twistd sbc --workers N)"),
     (
         "show services sbc NAME sbe blocked-sources",
         "Sources banned by the flood and scanner defence",
@@ -893,7 +912,7 @@ class Session:
     def _show_services(self, args: list[str]) -> list[str]:
         usage = (
             "usage: show services sbc NAME sbe "
-            "adjacencies|calls|registrations|statistics|blocked-sources"
+            "adjacencies|calls|registrations|statistics|blocked-sources|workers"
         )
         rest = self._service_items(args, usage)
         running = self.backend.running_config()
@@ -910,7 +929,28 @@ class Session:
             return self._show_statistics(running)
         if what == "blocked-sources":
             return self._show_blocked_sources()
+        if what == "workers":
+            return self._show_workers()
         raise _CliError(f"unknown show services item '{what}': {usage}")
+
+    def _show_workers(self) -> list[str]:
+        """The worker processes; a backend without them is one process."""
+        workers = getattr(self.backend, "workers", None)
+        if workers is None:
+            return ["One process, no worker processes (twistd sbc --workers N, docs/scaling.md)."]
+        rows = [
+            [
+                str(w.index),
+                str(w.pid) if w.pid is not None else "-",
+                w.state,
+                f"{w.uptime}s" if w.state != "exited" else "-",
+                str(w.exits),
+                str(w.calls),
+            ]
+            for w in workers()
+        ]
+        headers = ["Worker", "PID", "State", "Uptime", "Exits", "Calls"]
+        return [*format_table(headers, rows), f"{len(rows)} worker(s)"]
 
     def _show_blocked_sources(self) -> list[str]:
         blocked = sorted(self.backend.blocked_sources(), key=lambda b: (b.since, b.address))
@@ -1079,7 +1119,7 @@ class Session:
             return _follow(["list|changes"], words[2:]) if words[1] == "commit" else set()
         if words[0] != "services":
             return set()
-        what = "adjacencies|calls|registrations|statistics|blocked-sources"
+        what = "adjacencies|calls|registrations|statistics|blocked-sources|workers"
         tail = words[1:]
         if len(tail) >= 4 and tail[3] == "adjacencies":
             return (

@@ -842,6 +842,10 @@ class SipRuntime:
         """This process's own UDP ports by shared (address, port): :meth:`_open_own`."""
         return dict(self._own_ports)
 
+    def own_port(self, shared: tuple[str, int]) -> int | None:
+        """This process's own UDP port beside the shared listener ``shared``, or None."""
+        return self._own_ports.get(shared)
+
     # -- internals: connections ---------------------------------------------
 
     def _register(self, connection: StreamConnection) -> None:

@@ -11,6 +11,7 @@ from sbc.cli.commands import (
     CallInfo,
     RegistrationInfo,
     Session,
+    WorkerInfo,
     config_diff,
     describe_adjacency,
 )
@@ -409,6 +410,28 @@ class ShowTests(SynchronousTestCase):
         self.assertEqual((text, ok), ("% no sbc service 'other' (the service is 'mysbc')", False))
         text, ok = session.execute("show services sbc mysbc sbe adjacencies nope")
         self.assertEqual((text, ok), ("% no adjacency 'nope'", False))
+
+    def test_workers(self) -> None:
+        backend = FakeBackend()
+        session = Session(backend)
+        text, ok = session.execute("show services sbc mysbc sbe workers")
+        self.assertTrue(ok)
+        self.assertIn("One process, no worker processes", text)
+        backend.workers = lambda: [  # type: ignore[attr-defined]
+            WorkerInfo(1, 4321, "ready", 75, 0, 3),
+            WorkerInfo(2, None, "exited", 0, 2, 0),
+        ]
+        text, _ = session.execute("show services sbc mysbc sbe workers")
+        self.assertEqual(
+            text.splitlines(),
+            [
+                "Worker  PID   State   Uptime  Exits  Calls",
+                "------  ----  ------  ------  -----  -----",
+                "1       4321  ready   75s     0      3",
+                "2       -     exited  -       2      0",
+                "2 worker(s)",
+            ],
+        )
 
     def test_calls_registrations_statistics(self) -> None:
         backend = FakeBackend()
@@ -901,6 +924,7 @@ class CompletionTests(SynchronousTestCase):
                 "calls",
                 "registrations",
                 "statistics",
+                "workers",
             ],
             "show services sbc mysbc sbe adjacencies ": ["core", "detail", "test"],
             "show services sbc mysbc sbe adjacencies core ": ["detail"],

@@ -88,16 +88,18 @@ def start_routed_sbc(
     *,
     local_domains: Sequence[str] = (),
     service: str = "calls",
+    extra_args: Sequence[str] = (),
 ) -> Any:
     """Start ``twistd -n --pidfile= sbc`` on a routed config; fires with a :class:`SbcProcess`.
 
+    ``extra_args`` go to ``sbc`` (``--workers 2``).
     Stopped by PID in the test's clean-up, which also saves ``sbc.log`` next
     to ``sbc.conf`` in the test's temporary directory and fails the test if
     the SBC logged a traceback.
     """
     chosen = [a if a.port else attrs.evolve(a, port=free_port()) for a in adjacencies]
     config = render_call_config(service, chosen, routing, local_domains)
-    sbc = yield launch_sbc(case, pki, chosen, config)
+    sbc = yield launch_sbc(case, pki, chosen, config, extra_args)
     return sbc
 
 
