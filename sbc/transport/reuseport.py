@@ -6,9 +6,15 @@ the attached adjacencies (docs/scaling.md). Twisted's ``listenUDP`` and
 socket themselves (``SO_REUSEPORT``, non-blocking, close-on-exec, bound, and
 ``listen()`` for TCP) and hand it to the reactor with ``adoptDatagramPort`` /
 ``adoptStreamPort``, which take a copy of the descriptor; the original is
-closed here. The kernel then spreads new UDP flows (by a hash of the source
-and destination addresses and ports) and new TCP connections over the
-processes listening on the same address and port.
+closed here. The kernel then spreads new UDP flows (by a hash of the
+source and destination addresses and ports) and new TCP connections over
+the processes listening on the same address and port.
+
+A worker process may instead be given the socket by its supervisor
+(``inherited``), which keeps a copy: the socket, and its place among the
+sockets sharing the port, then outlive the process, so the kernel keeps
+sending each UDP flow to the same worker position when a worker is started
+again (docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -48,10 +54,20 @@ def shared_socket(key: ListenerKey, kind: int) -> socket.socket:
 
 
 def listen_udp_shared(
-    reactor: Any, key: ListenerKey, protocol: DatagramProtocol, max_packet_size: int = 65535
+    reactor: Any,
+    key: ListenerKey,
+    protocol: DatagramProtocol,
+    max_packet_size: int = 65535,
+    inherited: int | None = None,
 ) -> IListeningPort:
-    """Listen on UDP ``key`` with ``SO_REUSEPORT`` (``reactor.adoptDatagramPort``)."""
-    handle = shared_socket(key, socket.SOCK_DGRAM)
+    """Listen on UDP ``key`` with ``SO_REUSEPORT`` (``reactor.adoptDatagramPort``).
+
+    ``inherited``: a descriptor of a socket already bound there, given by the
+    supervisor (it keeps its own copy, so the socket outlives this process).
+    """
+    handle = _inherited(inherited) if inherited is not None else None
+    if handle is None:
+        handle = shared_socket(key, socket.SOCK_DGRAM)
     try:
         port: IListeningPort = reactor.adoptDatagramPort(
             handle.fileno(), handle.family, protocol, max_packet_size
@@ -62,13 +78,26 @@ def listen_udp_shared(
 
 
 def listen_stream_shared(
-    reactor: Any, key: ListenerKey, factory: IProtocolFactory
+    reactor: Any, key: ListenerKey, factory: IProtocolFactory, inherited: int | None = None
 ) -> IListeningPort:
     """Listen on TCP ``key`` (TLS: ``factory`` wraps it) with ``SO_REUSEPORT``
-    (``reactor.adoptStreamPort``)."""
-    handle = shared_socket(key, socket.SOCK_STREAM)
+    (``reactor.adoptStreamPort``); ``inherited`` as for :func:`listen_udp_shared`."""
+    handle = _inherited(inherited) if inherited is not None else None
+    if handle is None:
+        handle = shared_socket(key, socket.SOCK_STREAM)
     try:
         port: IListeningPort = reactor.adoptStreamPort(handle.fileno(), handle.family, factory)
     finally:
         handle.close()
     return port
+
+
+def _inherited(descriptor: int) -> socket.socket | None:
+    """The socket behind an inherited descriptor, non-blocking; None when it is not open."""
+    try:
+        handle = socket.socket(fileno=descriptor)
+    except OSError:
+        return None
+    handle.setblocking(False)
+    handle.set_inheritable(False)
+    return handle

@@ -293,6 +293,9 @@ class SipRuntime:
         #: Open listeners with SO_REUSEPORT, with a UDP socket of this process's own
         #: beside each UDP listener (a worker process, docs/scaling.md).
         self.reuse_port = reuse_port
+        #: reuse_port: listening sockets given by the supervisor (descriptor by listener),
+        #: used instead of new ones when those listeners open
+        self.inherited: dict[ListenerKey, int] = {}
         self.stack = stack
         self.table = table
         self._limits = limits if limits is not None else Limits()
@@ -725,7 +728,9 @@ class SipRuntime:
             if key.transport == UDP:
                 protocol = UdpListener(self, key)
                 if self.reuse_port:
-                    port = listen_udp_shared(self.reactor, key, protocol)
+                    port = listen_udp_shared(
+                        self.reactor, key, protocol, inherited=self.inherited.pop(key, None)
+                    )
                 else:
                     port = self.reactor.listenUDP(
                         key.port, protocol, interface=key.address, maxPacketSize=65535
@@ -742,7 +747,10 @@ class SipRuntime:
                         _CurrentIdentityCreator(self), False, factory, clock=self.reactor
                     )
                 if self.reuse_port:
-                    started = succeed(listen_stream_shared(self.reactor, key, factory))
+                    inherited = self.inherited.pop(key, None)
+                    started = succeed(
+                        listen_stream_shared(self.reactor, key, factory, inherited=inherited)
+                    )
                 else:
                     description = f"tcp:{key.port}:interface={quoteStringArgument(key.address)}"
                     started = serverFromString(self.reactor, description).listen(factory)

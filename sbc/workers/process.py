@@ -20,6 +20,7 @@ SIGINT, SIGHUP and SIGUSR1 are the supervisor's business and are ignored.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import socket
@@ -44,6 +45,7 @@ from twisted.logger import (
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from sbc.adjacencies import ListenerKey
 from sbc.cluster import HEARTBEAT_INTERVAL, SharedStore
 from sbc.cluster.store import Op
 from sbc.config import parse_config
@@ -109,12 +111,15 @@ class WorkerControl:
         config_path: str | None = None,
         tls: list[str] | None = None,
         share: bool = False,
+        sockets: list[list[Any]] | None = None,
     ) -> Deferred[WorkerStarted]:
         """Build the SIP side on ``config`` (text) and open its listeners.
 
         ``share``: share the registrations and call counts with the other
         workers through the supervisor (no ``store`` line); with a ``store``
-        line each worker connects to Redis itself.
+        line each worker connects to Redis itself. ``sockets``: the listening
+        sockets the supervisor gave this process (``[address, port,
+        transport, descriptor]``), used instead of new ones.
         """
         if self.worker is not None:
             raise RuntimeError("already started")
@@ -133,6 +138,10 @@ class WorkerControl:
             worker_id=index,
             share_registrations=share,
         )
+        self.worker.runtime.inherited = {
+            ListenerKey(str(address), int(port), str(transport)): int(descriptor)
+            for address, port, transport, descriptor in sockets or []
+        }
         store = self.worker.store
         if self.worker.store_service is not None:
             self.store_service = self.worker.store_service
@@ -143,6 +152,11 @@ class WorkerControl:
         started = self.worker.start()
 
         def listening(_: object) -> WorkerStarted:
+            assert self.worker is not None
+            for descriptor in self.worker.runtime.inherited.values():
+                with contextlib.suppress(OSError):  # a listener this configuration lacks
+                    os.close(descriptor)
+            self.worker.runtime.inherited = {}
             if self.tune_gc:
                 tune_garbage_collector()
             own = [[address, port, own] for (address, port), own in self._own_ports().items()]

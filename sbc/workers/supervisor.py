@@ -55,6 +55,7 @@ from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.logger import ILogObserver, Logger, eventFromJSON, globalLogPublisher
 from twisted.python.failure import Failure
 
+from sbc.adjacencies import UDP, AdjacencyTable, ListenerKey
 from sbc.cli import replies
 from sbc.cli.commands import (
     BlockedSourceInfo,
@@ -81,6 +82,7 @@ from sbc.service import (
     restore_sighup,
     use_log_observer,
 )
+from sbc.transport.reuseport import shared_socket
 from sbc.transport.tls import TlsConfigError, load_tls_identity
 from sbc.worker import (
     Released,
@@ -127,6 +129,9 @@ STOP_SECONDS = 10.0
 
 STARTING, READY, EXITED = "starting", "ready", "exited"
 
+FIRST_SOCKET_FD = 4
+"""A worker's first inherited listening socket (3 is its control channel)."""
+
 
 def worker_count(text: str) -> int:
     """``--workers``: a positive number, or ``auto`` (one per CPU this process may use)."""
@@ -160,9 +165,11 @@ class WorkerLauncher(Protocol):
         index: int,
         control: ControlProtocol,
         ended: Callable[[int | None, int | None], object],
+        descriptors: Mapping[int, int],
     ) -> ProcessHandle:
         """Start worker ``index`` with ``control`` as the supervisor's end of its channel;
-        ``ended(exit code, signal)`` is called once when it ends."""
+        ``ended(exit code, signal)`` is called once when it ends. ``descriptors``:
+        the child's descriptor number -> this process's (its listening sockets)."""
 
 
 class _WorkerProcess(ProcessProtocol):
@@ -204,6 +211,7 @@ class SpawnLauncher:
         index: int,
         control: ControlProtocol,
         ended: Callable[[int | None, int | None], object],
+        descriptors: Mapping[int, int],
     ) -> ProcessHandle:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -214,7 +222,7 @@ class SpawnLauncher:
                 self.python,
                 [self.python, "-m", "sbc.workers.process", "--index", str(index)],
                 env=env,
-                childFDs={0: "w", 1: 1, 2: 2, 3: theirs.fileno()},
+                childFDs={0: "w", 1: 1, 2: 2, 3: theirs.fileno(), **descriptors},
             )
             ours.setblocking(False)
             self.reactor.adoptStreamConnection(ours.fileno(), socket.AF_UNIX, _OneProtocol(control))
@@ -267,8 +275,14 @@ class WorkerPool:
         start_args: Callable[[int], dict[str, Any]],
         hub: MemoryStore | None = None,
         node: str = "",
+        listeners: Callable[[], Sequence[ListenerKey]] | None = None,
     ) -> None:
         self.reactor = reactor
+        #: The listeners of the configuration in force, whose sockets this process holds
+        #: for each worker position (None: the workers open their own; tests).
+        self.listeners = listeners
+        #: worker position -> listener -> the socket it is given (and this process keeps)
+        self.sockets: dict[int, dict[ListenerKey, socket.socket]] = {}
         #: The workers' shared store (no ``store`` line), or None (Redis, or no sharing).
         self.hub = hub
         #: This machine's node name (what the workers' bindings record).
@@ -315,16 +329,56 @@ class WorkerPool:
         slot.control = control
         ready: Deferred[None] = Deferred()
         self._ready_waiters[slot.index] = ready
+        try:
+            held = self._hold_sockets(slot.index)
+        except OSError as error:
+            ready.errback(RuntimeError(f"worker {slot.index}: cannot listen: {error}"))
+            self._ready_waiters.pop(slot.index, None)
+            slot.state = EXITED
+            slot.control = None
+            return ready
+        descriptors = {FIRST_SOCKET_FD + n: sock.fileno() for n, (_, sock) in enumerate(held)}
         slot.process = self.launcher.launch(
-            slot.index, control, lambda code, sig: self._ended(slot, control, code, sig)
+            slot.index,
+            control,
+            lambda code, sig: self._ended(slot, control, code, sig),
+            descriptors,
         )
-        starting = control.call("start", **self.start_args(slot.index))
+        args = self.start_args(slot.index)
+        args["sockets"] = [
+            [key.address, key.port, key.transport, FIRST_SOCKET_FD + n]
+            for n, (key, _) in enumerate(held)
+        ]
+        starting = control.call("start", **args)
         starting.addTimeout(START_SECONDS, self.reactor)
         starting.addCallbacks(
             lambda started: self._started(slot, control, started),
             lambda failure: self._start_failed(slot, control, failure),
         )
         return ready
+
+    def _hold_sockets(self, index: int) -> list[tuple[ListenerKey, socket.socket]]:
+        """The listening sockets of worker position ``index``, made once and kept here.
+
+        Each worker position has its own socket for every listener, bound with
+        ``SO_REUSEPORT``; this process keeps it while the worker comes and
+        goes, so the kernel's choice of a socket for each UDP flow does not
+        change when a worker is started again (docs/scaling.md).
+        """
+        if self.listeners is None:
+            return []
+        held = self.sockets.setdefault(index, {})
+        for key in self.listeners():
+            if key not in held:
+                kind = socket.SOCK_DGRAM if key.transport == UDP else socket.SOCK_STREAM
+                held[key] = shared_socket(key, kind)
+        return sorted(held.items())
+
+    def release_sockets(self, keep: set[ListenerKey] | None = None) -> None:
+        """Close the sockets held for listeners not in ``keep`` (None: every one)."""
+        for held in self.sockets.values():
+            for key in [k for k in held if keep is None or k not in keep]:
+                held.pop(key).close()
 
     def _started(self, slot: WorkerSlot, control: ControlProtocol, started: WorkerStarted) -> None:
         if slot.control is not control:
@@ -429,11 +483,13 @@ class WorkerPool:
             with contextlib.suppress(ProcessExitedAlready, OSError):
                 slot.process.signalProcess("TERM")
         if not waits:
+            self.release_sockets()
             return succeed(None)
         killer = self.reactor.callLater(STOP_SECONDS, self._kill_all)
         done = DeferredList(waits)
 
         def stopped(_: object) -> None:
+            self.release_sockets()
             if killer.active():
                 killer.cancel()
 
@@ -596,7 +652,13 @@ class WorkerPool:
                 self._ask(slot, "abort").addErrback(lambda failure: None)
 
     def commit(self, plan: CommitPlan) -> Deferred[None]:
-        """Every prepared worker applies ``plan``; one that fails is restarted on it."""
+        """Every prepared worker applies ``plan``; one that fails is restarted on it.
+
+        The sockets held for listeners the candidate no longer has are closed
+        (the workers close theirs). A listener it adds is opened by each
+        worker itself, until that worker is started again.
+        """
+        self.release_sockets(set(AdjacencyTable(plan.candidate.adjacencies).listeners))
         prepared, self._prepared = self._prepared, []
         asks = [self._ask(slot, "commit") for slot in prepared]
 
@@ -846,6 +908,7 @@ class Supervisor(MultiService):
         metrics_endpoint: str | None = None,
         reload_on_sighup: bool = False,
         launcher: WorkerLauncher | None = None,
+        hold_sockets: bool = True,
     ) -> None:
         super().__init__()
         self.reactor = reactor
@@ -865,6 +928,7 @@ class Supervisor(MultiService):
             self._start_args,
             self.hub,
             node_name(config),
+            self._listeners if hold_sockets else None,
         )
         self.controller = ConfigController(
             config,
@@ -928,6 +992,9 @@ class Supervisor(MultiService):
             service_name=self.config.service_name,
             overload=backend.overload,
         )
+
+    def _listeners(self) -> list[ListenerKey]:
+        return AdjacencyTable(self.controller.running.adjacencies).listeners
 
     def _start_args(self, index: int) -> dict[str, Any]:
         tls = self.tls_files

@@ -23,7 +23,7 @@ from twisted.internet import defer, protocol
 from twisted.trial.unittest import FailTest, TestCase
 
 from tests.interop import test_calls
-from tests.interop.calls_harness import SippProcess, start_routed_sbc, start_sipp
+from tests.interop.calls_harness import SippProcess, start_routed_sbc, start_sipp, start_sipp_uas
 from tests.interop.harness import (
     HOST,
     get_reactor,
@@ -139,14 +139,15 @@ class WorkerDeathTests(_WorkersTestCase):
 
     @defer.inlineCallbacks
     def test_killed_worker_is_restarted_and_the_other_calls_complete(self) -> Any:
-        callee = yield start_sipp(
-            self, "calls_uas.xml", transport="t1", keys={"contact_scheme": "sip"}, calls=12
-        )
         callers: dict[str, SippProcess] = {}
         on: dict[str, int] = {}
-        # each caller is its own UDP flow: the kernel's hash puts it on either worker
+        # each caller is its own UDP flow: the kernel's hash puts it on either worker;
+        # each has a callee of its own (a lost call's callee is left waiting)
         for n in range(12):
             user = f"caller{n}"
+            callee = yield start_sipp_uas(
+                self, "calls_uas.xml", transport="t1", keys={"contact_scheme": "sip"}
+            )
             callers[user] = start_sipp(
                 self,
                 "workers_uac_hold.xml",
@@ -204,8 +205,8 @@ class AggregationTests(_WorkersTestCase):
 
     @defer.inlineCallbacks
     def test_counters_and_calls_of_both_workers(self) -> Any:
-        callee = yield start_sipp(
-            self, "calls_uas.xml", transport="t1", keys={"contact_scheme": "sip"}, calls=40
+        callee = yield start_sipp_uas(
+            self, "calls_uas.xml", transport="t1", keys={"contact_scheme": "sip"}, calls=32
         )
         callers = 0
         # callers (2 calls each, from a port of their own) until both workers carried calls

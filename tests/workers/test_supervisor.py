@@ -121,7 +121,9 @@ class FakeLauncher:
         self.worker_ends: dict[int, ControlProtocol] = {}
         self.launches = 0
 
-    def launch(self, index: int, control: ControlProtocol, ended: Any) -> FakeProcess:
+    def launch(
+        self, index: int, control: ControlProtocol, ended: Any, descriptors: Any
+    ) -> FakeProcess:
         self.next_pid += 1
         self.launches += 1
         worker = FakeWorker(index, self.next_pid)
@@ -152,7 +154,9 @@ class SupervisorTests(SynchronousTestCase):
         self.reactor = MemoryReactorClock()
         self.launcher = FakeLauncher()
         self.config = parse_config(CONFIG, path="edge.conf")
-        self.supervisor = Supervisor(self.config, self.reactor, 2, launcher=self.launcher)
+        self.supervisor = Supervisor(
+            self.config, self.reactor, 2, launcher=self.launcher, hold_sockets=False
+        )
         self.supervisor.startService()
         self.launcher.flush()
         self.assertEqual(self.results(self.supervisor.started), [None])
