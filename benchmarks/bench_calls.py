@@ -193,21 +193,50 @@ def wait_until(
 # --- /proc readings -------------------------------------------------------
 
 
+def with_children(pid: int) -> list[int]:
+    """``pid`` and its live child processes (the worker processes of ``--workers N``)."""
+    pids = [pid]
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:  # field 4, ppid
+            pids.append(int(entry))
+    return pids
+
+
 def cpu_ms(pid: int) -> float:
-    """utime + stime of ``pid`` (all its threads), in milliseconds."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rpartition(")")[2].split()
-    # fields[0] is field 3 (state): utime is field 14, stime field 15.
-    return (int(fields[11]) + int(fields[12])) * 1000.0 / CLOCK_TICKS
+    """utime + stime of ``pid`` and its live children (all threads), in milliseconds."""
+    total = 0
+    for one in with_children(pid):
+        try:
+            with open(f"/proc/{one}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        # fields[0] is field 3 (state): utime is field 14, stime field 15.
+        total += int(fields[11]) + int(fields[12])
+    return total * 1000.0 / CLOCK_TICKS
+
+
+def _status_value(pid: int, name: str) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(name):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def rss_kib(pid: int) -> int:
-    """VmRSS of ``pid`` in KiB."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
+    """VmRSS of ``pid`` and its live children, in KiB."""
+    return sum(_status_value(one, "VmRSS:") for one in with_children(pid))
 
 
 # --- SIPp -----------------------------------------------------------------
@@ -314,6 +343,9 @@ class Bench:
     pin_target: list[str]
     pin_load: list[str]
     hold_ms: int
+    #: SIPp's UAC transport: ``u1`` one socket, ``un`` one socket (source port) per call,
+    #: so that the kernel spreads the calls over the worker processes of ``--workers N``
+    uac_transport: str = "u1"
 
 
 def start_uas(procs: Processes, bench: Bench, tag: str) -> tuple[subprocess.Popen[bytes], int]:
@@ -344,7 +376,8 @@ def start_uac(
     directory.mkdir()
     args = [
         *bench.pin_load, bench.sipp, "-sf", str(SCENARIOS / "uac.xml"), "-d", str(bench.hold_ms),
-        "-i", HOST, "-p", str(free_udp_port()), "-t", "u1",
+        "-i", HOST, "-p", str(free_udp_port()), "-t", bench.uac_transport,
+        *(["-max_socket", "10000"] if bench.uac_transport == "un" else []),
         "-r", str(rate), "-rp", "1000", "-m", str(calls),
         "-timeout", f"{uac_limit_s(rate, calls, bench.hold_ms)}s", "-timeout_error", "-nostdin",
         "-trace_stat", "-stf", str(directory / "stat.csv"), "-fd", "1", "-trace_counts",
@@ -381,12 +414,8 @@ def run_uac(
 
 
 def wakeups(pid: int) -> int:
-    """Voluntary context switches of ``pid`` so far: how often it slept and woke up."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("voluntary_ctxt_switches:"):
-                return int(line.split()[1])
-    return 0
+    """Voluntary context switches of ``pid`` and its children so far: how often they woke up."""
+    return sum(_status_value(one, "voluntary_ctxt_switches:") for one in with_children(pid))
 
 
 # --- one step -------------------------------------------------------------
@@ -554,8 +583,10 @@ def start_sbc_target(
     log_mode: str,
     code: Path | None = None,
     limits: Sequence[str] = (),
+    workers: int = 1,
 ) -> Target:
-    """``twistd sbc`` (``code``: another checkout of sbc, first on its PYTHONPATH)."""
+    """``twistd sbc`` (``code``: another checkout of sbc, first on its PYTHONPATH;
+    ``workers``: ``--workers N``)."""
     access_port, core_port = free_udp_port(), free_udp_port()
     config = bench.workdir / f"sbc-{tag}.conf"
     config.write_text(sbc_config("bench", access_port, core_port, uas_port, limits))
@@ -565,6 +596,7 @@ def start_sbc_target(
     twistd = [
         str(TWISTD), "-n", "--pidfile=", *logfile[log_mode], "sbc", "--config", str(config),
         "--cli", f"unix:{bench.workdir / f'sbc-{tag}.cli'}:mode=600",
+        *(["--workers", str(workers)] if workers != 1 else []),
     ]  # fmt: skip
     sbc = procs.start(
         "the SBC",
@@ -763,6 +795,8 @@ def plot(runs: dict[str, list[Step]], path: Path, title: str) -> bool:
         "sbc": ("tab:blue", "o"),
         "sippy": ("tab:orange", "s"),
         "sbc-baseline": ("tab:green", "^"),
+        "sbc-1w": ("tab:blue", "o"),
+        "sbc-2w": ("tab:red", "D"),
     }
     for name, steps in runs.items():
         color, marker = styles.get(name, ("tab:gray", "^"))
@@ -909,6 +943,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--no-sippy", action="store_true", help="skip sippy's B2BUA")
     parser.add_argument("--no-sbc", action="store_true", help="skip sbc")
     parser.add_argument(
+        "--workers",
+        type=lambda text: [int(x) for x in text.split(",") if x.strip()],
+        default=None,
+        help="compare sbc with these numbers of worker processes ('1,2': ramps sbc-1w and "
+        "sbc-2w, alternating) instead of one sbc; nothing is pinned (the workers and SIPp "
+        "share every CPU) and SIPp's UAC sends each call from its own port (-t un)",
+    )
+    parser.add_argument(
         "--baseline",
         default=None,
         help="another sbc checkout to run as 'sbc-baseline', alternating (before/after)",
@@ -933,6 +975,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         parser.error("--hold-ms must be at least 100")
     if not args.rates or min(args.rates) <= 0:
         parser.error("--rates needs positive numbers")
+    if args.workers is not None and (not args.workers or min(args.workers) < 1):
+        parser.error("--workers needs numbers from 1")
     return args
 
 
@@ -941,8 +985,13 @@ def machine_title(args: argparse.Namespace, started: datetime.datetime) -> str:
         f"bench_calls {started:%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()},"
         f" {os.cpu_count()} CPUs, Python {platform.python_version()}, load average at start "
         f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}; UDP, hold {args.hold_ms} ms, "
-        f"{args.seconds:g} s + {args.drain:g} s rest per step; SUT on CPU 0, SIPp on CPU 1; "
-        f"sbc log: {args.log}"
+        f"{args.seconds:g} s + {args.drain:g} s rest per step; "
+        + (
+            "SUT and SIPp unpinned, UAC one port per call; "
+            if args.workers
+            else "SUT on CPU 0, SIPp on CPU 1; "
+        )
+        + f"sbc log: {args.log}"
     )
 
 
@@ -962,7 +1011,9 @@ def main(argv: Sequence[str]) -> int:
         print(f"bench_calls: {TWISTD} not found (make install the venv)", file=sys.stderr)
         return 2
     taskset = shutil.which("taskset")
-    if taskset is not None and (os.cpu_count() or 1) >= 2:
+    if args.workers:
+        pin_target, pin_load = [], []
+    elif taskset is not None and (os.cpu_count() or 1) >= 2:
         pin_target, pin_load = [taskset, "-c", "0"], [taskset, "-c", "1"]
     else:
         print("bench_calls: fewer than 2 CPUs or no taskset: nothing is pinned", file=sys.stderr)
@@ -973,14 +1024,15 @@ def main(argv: Sequence[str]) -> int:
         print(f"sippy: not found in {site} (make bench-calls installs it); skipped")
     # Short path: the SBC's management socket lives here (UNIX paths are limited).
     workdir = Path(tempfile.mkdtemp(prefix="sbc-bench-calls-"))
-    bench = Bench(sipp, workdir, pin_target, pin_load, args.hold_ms)
+    bench = Bench(sipp, workdir, pin_target, pin_load, args.hold_ms, "un" if args.workers else "u1")
     started = datetime.datetime.now(datetime.UTC)
     meta = {"title": machine_title(args, started)}
     print(meta["title"], flush=True)
     procs = Processes()
     previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     chosen = (
-        ("sbc", not args.no_sbc),
+        ("sbc", not args.no_sbc and not args.workers),
+        *((f"sbc-{n}w", not args.no_sbc) for n in args.workers or ()),
         ("sbc-baseline", args.baseline is not None),
         ("sippy", with_sippy),
     )
@@ -998,6 +1050,11 @@ def main(argv: Sequence[str]) -> int:
                 if ramp.name == "sbc":
                     targets[ramp.name] = start_sbc_target(
                         procs, bench, uas_port, "sbc", args.log, None, SBC_LIMITS
+                    )
+                elif ramp.name.startswith("sbc-") and ramp.name.endswith("w"):
+                    workers = int(ramp.name[len("sbc-") : -1])
+                    targets[ramp.name] = start_sbc_target(
+                        procs, bench, uas_port, ramp.name, args.log, None, SBC_LIMITS, workers
                     )
                 elif ramp.name == "sbc-baseline":
                     limits = [x.strip() for x in args.baseline_limits.split(";") if x.strip()]

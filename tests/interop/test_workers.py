@@ -72,6 +72,8 @@ class _WorkersTestCase(TestCase):
     """A 2-worker SBC with the routed topology of test_calls, and CLI helpers."""
 
     timeout = 90
+    #: more options for ``sbc``
+    extra: tuple[str, ...] = ()
 
     @defer.inlineCallbacks
     def setUp(self) -> Any:  # type: ignore[override]
@@ -88,7 +90,7 @@ class _WorkersTestCase(TestCase):
             adjacencies,
             test_calls.ROUTED_POLICY,
             local_domains=["lab.test"],
-            extra_args=WORKERS,
+            extra_args=(*WORKERS, *self.extra),
         )
 
     @defer.inlineCallbacks
@@ -201,7 +203,28 @@ class WorkerDeathTests(_WorkersTestCase):
 
 
 class AggregationTests(_WorkersTestCase):
-    """The CLI speaks for the machine: counters of both workers added up, a Worker column."""
+    """The CLI and the metrics speak for the machine: both workers' counters added up."""
+
+    metrics_port = free_port()
+    extra = ("--metrics", f"tcp:{metrics_port}:interface={HOST}")
+
+    @defer.inlineCallbacks
+    def scrape(self) -> Any:
+        """Every sample of /metrics by (name, labels)."""
+        from prometheus_client.parser import text_string_to_metric_families
+        from twisted.web.client import Agent, HTTPConnectionPool, readBody
+
+        pool = HTTPConnectionPool(get_reactor(), persistent=False)
+        self.addCleanup(pool.closeCachedConnections)
+        url = f"http://{HOST}:{self.metrics_port}/metrics".encode()
+        response = yield within(Agent(get_reactor(), pool=pool).request(b"GET", url), 15.0, "GET")
+        body = yield within(readBody(response), 15.0, "the body of /metrics")
+        self.assertEqual(response.code, 200, body)
+        samples = {}
+        for family in text_string_to_metric_families(body.decode()):
+            for sample in family.samples:
+                samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+        return samples
 
     @defer.inlineCallbacks
     def test_counters_and_calls_of_both_workers(self) -> Any:
@@ -239,6 +262,11 @@ class AggregationTests(_WorkersTestCase):
         self.assertEqual(sorted(workers), [1, 2])
         self.assertEqual({state for _, state, _ in workers.values()}, {"ready"})
         self.assertEqual(len({pid for pid, _, _ in workers.values() if pid}), 2)
+        samples = yield self.scrape()
+        access = frozenset({("adjacency", "access")})
+        self.assertEqual(samples[("sbc_calls_started_total", access)], 2 * callers)
+        self.assertEqual(samples[("sbc_workers", frozenset({("state", "ready")}))], 2)
+        self.assertEqual(samples[("sbc_worker_exits_total", frozenset({("worker", "1")}))], 0)
 
 
 class Phone(protocol.DatagramProtocol):
