@@ -35,7 +35,7 @@ import re
 import socket
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 from prometheus_client import CollectorRegistry
@@ -57,9 +57,6 @@ from sbc.cli.commands import BlockedSourceInfo, CallInfo, OpenConnection, Regist
 from sbc.config.model import AdjacencyConfig
 from sbc.counters import UNCLASSIFIED
 from sbc.endpoints import ManagedSbc, close_port
-
-if TYPE_CHECKING:
-    from sbc.service import SbcService
 
 __all__ = [
     "COUNTER_FAMILIES",
@@ -275,31 +272,6 @@ class SbcCollector:
         self.blocked = blocked
         self.service_name = service_name
         self.overload = overload
-
-    @classmethod
-    def for_service(cls, service: SbcService) -> SbcCollector:
-        """The collector of a running service (reads it through the CLI backend)."""
-        from sbc.cli.server import ServiceBackend
-
-        backend = ServiceBackend(service)
-
-        def connections() -> Iterator[OpenConnection]:
-            for connection in service.runtime.connections.values():
-                yield OpenConnection(
-                    connection.adjacency, connection.outbound, connection.transport_name
-                )
-
-        return cls(
-            backend.counters,
-            adjacencies=lambda: service.config.adjacencies,
-            calls=backend.calls,
-            registrations=backend.registrations,
-            connections=connections,
-            transactions=service.stack.transactions_by_state,
-            blocked=backend.blocked_sources,
-            service_name=service.config.service_name,
-            overload=lambda: (service.overload.lag, service.overload.share),
-        )
 
     def collect(self) -> Iterator[Metric]:
         """Every sbc metric family, read now."""
@@ -602,16 +574,11 @@ class MetricsService(Service):
         self,
         sbc: ManagedSbc,
         endpoint: str,
-        collector: SbcCollector | None = None,
+        collector: SbcCollector,
         refresh: Callable[[], Deferred[None]] | None = None,
     ) -> None:
         self.sbc = sbc
         self.endpoint = endpoint
-        if collector is None:
-            from sbc.service import SbcService
-
-            assert isinstance(sbc, SbcService), "give the collector of a supervisor"
-            collector = SbcCollector.for_service(sbc)
         self.collector = collector
         self.registry = service_registry(self.collector)
         self.site = metrics_site(self.registry, sbc.reactor, refresh)

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import signal
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from twisted.application.service import MultiService
@@ -35,8 +36,11 @@ from twisted.python.failure import Failure
 
 from sbc.adjacencies import AdjacencyTable, ListenerKey
 from sbc.auth import DigestAuthenticator, UserDatabase, load_user_database
+from sbc.cli import replies
+from sbc.cli.commands import BlockedSourceInfo, CallInfo, OpenConnection, RegistrationInfo
+from sbc.cli.ssh import SshSettings
 from sbc.cluster import SharedStore
-from sbc.commits import CommitHistory
+from sbc.commits import CommitHistory, CommitRecord
 from sbc.config import SbcConfig, validate
 from sbc.controller import (
     ConfigController,
@@ -64,11 +68,15 @@ from sbc.worker import (
     user_database_path,
 )
 
+if TYPE_CHECKING:
+    from sbc.metrics import SbcCollector
+
 __all__ = [
     "GC_THRESHOLDS",
     "LINGER_GRANULARITY",
     "PendingConfirmation",
     "SbcService",
+    "ServiceBackend",
     "SshSettings",
     "TlsFiles",
     "describe_tls_identity",
@@ -92,21 +100,6 @@ class TlsFiles:
     certificate: str
     private_key: str
     ca_certificates: str | None = None
-
-
-@attrs.frozen
-class SshSettings:
-    """The management CLI over SSH (:mod:`sbc.cli.ssh`).
-
-    ``endpoint`` is a strports description (``tcp:2222:interface=127.0.0.1``);
-    ``authorized_keys`` names an OpenSSH ``authorized_keys`` file: the public
-    keys allowed to log in (public-key authentication only). ``host_key`` is
-    the server's private key file, generated (mode 0600) when it is missing.
-    """
-
-    endpoint: str
-    authorized_keys: str
-    host_key: str
 
 
 class SbcService(MultiService):
@@ -178,7 +171,7 @@ class SbcService(MultiService):
         if metrics_endpoint is not None:
             from sbc.metrics import MetricsService
 
-            MetricsService(self, metrics_endpoint).setServiceParent(self)
+            MetricsService(self, metrics_endpoint, self.metrics_collector()).setServiceParent(self)
 
     # -- what the service is made of (read-only views) ---------------------------------
 
@@ -255,11 +248,33 @@ class SbcService(MultiService):
         """The PEM files ``crypto reload`` / SIGHUP read again (None: no TLS)."""
         return self.worker.tls_files
 
-    def cli_backend(self) -> Any:
-        """What the management CLI (socket and SSH) works on: a ServiceBackend."""
-        from sbc.cli.server import ServiceBackend
-
+    def cli_backend(self) -> ServiceBackend:
+        """What the management CLI (socket and SSH) works on."""
         return ServiceBackend(self)
+
+    def metrics_collector(self) -> SbcCollector:
+        """The Prometheus collector of this service (read through :meth:`cli_backend`)."""
+        from sbc.metrics import SbcCollector
+
+        backend = self.cli_backend()
+
+        def connections() -> Iterator[OpenConnection]:
+            for connection in self.runtime.connections.values():
+                yield OpenConnection(
+                    connection.adjacency, connection.outbound, connection.transport_name
+                )
+
+        return SbcCollector(
+            backend.counters,
+            adjacencies=lambda: self.config.adjacencies,
+            calls=backend.calls,
+            registrations=backend.registrations,
+            connections=connections,
+            transactions=self.stack.transactions_by_state,
+            blocked=backend.blocked_sources,
+            service_name=self.config.service_name,
+            overload=lambda: (self.overload.lag, self.overload.share),
+        )
 
     # -- building ------------------------------------------------------------------
 
@@ -578,3 +593,66 @@ def restore_sighup(previous: Any) -> None:
 def _cannot_listen(key: ListenerKey) -> str | None:
     """Why ``key`` cannot be bound right now (without SO_REUSEPORT), or None."""
     return cannot_listen(key)
+
+
+class ServiceBackend:
+    """:class:`~sbc.cli.commands.SbcBackend` over a running :class:`SbcService`.
+
+    Commits and rollbacks go to its :class:`~sbc.controller.ConfigController`,
+    everything else to its :class:`~sbc.worker.SipWorker`; the typed results
+    become lines through :mod:`sbc.cli.replies`.
+    """
+
+    def __init__(self, service: SbcService) -> None:
+        self.service = service
+
+    def running_config(self) -> SbcConfig:
+        return self.service.config
+
+    def commit(
+        self,
+        candidate: SbcConfig,
+        *,
+        user: str = "",
+        client: str = "",
+        comment: str = "",
+        confirm_within: int | None = None,
+    ) -> list[str]:
+        return self.service.apply_config(
+            candidate, user=user, client=client, comment=comment, confirm_within=confirm_within
+        )
+
+    def pending_confirmation(self) -> tuple[int, int] | None:
+        return self.service.controller.pending_confirmation()
+
+    def confirm_commit(self, *, user: str = "", client: str = "") -> list[str]:
+        return self.service.confirm_commit(user=user, client=client)
+
+    def commit_history(self) -> Sequence[CommitRecord]:
+        return self.service.commits.records
+
+    def rollback(
+        self, *, last: int | None = None, to: int | None = None, user: str = "", client: str = ""
+    ) -> list[str]:
+        return self.service.rollback(last=last, to=to, user=user, client=client)
+
+    def reload_tls(self) -> list[str]:
+        return replies.reload_tls_lines(self.service.worker.reload_tls())
+
+    def reload_users(self) -> list[str]:
+        return replies.reload_users_lines(self.service.worker.reload_users())
+
+    def counters(self) -> Mapping[str, Mapping[str, int]]:
+        return self.service.worker.counters()
+
+    def calls(self) -> Sequence[CallInfo]:
+        return self.service.worker.calls()
+
+    def blocked_sources(self) -> Sequence[BlockedSourceInfo]:
+        return self.service.worker.blocked_sources()
+
+    def release_source(self, address: str | None) -> list[str]:
+        return replies.release_lines(self.service.worker.release_source(address))
+
+    def registrations(self) -> Sequence[RegistrationInfo]:
+        return self.service.worker.registrations()

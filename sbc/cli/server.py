@@ -21,8 +21,7 @@ import pwd
 import socket
 import stat
 import struct
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
@@ -33,28 +32,18 @@ from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
-from sbc.cli import replies
 from sbc.cli.commands import (
-    BlockedSourceInfo,
-    CallInfo,
     LineQueue,
-    RegistrationInfo,
     SbcBackend,
     Session,
 )
 from sbc.cli.idle import IDLE_MESSAGE, IdleTimer
-from sbc.commits import CommitRecord
-from sbc.config import SbcConfig
 from sbc.endpoints import ManagedSbc, close_port
-
-if TYPE_CHECKING:
-    from sbc.service import SbcService
 
 __all__ = [
     "CliFactory",
     "CliProtocol",
     "CliService",
-    "ServiceBackend",
     "check_unix_path",
     "unix_path",
 ]
@@ -65,69 +54,6 @@ COMPLETE_PREFIX = b"\t"
 
 MAX_UNIX_PATH = 107
 """Longest UNIX socket path (bytes) Linux accepts: sun_path is 108 bytes with the NUL."""
-
-
-class ServiceBackend:
-    """:class:`~sbc.cli.commands.SbcBackend` over a running :class:`SbcService`.
-
-    Commits and rollbacks go to its :class:`~sbc.controller.ConfigController`,
-    everything else to its :class:`~sbc.worker.SipWorker`; the typed results
-    become lines through :mod:`sbc.cli.replies`.
-    """
-
-    def __init__(self, service: SbcService) -> None:
-        self.service = service
-
-    def running_config(self) -> SbcConfig:
-        return self.service.config
-
-    def commit(
-        self,
-        candidate: SbcConfig,
-        *,
-        user: str = "",
-        client: str = "",
-        comment: str = "",
-        confirm_within: int | None = None,
-    ) -> list[str]:
-        return self.service.apply_config(
-            candidate, user=user, client=client, comment=comment, confirm_within=confirm_within
-        )
-
-    def pending_confirmation(self) -> tuple[int, int] | None:
-        return self.service.controller.pending_confirmation()
-
-    def confirm_commit(self, *, user: str = "", client: str = "") -> list[str]:
-        return self.service.confirm_commit(user=user, client=client)
-
-    def commit_history(self) -> Sequence[CommitRecord]:
-        return self.service.commits.records
-
-    def rollback(
-        self, *, last: int | None = None, to: int | None = None, user: str = "", client: str = ""
-    ) -> list[str]:
-        return self.service.rollback(last=last, to=to, user=user, client=client)
-
-    def reload_tls(self) -> list[str]:
-        return replies.reload_tls_lines(self.service.worker.reload_tls())
-
-    def reload_users(self) -> list[str]:
-        return replies.reload_users_lines(self.service.worker.reload_users())
-
-    def counters(self) -> Mapping[str, Mapping[str, int]]:
-        return self.service.worker.counters()
-
-    def calls(self) -> Sequence[CallInfo]:
-        return self.service.worker.calls()
-
-    def blocked_sources(self) -> Sequence[BlockedSourceInfo]:
-        return self.service.worker.blocked_sources()
-
-    def release_source(self, address: str | None) -> list[str]:
-        return replies.release_lines(self.service.worker.release_source(address))
-
-    def registrations(self) -> Sequence[RegistrationInfo]:
-        return self.service.worker.registrations()
 
 
 class CliProtocol(LineReceiver):

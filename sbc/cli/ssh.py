@@ -3,7 +3,7 @@
 ``twistd sbc --ssh ENDPOINT --ssh-keys AUTHORIZED_KEYS`` serves the same CLI
 as the management socket (:mod:`sbc.cli.server`: one
 :class:`~sbc.cli.commands.Session` per SSH session, over the same
-:class:`~sbc.cli.server.ServiceBackend`), as an operator reaches a router:
+:class:`~sbc.service.ServiceBackend`), as an operator reaches a router:
 
 - ``ssh -p PORT operator@sbc`` opens an interactive shell: line editing and
   history (arrow keys), the session's prompt (``sbc#``, ``sbc(config)#``...)
@@ -42,7 +42,7 @@ import os
 import stat
 import struct
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 from cryptography.hazmat.primitives import serialization
@@ -96,9 +96,6 @@ from sbc.cli.idle import IDLE_MESSAGE, IdleTimer
 from sbc.endpoints import ManagedSbc, close_port
 from sbc.errors import ConfigError
 
-if TYPE_CHECKING:
-    from sbc.service import SshSettings
-
 __all__ = [
     "MAX_LINE_LENGTH",
     "AuthorizedKey",
@@ -110,6 +107,7 @@ __all__ = [
     "KeyLogin",
     "SshCliService",
     "SshCliSession",
+    "SshSettings",
     "key_fingerprint",
     "load_host_key",
     "parse_authorized_keys",
@@ -159,6 +157,21 @@ def _describe_address(address: IAddress | None) -> str:
 
 
 # -- authorized_keys -------------------------------------------------------------
+
+
+@attrs.frozen
+class SshSettings:
+    """The management CLI over SSH (:mod:`sbc.cli.ssh`).
+
+    ``endpoint`` is a strports description (``tcp:2222:interface=127.0.0.1``);
+    ``authorized_keys`` names an OpenSSH ``authorized_keys`` file: the public
+    keys allowed to log in (public-key authentication only). ``host_key`` is
+    the server's private key file, generated (mode 0600) when it is missing.
+    """
+
+    endpoint: str
+    authorized_keys: str
+    host_key: str
 
 
 @attrs.frozen

@@ -20,7 +20,6 @@ from sbc.cli.commands import Session
 from sbc.cli.server import (
     CliFactory,
     CliService,
-    ServiceBackend,
     check_unix_path,
     unix_path,
     unsafe_endpoint,
@@ -28,7 +27,7 @@ from sbc.cli.server import (
 from sbc.config import load_config, parse_config, render_config, validate
 from sbc.errors import ConfigError
 from sbc.labpki import Identity, issue, make_ca
-from sbc.service import SbcService, TlsFiles
+from sbc.service import SbcService, ServiceBackend, TlsFiles
 from tests.cli.test_commands import RUNNING, FakeBackend
 from tests.transport.fakes import Reactor
 
