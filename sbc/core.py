@@ -56,6 +56,9 @@ from sbc import security
 from sbc.adjacencies import AdjacencyTable, InboundContext
 from sbc.auth import AuthenticationError
 from sbc.b2bua import CallManager, HuntPolicy, RouterFunction, Target, calllog
+from sbc.cluster.codec import binding_key, holder_name, relay_key
+from sbc.cluster.hop import CLUSTER_HEADER, ClusterCaller, not_reached
+from sbc.cluster.routing import ClusterRouting
 from sbc.config import AdjacencyConfig
 from sbc.errors import SipError
 from sbc.interfaces import IAuthenticator
@@ -155,6 +158,9 @@ class SbcCore:
         #: None: the worker processes of one node share their UDP listeners, so a
         #: sibling's UDP binding is reachable from here (docs/scaling.md).
         self.sibling_flow: Callable[[Binding], Flow | None] = _no_flow
+        #: Calls for phones another SBC node holds go there through the cluster link
+        #: (docs/scaling.md); None: no shared store, such contacts are skipped.
+        self.cluster: ClusterRouting | None = None
         self._stack: SipStack | None = None
         #: Sheds new INVITEs and REGISTERs when the SBC is overloaded (sbc.overload).
         self.overload = OverloadControl(count=self.calls.count)
@@ -215,6 +221,13 @@ class SbcCore:
             # in-dialog request must still match a dialog (else 481).
             return None
         identities = context.peer_identities if isinstance(context, InboundContext) else None
+        if isinstance(context, InboundContext):
+            link = self._table().get(context.adjacency)
+            if link is not None and link.cluster_link:
+                # another node: its certificate names the cluster, not the caller's domain
+                if not security.cluster_peer_matches(link, identities):
+                    return "tls-identity-mismatch"
+                return None
         if not security.from_domain_matches(identities, request.from_.uri.host):
             return "tls-identity-mismatch"
         return None
@@ -252,6 +265,8 @@ class SbcCore:
         secure = security.requires_secure_target(request.uri.scheme)
         if method == "REGISTER":
             secure = secure or security.requires_secure_target(request.to.uri.scheme)
+        if inbound.cluster_link:
+            return self._from_cluster(request, transaction, flow, inbound, context, secure, now)
         trusted = security.caller_is_trusted(inbound)
         try:
             security.admit(trusted, secure)
@@ -297,6 +312,38 @@ class SbcCore:
         return self.calls.failure(transaction, reason, now)
 
     # -- helpers --------------------------------------------------------------
+
+    def _from_cluster(
+        self,
+        request: Request,
+        transaction: ServerTransaction,
+        flow: Flow,
+        inbound: AdjacencyConfig,
+        context: object,
+        secure: bool,
+        now: float,
+    ) -> list[StackOutput]:
+        """A request another node sent over the cluster link: for one of this node's phones.
+
+        The caller's class is the one the node it entered carried across
+        (``Sbc-Cluster``), never the link's; admission and, at routing, the
+        rules of the phone's own adjacency apply again with it. Nothing here
+        is routed: the Request-URI names a binding this node holds, else the
+        request is refused, marked not reached so the other node hunts on.
+        """
+        if request.method == "REGISTER":
+            raise SipError(403, "Forbidden - no registration over the cluster link")
+        caller = ClusterCaller.parse(request.headers.get(CLUSTER_HEADER))
+        trusted = security.cluster_caller_trusted(inbound, caller.trusted)
+        try:
+            security.admit(trusted, secure)
+        except SipError as error:
+            self._refuse(request, context, secure, not_reached(error), now)
+        check_extensions(request)
+        try:
+            return self.calls.new_request(request, transaction, flow, inbound, now, caller)
+        except SipError as error:
+            raise not_reached(error) from None
 
     def _authenticate(
         self,
@@ -367,55 +414,96 @@ class SbcCore:
 
     def _locate(self, uri: URI, inbound: str, now: float) -> list[Target] | None:
         """Registered contacts: of an AOR in a local domain, or of a relayed registration's
-        token (404 once it ended); ``None`` for other URIs (routing decides)."""
+        token (404 once it ended); ``None`` for other URIs (routing decides).
+
+        A contact whose flow another node holds is reached through that node
+        (the cluster link, docs/scaling.md), or skipped when it cannot be. A
+        request from the cluster link reaches only a binding this node holds.
+        """
+        cluster = self.cluster
+        if cluster is not None:
+            link = self._table().get(inbound)
+            if link is not None and link.cluster_link:
+                return cluster.own_targets(uri, now)
         relayed = self.relay.locate(uri, inbound, now)
         if relayed is not None:
-            return [Target(b.inbound, b.phone_contact, b.flow) for b in relayed]
+            return relayed
         if uri.user is None or not self._is_local(uri):
             return None
         targets = []
         for binding in self.registrar.lookup(aor_key(uri), now):
-            flow: Flow | None = binding.flow
-            if binding.node is not None:
-                # another process's flow (a shared store, docs/scaling.md): a sibling
-                # worker's UDP binding is reachable from here; calls routed to the
-                # holder of another flow are not there yet (issue 13): skipped
-                flow = self.sibling_flow(binding)
-                if flow is None:
-                    holder = f"{binding.node}/{binding.worker}" if binding.worker else binding.node
-                    self.held_elsewhere(binding.aor, holder, binding.adjacency, inbound, now)
-                    continue
-            targets.append(Target(binding.adjacency, binding.contact, flow))
+            if binding.node is None:
+                targets.append(Target(binding.adjacency, binding.contact, binding.flow))
+                continue
+            # another process's flow (a shared store, docs/scaling.md): a sibling
+            # worker's UDP binding is reachable from here
+            flow = self.sibling_flow(binding)
+            if flow is not None:
+                targets.append(Target(binding.adjacency, binding.contact, flow))
+                continue
+            # another node's: through the cluster link, if it can be reached
+            found = self._through_holder(
+                binding.node, binding.worker, binding_key(binding), uri.scheme
+            )
+            if isinstance(found, Target):
+                targets.append(found)
+            else:
+                holder = holder_name(binding.node, binding.worker)
+                self.held_elsewhere(binding.aor, holder, binding.adjacency, inbound, now, found)
         return targets
 
-    def _relayed_held_elsewhere(self, token: str, record: object, inbound: str, now: float) -> None:
+    def _through_holder(self, node: str, worker: int, key: str, scheme: str) -> Target | str:
+        """The target reaching another process's binding through the cluster link, or why not."""
+        if self.cluster is None:
+            return "no shared store"
+        return self.cluster.remote_target(node, worker, key, scheme)
+
+    def _relayed_held_elsewhere(
+        self, uri: URI, record: object, inbound: str, now: float
+    ) -> list[Target]:
         """A request for a relayed registration's token that another node holds."""
+        token = uri.user or ""
+        node = str(getattr(record, "node", "?"))
+        worker = int(getattr(record, "worker", 0) or 0)
+        found = self._through_holder(node, worker, relay_key(token), uri.scheme)
+        if isinstance(found, Target):
+            return [found]
         self.held_elsewhere(
             str(getattr(record, "aor", token)),
-            str(getattr(record, "node", "?")),
+            holder_name(node, worker),
             str(getattr(record, "inbound", inbound)),
             inbound,
             now,
+            found,
         )
+        return []
 
-    def held_elsewhere(self, aor: str, node: str, adjacency: str, inbound: str, now: float) -> None:
-        """A call's contact whose flow another node holds: counted and logged, then skipped.
+    def held_elsewhere(
+        self,
+        aor: str,
+        node: str,
+        adjacency: str,
+        inbound: str,
+        now: float,
+        why: str = "no cluster-link",
+    ) -> None:
+        """A call's contact whose flow another node holds and that cannot go there: skipped.
 
         Counted as ``held-elsewhere`` on the contact's adjacency, logged as
-        ``call.held-elsewhere`` (capped like refusals). This is where calls
-        routed to the holder of the flow will plug in.
+        ``call.held-elsewhere`` with why (capped like refusals).
         """
         self.calls.count(adjacency, "held-elsewhere")
         suppressed = self.calls.refusals.admit((adjacency, "held-elsewhere"), now)
         if suppressed is not None:
             calllog.log.info(
                 "call from {inbound} to {aor}: a contact on {adjacency} is held by node {node}, "
-                "skipped (calls to another node's phones are not supported yet)",
+                "skipped ({why})",
                 event="call.held-elsewhere",
                 aor=aor,
                 node=node,
                 adjacency=adjacency,
                 inbound=inbound,
+                why=why,
                 suppressed=suppressed,
             )
 

@@ -23,6 +23,13 @@ order:
    authenticated (after admission, before dispatch): not at all (the seed's
    peers, or a certificate that vouches for its From domain), by the SBC's
    digest check, by the far side (delegated), or not possible: 403.
+9. The cluster link between SBC nodes (``cluster-link``, docs/scaling.md):
+   :func:`may_cross_cluster` says whether a call for a phone another node
+   holds may go to that node; :func:`cluster_peer_matches` replaces the From
+   check there (the peer is a node, its certificate names the cluster);
+   :func:`cluster_caller_trusted` is the caller's class on the holding node,
+   carried across and never raised by the hop. The holding node then applies
+   rules 2 to 5 to the phone's own adjacency as for any call of its own.
 
 What the SBC does not detect (the seed says so): a trusted proxy that
 redirects a secure call to an insecure target and sends it back through the
@@ -72,14 +79,16 @@ def may_send_out_of(
 ) -> bool:
     """May a call with this target security leave through ``adjacency``?
 
-    Only attached adjacencies are considered. A secure call may use a
+    Only attached adjacencies are considered, and never the cluster link
+    (:func:`may_cross_cluster` decides there). A secure call may use a
     trusted (encrypted or unencrypted) outbound side; an insecure call an
     untrusted or trusted-unencrypted one, or a trusted-encrypted one with
     ``sip-over-tls`` (it rides TLS, but stays an insecure-target call)
     unless the caller is untrusted: an untrusted caller never leaves
     through a trusted-encrypted adjacency (docs/security-model.md).
     """
-    if not adjacency.attached:
+    if not adjacency.attached or adjacency.cluster_link:
+        # the cluster link is never a routing destination: see may_cross_cluster
         return False
     outbound = adjacency.security_outbound
     if secure_target:
@@ -87,6 +96,50 @@ def may_send_out_of(
     if outbound in _INSECURE_CAPABLE:
         return True
     return adjacency.sip_over_tls and caller_trusted
+
+
+def may_cross_cluster(link: AdjacencyConfig, secure_target: bool) -> bool:
+    """May a call for a phone whose flow another node holds go there through ``link``?
+
+    Only over the attached cluster link, and only when its outbound side is
+    trusted: a secure (SIPS) call needs a side that may carry one (both
+    trusted levels may, as for any adjacency); an insecure call may cross
+    either, whoever the caller is, because the link only carries the call to
+    the node that holds the phone, which then decides with the caller's class
+    (:func:`cluster_caller_trusted`) whether the call may reach the phone's
+    adjacency (:func:`may_send_out_of`), as it does for its own calls.
+    """
+    if not (link.attached and link.cluster_link):
+        return False
+    outbound = link.security_outbound
+    if secure_target:
+        return outbound in _SECURE_CAPABLE
+    return outbound.trusted
+
+
+def cluster_caller_trusted(link: AdjacencyConfig, caller_trusted: bool) -> bool:
+    """The caller's class on the node that holds the phone, for a call from the cluster link.
+
+    What the node the call entered said of its caller (carried in the
+    request, docs/scaling.md), and only over a trusted cluster link: an
+    untrusted caller never becomes trusted by crossing it.
+    """
+    return link.cluster_link and link.security_inbound.trusted and caller_trusted
+
+
+def cluster_peer_matches(link: AdjacencyConfig, identities: PeerIdentities | None) -> bool:
+    """On a trusted-encrypted cluster link, does the peer node's certificate name the cluster?
+
+    Every node's certificate must vouch for the link's ``identity`` (the
+    From domain of a relayed call is the caller's, not the node's, so the
+    usual From check does not apply). A trusted-unencrypted link has no
+    certificate to check.
+    """
+    if not link.security_inbound.encrypted:
+        return True
+    if identities is None or link.cluster_identity is None:
+        return False
+    return identity_matches(identities, link.cluster_identity)
 
 
 def permitted_candidates(
@@ -253,7 +306,8 @@ def authentication_step(
     rule whatever ``client-certificate`` says now (a connection accepted
     under ``optional`` outlives a commit back to ``required``).
     """
-    if certificate_verified:
+    if certificate_verified or inbound.cluster_link:
+        # a call from the cluster link was authenticated by the node it entered
         return AuthenticationStep.NONE
     if inbound.authentication is Authentication.DIGEST:
         return AuthenticationStep.DIGEST

@@ -199,6 +199,13 @@ class SipWorker:
             self.store.call_counts = self._call_counts
             self.core.relay.store = self.store
             self.core.sibling_flow = self._sibling_flow
+            # calls for phones another node holds go there: the cluster link (docs/scaling.md)
+            from sbc.cluster.routing import ClusterRouting
+
+            relay = self.core.relay
+            table = lambda: self.runtime.table  # noqa: E731
+            self.core.cluster = ClusterRouting(self.store, table, lambda: relay.tokens)
+            self.core.calls.node = self.store.holder
         if self.store is not None and config.store is not None:
             from sbc.transport.redis import RedisStoreService
 

@@ -219,3 +219,72 @@ class SipOverTlsTests(SynchronousTestCase):
         self.assertFalse(security.registered_contact_usable("sips", "sip", False))
         self.assertTrue(security.registered_contact_usable("sips", "sip", True))
         self.assertFalse(security.registered_contact_usable("sip", "sips", True))
+
+
+def link(
+    security_level: Security, attached: bool = True, identity: str | None = None
+) -> AdjacencyConfig:
+    return AdjacencyConfig(
+        name="cluster",
+        signaling_address="127.0.0.1",
+        security_inbound=security_level,
+        security_outbound=security_level,
+        attached=attached,
+        cluster_link=True,
+        cluster_identity=identity,
+    )
+
+
+class ClusterLinkTests(SynchronousTestCase):
+    """The cluster hop between SBC nodes (docs/security-model.md, "The cluster link")."""
+
+    def test_never_a_routing_destination(self) -> None:
+        for level in (TE, TU):
+            for secure, trusted in itertools.product((False, True), (False, True)):
+                self.assertFalse(security.may_send_out_of(link(level), secure, trusted))
+
+    def test_which_calls_may_cross(self) -> None:
+        rows = [
+            # link security, attached, secure target, may cross
+            (TE, True, True, True),
+            (TE, True, False, True),  # an insecure call rides the TLS link (the holder decides)
+            (
+                TU,
+                True,
+                True,
+                True,
+            ),  # a private link carries secure calls, as any trusted-unencrypted
+            (TU, True, False, True),
+            (U, True, True, False),  # an insecure link never carries a SIPS call
+            (U, True, False, False),  # nor anything (the configuration refuses one anyway)
+            (TE, False, True, False),  # detached
+        ]
+        for level, attached, secure, allowed in rows:
+            self.assertEqual(
+                security.may_cross_cluster(link(level, attached), secure),
+                allowed,
+                (level, attached, secure),
+            )
+        plain = adjacency("phones", TE, TE, True)
+        self.assertFalse(security.may_cross_cluster(plain, True))
+
+    def test_the_caller_class_is_carried_never_raised(self) -> None:
+        self.assertTrue(security.cluster_caller_trusted(link(TE), True))
+        self.assertFalse(security.cluster_caller_trusted(link(TE), False))
+        self.assertFalse(security.cluster_caller_trusted(link(TU), False))
+        self.assertFalse(security.cluster_caller_trusted(link(U), True))
+        self.assertFalse(security.cluster_caller_trusted(adjacency("x", TE, TE, True), True))
+
+    def test_the_peer_certificate_names_the_cluster(self) -> None:
+        nodes = PeerIdentities(sip_domains=("nodes.lab.test",))
+        other = PeerIdentities(sip_domains=("lab.test",))
+        tls = link(TE, identity="nodes.lab.test")
+        self.assertTrue(security.cluster_peer_matches(tls, nodes))
+        self.assertFalse(security.cluster_peer_matches(tls, other))
+        self.assertFalse(security.cluster_peer_matches(tls, None))
+        self.assertFalse(security.cluster_peer_matches(link(TE), nodes))  # no identity: nothing
+        self.assertTrue(security.cluster_peer_matches(link(TU), None))
+
+    def test_no_authentication_step_on_the_link(self) -> None:
+        step = security.authentication_step(link(TE, identity="n"), False, anonymous_tls=True)
+        self.assertIs(step, security.AuthenticationStep.NONE)

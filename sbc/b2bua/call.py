@@ -91,6 +91,7 @@ from sbc.adjacencies import AdjacencyTable
 from sbc.b2bua import calllog
 from sbc.b2bua.nexthop import Target, destination_flow, next_hop
 from sbc.b2bua.outgoing import OutgoingHost, OutgoingInvite
+from sbc.cluster.hop import CLUSTER_HEADER, NOT_REACHED, ClusterCaller, not_reached
 from sbc.config import AdjacencyConfig
 from sbc.errors import SipError
 from sbc.sip.headers import CSeq, Headers, NameAddr, Via
@@ -137,6 +138,8 @@ HOP_HEADERS: frozenset[str] = frozenset(
         "Service-Route",
         "RAck",
         "Warning",
+        # between SBC nodes only (sbc/cluster/hop.py): a caller cannot bring one along
+        CLUSTER_HEADER,
     )
 )
 
@@ -475,6 +478,8 @@ class CallHost(OutgoingHost, Protocol):
 
     hunting: HuntPolicy
     table: Callable[[], AdjacencyTable]
+    #: This SBC node's name among those sharing a store (None: no cluster link in use).
+    node: str | None
 
     def next_call_id(self) -> int:
         """A number naming a new call."""
@@ -543,7 +548,9 @@ class Call:
     ``manager`` is the :class:`~sbc.b2bua.manager.CallManager` (stack,
     routing, tables, timers), as a :class:`CallHost`. ``inbound`` is the
     A-leg's adjacency and ``secure`` whether the call requires outbound
-    security (SIPS).
+    security (SIPS). ``caller``: for a call that came over the cluster link,
+    what the node it entered said of the caller (docs/scaling.md); the
+    caller's class is then that one, never the link's.
     """
 
     def __init__(
@@ -554,6 +561,7 @@ class Call:
         flow: Flow,
         inbound: AdjacencyConfig,
         now: float,
+        caller: ClusterCaller | None = None,
     ) -> None:
         self.manager = manager
         self.id = manager.next_call_id()
@@ -563,6 +571,12 @@ class Call:
         self.inbound = inbound
         self.secure = security.requires_secure_target(request.uri.scheme)
         self.trusted = security.caller_is_trusted(inbound)
+        #: what the node this call entered said of the caller (a call from the cluster link)
+        self.caller = caller
+        if caller is not None:
+            self.trusted = security.cluster_caller_trusted(inbound, caller.trusted)
+        #: the node holding the phone the current B-leg goes to through the cluster link
+        self.b_holder: str | None = None
         self.started_at = now
         self.state = CallState.PROCEEDING
         a_flow = transaction.peer if isinstance(transaction.peer, Flow) else flow
@@ -641,9 +655,7 @@ class Call:
             target = self.hunt.popleft()
             adjacency = manager.table().get(target.adjacency)
             # the routing policy's choice is re-checked against the security rules
-            if adjacency is None or not security.may_send_out_of(
-                adjacency, self.secure, self.trusted
-            ):
+            if adjacency is None or not self._permitted(target, adjacency):
                 manager.count(target.adjacency, "hunt-refused")
                 why = "not attached" if adjacency is None else "refused by the security rules"
                 calllog.log_hunt(self, None, why, target.adjacency, target.uri, skipped=True)
@@ -671,6 +683,17 @@ class Call:
         return self._exhausted(now)
 
     # -- set-up: next hops found by DNS (RFC 3263) -------------------------------
+
+    def _permitted(self, target: Target, adjacency: AdjacencyConfig) -> bool:
+        """May the call go out of ``adjacency`` to ``target`` (the security rules)?
+
+        A target held by another node crosses the cluster link
+        (:func:`~sbc.security.may_cross_cluster`); that node checks the
+        phone's own adjacency with the caller's class.
+        """
+        if target.holder is not None:
+            return security.may_cross_cluster(adjacency, self.secure)
+        return security.may_send_out_of(adjacency, self.secure, self.trusted)
 
     def _resolve(
         self, target: Target, adjacency: AdjacencyConfig, hop: NextHop
@@ -748,6 +771,11 @@ class Call:
         if copy_end_to_end(original, request.headers):
             rewrite_dialog_refs(request.headers, manager.dialog_ref)
         request.body = original.body
+        self.b_holder = target.holder
+        if target.holder is not None:
+            # the caller's class crosses with the call (docs/scaling.md)
+            caller = ClusterCaller(manager.node or "-", self.inbound.name, self.trusted)
+            request.headers.add(CLUSTER_HEADER, caller.header_value())
         self.b = leg
         self.last_outbound = adjacency.name
         transaction, outputs = manager.stack.send_request(request, flow, now)
@@ -840,6 +868,13 @@ class Call:
         status = response.status
         if status < 400:
             return self._on_redirect(response, now)
+        if self.b_holder is not None and response.headers.get(CLUSTER_HEADER) == NOT_REACHED:
+            # the holding node did not reach the phone (its binding is gone, or the
+            # rules refused it there): a contact not reached, as at this node
+            self._note_failure(security.no_route(self.secure))
+            self.manager.count(leg.adjacency, "hunt-skip:not-reached")
+            self.hunt_why = f"node {self.b_holder} did not reach it: {status} {response.reason}"
+            return self._try_next(now)
         if self.manager.hunting.continues(status):
             self._note_failure(response)
             self.manager.count(leg.adjacency, f"hunt-skip:{status}")
@@ -869,10 +904,12 @@ class Call:
             return outputs + self._no_answer(now)
         self.manager.count(leg.adjacency, f"hunt-skip:{reason}")
         self.hunt_why = reason
-        if leg.flow.pinned:
-            # a registered contact whose connection is gone: unavailable, not a
-            # failure of the SBC (480 when no other contact answers)
-            self._note_failure(SipError(480, "Temporarily Unavailable"))
+        if leg.flow.pinned or self.b_holder is not None:
+            # a registered contact whose connection is gone (or the node holding it
+            # cannot be reached): unavailable, not a failure of the SBC (480 when no
+            # other contact answers); marked for the node that sent the call here
+            unavailable = SipError(480, "Temporarily Unavailable")
+            self._note_failure(unavailable if self.caller is None else not_reached(unavailable))
         return outputs + self._try_next(now)
 
     def _on_provisional(self, leg: Leg, response: Response, now: float) -> list[StackOutput]:

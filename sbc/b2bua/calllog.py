@@ -117,7 +117,11 @@ class RoutePath(tuple[str, ...]):
 
 def trust_of(inbound: AdjacencyConfig) -> str:
     """``trusted`` or ``untrusted``: how the caller's adjacency is trusted."""
-    return TRUSTED if security.caller_is_trusted(inbound) else UNTRUSTED
+    return _trust(security.caller_is_trusted(inbound))
+
+
+def _trust(trusted: bool) -> str:
+    return TRUSTED if trusted else UNTRUSTED
 
 
 def warning_text(error: SipError) -> str | None:
@@ -212,10 +216,13 @@ def log_refused(
     error: SipError,
     limiter: RefusalLimiter | None = None,
     now: float = 0.0,
+    trusted: bool | None = None,
 ) -> None:
     """A new request refused by admission or routing, with the rule that refused it.
 
     With a ``limiter``, floods are capped (see :class:`RefusalLimiter`).
+    ``trusted``: the caller's class when it is not its adjacency's (a call
+    from the cluster link carries the class the node it entered gave it).
     """
     rule, why = refusal_rule(error)
     suppressed = _admitted(limiter, (inbound.name, rule), now)
@@ -229,7 +236,7 @@ def log_refused(
             "call_id": call_id,
             "method": request.method,
             "adjacency": inbound.name,
-            "trust": trust_of(inbound),
+            "trust": trust_of(inbound) if trusted is None else _trust(trusted),
             "secure": secure,
             "target": request.uri,
             "status": error.status,
@@ -315,6 +322,11 @@ class LoggedCall(Protocol):
         ...
 
     @property
+    def trusted(self) -> bool:
+        """The caller is trusted (for a call from the cluster link: as the node it entered said)."""
+        ...
+
+    @property
     def request(self) -> Request:
         """The caller's request."""
         ...
@@ -365,7 +377,7 @@ def log_routed(call: LoggedCall, candidates: Iterable[Target], outbound: str | N
             "call_id": call.id,
             "method": call.method,
             "adjacency": call.inbound.name,
-            "trust": trust_of(call.inbound),
+            "trust": _trust(call.trusted),
             "secure": call.secure,
             "target": call.request.uri,
             "route_path": RoutePath(call.route_path),

@@ -42,6 +42,7 @@ from sbc.b2bua.call import (
     Target,
 )
 from sbc.b2bua.outgoing import DeadlineBuckets
+from sbc.cluster.hop import ClusterCaller
 from sbc.config import AdjacencyConfig
 from sbc.counters import Counters
 from sbc.errors import SipError
@@ -120,6 +121,8 @@ class CallManager:
         #: for the final response after a CANCEL): sbc.b2bua.outgoing.
         self.b_deadlines = DeadlineBuckets()
         self.router = router
+        #: This node's name, named in the calls it hands to another node (docs/scaling.md).
+        self.node: str | None = None
         self.hunting = hunting or HuntPolicy()
         self.locate = locate
         self.counters = counters if counters is not None else Counters()
@@ -169,18 +172,22 @@ class CallManager:
         flow: Flow,
         inbound: AdjacencyConfig,
         now: float,
+        caller: ClusterCaller | None = None,
     ) -> list[StackOutput]:
         """An admitted out-of-dialog request: route it and start hunting.
 
         Raises the routing's ``SipError`` (480...) before any state is kept;
         the refusal is logged (``call.refused``) and counted
-        (``calls-refused:RULE``).
+        (``calls-refused:RULE``). ``caller``: a request from the cluster link,
+        with what the node it entered said of its caller.
         """
-        call = Call(self, request, transaction, flow, inbound, now)
+        call = Call(self, request, transaction, flow, inbound, now, caller)
         try:
             targets = self.targets_for(call, request.uri, now)
         except SipError as error:
-            calllog.log_refused(call.id, request, inbound, call.secure, error, self.refusals, now)
+            calllog.log_refused(
+                call.id, request, inbound, call.secure, error, self.refusals, now, call.trusted
+            )
             self.count(inbound.name, calllog.refused_counter(error))
             raise
         self.calls[call.id] = call
@@ -203,6 +210,13 @@ class CallManager:
                 allowed = []
                 for target in located:
                     adjacency = table.get(target.adjacency)
+                    if target.holder is not None:
+                        # another node's phone: it checks the phone's adjacency itself
+                        if adjacency is not None and security.may_cross_cluster(
+                            adjacency, call.secure
+                        ):
+                            allowed.append(target)
+                        continue
                     if adjacency is None or not security.may_send_out_of(
                         adjacency, call.secure, call.trusted
                     ):

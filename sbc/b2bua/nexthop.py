@@ -42,12 +42,16 @@ class Target:
     ``flow`` is set for a registered contact (the flow it registered from)
     and for each destination DNS found for a target (RFC 3263); otherwise the
     hunt resolves the next hop first (a host name) or uses
-    :func:`sbc.b2bua.call.outbound_flow` (an IP address).
+    :func:`sbc.b2bua.call.outbound_flow` (an IP address). ``holder`` names
+    the SBC node that holds a registered contact's flow when it is another
+    node: ``adjacency`` is then the cluster link and ``uri`` names the
+    binding to that node (docs/scaling.md, :mod:`sbc.cluster.hop`).
     """
 
     adjacency: str
     uri: URI
     flow: Flow | None = None
+    holder: str | None = None
 
 
 def adjacency_transports(adjacency: AdjacencyConfig) -> tuple[str, ...]:

@@ -64,6 +64,7 @@ from sbc.cluster.codec import (
     record_holder,
     relay_key,
 )
+from sbc.cluster.hop import ClusterAddress, decode_heartbeat, encode_heartbeat
 from sbc.errors import SipError
 from sbc.interfaces import ILocationService
 from sbc.registrar.bindings import Binding, LocationService
@@ -267,6 +268,16 @@ class SharedLocationService(LocationService):
 
     # -- what the store does to the view ----------------------------------------------
 
+    def own_binding(self, key: str, now: float) -> Binding | None:
+        """This node's live binding stored under ``key`` (a call from the cluster link)."""
+        aor = self.own_keys.get(key)
+        if aor is None:
+            return None
+        for binding in self._bindings.get(aor, ()):
+            if binding.expires_at > now and binding_key(binding) == key:
+                return binding
+        return None
+
     def own(self) -> Iterator[tuple[str, Binding]]:
         """(key, binding) for every binding this node holds."""
         for binding in super().__iter__():
@@ -343,7 +354,9 @@ class SharedStore:
     of its bindings' flows. ``clock`` returns the current time (the same
     clock as every ``now``). ``count(adjacency, name)`` counts refusals
     (``store-unavailable``). Set :attr:`relayed` to list this node's relayed
-    bindings and :attr:`call_counts` to count its active calls per adjacency.
+    bindings, :attr:`call_counts` to count its active calls per adjacency and
+    :attr:`advertise` to give the address its cluster link listens on (the
+    heartbeat carries both; :attr:`peers` are the other nodes' addresses).
     """
 
     def __init__(
@@ -372,6 +385,9 @@ class SharedStore:
         self.nodes: tuple[str, ...] = ()
         self.relayed: Callable[[], Iterable[RelayedRecord]] = tuple
         self.call_counts: Callable[[], Mapping[str, int]] = dict
+        self.advertise: Callable[[], ClusterAddress | None] = lambda: None
+        #: node -> where the other live nodes' cluster links listen (from their heartbeats)
+        self.peers: dict[str, ClusterAddress] = {}
         self._pending: dict[str, int] = {}
         self._seq = 0
         self._waiting: list[dict[str, Any]] | None = None
@@ -620,23 +636,53 @@ class SharedStore:
         if self.state != StoreState.UP or client is None:
             self.remote_calls = {}
             return succeed(None)
-        counts = json.dumps(dict(self.call_counts()), separators=(",", ":"))
+        counts = encode_heartbeat(self.call_counts(), self.advertise())
         heard = client.heartbeat(self.holder, counts, int(HEARTBEAT_TTL * 1000))
         return heard.addCallbacks(self._heard, self._heartbeat_failed)
 
     def _heard(self, nodes: dict[str, str]) -> None:
         totals: dict[str, int] = {}
+        peers: dict[str, ClusterAddress] = {}
         for node, text in nodes.items():
             if node == self.holder:
                 continue
             try:
-                counts = json.loads(text)
-                for adjacency, calls in counts.items():
-                    totals[str(adjacency)] = totals.get(str(adjacency), 0) + int(calls)
-            except (ValueError, TypeError, AttributeError):
+                counts, address = decode_heartbeat(text)
+            except ValueError:
                 continue
+            for adjacency, calls in counts.items():
+                totals[adjacency] = totals.get(adjacency, 0) + calls
+            if address is not None:
+                peers[node] = address
         self.remote_calls = totals
         self.nodes = tuple(sorted(nodes))
+        self._note_peers(peers)
+
+    def _note_peers(self, peers: dict[str, ClusterAddress]) -> None:
+        """Take the other nodes' cluster addresses; log the ones that came, moved or went."""
+        old, self.peers = self.peers, peers
+        for node in sorted(old.keys() | peers.keys()):
+            was, now = old.get(node), peers.get(node)
+            if was == now:
+                continue
+            if now is None:
+                _log.info(
+                    "cluster: node {peer} no longer takes calls for its phones "
+                    "(no cluster link in its heartbeat, or no heartbeat)",
+                    event="cluster.peer-gone",
+                    peer=node,
+                )
+            else:
+                _log.info(
+                    "cluster: node {peer} takes calls for its phones at {address}",
+                    event="cluster.peer",
+                    peer=node,
+                    address=str(now),
+                )
+
+    def peer_address(self, node: str) -> ClusterAddress | None:
+        """Where node ``node``'s cluster link listens, as its last heartbeat said (or None)."""
+        return self.peers.get(node)
 
     def _heartbeat_failed(self, failure: Failure) -> None:
         self.remote_calls = {}

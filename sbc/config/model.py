@@ -233,6 +233,10 @@ class AdjacencyConfig:
     :attr:`offered_algorithms` gives the ones in effect. ``signaling_address``
     may be None only while the adjacency is detached (an adjacency being
     built); use :attr:`address` where the adjacency is known to be attached.
+    ``cluster_link``: the internal adjacency between the SBC nodes sharing a
+    ``store`` (``cluster-link``, docs/scaling.md): calls for phones whose
+    connection another node holds go through it; ``cluster_identity`` is the
+    name every node's certificate carries on a trusted-encrypted one.
     """
 
     name: str
@@ -255,6 +259,8 @@ class AdjacencyConfig:
         default=None, converter=_optional_algorithms
     )
     sip_over_tls: bool = False
+    cluster_link: bool = False
+    cluster_identity: str | None = None
     line: int = attrs.field(default=0, eq=False, repr=False)
     setting_lines: FrozenMap[str, int] = attrs.field(
         factory=FrozenMap, converter=_lines, eq=False, repr=False

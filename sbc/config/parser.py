@@ -206,6 +206,8 @@ class _AdjacencyDraft:
     authentication: Authentication | None = None
     digest_algorithms: tuple[DigestAlgorithm, ...] | None = None
     sip_over_tls: bool = False
+    cluster_link: bool = False
+    cluster_identity: str | None = None
     setting_lines: dict[str, int] = attrs.Factory(dict)
 
 
@@ -531,6 +533,8 @@ class ConfigBuilder:
                 authentication=adj.authentication,
                 digest_algorithms=adj.digest_algorithms,
                 sip_over_tls=adj.sip_over_tls,
+                cluster_link=adj.cluster_link,
+                cluster_identity=adj.cluster_identity,
                 setting_lines=dict(adj.setting_lines),
             )
         for number, cps in cfg.call_policy_sets.items():
@@ -710,6 +714,8 @@ class ConfigBuilder:
                     authentication=adj.authentication,
                     digest_algorithms=adj.digest_algorithms,
                     sip_over_tls=adj.sip_over_tls,
+                    cluster_link=adj.cluster_link,
+                    cluster_identity=adj.cluster_identity,
                     line=adj.line,
                     setting_lines=adj.setting_lines,
                 )
@@ -1386,6 +1392,38 @@ def _sip_over_tls(
     _arity(args, "no sip-over-tls" if negate else "sip-over-tls", 0)
     adj.sip_over_tls = not negate
     _set_line(adj.setting_lines, "sip-over-tls", line, negate)
+    return mode
+
+
+@_command(
+    ModeKind.ADJACENCY,
+    "cluster-link [identity NAME]",
+    "The internal adjacency to the other SBC nodes of the store: calls for phones another "
+    "node holds go through it (identity: the name on every node's certificate)",
+    "no cluster-link",
+)
+def _cluster_link(
+    b: ConfigBuilder, mode: Mode, args: Sequence[str], line: int, negate: bool
+) -> Mode:
+    adj = b._adjacency(mode)
+    if negate:
+        _arity(args, "no cluster-link [identity NAME]", 0, 2)
+        adj.cluster_link = False
+        adj.cluster_identity = None
+    else:
+        _arity(args, "cluster-link [identity NAME]", 0, 2)
+        identity = None
+        if args:
+            if list(args) == ["identity"]:
+                _arity((), "cluster-link [identity NAME]", 1)
+            if args[0] != "identity":
+                raise _InvalidError(
+                    f"bad cluster-link '{' '.join(args)}': usage: cluster-link [identity NAME]"
+                )
+            identity = _host(args[1], "cluster-link identity")
+        adj.cluster_link = True
+        adj.cluster_identity = identity
+    _set_line(adj.setting_lines, "cluster-link", line, negate)
     return mode
 
 

@@ -57,6 +57,9 @@ def _adjacency(adj: AdjacencyConfig) -> list[str]:
         body.append("digest-algorithms " + " ".join(a.value for a in adj.digest_algorithms))
     if adj.sip_over_tls:
         body.append("sip-over-tls")
+    if adj.cluster_link:
+        identity = adj.cluster_identity
+        body.append("cluster-link" if identity is None else f"cluster-link identity {identity}")
     if adj.attached:
         body.append("attach")
     return [*lines, *(" " + line for line in body), "!"]

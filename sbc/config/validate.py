@@ -110,6 +110,61 @@ def _check_access(cfg: SbcConfig, adj: AdjacencyConfig) -> Iterator[_Problem]:
         )
 
 
+def _check_cluster(cfg: SbcConfig) -> Iterator[_Problem]:
+    """The cluster link (``cluster-link``, docs/scaling.md): one, trusted, with a store."""
+    links = [adj for adj in cfg.adjacencies if adj.cluster_link]
+    for later in links[1:]:
+        yield (
+            _line(later.setting_lines, "cluster-link", default=later.line),
+            f"adjacencies '{links[0].name}' and '{later.name}' are both cluster-links: "
+            "one adjacency links the nodes",
+        )
+    for adj in links:
+        lines = adj.setting_lines
+        where = _line(lines, "cluster-link", default=adj.line)
+        what = f"adjacency '{adj.name}' is a cluster-link"
+        if cfg.store is None:
+            yield where, f"{what} but no store is configured: the nodes find each other there"
+        if adj.security_inbound is not adj.security_outbound or not adj.security_inbound.trusted:
+            yield (
+                _line(lines, "security inbound", "security outbound", default=where),
+                f"{what}: its security must be trusted-encrypted (mutual TLS) or "
+                "trusted-unencrypted (a private link), the same on both sides",
+            )
+        elif adj.security_inbound.encrypted and adj.cluster_identity is None:
+            yield (
+                where,
+                f"{what} over TLS: name the identity every node's certificate carries "
+                "(cluster-link identity NAME)",
+            )
+        elif not adj.security_inbound.encrypted and adj.cluster_identity is not None:
+            yield where, f"{what}: identity applies to a trusted-encrypted cluster-link only"
+        for keyword, present in (
+            ("signaling-peer", adj.signaling_peer is not None),
+            ("signaling-peer-port", adj.signaling_peer_port is not None),
+            ("client-certificate", adj.client_certificate is not ClientCertificate.REQUIRED),
+            ("authentication", adj.authentication is not None),
+            ("sip-over-tls", adj.sip_over_tls),
+        ):
+            if present:
+                yield (
+                    _line(lines, keyword, default=where),
+                    f"{what}: {keyword} does not apply to it (calls go to the node that holds "
+                    "the phone, every node's certificate is required and checked, and the "
+                    "caller's own adjacency decides authentication)",
+                )
+        address = adj.signaling_address
+        for other in cfg.adjacencies:
+            if other is adj or address is None or other.signaling_address != address:
+                continue
+            if other.port == adj.port:
+                yield (
+                    where,
+                    f"{what}: it cannot share {address}:{adj.port} with adjacency "
+                    f"'{other.name}'; give it a signaling-port of its own",
+                )
+
+
 def _check_listeners(cfg: SbcConfig) -> Iterator[_Problem]:
     by_listener: dict[tuple[str, int], list[AdjacencyConfig]] = {}
     for adj in cfg.adjacencies:
@@ -143,6 +198,7 @@ def _check_listeners(cfg: SbcConfig) -> Iterator[_Problem]:
 
 def _check_policy_set(cfg: SbcConfig, number: int, cps: CallPolicySet) -> Iterator[_Problem]:
     adjacencies = {adj.name for adj in cfg.adjacencies}
+    links = {adj.name for adj in cfg.adjacencies if adj.cluster_link}
     first = cps.first_call_routing_table
     if first is None:
         yield cps.line, f"call-policy-set {number} has no first-call-routing-table"
@@ -171,6 +227,12 @@ def _check_policy_set(cfg: SbcConfig, number: int, cps: CallPolicySet) -> Iterat
                 yield (
                     _line(lines, "dst-adjacency", default=entry.line),
                     f"{what} names unknown adjacency '{entry.dst_adjacency}'",
+                )
+            elif entry.dst_adjacency in links:
+                yield (
+                    _line(lines, "dst-adjacency", default=entry.line),
+                    f"{what} sends calls to cluster-link '{entry.dst_adjacency}': it carries "
+                    "only calls for the phones another node holds",
                 )
             if entry.action is Action.COMPLETE and entry.dst_adjacency is None:
                 yield (
@@ -270,6 +332,7 @@ def find_problems(
     problems: list[_Problem] = [
         *_check_adjacencies(cfg, certificate_configured),
         *_check_listeners(cfg),
+        *_check_cluster(cfg),
         *(
             problem
             for number, cps in sorted(cfg.call_policy_sets.items())

@@ -43,7 +43,7 @@ from twisted.logger import Logger
 from sbc import security
 from sbc.adjacencies import AdjacencyTable
 from sbc.b2bua.call import contact_for, copy_end_to_end, new_call_id, new_tag
-from sbc.b2bua.nexthop import destination_flow, next_hop
+from sbc.b2bua.nexthop import Target, destination_flow, next_hop
 from sbc.config import AdjacencyConfig
 from sbc.errors import SipError
 from sbc.registrar.bindings import aor_key
@@ -199,9 +199,10 @@ class RegistrationRelay:
         self.sessions: dict[tuple[str, str], RelaySession] = {}
         self.pending: dict[TransactionKey, PendingRegister] = {}
         self.store: RelayStore | None = None
-        #: Called with the token, the record and the inbound adjacency of a request for
-        #: a token another node holds (the request then gets 480).
-        self.on_held_elsewhere: Callable[[str, object, str, float], object] | None = None
+        #: Called with the Request-URI, the record and the inbound adjacency of a request
+        #: for a token another node holds: the targets that reach it through that node
+        #: (the cluster link, docs/scaling.md), or none (the request then gets 480).
+        self.on_held_elsewhere: Callable[[URI, object, str, float], list[Target]] | None = None
 
     # -- queries ---------------------------------------------------------------------
 
@@ -213,12 +214,14 @@ class RegistrationRelay:
         """Every live relayed binding."""
         return list(self.tokens.values())
 
-    def locate(self, uri: URI, inbound: str, now: float) -> list[RelayedBinding] | None:
-        """The binding a request for ``uri`` (arriving on ``inbound``) is for.
+    def locate(self, uri: URI, inbound: str, now: float) -> list[Target] | None:
+        """Where a request for ``uri`` (arriving on ``inbound``) goes: the phone of a token.
 
         None when ``uri`` names no token of the SBC (routing then decides);
         raises ``SipError(404)`` for a token that has ended, or that arrives
         on another adjacency than the one its registration was relayed to.
+        A token another node holds goes through that node
+        (:attr:`on_held_elsewhere`), else gets 480.
         """
         user = uri.user
         if user is None or not user.startswith(TOKEN_PREFIX):
@@ -228,14 +231,16 @@ class RegistrationRelay:
         binding = self.tokens.get(user)
         if binding is None and self.store is not None:
             record = self.store.relayed_held_elsewhere(user, now)
-            if record is not None:
-                # calls to another node's phones are not relayed there yet (issue 13)
+            if record is not None and getattr(record, "outbound", inbound) == inbound:
+                targets = []
                 if self.on_held_elsewhere is not None:
-                    self.on_held_elsewhere(user, record, inbound, now)
-                raise SipError(480, "Temporarily Unavailable")
+                    targets = self.on_held_elsewhere(uri, record, inbound, now)
+                if not targets:
+                    raise SipError(480, "Temporarily Unavailable")
+                return targets
         if binding is None or binding.outbound != inbound or binding.phone_expires_at <= now:
             raise SipError(404, "Not Found - registration ended")
-        return [binding]
+        return [Target(binding.inbound, binding.phone_contact, binding.flow)]
 
     # -- REGISTER from a phone ---------------------------------------------------------
 

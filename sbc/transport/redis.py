@@ -275,7 +275,8 @@ class RedisStoreService(Service):
     def _mark_ready(self, which: str) -> None:
         self._ready.add(which)
         if self._ready == {"commands", "subscriber"} and self.running:
-            self.store.connected()
+            # a heartbeat at once: this node's cluster address, the others' (docs/scaling.md)
+            self.store.connected().addCallback(lambda _: self.store.tick())
 
     def connection_lost(self, protocol: Any, why: Failure) -> None:
         """One of the connections dropped (its ClientService re-opens it)."""

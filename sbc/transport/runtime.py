@@ -248,8 +248,11 @@ class _CurrentIdentityCreator:
         identity = self._runtime.tls
         if identity is None:
             raise NoTlsIdentityError("no certificate is configured")
-        mode = self._runtime.client_certificate_for(tlsProtocol.wrappedProtocol)
-        return server_context_factory(identity, mode).serverConnectionForTLS(tlsProtocol)
+        protocol = tlsProtocol.wrappedProtocol
+        mode = self._runtime.client_certificate_for(protocol)
+        expected = self._runtime.client_identity_for(protocol)
+        creator = server_context_factory(identity, mode, expected)
+        return creator.serverConnectionForTLS(tlsProtocol)
 
 
 def _address_text(address: tuple[str, int]) -> str:
@@ -552,6 +555,18 @@ class SipRuntime:
             if adjacency is not None:
                 return adjacency.client_certificate
         return ClientCertificate.REQUIRED
+
+    def client_identity_for(self, protocol: object) -> str | None:
+        """The name a new inbound TLS connection's certificate must carry, if any.
+
+        Only on a cluster link: the identity every node's certificate carries
+        (docs/scaling.md); elsewhere the From domain is checked per request.
+        """
+        if isinstance(protocol, StreamConnection):
+            adjacency = self.table.classify(protocol.listener, protocol.remote[0])
+            if adjacency is not None and adjacency.cluster_link:
+                return adjacency.cluster_identity
+        return None
 
     def classify(self, listener: ListenerKey, source_ip: str) -> str | None:
         adjacency = self.table.classify(listener, source_ip)

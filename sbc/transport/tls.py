@@ -454,14 +454,22 @@ _SERVER_VERIFY_MODES = {
 class _ServerCreator:
     """Connections for a listener, with the adjacency's client-certificate setting."""
 
-    def __init__(self, identity: TlsIdentity, client_certificate: ClientCertificate) -> None:
+    def __init__(
+        self,
+        identity: TlsIdentity,
+        client_certificate: ClientCertificate,
+        expected_name: str | None = None,
+    ) -> None:
         self.identity = identity
         self.client_certificate = client_certificate
+        self.expected_name = expected_name
 
     def serverConnectionForTLS(self, tlsProtocol: TLSMemoryBIOProtocol) -> SSL.Connection:
         mode = _SERVER_VERIFY_MODES[self.client_certificate]
         anonymous = self.client_certificate is not ClientCertificate.REQUIRED
-        return _new_connection(self.identity.server_context, tlsProtocol, None, mode, anonymous)
+        return _new_connection(
+            self.identity.server_context, tlsProtocol, self.expected_name, mode, anonymous
+        )
 
 
 @implementer(IOpenSSLClientConnectionCreator)
@@ -494,7 +502,9 @@ def _server_name_indication(expected_name: str) -> bytes | None:
 
 
 def server_context_factory(
-    identity: TlsIdentity, client_certificate: ClientCertificate = ClientCertificate.REQUIRED
+    identity: TlsIdentity,
+    client_certificate: ClientCertificate = ClientCertificate.REQUIRED,
+    expected_name: str | None = None,
 ) -> IOpenSSLServerConnectionCreator:
     """The connection creator for TLS listeners (``TLSMemoryBIOFactory(..., isClient=False)``).
 
@@ -505,8 +515,11 @@ def server_context_factory(
     verify, but a client may offer none; with none it is not requested. The
     peer's identities are then available through :func:`peer_identities`
     (None for a client without a certificate: :func:`anonymous_peer`).
+    With ``expected_name`` (the identity of a cluster link, docs/scaling.md)
+    the client's certificate must also match it, like a server's: a node
+    whose certificate does not name the cluster fails the handshake.
     """
-    return _ServerCreator(identity, client_certificate)
+    return _ServerCreator(identity, client_certificate, expected_name)
 
 
 def client_connection_creator(

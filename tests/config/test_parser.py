@@ -1045,6 +1045,7 @@ class BuilderApiTests(SynchronousTestCase):
                 "authentication",
                 "digest-algorithms",
                 "sip-over-tls",
+                "cluster-link",
                 "attach",
                 "exit",
                 "end",

@@ -178,11 +178,12 @@ def start_sipp(
     calls: int = 1,
     rate: int | None = None,
     seconds: int = 15,
+    remote_host: str = HOST,
 ) -> SippProcess:
     """SIPp with ``-sf scenario -m calls -timeout seconds -timeout_error``, in the background.
 
-    A UAC when ``remote_port`` is given (sends to 127.0.0.1:remote_port), a
-    UAS otherwise. ``keys`` become ``-key NAME VALUE``; ``rate`` is calls
+    A UAC when ``remote_port`` is given (sends to ``remote_host``:remote_port,
+    127.0.0.1 by default), a UAS otherwise. ``keys`` become ``-key NAME VALUE``; ``rate`` is calls
     per second (``-r``). Killed with SIGKILL after ``seconds`` + 10 and in
     the test's clean-up.
     """
@@ -201,7 +202,7 @@ def start_sipp(
     for name, value in (keys or {}).items():
         args += ["-key", name, value]
     if remote_port is not None:
-        args.append(f"{HOST}:{remote_port}")
+        args.append(f"{remote_host}:{remote_port}")
     child = RunningProcess(get_reactor(), args, cwd=directory)
     case.addCleanup(_stop_child, child, signal.SIGKILL)
     return SippProcess(child, port, directory, seconds + 10.0)
