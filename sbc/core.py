@@ -340,8 +340,10 @@ class SbcCore:
         except SipError as error:
             self._refuse(request, context, secure, not_reached(error), now)
         check_extensions(request)
+        # the call's requests to the caller's side go back to that node (its cluster link)
+        back = self.cluster.reply_flow(caller, flow) if self.cluster is not None else None
         try:
-            return self.calls.new_request(request, transaction, flow, inbound, now, caller)
+            return self.calls.new_request(request, transaction, flow, inbound, now, caller, back)
         except SipError as error:
             raise not_reached(error) from None
 

@@ -205,7 +205,7 @@ class SipWorker:
             relay = self.core.relay
             table = lambda: self.runtime.table  # noqa: E731
             self.core.cluster = ClusterRouting(self.store, table, lambda: relay.tokens)
-            self.core.calls.node = self.store.holder
+            self.core.calls.cluster_caller = self.core.cluster.caller
         if self.store is not None and config.store is not None:
             from sbc.transport.redis import RedisStoreService
 

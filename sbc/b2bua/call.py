@@ -478,8 +478,9 @@ class CallHost(OutgoingHost, Protocol):
 
     hunting: HuntPolicy
     table: Callable[[], AdjacencyTable]
-    #: This SBC node's name among those sharing a store (None: no cluster link in use).
-    node: str | None
+    #: What this node tells another about a caller it hands a call to (the cluster
+    #: link, docs/scaling.md): ``(inbound adjacency, trusted) -> ClusterCaller``.
+    cluster_caller: Callable[[str, bool], ClusterCaller] | None
 
     def next_call_id(self) -> int:
         """A number naming a new call."""
@@ -550,7 +551,9 @@ class Call:
     A-leg's adjacency and ``secure`` whether the call requires outbound
     security (SIPS). ``caller``: for a call that came over the cluster link,
     what the node it entered said of the caller (docs/scaling.md); the
-    caller's class is then that one, never the link's.
+    caller's class is then that one, never the link's. ``reply_flow``: where
+    requests on the A-leg go when not where the request came from (that
+    node's cluster link).
     """
 
     def __init__(
@@ -562,6 +565,7 @@ class Call:
         inbound: AdjacencyConfig,
         now: float,
         caller: ClusterCaller | None = None,
+        reply_flow: Flow | None = None,
     ) -> None:
         self.manager = manager
         self.id = manager.next_call_id()
@@ -580,6 +584,8 @@ class Call:
         self.started_at = now
         self.state = CallState.PROCEEDING
         a_flow = transaction.peer if isinstance(transaction.peer, Flow) else flow
+        if reply_flow is not None:
+            a_flow = reply_flow
         self.a = Leg(
             "A",
             request.call_id,
@@ -774,7 +780,12 @@ class Call:
         self.b_holder = target.holder
         if target.holder is not None:
             # the caller's class crosses with the call (docs/scaling.md)
-            caller = ClusterCaller(manager.node or "-", self.inbound.name, self.trusted)
+            describe = manager.cluster_caller
+            caller = (
+                describe(self.inbound.name, self.trusted)
+                if describe is not None
+                else ClusterCaller("-", self.inbound.name, self.trusted)
+            )
             request.headers.add(CLUSTER_HEADER, caller.header_value())
         self.b = leg
         self.last_outbound = adjacency.name

@@ -121,8 +121,9 @@ class CallManager:
         #: for the final response after a CANCEL): sbc.b2bua.outgoing.
         self.b_deadlines = DeadlineBuckets()
         self.router = router
-        #: This node's name, named in the calls it hands to another node (docs/scaling.md).
-        self.node: str | None = None
+        #: What this node says of a caller in the calls it hands to another node
+        #: (sbc.cluster.routing.ClusterRouting.caller; docs/scaling.md).
+        self.cluster_caller: Callable[[str, bool], ClusterCaller] | None = None
         self.hunting = hunting or HuntPolicy()
         self.locate = locate
         self.counters = counters if counters is not None else Counters()
@@ -173,15 +174,17 @@ class CallManager:
         inbound: AdjacencyConfig,
         now: float,
         caller: ClusterCaller | None = None,
+        reply_flow: Flow | None = None,
     ) -> list[StackOutput]:
         """An admitted out-of-dialog request: route it and start hunting.
 
         Raises the routing's ``SipError`` (480...) before any state is kept;
         the refusal is logged (``call.refused``) and counted
         (``calls-refused:RULE``). ``caller``: a request from the cluster link,
-        with what the node it entered said of its caller.
+        with what the node it entered said of its caller; ``reply_flow``:
+        where the call's requests to the caller go, when not where it came from.
         """
-        call = Call(self, request, transaction, flow, inbound, now, caller)
+        call = Call(self, request, transaction, flow, inbound, now, caller, reply_flow)
         try:
             targets = self.targets_for(call, request.uri, now)
         except SipError as error:

@@ -344,7 +344,9 @@ def describe_adjacency(
     active_calls: int | None = None,
 ) -> list[str]:
     """The ``show ... adjacencies`` block of one adjacency; ``counters`` for ``detail``."""
-    if adj.signaling_peer is None:
+    if adj.cluster_link:
+        peer = "the node that holds the phone, at the address it advertises in the store"
+    elif adj.signaling_peer is None:
         peer = f"(Request-URI host), port from the URI, by DNS SRV, else {adj.peer_port}"
     elif adj.signaling_peer_port is None and ip_literal(adj.signaling_peer) is None:
         peer = f"{adj.signaling_peer}, port by DNS SRV, else {adj.peer_port}"
@@ -364,6 +366,12 @@ def describe_adjacency(
         f"  Signaling peer: {peer}",
         f"  Remote addresses: {remotes}",
     ]
+    if adj.cluster_link:
+        identity = adj.cluster_identity
+        lines.append(
+            "  Cluster link: yes"
+            + ("" if identity is None else f", nodes' certificates name {identity}")
+        )
     if counters is not None:
         lines.extend(access_lines(adj))
     if active_calls is not None:

@@ -11,10 +11,14 @@ advertises in the store, as an ordinary B-leg INVITE except for two things:
   (:func:`cluster_user`). A node accepts such a URI only from its cluster
   link, and only for a binding it holds itself: it never hands the call on
   to a third node;
-- a **Sbc-Cluster** header says what B knew of the caller:
-  ``Sbc-Cluster: node=B;inbound=trunk;caller=trusted`` (:class:`ClusterCaller`).
-  A uses ``caller`` as the caller's class (an untrusted caller stays
-  untrusted) and applies the security rules of the phone's adjacency again.
+- a **Sbc-Cluster** header says what B knew of the caller, and where B's
+  cluster link listens:
+  ``Sbc-Cluster: node=B;inbound=trunk;caller=trusted;link=10.0.0.2:5070``
+  (:class:`ClusterCaller`). A uses ``caller`` as the caller's class (an
+  untrusted caller stays untrusted) and applies the security rules of the
+  phone's adjacency again; it sends the call's requests towards the caller
+  (the phone's BYE) over the connection the call came on, or to ``link``
+  once that connection has closed.
 
 The header is one of the per-hop headers: never copied from one leg to the
 other, so a caller cannot bring one of its own to a node and the phone never
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -77,16 +82,21 @@ class ClusterAddress:
 
 @attrs.frozen
 class ClusterCaller:
-    """What the node a call entered says of its caller (the ``Sbc-Cluster`` header)."""
+    """What the node a call entered says of its caller (the ``Sbc-Cluster`` header).
+
+    ``link`` is where that node's cluster link listens (None: not said).
+    """
 
     node: str
     inbound: str
     trusted: bool
+    link: ClusterAddress | None = None
 
     def header_value(self) -> str:
-        """``node=B;inbound=trunk;caller=trusted``."""
+        """``node=B;inbound=trunk;caller=trusted;link=10.0.0.2:5070``."""
         caller = "trusted" if self.trusted else "untrusted"
-        return f"node={self.node};inbound={self.inbound};caller={caller}"
+        value = f"node={self.node};inbound={self.inbound};caller={caller}"
+        return value if self.link is None else f"{value};link={self.link}"
 
     @classmethod
     def parse(cls, value: str | None) -> ClusterCaller:
@@ -99,9 +109,25 @@ class ClusterCaller:
             params[name.strip().lower()] = text.strip()
         trusted = _CALLER_CLASSES.get(params.get("caller", ""))
         node, inbound = params.get("node", ""), params.get("inbound", "")
-        if trusted is None or not node or not inbound:
+        link = params.get("link")
+        address = None if link is None else _address(link)
+        if trusted is None or not node or not inbound or (link is not None and address is None):
             raise SipError(400, f"Bad Request - {CLUSTER_HEADER} header not understood")
-        return cls(node, inbound, trusted)
+        return cls(node, inbound, trusted, address)
+
+
+def _address(text: str) -> ClusterAddress | None:
+    """``10.0.0.2:5070`` or ``[2001:db8::2]:5070`` as a :class:`ClusterAddress`, else None."""
+    host, _, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        address = ipaddress.ip_address(host)
+        number = int(port)
+    except ValueError:
+        return None
+    if not 0 < number < 65536:
+        return None
+    return ClusterAddress(str(address), number)
 
 
 def cluster_user(key: str) -> str:

@@ -24,7 +24,13 @@ from typing import Protocol
 from sbc.adjacencies import AdjacencyTable
 from sbc.b2bua.nexthop import Target
 from sbc.cluster.codec import REGISTRAR_PREFIX, RELAY_PREFIX, holder_name
-from sbc.cluster.hop import ClusterAddress, binding_key_of, cluster_user, not_reached
+from sbc.cluster.hop import (
+    ClusterAddress,
+    ClusterCaller,
+    binding_key_of,
+    cluster_user,
+    not_reached,
+)
 from sbc.cluster.store import SharedStore
 from sbc.config import AdjacencyConfig
 from sbc.errors import SipError
@@ -94,6 +100,10 @@ class ClusterRouting:
 
     # -- the node a call enters ---------------------------------------------------
 
+    def caller(self, inbound: str, trusted: bool) -> ClusterCaller:
+        """What this node tells the node holding a phone about a call's caller."""
+        return ClusterCaller(self.node, inbound, trusted, self.advertised())
+
     def remote_target(self, node: str, worker: int, key: str, scheme: str) -> Target | str:
         """The target that reaches binding ``key`` held by ``node``, or why there is none.
 
@@ -130,6 +140,29 @@ class ClusterRouting:
         return Target(link.name, uri, flow, holder=holder)
 
     # -- the node that holds the phone ---------------------------------------------
+
+    def reply_flow(self, caller: ClusterCaller, arrived: Flow) -> Flow:
+        """Where the in-dialog requests of a call from another node go: back to it.
+
+        Over the connection the call arrived on while it is open, else over a
+        new one to that node's cluster link (the address the call named, else
+        the one its heartbeat advertises; over TLS its certificate must carry
+        the link's identity), never to the source port of the closed
+        connection. UDP flows are left as they are: the other node sends from
+        its cluster link's own port.
+        """
+        address = caller.link or self.store.peer_address(caller.node)
+        link = self.link()
+        if address is None or link is None or arrived.transport == UDP:
+            return arrived
+        return Flow(
+            arrived.transport,
+            arrived.local,
+            (address.address, address.port),
+            arrived.connection_id,
+            link.cluster_identity if arrived.transport == TLS else None,
+            adjacency=link.name,
+        )
 
     def own_targets(self, uri: URI, now: float) -> list[Target]:
         """The phone a request from the cluster link is for: a binding this node holds.

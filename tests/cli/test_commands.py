@@ -1012,3 +1012,20 @@ class SignalingPeerDisplayTests(SynchronousTestCase):
         self.assertEqual(
             self.peer_line(signaling_peer="2001:db8::7"), "Signaling peer: [2001:db8::7]:5060"
         )
+
+    def test_cluster_link(self) -> None:
+        self.assertEqual(
+            self.peer_line(cluster_link=True),
+            "Signaling peer: the node that holds the phone, at the address it advertises in the "
+            "store",
+        )
+        adjacency = AdjacencyConfig(
+            "c", "10.0.0.1", cluster_link=True, cluster_identity="nodes.example.net"
+        )
+        self.assertIn(
+            "  Cluster link: yes, nodes' certificates name nodes.example.net",
+            describe_adjacency(adjacency),
+        )
+        self.assertFalse(
+            [x for x in describe_adjacency(AdjacencyConfig("a", "10.0.0.1")) if "Cluster" in x]
+        )

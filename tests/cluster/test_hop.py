@@ -52,6 +52,11 @@ class CallerHeaderTests(SynchronousTestCase):
             ClusterCaller.parse(" Node=b ; inbound=t ;caller=trusted"),
             ClusterCaller("b", "t", True),
         )
+        linked = ClusterCaller("b", "t", True, ClusterAddress("2001:db8::2", 5070))
+        self.assertEqual(
+            linked.header_value(), "node=b;inbound=t;caller=trusted;link=[2001:db8::2]:5070"
+        )
+        self.assertEqual(ClusterCaller.parse(linked.header_value()), linked)
 
     def test_missing_or_not_understood_is_400(self) -> None:
         for value in (
@@ -61,6 +66,9 @@ class CallerHeaderTests(SynchronousTestCase):
             "node=b;inbound=t;caller=maybe",
             "inbound=t;caller=trusted",
             "node=b;caller=trusted",
+            "node=b;inbound=t;caller=trusted;link=host.example:5070",
+            "node=b;inbound=t;caller=trusted;link=10.0.0.2:0",
+            "node=b;inbound=t;caller=trusted;link=10.0.0.2",
         ):
             with self.assertRaises(SipError) as raised:
                 ClusterCaller.parse(value)

@@ -169,7 +169,7 @@ class Node:
         self.core.relay.store = self.store
         relay = self.core.relay
         self.core.cluster = ClusterRouting(self.store, lambda: self.table, lambda: relay.tokens)
-        self.core.calls.node = name
+        self.core.calls.cluster_caller = self.core.cluster.caller
         FakeClient(redis, self.store).connect()
 
     def feed(self, message: Request | Response, flow: Flow, where: InboundContext) -> list[Any]:
@@ -288,7 +288,8 @@ class CallThroughTheHolderTests(SynchronousTestCase):
         self.assertEqual(binding_key_of(hop.uri.user), binding_key(binding))
         self.assertEqual((hop.uri.scheme, hop.uri.host, hop.uri.port), ("sip", A_HOST, 5070))
         self.assertEqual(
-            hop.headers.get_all(CLUSTER_HEADER), ["node=B;inbound=trunk;caller=trusted"]
+            hop.headers.get_all(CLUSTER_HEADER),
+            ["node=B;inbound=trunk;caller=trusted;link=127.0.0.2:5070"],
         )
         self.assertEqual(hop.body, SDP)
         # A to the phone: over the connection alice registered on, to her contact
@@ -329,6 +330,12 @@ class CallThroughTheHolderTests(SynchronousTestCase):
         bye.headers.set("To", phone_invite.from_.serialize())
         [(node, _, caller_bye)] = pair.run(pair.a, bye, PHONE, PHONES)
         self.assertEqual((node, caller_bye.method), ("B", "BYE"))
+        # A sends it over B's connection while it is open, else to B's cluster link
+        [(_, back, _)] = pair.hop_requests("BYE")
+        self.assertEqual(
+            (back.connection_id, back.remote, back.server_name, back.pinned),
+            (LINK_AT_A.connection_id, (B_HOST, 5070), "nodes.lab.test", False),
+        )
         done = response_to(caller_bye, 200)
         [(node, _, phone_ok)] = pair.run(
             pair.b, done, TRUNK_AT_B, context("B", "trunk", 5062, "TCP")
@@ -367,7 +374,8 @@ class CallThroughTheHolderTests(SynchronousTestCase):
         sent = pair.run(pair.b, invite, ACCESS_AT_B, context("B", "access", 5060, "UDP"))
         [(_, _, hop)] = pair.hop_requests()
         self.assertEqual(
-            hop.headers.get_all(CLUSTER_HEADER), ["node=B;inbound=access;caller=untrusted"]
+            hop.headers.get_all(CLUSTER_HEADER),
+            ["node=B;inbound=access;caller=untrusted;link=127.0.0.2:5070"],
         )
         [(_, _, refused)] = [
             h for h in pair.hops if isinstance(h[2], Response) and h[2].status >= 300

@@ -49,6 +49,7 @@ def node_config(
     specs: Sequence[AdjacencySpec],
     redis_port: int,
     link: Sequence[str],
+    sbe: Sequence[str] = (),
 ) -> str:
     """Node ``name`` on ``host``: phones (TLS), access (UDP), trunk (TCP), the cluster link."""
     by_name = {spec.name: spec for spec in specs}
@@ -86,6 +87,7 @@ def node_config(
         "   attach",
         f"  store redis://127.0.0.1:{redis_port}/0",
         f"  node {name}",
+        *(f"  {line}" for line in sbe),
         "",
     ]
     return "\n".join(lines)
@@ -110,13 +112,21 @@ class ClusterCallTests(CliTestCase):
         return directory
 
     @defer.inlineCallbacks
-    def start_nodes(self, link: Sequence[str], b_link: Sequence[str] | None = None) -> Any:
-        """Redis, then A and B with ``link`` (B with ``b_link`` when given); both see the other."""
+    def start_nodes(
+        self,
+        link: Sequence[str],
+        b_link: Sequence[str] | None = None,
+        b_sbe: Sequence[str] = (),
+    ) -> Any:
+        """Redis, then A and B with ``link`` (B with ``b_link`` when given); both see the other.
+
+        ``b_sbe``: more lines under B's ``sbe`` (a ``limits`` block).
+        """
         self.redis = RedisServer(self, free_port())
         yield self.redis.start()
         self.pki = make_pki(self.mktemp())
         self.a = yield self.start_node("A", HOST, link)
-        self.b = yield self.start_node("B", NODE_B_HOST, b_link or link)
+        self.b = yield self.start_node("B", NODE_B_HOST, b_link or link, b_sbe)
         # each node learns the other's cluster address from its heartbeat (every 2 s)
         address = f"{HOST}:{self.a.port('cluster')}"
         yield within(
@@ -128,7 +138,7 @@ class ClusterCallTests(CliTestCase):
         )
 
     @defer.inlineCallbacks
-    def start_node(self, name: str, host: str, link: Sequence[str]) -> Any:
+    def start_node(self, name: str, host: str, link: Sequence[str], sbe: Sequence[str] = ()) -> Any:
         specs = [
             AdjacencySpec("phones", "trusted-encrypted", port=free_port()),
             AdjacencySpec("access", "untrusted", "udp", port=free_port()),
@@ -142,7 +152,7 @@ class ClusterCallTests(CliTestCase):
                 port=free_port(),
             ),
         ]
-        text = node_config(name, host, specs, self.redis.port, link)
+        text = node_config(name, host, specs, self.redis.port, link, sbe)
         sbc = yield launch_sbc(self, self.pki, specs, text)
         yield within(sbc.child.output_contains(b"store connected"), 15.0, f"node {name}'s store")
         return sbc
@@ -243,6 +253,41 @@ class ClusterCallTests(CliTestCase):
         refused = self.caller("phones_uac_480.xml", "sip:alice@lab.test")
         result = yield refused.wait(40, "the refused caller")
         self.assertEqual(result.exit_code, 0, refused.describe(result) + self.b.tail(40))
+
+    @defer.inlineCallbacks
+    def registered_baresip(self) -> Any:
+        """baresip (alice, with a certificate) registered over TLS on A; B lists it."""
+        _, _, certificate = phone_certificate(self.pki, "alice")
+        phone = Baresip(
+            self,
+            outbound_port=self.a.port("phones"),
+            ca=self.pki.cert("ca"),
+            certificate=certificate,
+        )
+        yield phone.start()
+        yield phone.wait_registered()
+        yield self.wait_registrations(
+            self.b, lambda rows: [r.aor for r in rows] == ["alice@lab.test"], "alice on node B"
+        )
+        return phone
+
+    @defer.inlineCallbacks
+    def test_phone_hangs_up_after_the_connection_between_the_nodes_closed(self) -> Any:
+        """B closes its idle connection to A (outbound-idle-timeout 1) during the call; the
+        phone's BYE still reaches the caller: A opens a connection to B's cluster link."""
+        yield self.start_nodes(TLS_LINK, b_sbe=("limits", " outbound-idle-timeout 1"))
+        phone = yield self.registered_baresip()
+        caller = self.caller("calls_uac_bye.xml", "sip:alice@lab.test")
+        yield phone.wait_call_established()
+        yield within(
+            self.b.child.output_contains(b"connection closed (connections-closed:idle-timeout)"),
+            10.0,
+            "B to close its idle connection to A",
+        )
+        yield phone.hangup()
+        result = yield caller.wait(40, "the SIPp caller")
+        self.assertEqual(result.exit_code, 0, caller.describe(result) + self.context(phone))
+        yield phone.wait_call_closed()
 
     @defer.inlineCallbacks
     def test_udp_phone_on_a_called_through_b_over_a_private_link(self) -> Any:
