@@ -347,6 +347,22 @@ class CallThroughTheHolderTests(SynchronousTestCase):
         self.assertEqual(pair.a.counter("cluster", "calls-started"), 1)
         self.assertEqual(pair.b.counter("phones", "held-elsewhere"), 0)
 
+    def test_the_callers_cancel_reaches_the_phone(self) -> None:
+        pair = self.pair
+        invite, sent = self.call_alice()
+        _, _, phone_invite = only(sent, "INVITE")
+        pair.run(pair.a, response_to(phone_invite, 180, to_tag="ph"), PHONE, PHONES)
+        cancel = request("CANCEL", str(invite.uri), contact=None)
+        cancel.headers.set("Via", invite.headers.get("Via") or "")
+        sent = pair.run(pair.b, cancel, TRUNK_AT_B, context("B", "trunk", 5062, "TCP"))
+        to_caller = [m.status for n, _, m in sent if n == "B"]
+        self.assertEqual(to_caller, [200, 487])  # the CANCEL's 200, the INVITE's 487
+        [(to_phone, phone_cancel)] = [(f, m) for n, f, m in sent if n == "A"]
+        self.assertEqual((to_phone.connection_id, phone_cancel.method), (11, "CANCEL"))
+        pair.run(pair.a, response_to(phone_cancel, 200), PHONE, PHONES)
+        pair.run(pair.a, response_to(phone_invite, 487, to_tag="ph"), PHONE, PHONES)
+        self.assertEqual((pair.a.core.calls.calls, pair.b.core.calls.calls), ({}, {}))
+
     def test_a_sips_call_keeps_its_scheme_across(self) -> None:
         """The cluster Request-URI is sips:; A reaches the sip: contact over sip-over-tls."""
         _, sent = self.call_alice("sips:alice@lab.test")

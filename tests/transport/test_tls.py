@@ -610,6 +610,40 @@ class ClientCertificateModeTests(PkiMixin, SynchronousTestCase):
         self.assertFalse(anonymous_peer(link.server_handle))
 
 
+class ClusterLinkServerTests(PkiMixin, SynchronousTestCase):
+    """A cluster link's listener: the client (another node) must carry the link's identity."""
+
+    def link(self, client_leaf: Identity) -> Loopback:
+        server = server_context_factory(
+            tls_identity(self, self.sbc_leaf, self.ca), ClientCertificate.REQUIRED, "nodes.lab.test"
+        )
+        client = client_connection_creator(tls_identity(self, client_leaf, self.ca), "sbc.lab.test")
+        link = loopback(server, client)
+        if link.client.lost is None:
+            link.client_tls.write(b"OPTIONS sips:sbc.lab.test SIP/2.0\r\n\r\n")
+            link.pump.flush()
+        return link
+
+    def test_a_node_certificate_naming_the_cluster_is_accepted(self) -> None:
+        node = issue(self.ca, "edge-b", sip_uris=["sip:nodes.lab.test"])
+        link = self.link(node)
+        self.assertTrue(link.server.handshake_done)
+        self.assertEqual(link.server.data, b"OPTIONS sips:sbc.lab.test SIP/2.0\r\n\r\n")
+        identities = peer_identities(link.server_handle)
+        assert identities is not None
+        self.assertEqual(identities.sip_domains, ("nodes.lab.test",))
+
+    def test_any_other_certificate_is_refused_at_the_handshake(self) -> None:
+        link = self.link(self.client_leaf)
+        self.assertTrue(link.both_closed)
+        self.assertEqual(link.server.data, b"")
+        assert link.server.lost is not None
+        error = link.server.lost.value
+        assert isinstance(error, PeerVerificationError)
+        self.assertEqual(error.expected_name, "nodes.lab.test")
+        self.assertIn("does not match 'nodes.lab.test'", error.reason)
+
+
 class ExtractIdentitiesTests(SynchronousTestCase):
     """Certificate names -> PeerIdentities, through service_identity."""
 
