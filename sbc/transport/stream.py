@@ -60,6 +60,7 @@ __all__ = [
     "StreamFactory",
     "StreamHost",
     "address_of",
+    "no_delay",
     "starts_like_tls",
 ]
 
@@ -152,6 +153,24 @@ class StreamHost(Protocol):
         """Count without logging."""
 
 
+def no_delay(transport: object) -> bool:
+    """Turn Nagle's algorithm off on the TCP socket under ``transport`` (TLS or not).
+
+    SIP sends small messages that each wait for an answer (a 100 Trying, then
+    a 180, a 200): with Nagle the second one waits for the peer's delayed
+    ACK of the first, up to tens of milliseconds per exchange; SIP stacks set
+    ``TCP_NODELAY`` for this reason. Returns False when there is no TCP
+    socket to tune (a test transport).
+    """
+    for _ in range(3):  # the TCP transport, or the TLS wrapper around it
+        set_no_delay = getattr(transport, "setTcpNoDelay", None)
+        if callable(set_no_delay):
+            set_no_delay(True)
+            return True
+        transport = getattr(transport, "transport", None)
+    return False
+
+
 @implementer(IHandshakeListener)
 class StreamConnection(TwistedProtocol):
     """One TCP or TLS connection carrying SIP (see the module docstring).
@@ -241,6 +260,7 @@ class StreamConnection(TwistedProtocol):
             self.transport.abortConnection()  # type: ignore[attr-defined]
             return
         self.accepted = True
+        no_delay(self.transport)
         if self.tls:
             self._handshake_timer = self.host.clock.callLater(
                 self._limits.tls_handshake_timeout, self._handshake_timeout

@@ -22,6 +22,7 @@ from sbc.transport.stream import (
     KEEPALIVE_PONG,
     StreamConnection,
     StreamFactory,
+    no_delay,
     starts_like_tls,
 )
 from sbc.transport.tls import (
@@ -56,6 +57,26 @@ class HelperTests(SynchronousTestCase):
         self.assertFalse(starts_like_tls(b"\x16"))
         self.assertFalse(starts_like_tls(b"\x16\xfe\xfd"))  # DTLS is not TLS over TCP
         self.assertFalse(starts_like_tls(b"OPTIONS"))
+
+    def test_no_delay_reaches_the_tcp_socket_under_tls(self) -> None:
+        """TCP_NODELAY on the TCP transport itself, or under a TLS wrapper; else nothing."""
+
+        class Tcp:
+            calls: list[bool] = []
+
+            def setTcpNoDelay(self, enabled: bool) -> None:
+                self.calls.append(enabled)
+
+        class Wrapper:
+            def __init__(self, inner: object) -> None:
+                self.transport = inner
+
+        tcp = Tcp()
+        self.assertTrue(no_delay(tcp))
+        self.assertTrue(no_delay(Wrapper(tcp)))
+        self.assertEqual(tcp.calls, [True, True])
+        self.assertFalse(no_delay(Wrapper(object())))
+        self.assertFalse(no_delay(None))
 
     def test_error_answer_needs_a_request(self) -> None:
         from sbc.errors import ParseError
