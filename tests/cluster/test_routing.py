@@ -144,7 +144,9 @@ def request(
 class Node:
     """One SBC node: SbcCore + SipStack on the shared store, wired as sbc.service does."""
 
-    def __init__(self, name: str, host: str, redis: FakeRedis, link: bool = True) -> None:
+    def __init__(
+        self, name: str, host: str, redis: FakeRedis, link: bool = True, worker: int = 0
+    ) -> None:
         self.name = name
         self.host = host
         text = NODE.format(
@@ -155,7 +157,10 @@ class Node:
         self.table = AdjacencyTable(self.config.adjacencies)
         self.clock = redis.clock
         self.store = SharedStore(
-            name, self.clock.seconds, count=lambda a, n: self.core.calls.count(a, n)
+            name,
+            self.clock.seconds,
+            worker=worker,
+            count=lambda a, n: self.core.calls.count(a, n),
         )
         self.core = SbcCore(
             lambda: self.table,
@@ -507,6 +512,33 @@ class WithoutAClusterLinkTests(SynchronousTestCase):
         invite = request("INVITE", "sip:alice@lab.test", body=SDP)
         sent = pair.run(pair.b, invite, TRUNK_AT_B, context("B", "trunk", 5062, "TCP"))
         self.assertEqual([m.status for _, _, m in sent], [100, 480])
+        self.assertEqual(pair.b.counter("phones", "held-elsewhere"), 1)
+
+    def test_another_worker_of_the_same_node_is_not_reached_through_the_link(self) -> None:
+        """The workers of a node share its cluster link's port: a sibling's TCP/TLS phone
+        is skipped (held-elsewhere), as before the link existed."""
+        pair = Pair()
+        sibling = Node("B", B_HOST, pair.redis, worker=2)
+        register = request(
+            "REGISTER",
+            "sip:lab.test;transport=tls",
+            via="TLS 192.0.2.51:5061",
+            from_uri="sip:carol@lab.test",
+            contact="<sip:carol@192.0.2.51:5061;transport=tls>",
+            call_id="reg-carol",
+        )
+        phone = Flow("TLS", (B_HOST, 5061), ("192.0.2.51", 40124), 12)
+        [(_, ok)] = sibling.feed(register, phone, PHONES)
+        self.assertEqual(ok.status, 200)
+        pair.redis.deliver()
+        for node in (pair.a, pair.b, sibling):
+            node.store.tick()
+        pair.b.store.tick()
+        self.assertIn("B/2", pair.b.store.peers)  # it advertises the shared link port
+        invite = request("INVITE", "sip:carol@lab.test", body=SDP)
+        sent = pair.run(pair.b, invite, TRUNK_AT_B, context("B", "trunk", 5062, "TCP"))
+        self.assertEqual([m.status for _, _, m in sent], [100, 480])
+        self.assertEqual(pair.hops, [])
         self.assertEqual(pair.b.counter("phones", "held-elsewhere"), 1)
 
 
