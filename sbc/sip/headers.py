@@ -1229,6 +1229,8 @@ class Headers:
         """Append a line (after every existing line)."""
         canon = _checked_name(name)
         text = _value_text(value)
+        if type(self._names) is not list:
+            self._thaw()
         self._names.append(canon)
         self._values.append(text)
         self._touch(canon)
@@ -1242,6 +1244,8 @@ class Headers:
         text = _value_text(value)
         found = self._indexes(canon)
         i = found[0] if found else 0
+        if type(self._names) is not list:
+            self._thaw()
         self._names.insert(i, canon)
         self._values.insert(i, text)
         self._touch(canon)
@@ -1251,6 +1255,8 @@ class Headers:
         canon = _checked_name(name)
         text = _value_text(value)
         found = self._indexes(canon)
+        if type(self._names) is not list:
+            self._thaw()
         if not found:
             self._names.append(canon)
             self._values.append(text)
@@ -1269,6 +1275,8 @@ class Headers:
             self._touch(canonical_name(name))
 
     def _drop(self, indexes: list[int]) -> None:
+        if type(self._names) is not list:
+            self._thaw()
         for i in reversed(indexes):
             del self._names[i]
             del self._values[i]
@@ -1282,8 +1290,21 @@ class Headers:
         return bool(self._indexes(name))
 
     def forget_parsed(self) -> None:
-        """Drop the cached typed values (they are parsed again on the next access)."""
+        """Drop the cached typed values (they are parsed again on the next access).
+
+        For a message kept only to be sent again (a transaction waiting for
+        retransmissions): the lines are also stored as tuples of strings,
+        which the garbage collector stops tracking (lists it always walks);
+        the next change turns them back into lists.
+        """
         self._cache = {}
+        self._names = tuple(self._names)  # type: ignore[assignment]
+        self._values = tuple(self._values)  # type: ignore[assignment]
+
+    def _thaw(self) -> None:
+        """Lists again after :meth:`forget_parsed`, before a change."""
+        self._names = list(self._names)
+        self._values = list(self._values)
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         return zip(self._names, self._values, strict=True)
@@ -1300,10 +1321,10 @@ class Headers:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Headers):
             return NotImplemented
-        if self._values != other._values:
+        if list(self._values) != list(other._values):
             return False
-        a = self._names
-        b = other._names
+        a = list(self._names)
+        b = list(other._names)
         return a == b or [n.lower() for n in a] == [n.lower() for n in b]
 
     __hash__ = None  # type: ignore[assignment]
