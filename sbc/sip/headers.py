@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from typing import Any, Final, Protocol, cast
 
 from sbc.sip.errors import ParseError
@@ -1234,6 +1235,26 @@ class Headers:
         self._names.append(canon)
         self._values.append(text)
         self._touch(canon)
+
+    def copy_lines(self, source: Headers, skip: AbstractSet[str]) -> list[str]:
+        """Append every line of ``source`` whose lower-case name is not in ``skip``.
+
+        The lines are taken as they are (a :class:`Headers` only holds valid
+        lines); returns the lower-case names of the lines appended.
+        """
+        if type(self._names) is not list:
+            self._thaw()
+        names = self._names
+        values = self._values
+        copied: list[str] = []
+        for name, value in zip(source._names, source._values, strict=True):
+            lower = name.lower()
+            if lower not in skip:
+                names.append(name)
+                values.append(value)
+                copied.append(lower)
+                self._touch(name)
+        return copied
 
     def prepend(self, name: str, value: HeaderValue) -> None:
         """Insert a line before the first line of that name (at the top if none).

@@ -439,7 +439,7 @@ def transition(machine: Machine, state: TransactionState | None, event: Event) -
 # ---------------------------------------------------------------------------
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)
 class TransactionKey:
     """What identifies a transaction (§17.1.3, §17.2.3).
 
