@@ -214,6 +214,9 @@ _name_addr_fast_match = re.compile(
     r"<([A-Za-z][A-Za-z0-9+\-.]*+:[!#-;=?-~]*+)>" + _NA_TAIL,
     re.DOTALL,
 ).fullmatch
+# An addr-spec without parameters ("Contact: sip:alice@192.0.2.1:5060"): the
+# URI characters of _uri_text_match without ";", "?" and ",".
+_addr_spec_fast_match = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*+:[!#-+\--:=@-~]*+").fullmatch
 # The common Via form in one linear pass: SIP/2.0/transport host[:port][;params]
 _via_fast_match = re.compile(
     r"SIP/2\.0/([A-Za-z]++) ([A-Za-z0-9.\-]++|\[[0-9A-Fa-f:.]++\])(?::([0-9]{1,5}+))?+" + _VIA_TAIL,
@@ -1054,7 +1057,16 @@ def _parse_name_addr(s: str, what: str) -> NameAddr:
     """NameAddr.parse of a value already stripped of surrounding blanks."""
     m = _name_addr_fast_match(s)
     if m is None:
-        return NameAddr._parse_slow(s, what)
+        if _addr_spec_fast_match(s) is None:
+            return NameAddr._parse_slow(s, what)
+        na = _new_name_addr(NameAddr)
+        na._display_name = None
+        na._uri = None
+        na._uri_text = s
+        na._params = ()
+        na._raw = s
+        na._star = False
+        return na
     quoted, plain, uri_text, a, av, b, bv, after = m.groups()
     na = _new_name_addr(NameAddr)
     if quoted is not None:

@@ -398,6 +398,17 @@ class NameAddrTests(SynchronousTestCase):
         self.assertEqual(na.tag, "9")
         self.assertIsNone(na.display_name)
 
+    def test_addr_spec_without_parameters(self) -> None:
+        for text in ("sip:sipp@127.0.0.2:6100", "tel:+1-972-555-2222", "sips:[2001:db8::1]:5061"):
+            na = NameAddr.parse(text)
+            self.assertEqual((na.uri_text, na.display_name, na.params), (text, None, ()))
+            self.assertEqual(na.serialize(), text)
+            self.assertEqual(na.uri.serialize(), text)
+        self.assertEqual(NameAddr.parse("sip:a@b ;tag=1").tag, "1")
+        for bad in ("sip:a@b?subject=x", "sip:a@b,sip:c@d", 'sip:a"b', "sip:a b"):
+            with self.assertRaises(ParseError):
+                NameAddr.parse(bad)
+
     def test_addr_spec_with_a_bracket_in_a_quoted_parameter(self) -> None:
         na = NameAddr.parse('sip:a@b;+sip.instance="<urn:uuid:1>";expires=5')
         self.assertEqual(na.uri_text, "sip:a@b")
