@@ -191,6 +191,38 @@ class Bench:
         return found
 
 
+class GcStats:
+    """Garbage collections seen through ``gc.callbacks``: count, time and longest per generation."""
+
+    def __init__(self) -> None:
+        self.started = 0.0
+        self.count = [0, 0, 0]
+        self.seconds = [0.0, 0.0, 0.0]
+        self.longest = [0.0, 0.0, 0.0]
+
+    def callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self.started = time.thread_time()
+            return
+        took = time.thread_time() - self.started
+        generation = info["generation"]
+        self.count[generation] += 1
+        self.seconds[generation] += took
+        self.longest[generation] = max(self.longest[generation], took)
+
+    def report(self, calls: int) -> None:
+        for generation in range(3):
+            if self.count[generation]:
+                print(
+                    f"gc generation {generation}: {self.count[generation]} collections, "
+                    f"{self.seconds[generation] * 1e3:.0f} ms in all "
+                    f"({self.seconds[generation] / calls * 1e6:.1f} µs per call), "
+                    f"longest {self.longest[generation] * 1e3:.1f} ms"
+                )
+        tracked = len(gc.get_objects())
+        print(f"tracked objects at the end: {tracked}, thresholds {gc.get_threshold()}")
+
+
 def one_call(bench: Bench, n: int) -> None:
     bench.receive(caller_request("INVITE", n, f"z9hG4bK-{n}-1", 1, None, SDP), CALLER, A_LISTENER)
     [b_invite] = [m for m in bench.take(CALLEE) if isinstance(m, Request)]
@@ -228,6 +260,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle-us", type=float, default=None, help="sleep before each datagram")
     parser.add_argument("--block", type=int, default=500, help="calls per block (--mode both)")
     parser.add_argument("--evict-mb", type=float, default=0.0, help="MiB written before each")
+    parser.add_argument(
+        "--gc-stats",
+        action="store_true",
+        help="report the garbage collections during the timed calls (count, time, longest)",
+    )
     args = parser.parse_args(argv)
     if args.mode != "normal" and args.idle_us is None:
         args.idle_us = 400.0
@@ -246,6 +283,9 @@ def main(argv: list[str] | None = None) -> int:
         profiler = cProfile.Profile()
     cpu = dict.fromkeys(modes, 0.0)
     done = dict.fromkeys(modes, 0)
+    collections = GcStats() if args.gc_stats else None
+    if collections is not None:
+        gc.callbacks.append(collections.callback)
     # Blocks of calls alternate between the modes, so drift in the machine's
     # speed while the run lasts falls on both figures alike.
     next_call = args.warmup
@@ -265,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
         bench.profiler = None
         cpu[cold] += bench.cpu
         done[cold] += count
+    if collections is not None:
+        gc.callbacks.remove(collections.callback)
     live = len(bench.service.core.calls.calls)
     for cold in modes:
         per_call_us = cpu[cold] / done[cold] * 1e6
@@ -280,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     if len(modes) == 2:
         print(f"cold / normal: {cpu[True] / done[True] / (cpu[False] / done[False]):.2f}x")
+    if collections is not None:
+        collections.report(sum(done.values()))
     if profiler is not None:
         import pstats
 

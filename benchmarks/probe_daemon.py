@@ -148,6 +148,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--code", default=None, help="another sbc checkout to probe (first on its PYTHONPATH)"
     )
+    parser.add_argument(
+        "--code-without-limits",
+        action="store_true",
+        help="the --code checkout predates source-rate-limit and overload control: "
+        "no limits block in its configuration",
+    )
     args = parser.parse_args(argv)
     sipp = shutil.which("sipp")
     strace = shutil.which("strace")
@@ -162,9 +168,12 @@ def main(argv: list[str]) -> int:
         _, uas_port = bc.start_uas(procs, bench, "probe")
         code = Path(args.code) if args.code else None
         # strace slows the daemon several times over: overload control would
-        # take that for overload and shed calls (a checkout without it has no
-        # such limit)
-        limits = () if code is not None else (*bc.SBC_LIMITS, "overload-lag-threshold 0")
+        # take that for overload and shed calls
+        limits = (
+            ()
+            if code is not None and args.code_without_limits
+            else (*bc.SBC_LIMITS, "overload-lag-threshold 0")
+        )
         target = bc.start_sbc_target(procs, bench, uas_port, "probe", args.log, code, limits)
         access_port, pid = target.port, target.process.pid
         seconds = args.warmup + 3 * args.window + 6

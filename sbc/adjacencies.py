@@ -185,7 +185,7 @@ class AdjacencyTable:
         return best
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)
 class InboundContext:
     """What the transport knows about one inbound message, handed to the SIP stack.
 

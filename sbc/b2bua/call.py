@@ -225,14 +225,7 @@ def copy_end_to_end(source: Request | Response, headers: Headers) -> bool:
     Returns True when one of them may name a dialog (:data:`DIALOG_REF_HEADERS`):
     the caller then maps it with :func:`rewrite_dialog_refs`.
     """
-    refs = False
-    for name, value in source.headers:
-        lower = name.lower()
-        if lower not in HOP_HEADERS:
-            headers.add(name, value)
-            if lower in DIALOG_REF_HEADERS:
-                refs = True
-    return refs
+    return not DIALOG_REF_HEADERS.isdisjoint(headers.copy_lines(source.headers, HOP_HEADERS))
 
 
 DialogMap = Callable[[str, str, str], "tuple[str, str, str] | None"]

@@ -33,6 +33,8 @@ argument.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import secrets
 from collections.abc import Callable
 from typing import Protocol
@@ -197,6 +199,11 @@ class RegistrationRelay:
         self._refresh_min = refresh_min
         self.tokens: dict[str, RelayedBinding] = {}
         self.sessions: dict[tuple[str, str], RelaySession] = {}
+        # (time, seq, binding or session) each time a phone expiry or a
+        # session's forget time is set; an entry whose object has moved on
+        # (refreshed, ended) is stale and dropped when it comes to the top
+        self._deadlines: list[tuple[float, int, RelayedBinding | RelaySession]] = []
+        self._deadline_seq = itertools.count()
         self.pending: dict[TransactionKey, PendingRegister] = {}
         self.store: RelayStore | None = None
         #: Called with the Request-URI, the record and the inbound adjacency of a request
@@ -308,6 +315,7 @@ class RegistrationRelay:
             )
             session.forget_at = now + SESSION_GRACE
             self.sessions[key] = session
+            self._due(session.forget_at, session)
         else:
             outbound = self._table().get(session.outbound)
             if outbound is None:
@@ -383,6 +391,7 @@ class RegistrationRelay:
             binding = bindings[canonical]
             granted = min(float(expires), binding.expires_at - now)
             binding.phone_expires_at = now + granted
+            self._due(binding.phone_expires_at, binding)
             if self.store is not None:
                 self.store.relayed_bound(binding, now)
             response.headers.add("Contact", _phone_contact(contact, int(granted)))
@@ -558,11 +567,13 @@ class RegistrationRelay:
                 session.bindings[canonical] = current
                 session.offered.pop(canonical, None)
                 self.tokens[token] = current
+                self._due(current.phone_expires_at, current)
                 _log_binding("registration.added", current, now)
             else:
                 current.flow = _pinned(pending.flow)
                 current.expires_at = now + seconds
                 current.phone_expires_at = now + phone_seconds
+                self._due(current.phone_expires_at, current)
                 _log_binding("registration.refreshed", current, now)
             if self.store is not None:
                 self.store.relayed_bound(current, now)
@@ -622,6 +633,9 @@ class RegistrationRelay:
 
     def expire(self, now: float) -> None:
         """End the bindings whose phone-facing expiry has come, and idle sessions."""
+        due = self.next_deadline()
+        if due is None or due > now:
+            return  # nothing is due (this runs whenever any timer of the SBC fires)
         for binding in [b for b in self.tokens.values() if b.phone_expires_at <= now]:
             self._end(binding, now, None)
         for session in list(self.sessions.values()):
@@ -629,10 +643,25 @@ class RegistrationRelay:
                 self._forget_session(session)
 
     def next_deadline(self) -> float | None:
-        """When :meth:`expire` next has work."""
-        times = [b.phone_expires_at for b in self.tokens.values()]
-        times += [s.forget_at for s in self.sessions.values() if s.forget_at is not None]
-        return min(times) if times else None
+        """When :meth:`expire` next has work.
+
+        The earliest phone expiry or session forget time, from a heap kept
+        as they are set (this runs after every message; a scan of every
+        binding would cost in proportion to the phones registered).
+        """
+        heap = self._deadlines
+        while heap:
+            at, _, item = heap[0]
+            if isinstance(item, RelayedBinding):
+                if self.tokens.get(item.token) is item and item.phone_expires_at == at:
+                    return at
+            elif self.sessions.get(item.key) is item and item.forget_at == at:
+                return at
+            heapq.heappop(heap)  # refreshed, ended or forgotten since
+        return None
+
+    def _due(self, at: float, item: RelayedBinding | RelaySession) -> None:
+        heapq.heappush(self._deadlines, (at, next(self._deadline_seq), item))
 
     def release_adjacency(self, name: str, now: float) -> None:
         """``no attach``: the bindings relayed to or from ``name`` end."""

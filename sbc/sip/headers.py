@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from typing import Any, Final, Protocol, cast
 
 from sbc.sip.errors import ParseError
@@ -213,6 +214,9 @@ _name_addr_fast_match = re.compile(
     r"<([A-Za-z][A-Za-z0-9+\-.]*+:[!#-;=?-~]*+)>" + _NA_TAIL,
     re.DOTALL,
 ).fullmatch
+# An addr-spec without parameters ("Contact: sip:alice@192.0.2.1:5060"): the
+# URI characters of _uri_text_match without ";", "?" and ",".
+_addr_spec_fast_match = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*+:[!#-+\--:=@-~]*+").fullmatch
 # The common Via form in one linear pass: SIP/2.0/transport host[:port][;params]
 _via_fast_match = re.compile(
     r"SIP/2\.0/([A-Za-z]++) ([A-Za-z0-9.\-]++|\[[0-9A-Fa-f:.]++\])(?::([0-9]{1,5}+))?+" + _VIA_TAIL,
@@ -1053,7 +1057,16 @@ def _parse_name_addr(s: str, what: str) -> NameAddr:
     """NameAddr.parse of a value already stripped of surrounding blanks."""
     m = _name_addr_fast_match(s)
     if m is None:
-        return NameAddr._parse_slow(s, what)
+        if _addr_spec_fast_match(s) is None:
+            return NameAddr._parse_slow(s, what)
+        na = _new_name_addr(NameAddr)
+        na._display_name = None
+        na._uri = None
+        na._uri_text = s
+        na._params = ()
+        na._raw = s
+        na._star = False
+        return na
     quoted, plain, uri_text, a, av, b, bv, after = m.groups()
     na = _new_name_addr(NameAddr)
     if quoted is not None:
@@ -1229,9 +1242,31 @@ class Headers:
         """Append a line (after every existing line)."""
         canon = _checked_name(name)
         text = _value_text(value)
+        if type(self._names) is not list:
+            self._thaw()
         self._names.append(canon)
         self._values.append(text)
         self._touch(canon)
+
+    def copy_lines(self, source: Headers, skip: AbstractSet[str]) -> list[str]:
+        """Append every line of ``source`` whose lower-case name is not in ``skip``.
+
+        The lines are taken as they are (a :class:`Headers` only holds valid
+        lines); returns the lower-case names of the lines appended.
+        """
+        if type(self._names) is not list:
+            self._thaw()
+        names = self._names
+        values = self._values
+        copied: list[str] = []
+        for name, value in zip(source._names, source._values, strict=True):
+            lower = name.lower()
+            if lower not in skip:
+                names.append(name)
+                values.append(value)
+                copied.append(lower)
+                self._touch(name)
+        return copied
 
     def prepend(self, name: str, value: HeaderValue) -> None:
         """Insert a line before the first line of that name (at the top if none).
@@ -1242,6 +1277,8 @@ class Headers:
         text = _value_text(value)
         found = self._indexes(canon)
         i = found[0] if found else 0
+        if type(self._names) is not list:
+            self._thaw()
         self._names.insert(i, canon)
         self._values.insert(i, text)
         self._touch(canon)
@@ -1251,6 +1288,8 @@ class Headers:
         canon = _checked_name(name)
         text = _value_text(value)
         found = self._indexes(canon)
+        if type(self._names) is not list:
+            self._thaw()
         if not found:
             self._names.append(canon)
             self._values.append(text)
@@ -1269,6 +1308,8 @@ class Headers:
             self._touch(canonical_name(name))
 
     def _drop(self, indexes: list[int]) -> None:
+        if type(self._names) is not list:
+            self._thaw()
         for i in reversed(indexes):
             del self._names[i]
             del self._values[i]
@@ -1282,8 +1323,21 @@ class Headers:
         return bool(self._indexes(name))
 
     def forget_parsed(self) -> None:
-        """Drop the cached typed values (they are parsed again on the next access)."""
+        """Drop the cached typed values (they are parsed again on the next access).
+
+        For a message kept only to be sent again (a transaction waiting for
+        retransmissions): the lines are also stored as tuples of strings,
+        which the garbage collector stops tracking (lists it always walks);
+        the next change turns them back into lists.
+        """
         self._cache = {}
+        self._names = tuple(self._names)  # type: ignore[assignment]
+        self._values = tuple(self._values)  # type: ignore[assignment]
+
+    def _thaw(self) -> None:
+        """Lists again after :meth:`forget_parsed`, before a change."""
+        self._names = list(self._names)
+        self._values = list(self._values)
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         return zip(self._names, self._values, strict=True)
@@ -1300,10 +1354,10 @@ class Headers:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Headers):
             return NotImplemented
-        if self._values != other._values:
+        if list(self._values) != list(other._values):
             return False
-        a = self._names
-        b = other._names
+        a = list(self._names)
+        b = list(other._names)
         return a == b or [n.lower() for n in a] == [n.lower() for n in b]
 
     __hash__ = None  # type: ignore[assignment]

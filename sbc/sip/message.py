@@ -194,10 +194,15 @@ def _parse_call_id(value: str) -> str:
 
 
 def _elements(h: Headers, canon: str) -> list[str]:
+    names = h._names
+    if canon not in names:
+        return []
     out = []
-    for i, n in enumerate(h._names):
+    values = h._values
+    for i, n in enumerate(names):
         if n == canon:
-            for part in _split(h._values[i], ","):
+            value = values[i]
+            for part in _split(value, ",") if "," in value else (value,):
                 part = part.strip(" \t")
                 if not part:
                     raise ParseError(f"Malformed {canon} header (empty element)")

@@ -439,7 +439,7 @@ def transition(machine: Machine, state: TransactionState | None, event: Event) -
 # ---------------------------------------------------------------------------
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)
 class TransactionKey:
     """What identifies a transaction (§17.1.3, §17.2.3).
 
@@ -603,11 +603,21 @@ class Transaction:
     transaction), ``created_at``.
     """
 
+    # Timers: a transaction runs at most one retransmission timer (A, E, G:
+    # the ``_rt*`` slots) and one other (B, D, F, H-M: ``_to*``) at a time
+    # (STATE_TIMERS). Plain slots instead of dicts: a lingering transaction
+    # holds no container the garbage collector has to walk.
     __slots__ = (
-        "_armed",
-        "_intervals",
         "_live",
+        "_rt",
+        "_rt_at",
+        "_rt_interval",
+        "_rt_seq",
         "_sent",
+        "_to",
+        "_to_at",
+        "_to_interval",
+        "_to_seq",
         "created_at",
         "key",
         "last_response",
@@ -635,8 +645,14 @@ class Transaction:
         self.created_at = now
         self.state = TransactionState.TERMINATED  # until the creation row runs
         self.last_response: Response | None = None
-        self._armed: dict[Timer, tuple[float, int]] = {}
-        self._intervals: dict[Timer, float] = {}
+        self._rt: Timer | None = None
+        self._rt_seq: int | None = None
+        self._rt_at = 0.0
+        self._rt_interval = 0.0
+        self._to: Timer | None = None
+        self._to_seq: int | None = None
+        self._to_at = 0.0
+        self._to_interval = 0.0
         self._live = False
         self._sent = False
 
@@ -653,7 +669,12 @@ class Transaction:
     @property
     def timers(self) -> dict[Timer, float]:
         """The running timers and the absolute time (``_at``) each fires at."""
-        return {t: at for t, (at, _) in self._armed.items()}
+        running: dict[Timer, float] = {}
+        if self._rt is not None:
+            running[self._rt] = self._rt_at
+        if self._to is not None:
+            running[self._to] = self._to_at
+        return running
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.key} {self.state.name}>"
@@ -829,7 +850,12 @@ class TransactionLayer:
         self._server: dict[TransactionKey, ServerTransaction] = {}
         # RFC 2543 server transactions by (Call-ID, CSeq number)
         self._legacy: dict[tuple[str, int], list[ServerTransaction]] = {}
-        self._heap: list[tuple[float, bool, int, AnyTransaction, Timer]] = []
+        # (at, is a retransmission timer, seq): plain numbers, which the
+        # garbage collector stops tracking; ``_due`` maps the seq of every
+        # running timer to its transaction (a stopped timer's entry stays in
+        # the heap until its time and is skipped).
+        self._heap: list[tuple[float, bool, int]] = []
+        self._due: dict[int, AnyTransaction] = {}
         self._seq = itertools.count()
 
     # -- the table ----------------------------------------------------------
@@ -1066,10 +1092,11 @@ class TransactionLayer:
     def next_deadline(self) -> float | None:
         """When :meth:`advance` must next be called (absolute ``_at`` time), or None."""
         heap = self._heap
+        due = self._due
         while heap:
-            at, _, seq, txn, timer = heap[0]
-            if txn._armed.get(timer) == (at, seq):
-                return at
+            entry = heap[0]
+            if entry[2] in due:
+                return entry[0]
             heapq.heappop(heap)
         return None
 
@@ -1077,11 +1104,13 @@ class TransactionLayer:
         """Fire every timer due at *now*, earliest first; return the outputs."""
         out: list[Output] = []
         heap = self._heap
+        due = self._due
         while heap and heap[0][0] <= now:
-            at, _, seq, txn, timer = heapq.heappop(heap)
-            if txn._armed.get(timer) != (at, seq):
+            seq = heapq.heappop(heap)[2]
+            txn = due.pop(seq, None)
+            if txn is None:
                 continue  # stopped or restarted since
-            out += self._fire(txn, timer, now)
+            out += self._fire(txn, seq, now)
         return out
 
     # -- the machine --------------------------------------------------------
@@ -1099,8 +1128,15 @@ class TransactionLayer:
         tr = transition(txn.machine, txn.state, event)
         return self._apply(txn, tr, event, now, message)
 
-    def _fire(self, txn: AnyTransaction, timer: Timer, now: float) -> list[Output]:
-        del txn._armed[timer]
+    def _fire(self, txn: AnyTransaction, seq: int, now: float) -> list[Output]:
+        """Run the timer ``seq`` of ``txn`` (already taken out of ``_due``)."""
+        if txn._rt_seq == seq:
+            timer = txn._rt
+            txn._rt = txn._rt_seq = None
+        else:
+            timer = txn._to
+            txn._to = txn._to_seq = None
+        assert timer is not None
         return self._handle(txn, _TIMER_EVENT[timer], now, None)
 
     def _apply(
@@ -1129,13 +1165,20 @@ class TransactionLayer:
             if txn.last_response is not None:
                 txn.last_response.headers.forget_parsed()
         live = STATE_TIMERS[txn.machine][state]
-        armed = txn._armed
-        for timer in [t for t in armed if t not in live]:
-            del armed[timer]
-        # a wait of 0 (Timer D, I, J or K on a reliable transport) ends now
-        for timer in [t for t in armed if txn._intervals[t] <= 0]:
-            if txn._live and timer in armed:
-                out += self._fire(txn, timer, now)
+        due = self._due
+        seq = txn._rt_seq
+        if seq is not None and txn._rt not in live:
+            del due[seq]
+            txn._rt = txn._rt_seq = None
+        seq = txn._to_seq
+        if seq is not None:
+            if txn._to not in live:
+                del due[seq]
+                txn._to = txn._to_seq = None
+            elif txn._to_interval <= 0 and txn._live:
+                # a wait of 0 (Timer D, I, J or K on a reliable transport) ends now
+                del due[seq]
+                out += self._fire(txn, seq, now)
         return out
 
     def _do(
@@ -1188,7 +1231,7 @@ class TransactionLayer:
             self._arm(txn, timer, now, settings.initial(timer, txn.reliable))
         elif action in _RESET:
             timer = _RESET[action]
-            self._arm(txn, timer, now, settings.doubled(timer, txn._intervals[timer]))
+            self._arm(txn, timer, now, settings.doubled(timer, txn._rt_interval))
         elif action is Action.RESET_E_T2:
             self._arm(txn, Timer.E, now, settings.t2)
         else:  # pragma: no cover - every action is handled above
@@ -1196,18 +1239,38 @@ class TransactionLayer:
 
     def _arm(self, txn: AnyTransaction, timer: Timer, now: float, interval: float) -> None:
         at = now + interval
-        granularity = self.settings.linger_granularity
-        if granularity and interval > 0 and timer in LINGER_TIMERS:
-            at = math.ceil(at / granularity) * granularity
         seq = next(self._seq)
-        txn._intervals[timer] = interval
-        txn._armed[timer] = (at, seq)
-        # at the same instant, timeouts fire before retransmissions
-        heapq.heappush(self._heap, (at, timer in RETRANSMIT_TIMERS, seq, txn, timer))
+        due = self._due
+        if timer in RETRANSMIT_TIMERS:
+            if txn._rt_seq is not None:
+                due.pop(txn._rt_seq, None)
+            txn._rt = timer
+            txn._rt_seq = seq
+            txn._rt_at = at
+            txn._rt_interval = interval
+            # at the same instant, timeouts fire before retransmissions
+            heapq.heappush(self._heap, (at, True, seq))
+        else:
+            granularity = self.settings.linger_granularity
+            if granularity and interval > 0 and timer in LINGER_TIMERS:
+                at = math.ceil(at / granularity) * granularity
+            if txn._to_seq is not None:
+                due.pop(txn._to_seq, None)
+            txn._to = timer
+            txn._to_seq = seq
+            txn._to_at = at
+            txn._to_interval = interval
+            heapq.heappush(self._heap, (at, False, seq))
+        due[seq] = txn
 
     def _remove(self, txn: AnyTransaction) -> None:
         txn._live = False
-        txn._armed.clear()
+        due = self._due
+        if txn._rt_seq is not None:
+            due.pop(txn._rt_seq, None)
+        if txn._to_seq is not None:
+            due.pop(txn._to_seq, None)
+        txn._rt = txn._rt_seq = txn._to = txn._to_seq = None
         if isinstance(txn, ClientTransaction):
             self._client.pop(txn.key, None)
             return

@@ -21,6 +21,7 @@ order, a datagram:
 
 from __future__ import annotations
 
+from errno import ECONNREFUSED
 from typing import Any, Protocol
 
 from twisted.internet.protocol import DatagramProtocol
@@ -65,6 +66,11 @@ def _text(address: tuple[str, int]) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+#: Destination addresses a listener remembers as accepted by its port's
+#: ``write`` (then sent with ``sendto`` directly); cleared when full.
+MAX_CHECKED_DESTINATIONS = 4096
+
+
 class UdpListener(DatagramProtocol):
     """The protocol of one UDP socket; see the module docstring.
 
@@ -88,6 +94,8 @@ class UdpListener(DatagramProtocol):
         self.listener = listener
         self.local = local if local is not None else (listener.address, listener.port)
         self.advertised: tuple[str, int] | None = None
+        # destination hosts Twisted's Port.write has accepted on this socket
+        self._checked: set[str] = set()
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         source = (str(addr[0]), int(addr[1]))
@@ -142,11 +150,31 @@ class UdpListener(DatagramProtocol):
         )
 
     def send(self, data: bytes, remote: tuple[str, int]) -> bool:
-        """Write one datagram to ``remote``; False when the socket is closed or refuses it."""
-        if self.transport is None:
+        """Write one datagram to ``remote``; False when the socket is closed or refuses it.
+
+        The first datagram to a host goes through Twisted's ``Port.write``,
+        which checks that the host is an IP address of the socket's family;
+        once it has accepted a host, later datagrams to it go to the socket's
+        ``sendto`` directly (the same system call without the checks, with
+        the same outcomes: an ICMP-refused destination still counts as sent).
+        """
+        transport = self.transport
+        if transport is None:
             return False
+        sock = getattr(transport, "socket", None)
+        if sock is not None and remote[0] in self._checked:
+            try:
+                sock.sendto(data, remote)
+            except OSError as error:
+                return error.errno == ECONNREFUSED
+            return True
         try:
-            self.transport.write(data, remote)
+            transport.write(data, remote)
         except Exception:
             return False
+        if sock is not None:
+            checked = self._checked
+            if len(checked) >= MAX_CHECKED_DESTINATIONS:
+                checked.clear()
+            checked.add(remote[0])
         return True

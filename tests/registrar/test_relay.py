@@ -281,6 +281,22 @@ class RelayTests(SynchronousTestCase):
         other.tick(301.0)
         self.assertEqual(other.core.relay.bindings(), [])
 
+    def test_a_refresh_moves_the_deadline(self) -> None:
+        net = RelayNet()
+        net.registered(expires=300)
+        self.assertEqual(net.core.next_deadline(), 300.0)
+        net.now = 100.0
+        _, relayed = net.one(net.feed(register(3), PHONE, PHONES), "REGISTER")
+        ok = response_to(relayed, 200)
+        ok.headers.add("Contact", f"<{relayed.contacts[0].uri.serialize()}>;expires=300")
+        net.one(net.feed(ok, CORE_FLOW, CORE), "200")
+        self.assertEqual(net.core.next_deadline(), 400.0)
+        net.tick(399.0)
+        self.assertEqual(len(net.core.relay.bindings()), 1)
+        net.tick(401.0)
+        self.assertEqual(net.core.relay.bindings(), [])
+        self.assertIsNone(net.core.next_deadline())
+
     def test_registrar_timeout_gives_the_phone_408(self) -> None:
         self.net.one(self.net.feed(register(), PHONE, PHONES), "REGISTER")
         sent = self.net.tick(40.0)

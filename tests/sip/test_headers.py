@@ -16,6 +16,7 @@ from sbc.sip.headers import (
     parse_uint,
     split_list,
 )
+from sbc.sip.message import parse_message
 
 COMPACT = {
     "a": "Accept-Contact",
@@ -74,6 +75,34 @@ class HeadersTests(SynchronousTestCase):
                 ("x-custom", "two"),
             ]
         )
+
+    def test_copy_lines_appends_all_but_the_skipped_names(self) -> None:
+        target = Headers([("From", "<sip:b@example.com>;tag=9")])
+        copied = target.copy_lines(self.sample(), frozenset({"via"}))
+        self.assertEqual(copied, ["from", "x-custom", "x-custom"])
+        self.assertEqual(
+            list(target),
+            [
+                ("From", "<sip:b@example.com>;tag=9"),
+                ("From", "<sip:alice@example.com>;tag=1"),
+                ("X-Custom", "one"),
+                ("x-custom", "two"),
+            ],
+        )
+        self.assertEqual(target.get_all("from")[1], "<sip:alice@example.com>;tag=1")
+
+    def test_copy_lines_into_kept_lines_and_drops_cached_values(self) -> None:
+        message = parse_message(
+            b"BYE sip:b@example.com SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n"
+            b"From: <sip:a@example.com>;tag=1\r\nTo: <sip:b@example.com>;tag=2\r\n"
+            b"Call-ID: c\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+        )
+        headers = message.headers
+        self.assertEqual(len(message.vias), 1)
+        headers.forget_parsed()  # lines kept as tuples
+        headers.copy_lines(Headers([("Via", "SIP/2.0/UDP g;branch=z9hG4bK2")]), frozenset())
+        self.assertEqual([v.host for v in message.vias], ["h", "g"])
+        self.assertIn(b"Via: SIP/2.0/UDP g;branch=z9hG4bK2\r\n", message.serialize())
 
     def test_names_are_canonical_and_match_in_any_spelling(self) -> None:
         h = self.sample()
@@ -368,6 +397,17 @@ class NameAddrTests(SynchronousTestCase):
         self.assertEqual(na.param("user"), "phone")
         self.assertEqual(na.tag, "9")
         self.assertIsNone(na.display_name)
+
+    def test_addr_spec_without_parameters(self) -> None:
+        for text in ("sip:sipp@127.0.0.2:6100", "tel:+1-972-555-2222", "sips:[2001:db8::1]:5061"):
+            na = NameAddr.parse(text)
+            self.assertEqual((na.uri_text, na.display_name, na.params), (text, None, ()))
+            self.assertEqual(na.serialize(), text)
+            self.assertEqual(na.uri.serialize(), text)
+        self.assertEqual(NameAddr.parse("sip:a@b ;tag=1").tag, "1")
+        for bad in ("sip:a@b?subject=x", "sip:a@b,sip:c@d", 'sip:a"b', "sip:a b"):
+            with self.assertRaises(ParseError):
+                NameAddr.parse(bad)
 
     def test_addr_spec_with_a_bracket_in_a_quoted_parameter(self) -> None:
         na = NameAddr.parse('sip:a@b;+sip.instance="<urn:uuid:1>";expires=5')

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import errno
+
+from twisted.internet.error import InvalidAddressError
 from twisted.internet.testing import FakeDatagramTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from sbc.adjacencies import ListenerKey
 from sbc.config import Limits
-from sbc.transport.udp import UdpListener
+from sbc.transport.udp import MAX_CHECKED_DESTINATIONS, UdpListener
 from tests.transport.fakes import OPTIONS, FakeHost, Reactor, request_with_body
 
 LISTENER = ListenerKey("127.0.0.1", 5060, "UDP")
@@ -97,3 +100,73 @@ class UdpListenerTests(SynchronousTestCase):
 
         self.wire.write = refuse  # type: ignore[method-assign]
         self.assertFalse(self.protocol.send(b"hello", SOURCE))
+
+
+class _Socket:
+    """The socket of a :class:`_Port`: records ``sendto``, or raises ``error``."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, tuple[str, int]]] = []
+        self.error: OSError | None = None
+
+    def sendto(self, data: bytes, address: tuple[str, int]) -> int:
+        if self.error is not None:
+            raise self.error
+        self.sent.append((data, address))
+        return len(data)
+
+
+class _Port(FakeDatagramTransport):
+    """A datagram transport with a socket, whose ``write`` refuses host names as Port's does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.socket = _Socket()
+
+    def write(self, packet: bytes, addr: object = None) -> None:
+        assert isinstance(addr, tuple)
+        if not addr[0][:1].isdigit():
+            raise InvalidAddressError(addr[0], "write() only accepts IP addresses")
+        super().write(packet, addr)
+
+
+class UdpSendTests(SynchronousTestCase):
+    """Sending: Port.write for a new destination host, the socket's sendto once it was accepted."""
+
+    def setUp(self) -> None:
+        self.host = FakeHost(Reactor(), Limits())
+        self.protocol = UdpListener(self.host, LISTENER)
+        self.port = _Port()
+        self.protocol.makeConnection(self.port)  # type: ignore[arg-type]
+
+    def test_first_datagram_through_write_then_sendto(self) -> None:
+        self.assertTrue(self.protocol.send(b"one", SOURCE))
+        self.assertTrue(self.protocol.send(b"two", SOURCE))
+        self.assertTrue(self.protocol.send(b"three", ("10.0.0.5", 5070)))
+        self.assertEqual(self.port.written, [(b"one", SOURCE)])
+        self.assertEqual(self.port.socket.sent, [(b"two", SOURCE), (b"three", ("10.0.0.5", 5070))])
+
+    def test_refused_host_is_never_sent_directly(self) -> None:
+        self.assertFalse(self.protocol.send(b"one", ("sbc.test", 5060)))
+        self.assertFalse(self.protocol.send(b"two", ("sbc.test", 5060)))
+        self.assertEqual(self.port.written, [])
+        self.assertEqual(self.port.socket.sent, [])
+
+    def test_socket_errors_as_port_write(self) -> None:
+        self.protocol.send(b"one", SOURCE)
+        self.port.socket.error = OSError(errno.ECONNREFUSED, "refused")
+        self.assertTrue(self.protocol.send(b"two", SOURCE))  # Port.write ignores it too
+        self.port.socket.error = OSError(errno.EMSGSIZE, "too long")
+        self.assertFalse(self.protocol.send(b"three", SOURCE))
+        self.port.socket.error = OSError(errno.EAGAIN, "full")
+        self.assertFalse(self.protocol.send(b"four", SOURCE))
+
+    def test_remembered_hosts_are_bounded(self) -> None:
+        for n in range(MAX_CHECKED_DESTINATIONS + 1):
+            self.protocol.send(b"x", (f"10.1.{n // 256}.{n % 256}", 5060))
+        self.assertEqual(len(self.port.written), MAX_CHECKED_DESTINATIONS + 1)
+        # the table was emptied when full: the first host goes through write again
+        self.protocol.send(b"again", ("10.1.0.0", 5060))
+        self.assertEqual(self.port.written[-1], (b"again", ("10.1.0.0", 5060)))
+        self.protocol.send(b"last", (f"10.1.{MAX_CHECKED_DESTINATIONS // 256}.0", 5060))
+        self.assertEqual(self.port.socket.sent[-1][0], b"last")

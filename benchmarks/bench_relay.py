@@ -1,0 +1,62 @@
+"""The REGISTER relay's per-message bookkeeping with many relayed phones.
+
+Run from the repository root::
+
+    .venv/bin/python benchmarks/bench_relay.py [--phones 10000] [--code DIR]
+
+Registers ``--phones`` phones through the relay of an in-memory SBC (the
+set-up of ``tests/registrar/test_relay.py``: each phone its own Call-ID and
+Contact, the registrar answering 200 with ``expires=600``), then times what
+the runtime does after every message and on every timer: the core's
+``next_deadline()`` and an ``advance()`` with nothing due. Before the relay
+kept its deadlines in a heap, both walked every relayed binding and
+session. ``--code DIR`` times another checkout (put first on the path).
+This is a benchmark, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--phones", type=int, default=10_000)
+    parser.add_argument("--repeat", type=int, default=2000)
+    parser.add_argument("--code", default=None, help="another sbc checkout to time")
+    args = parser.parse_args(argv)
+    if args.code:
+        sys.path.insert(0, args.code)
+    from sbc.sip.message import Request, response_to
+    from tests.registrar.test_relay import CORE, CORE_FLOW, PHONE, PHONES, RelayNet, register
+
+    net = RelayNet()
+    for i in range(args.phones):
+        phone = register(
+            1, expires=600, contact=f"<sip:p{i}@10.1.1.1:5061;transport=tls>", call_id=f"c{i}"
+        )
+        [relayed] = [m for _, m in net.feed(phone, PHONE, PHONES) if isinstance(m, Request)]
+        ok = response_to(relayed, 200)
+        ok.headers.add("Contact", f"<{relayed.contacts[0].uri.serialize()}>;expires=600")
+        net.feed(ok, CORE_FLOW, CORE)
+    print(f"relayed bindings: {len(net.core.relay.bindings())}")
+    started = time.process_time()
+    net.core.next_deadline()
+    print(f"first core.next_deadline: {(time.process_time() - started) * 1e3:.2f} ms")
+    started = time.process_time()
+    for _ in range(args.repeat):
+        net.core.next_deadline()
+    per = (time.process_time() - started) / args.repeat * 1e6
+    print(f"core.next_deadline (after every message): {per:.1f} µs")
+    started = time.process_time()
+    for _ in range(args.repeat):
+        net.core.advance(net.now)
+    per = (time.process_time() - started) / args.repeat * 1e6
+    print(f"core.advance with nothing due (every timer): {per:.1f} µs")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
