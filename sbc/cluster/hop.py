@@ -161,12 +161,27 @@ def not_reached(error: SipError) -> SipError:
     )
 
 
-def encode_heartbeat(calls: Mapping[str, int], cluster: ClusterAddress | None) -> str:
-    """A node's heartbeat value: its active calls per adjacency and its cluster address."""
+def encode_heartbeat(
+    calls: Mapping[str, int], cluster: ClusterAddress | None, instance: str = ""
+) -> str:
+    """A node's heartbeat value: its active calls per adjacency, its cluster address and
+    the ``instance`` that wrote it (one per process start: a second process using the
+    same node name is seen by the id that is not its own)."""
     value: dict[str, Any] = {"calls": dict(calls)}
+    if instance:
+        value["instance"] = instance
     if cluster is not None:
         value["cluster"] = [cluster.address, cluster.port]
     return json.dumps(value, separators=(",", ":"))
+
+
+def heartbeat_instance(text: str) -> str:
+    """The ``instance`` that wrote a heartbeat value ("" when unreadable or not given)."""
+    try:
+        value = json.loads(text)
+        return str(value.get("instance", "")) if isinstance(value, dict) else ""
+    except ValueError:
+        return ""
 
 
 def decode_heartbeat(text: str) -> tuple[dict[str, int], ClusterAddress | None]:

@@ -79,12 +79,16 @@ class MemoryStore:
         return rows
 
     def heartbeat(self, holder: str, counts: str, ttl_ms: int) -> dict[str, str]:
-        """Keep ``holder``'s call counts for ``ttl_ms``; every live holder's counts."""
+        """Keep ``holder``'s call counts for ``ttl_ms``; every live holder's counts, and
+        under ``""`` what ``holder``'s heartbeat was before ("" if none)."""
         now = self.clock()
+        before = self.heartbeats.get(holder)
         self.heartbeats[holder] = (counts, now + ttl_ms / 1000.0)
         for name in [n for n, (_, at) in self.heartbeats.items() if at <= now]:
             del self.heartbeats[name]
-        return {name: text for name, (text, _) in self.heartbeats.items()}
+        live = {name: text for name, (text, _) in self.heartbeats.items()}
+        live[""] = before[0] if before is not None and before[1] > now else ""
+        return live
 
     def forget(self, holder: str) -> str | None:
         """Remove everything ``holder`` holds (a worker that died); the message, or None.

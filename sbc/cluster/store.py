@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import heapq
 import json
+import secrets
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -64,7 +65,12 @@ from sbc.cluster.codec import (
     record_holder,
     relay_key,
 )
-from sbc.cluster.hop import ClusterAddress, decode_heartbeat, encode_heartbeat
+from sbc.cluster.hop import (
+    ClusterAddress,
+    decode_heartbeat,
+    encode_heartbeat,
+    heartbeat_instance,
+)
 from sbc.errors import SipError
 from sbc.interfaces import ILocationService
 from sbc.registrar.bindings import Binding, LocationService
@@ -134,7 +140,8 @@ class StoreClient(Protocol):
         ...
 
     def heartbeat(self, node: str, counts: str, ttl_ms: int) -> Deferred[dict[str, str]]:
-        """Write this node's counts (``ttl_ms``); fire with every live node's counts."""
+        """Write this node's counts (``ttl_ms``); fire with every live node's counts, and
+        under the name ``""`` with what this node's heartbeat held before ("" if none)."""
         ...
 
 
@@ -142,6 +149,10 @@ class StoreState:
     """The connection states (plain strings, for logs and ``show``)."""
 
     DOWN = "down"
+    #: connected; checking that no other live process uses this node name
+    CLAIMING = "claiming"
+    #: connected, but another live process writes this node name's heartbeat
+    CONFLICT = "conflict"
     SYNCING = "syncing"
     UP = "up"
 
@@ -394,22 +405,57 @@ class SharedStore:
         self._refusals = RefusalLimiter()
         #: when the store went away (None while it is up, or before it was ever up)
         self.lost_since: float | None = None
+        #: this process start's id in its heartbeats (another id under the same
+        #: name is another process using this node's name)
+        self.instance = secrets.token_hex(8)
+        self._conflicts = 0
 
     @property
     def available(self) -> bool:
         """True when connected: new bindings are accepted.
 
         While the view is being rebuilt (syncing) changes are kept here only;
-        the end of the rebuild writes every binding this node holds.
+        the end of the rebuild writes every binding this node holds. Not while
+        another live process uses this node's name (conflict).
         """
-        return self.state != StoreState.DOWN
+        return self.state not in (StoreState.DOWN, StoreState.CONFLICT)
 
     # -- connection events (from the client) -------------------------------------------
 
     def connected(self) -> Deferred[None]:
-        """Both connections are up and subscribed: rebuild the view, then write ours again."""
+        """Both connections are up and subscribed: claim the node name, rebuild the view,
+        then write ours again.
+
+        The claim is a heartbeat that also tells what the name's heartbeat held
+        before: written by another process start (another ``instance``), the name
+        is in use by a live node (a second node with the same ``node`` line), or
+        was this node's own before a restart. Either way nothing is read or
+        removed yet: the node retries at each heartbeat (state conflict,
+        REGISTERs 503) until its own heartbeat is the one it finds, so a node
+        started with a name already in use never removes the other's records.
+        """
         client = self.client
         assert client is not None, "set SharedStore.client first"
+        self.state = StoreState.CLAIMING
+        self._waiting = []
+        self._pending = {}
+        return self._claim(client)
+
+    def _claim(self, client: StoreClient) -> Deferred[None]:
+        counts = encode_heartbeat(self.call_counts(), self.advertise(), self.instance)
+        heard = client.heartbeat(self.holder, counts, int(HEARTBEAT_TTL * 1000))
+        return heard.addCallbacks(self._claimed, self._load_failed)
+
+    def _claimed(self, nodes: dict[str, str]) -> Deferred[None] | None:
+        if self.state not in (StoreState.CLAIMING, StoreState.CONFLICT):
+            return None
+        if self._foreign(nodes):
+            self.state = StoreState.CONFLICT
+            self._waiting = None  # nothing is kept until the name is ours
+            return None
+        client = self.client
+        assert client is not None
+        self._conflicts = 0
         self.state = StoreState.SYNCING
         self._waiting = []
         self._pending = {}
@@ -498,7 +544,7 @@ class SharedStore:
         )
 
     def _load_failed(self, failure: Failure) -> None:
-        if self.state == StoreState.SYNCING:
+        if self.state in (StoreState.CLAIMING, StoreState.CONFLICT, StoreState.SYNCING):
             self.lost(f"cannot read the bindings: {failure.getErrorMessage()}")
 
     # -- messages -----------------------------------------------------------------------
@@ -633,14 +679,40 @@ class SharedStore:
         for token in [t for t, r in self.remote_relayed.items() if r.phone_expires_at <= now]:
             del self.remote_relayed[token]
         client = self.client
+        if self.state == StoreState.CONFLICT and client is not None:
+            return self._claim(client)
         if self.state != StoreState.UP or client is None:
             self.remote_calls = {}
             return succeed(None)
-        counts = encode_heartbeat(self.call_counts(), self.advertise())
+        counts = encode_heartbeat(self.call_counts(), self.advertise(), self.instance)
         heard = client.heartbeat(self.holder, counts, int(HEARTBEAT_TTL * 1000))
         return heard.addCallbacks(self._heard, self._heartbeat_failed)
 
+    def _foreign(self, nodes: dict[str, str]) -> bool:
+        """True (and logged, capped) when this name's heartbeat was another process's."""
+        before = nodes.pop("", "")
+        writer = heartbeat_instance(before) if before else ""
+        if not writer or writer == self.instance:
+            return False
+        self._conflicts += 1
+        if self._conflicts % 30 == 1:  # the first time, then once a minute
+            _log.error(
+                "store: another process wrote the heartbeat of node {node}: another SBC "
+                "is running with the same node name (give each node its own `node` line), "
+                "or this node restarted less than {ttl:.0f} s ago; {action}",
+                event="store.duplicate-node",
+                node=self.holder,
+                ttl=HEARTBEAT_TTL,
+                action=(
+                    "this node keeps serving"
+                    if self.state == StoreState.UP
+                    else "this node does not use the store (REGISTERs 503) until the name is free"
+                ),
+            )
+        return True
+
     def _heard(self, nodes: dict[str, str]) -> None:
+        self._foreign(nodes)
         totals: dict[str, int] = {}
         peers: dict[str, ClusterAddress] = {}
         for node, text in nodes.items():

@@ -106,9 +106,10 @@ return out
 
 #: ARGV: node key prefix, node, counts, TTL-MS, nodes set. Returns node, counts pairs.
 HEARTBEAT_SCRIPT = """
+local before = redis.call('GET', ARGV[1] .. ARGV[2])
 redis.call('SET', ARGV[1] .. ARGV[2], ARGV[3], 'PX', ARGV[4])
 redis.call('SADD', ARGV[5], ARGV[2])
-local out = {}
+local out = {'', before or ''}
 for _, node in ipairs(redis.call('SMEMBERS', ARGV[5])) do
   local counts = redis.call('GET', ARGV[1] .. node)
   if counts then

@@ -16,10 +16,10 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from sbc.cluster import SharedStore
+from sbc.cluster import SharedStore, StoreState
 from sbc.cluster.codec import holder_name, record_holder
 from sbc.cluster.memory import MemoryStore
-from sbc.cluster.store import Delete, Drop, Op, Put
+from sbc.cluster.store import HEARTBEAT_INTERVAL, Delete, Drop, Op, Put
 from sbc.registrar import Binding, Registrar
 from sbc.sip.stack import Flow
 from tests.registrar.test_registrar import register
@@ -114,6 +114,13 @@ class HolderTests(SynchronousTestCase):
         # worker 1 dies (no clean stop); a new process takes its place and connects
         self.hub.stores.remove(self.one.store)
         again = Worker(1, self.hub, self.clock)
+        # the dead one's heartbeat is still live: the new process waits one heartbeat
+        # before it reads or removes anything (it might be another live process)
+        self.assertEqual(again.store.state, StoreState.CONFLICT)
+        self.assertEqual(len(self.hub.memory.load()), 2)
+        self.clock.advance(HEARTBEAT_INTERVAL)
+        again.store.tick()
+        self.assertEqual(again.store.state, StoreState.UP)
         [left] = self.hub.memory.load()
         self.assertEqual(record_holder(left[1]), "edge/2")
         [seen] = again.lookup()
@@ -161,13 +168,15 @@ class MemoryStoreTests(SynchronousTestCase):
         self.assertEqual(self.memory.load(), [])
 
     def test_heartbeats_expire(self) -> None:
-        self.assertEqual(self.memory.heartbeat("n/1", "{}", 6000), {"n/1": "{}"})
+        """Every live holder's heartbeat, and under "" the caller's own before this one."""
+        self.assertEqual(self.memory.heartbeat("n/1", "{}", 6000), {"n/1": "{}", "": ""})
         self.clock.advance(5)
         self.assertEqual(
-            self.memory.heartbeat("n/2", '{"a":1}', 6000), {"n/1": "{}", "n/2": '{"a":1}'}
+            self.memory.heartbeat("n/2", '{"a":1}', 6000),
+            {"n/1": "{}", "n/2": '{"a":1}', "": ""},
         )
         self.clock.advance(2)
-        self.assertEqual(self.memory.heartbeat("n/2", "{}", 6000), {"n/2": "{}"})
+        self.assertEqual(self.memory.heartbeat("n/2", "{}", 6000), {"n/2": "{}", "": '{"a":1}'})
 
     def test_forget_removes_everything_a_dead_worker_held(self) -> None:
         self.memory.apply(

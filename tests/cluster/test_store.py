@@ -15,13 +15,14 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from sbc.adjacencies import AdjacencyTable
 from sbc.cluster import SharedStore, StoreState, StoreUnavailableError
-from sbc.cluster.codec import NODE_PREFIX, binding_key, decode_record, record_holder, relay_key
-from sbc.cluster.store import Delete, Drop, Op, Put
+from sbc.cluster.codec import binding_key, decode_record, record_holder, relay_key
+from sbc.cluster.store import HEARTBEAT_INTERVAL, Delete, Drop, Op, Put
 from sbc.core import SbcCore
 from sbc.counters import Counters
 from sbc.interfaces import ILocationService
@@ -46,6 +47,8 @@ class FakeRedis:
         self.channel: list[str] = []
         self.subscribers: list[SharedStore] = []
         self.writes = 0
+        #: node -> (heartbeat value, expiry), kept apart from the binding keys
+        self.heartbeats: dict[str, tuple[str, float]] = {}
 
     def live(self) -> dict[str, str]:
         now = self.clock.seconds()
@@ -117,11 +120,12 @@ class FakeClient:
         if not self.redis.up:
             return fail(ConnectionError("down"))
         now = self.redis.clock.seconds()
-        self.redis.data[NODE_PREFIX + node] = (counts, now + ttl_ms / 1000)
-        live = self.redis.live()
-        return succeed(
-            {k[len(NODE_PREFIX) :]: v for k, v in live.items() if k.startswith(NODE_PREFIX)}
-        )
+        beats = self.redis.heartbeats
+        live = {name: text for name, (text, at) in beats.items() if at > now}
+        before = live.get(node, "")
+        beats[node] = (counts, now + ttl_ms / 1000)
+        live[node] = counts
+        return succeed({**live, "": before})
 
     def connect(self) -> None:
         """Subscribe, then tell the store (what the real client does)."""
@@ -308,9 +312,48 @@ class SharedRegistrationTests(SynchronousTestCase):
         self.a.register(expires=600)
         self.redis.deliver()
         again = Node("A", self.redis, self.clock)
+        # A's heartbeat from before the restart is still live: wait one heartbeat
+        self.assertEqual(again.store.state, StoreState.CONFLICT)
+        self.clock.advance(HEARTBEAT_INTERVAL)
+        again.store.tick()
         self.redis.deliver()
         self.assertEqual(self.redis.live(), {})
         self.assertEqual((again.lookup(), self.b.lookup()), ([], []))
+
+    def test_a_second_node_with_the_same_name_removes_nothing(self) -> None:
+        """Two live processes with one node name (a copied config): the one that came
+        second never reads, removes or writes the store, its REGISTERs get 503, and
+        both say why; when the first stops, the second takes the name."""
+        self.a.register(expires=600)
+        self.redis.deliver()
+        before = self.redis.live()
+        self.a.store.tick()
+        with capturedLogs() as events:
+            twin = Node("A", self.redis, self.clock)
+        self.assertEqual(twin.store.state, StoreState.CONFLICT)
+        self.assertFalse(twin.store.available)
+        with self.assertRaises(StoreUnavailableError):
+            twin.register(call_id="twin", contact="<sip:bob@127.0.0.9>")
+        for _ in range(3):  # both keep beating: the twin stays out, A keeps serving
+            self.clock.advance(HEARTBEAT_INTERVAL)
+            with capturedLogs() as more:
+                self.a.store.tick()
+            events += more
+            twin.store.tick()
+            self.redis.deliver()
+        self.assertEqual(twin.store.state, StoreState.CONFLICT)
+        self.assertEqual(self.a.store.state, StoreState.UP)
+        self.assertEqual(self.redis.live(), before)
+        self.assertEqual(len(self.b.lookup()), 1)
+        duplicate = [e for e in events if e.get("event") == "store.duplicate-node"]
+        self.assertEqual(len(duplicate), 2)  # the twin's first, then A's first (capped after)
+        self.assertIn("same node name", formatEvent(duplicate[0]))
+        # A stops cleanly: the name is free at the twin's next heartbeat
+        self.a.store.stop()
+        self.redis.deliver()
+        self.clock.advance(HEARTBEAT_INTERVAL)
+        twin.store.tick()
+        self.assertEqual(twin.store.state, StoreState.UP)
 
     def test_heartbeat_sums_other_nodes_calls(self) -> None:
         self.a.store.call_counts = lambda: {"trunk": 3}

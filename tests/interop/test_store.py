@@ -412,6 +412,12 @@ class RedisClientTests(CliTestCase):
         yield b.tick()
         yield a.tick()
         self.assertEqual((a.remote_calls, a.nodes), ({"trunk": 5}, ("A", "B")))
+        # the script also gives the name's heartbeat from before: another process start
+        # writing under A's name sees A's instance there (a duplicate node name)
+        found = yield service_a.heartbeat("A", '{"calls":{},"instance":"other"}', 6000)
+        self.assertIn(f'"instance":"{a.instance}"', found[""])
+        yield a.tick()
+        self.assertEqual(a.state, "up")  # A keeps serving, and says so in its log
         # a clean stop removes what the node holds and its heartbeat
         b.relayed = lambda: [SimpleNamespace(token="sbcr-3")]
         yield service_b.stopService()
