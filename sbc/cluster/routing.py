@@ -123,7 +123,10 @@ class ClusterRouting:
         holder = holder_name(node, worker)
         address = self.store.peer_address(holder)
         if address is None:
-            return f"{holder} advertises no cluster link"
+            return (
+                f"{holder} advertises no cluster link (its heartbeat has none, or it sent "
+                "none in the last 6 s: stopped, crashed or cut off)"
+            )
         if link.sends_tls:
             transport = TLS
         else:
