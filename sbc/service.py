@@ -50,7 +50,9 @@ from sbc.controller import (
     save_config,
 )
 from sbc.core import SbcCore
+from sbc.errors import ConfigError
 from sbc.flood import SourceGuard
+from sbc.identity import identity_matches
 from sbc.overload import OverloadControl
 from sbc.routing import Router, available_policies
 from sbc.sip.stack import SipStack
@@ -525,10 +527,34 @@ def load_checked(
         routing_policies=tuple(available_policies()),
     )
     identity = load_tls_identity(tls) if tls is not None else None
+    if identity is not None:
+        check_cluster_identity(config, identity)
     users = None
     if config.user_database is not None:
         users = load_user_database(user_database_path(config.user_database, config_path))
     return identity, users
+
+
+def check_cluster_identity(config: SbcConfig, identity: TlsIdentity) -> None:
+    """Refuse a ``cluster-link identity NAME`` that this node's own certificate lacks.
+
+    The other nodes check that name on this node's certificate at every
+    handshake of the link, so such a node could never hand over or take a
+    call; said at start (and by ``--check-config``) instead of as calls that
+    fail after Timer B.
+    """
+    for adjacency in config.adjacencies:
+        name = adjacency.cluster_identity
+        if not adjacency.cluster_link or name is None:
+            continue
+        own = identity.identities
+        if not identity_matches(own, name):
+            raise ConfigError(
+                config.source,
+                adjacency.setting_lines.get("cluster-link", adjacency.line),
+                f"cluster-link identity {name}: this node's certificate ({own.describe()}) "
+                "does not carry that name, so the other nodes would refuse its link",
+            )
 
 
 def use_log_observer(observer: ILogObserver | None, parent: Any) -> None:

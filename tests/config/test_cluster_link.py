@@ -8,6 +8,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from sbc.config import parse_config, render_config, validate
 from sbc.errors import ConfigError
+from sbc.labpki import write_lab_pki
+from sbc.service import TlsFiles, load_checked
 
 NODE = """\
 sbc s
@@ -141,3 +143,25 @@ class RuleTests(SynchronousTestCase):
             "     action complete\n"
         )
         self.assertRefused(NODE + routing, 23, "sends calls to cluster-link 'cluster'")
+
+
+class OwnCertificateTests(SynchronousTestCase):
+    """At start (and ``--check-config``) this node's certificate must carry the link's name."""
+
+    def files(self, directory: str) -> TlsFiles:
+        write_lab_pki(directory)  # the sbc certificate: sip:sbc.lab.test, sbc.lab.test
+        return TlsFiles(f"{directory}/sbc.pem", f"{directory}/sbc.key", f"{directory}/ca.pem")
+
+    def test_certificate_without_the_name_is_refused_with_the_line(self) -> None:
+        tls = self.files(self.mktemp())
+        with self.assertRaises(ConfigError) as caught:
+            load_checked(parse_config(NODE, "c.conf"), tls, None)
+        self.assertEqual(caught.exception.line, 14)
+        self.assertIn("cluster-link identity nodes.lab.test", str(caught.exception))
+        self.assertIn("does not carry that name", str(caught.exception))
+
+    def test_certificate_with_the_name_is_accepted(self) -> None:
+        tls = self.files(self.mktemp())
+        config = parse_config(NODE.replace("nodes.lab.test", "sbc.lab.test"), "c.conf")
+        identity, _ = load_checked(config, tls, None)
+        self.assertIsNotNone(identity)

@@ -154,7 +154,18 @@ class ClusterCallTests(CliTestCase):
             ),
         ]
         text = node_config(name, host, specs, self.redis.port, link, sbe)
-        sbc = yield launch_sbc(self, self.pki, specs, text)
+        extra: list[str] = []
+        if link == WRONG_IDENTITY:
+            # a node's own certificate must carry its link's identity (checked at
+            # start): this one carries both names, the other node's only the usual one
+            cert, key = self.pki.issue(
+                f"other-{name}",
+                NODES_IDENTITY,
+                sip_uris=[f"sip:{NODES_IDENTITY}", "sip:other.lab.test"],
+                dns_names=[NODES_IDENTITY, "other.lab.test"],
+            )
+            extra = ["--certificate", cert, "--private-key", key]
+        sbc = yield launch_sbc(self, self.pki, specs, text, extra)
         yield within(sbc.child.output_contains(b"store connected"), 15.0, f"node {name}'s store")
         return sbc
 
