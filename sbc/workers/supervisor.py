@@ -614,7 +614,7 @@ class WorkerPool:
             return
         event["worker"] = slot.index
         if "log_text" not in event or "log_system" in event:
-            event["log_system"] = f"worker {slot.index}"
+            event["log_system"] = worker_log_system(event, slot.index)
         globalLogPublisher(event)
 
     # -- configuration (a ConfigTarget) ----------------------------------------------
@@ -882,6 +882,16 @@ class WorkerCollector:
 
 
 # -- the service ---------------------------------------------------------------------
+
+
+def worker_log_system(event: dict[str, Any], index: int) -> str:
+    """The ``[system]`` of a worker's log line in the text log: ``worker N`` and what the
+    worker's own line had (``sbc.cluster#warn``), so levels stay greppable."""
+    system = event.get("log_system")
+    if system is None and "log_namespace" in event:
+        level = getattr(event.get("log_level"), "name", "-")
+        system = f"{event['log_namespace']}#{level}"
+    return f"worker {index}" + (f" {system}" if system else "")
 
 
 class Supervisor(MultiService):

@@ -13,6 +13,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import LogLevel, eventAsJSON, eventFromJSON, formatEventAsClassicLogText
 from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
@@ -34,6 +35,7 @@ from sbc.workers.supervisor import (
     RESTART_DELAY,
     Supervisor,
     worker_count,
+    worker_log_system,
 )
 
 CONFIG = """\
@@ -334,3 +336,33 @@ class ControlChannelTests(SynchronousTestCase):
         ours.call("later").addErrback(closed.append)
         self.assertEqual(len(closed), 1)
         self.flushLoggedErrors(RuntimeError)
+
+
+class WorkerLogSystemTests(SynchronousTestCase):
+    """A worker's log line keeps its namespace and level in the text log's [system]."""
+
+    def test_namespace_and_level_kept(self) -> None:
+        event = {"log_namespace": "sbc.cluster", "log_level": LogLevel.warn}
+        self.assertEqual(worker_log_system(event, 2), "worker 2 sbc.cluster#warn")
+
+    def test_a_system_of_its_own_kept(self) -> None:
+        self.assertEqual(worker_log_system({"log_system": "-"}, 1), "worker 1 -")
+
+    def test_nothing_known(self) -> None:
+        self.assertEqual(worker_log_system({}, 3), "worker 3")
+
+    def test_line_through_the_text_log(self) -> None:
+        event = eventFromJSON(
+            eventAsJSON(
+                {
+                    "log_namespace": "sbc.cluster",
+                    "log_level": LogLevel.warn,
+                    "log_format": "store lost: {why}",
+                    "why": "gone",
+                    "log_time": 0.0,
+                }
+            )
+        )
+        event["log_system"] = worker_log_system(event, 2)
+        line = formatEventAsClassicLogText(event, formatTime=lambda t: "T")
+        self.assertEqual(line, "T [worker 2 sbc.cluster#warn] store lost: gone\n")
