@@ -30,6 +30,7 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
+from twisted.internet.error import ReactorNotRunning
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.logger import (
@@ -333,8 +334,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = WorkerControl(reactor, tune_gc=True)
 
     def lost(reason: Failure) -> None:
-        if reactor.running:
-            reactor.stop()
+        # a SIGTERM sent to the whole process group may have stopped it already
+        with contextlib.suppress(ReactorNotRunning):
+            if reactor.running:
+                reactor.stop()
 
     control = ControlProtocol(handler, on_lost=lost)
     handler.control = control
