@@ -27,10 +27,12 @@ from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from sbc.cluster.codec import BINDING_PREFIX, NODE_PREFIX
 from sbc.cluster.store import BATCH, HEARTBEAT_INTERVAL, Delete, Drop, Op, Put, SharedStore
@@ -130,6 +132,24 @@ def channel_name(url: StoreUrl) -> str:
     return f"sbc:{url.db}:bindings"
 
 
+@implementer(IStreamClientEndpoint)
+class _NamedEndpoint:
+    """A client endpoint whose text names the store: the reconnecting service's
+    "Scheduling retry N to connect ..." lines say what it connects to."""
+
+    def __init__(self, endpoint: Any, name: str) -> None:
+        self._endpoint = endpoint
+        self._name = name
+
+    def connect(self, factory: Any) -> Any:
+        return self._endpoint.connect(factory)
+
+    def __repr__(self) -> str:
+        return self._name
+
+    __str__ = __repr__
+
+
 class _CommandProtocol(txredisapi.BaseRedisProtocol):
     """Commands; tells the service when the connection is lost."""
 
@@ -201,9 +221,10 @@ class RedisStoreService(Service):
         store.client = self
         self.setName("store")
 
-    def _endpoint(self) -> Any:
+    def _endpoint(self, role: str) -> Any:
         kind = TCP6ClientEndpoint if ":" in self.url.host else TCP4ClientEndpoint
-        return kind(self.reactor, self.url.host, self.url.port, timeout=REPLY_TIMEOUT)
+        endpoint = kind(self.reactor, self.url.host, self.url.port, timeout=REPLY_TIMEOUT)
+        return _NamedEndpoint(endpoint, f"the store {self.url} ({role})")
 
     def startService(self) -> None:
         super().startService()
@@ -219,8 +240,9 @@ class RedisStoreService(Service):
             (_SubscriberProtocol, self._subscriber_ready),
         ):
             db = self.url.db if kind is _CommandProtocol else None
+            role = "commands" if kind is _CommandProtocol else "messages"
             service = ClientService(
-                self._endpoint(),
+                self._endpoint(role),
                 _Factory(self, kind, db),
                 retryPolicy=retry,
                 clock=self.reactor,
