@@ -13,7 +13,7 @@ from twisted.python import usage
 from sbc.config import load_config
 from sbc.errors import ConfigError
 from sbc.service import SbcService, SshSettings, TlsFiles
-from sbc.workers.supervisor import Supervisor, worker_count
+from sbc.workers.supervisor import MAX_WORKERS, Supervisor, worker_count
 
 
 class Options(usage.Options):
@@ -101,7 +101,9 @@ class Options(usage.Options):
         try:
             self["workers"] = worker_count(str(self["workers"]))
         except ValueError:
-            raise usage.UsageError("--workers takes a number from 1, or auto") from None
+            raise usage.UsageError(
+                f"--workers takes a number from 1 to {MAX_WORKERS}, or auto"
+            ) from None
         tls = (self["certificate"], self["private-key"], self["ca-certificates"])
         if any(tls) and not all(tls):
             raise usage.UsageError("--certificate, --private-key and --ca-certificates go together")

@@ -50,7 +50,8 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(options("--config", LAB_CONF)["workers"], 1)
         self.assertEqual(options("--config", LAB_CONF, "--workers", "3")["workers"], 3)
         self.assertGreaterEqual(options("--config", LAB_CONF, "--workers", "auto")["workers"], 1)
-        for bad in ("0", "-1", "two"):
+        self.assertEqual(options("--config", LAB_CONF, "--workers", "64")["workers"], 64)
+        for bad in ("0", "-1", "two", "65"):
             self.assertRaises(usage.UsageError, options, "--config", LAB_CONF, "--workers", bad)
 
     def test_tls_files(self) -> None:

@@ -133,6 +133,11 @@ FIRST_SOCKET_FD = 4
 """A worker's first inherited listening socket (3 is its control channel)."""
 
 
+#: The most ``--workers`` takes: each worker is a whole Python process with its
+#: own copy of the registrations' view, so more than a few per core only costs.
+MAX_WORKERS = 64
+
+
 def worker_count(text: str) -> int:
     """``--workers``: a positive number, or ``auto`` (one per CPU this process may use)."""
     if text.strip().lower() == "auto":
@@ -141,8 +146,8 @@ def worker_count(text: str) -> int:
         except AttributeError:  # not Linux
             return max(1, os.cpu_count() or 1)
     value = int(text)
-    if value < 1:
-        raise ValueError("at least 1")
+    if not 1 <= value <= MAX_WORKERS:
+        raise ValueError(f"from 1 to {MAX_WORKERS}")
     return value
 
 
