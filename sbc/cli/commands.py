@@ -333,7 +333,8 @@ def access_lines(adj: AdjacencyConfig) -> list[str]:
         lines.append("  Authentication: delegated")
     else:
         lines.append("  Authentication: none")
-    if adj.listens_tls and adj.sends_tls:
+    # a cluster link carries every call in its own scheme: the flag does not apply
+    if adj.listens_tls and adj.sends_tls and not adj.cluster_link:
         lines.append(f"  SIP over TLS: {'enabled' if adj.sip_over_tls else 'disabled'}")
     return lines
 
