@@ -204,7 +204,11 @@ class SipWorker:
 
             relay = self.core.relay
             table = lambda: self.runtime.table  # noqa: E731
-            self.core.cluster = ClusterRouting(self.store, table, lambda: relay.tokens)
+            # a worker process advertises its own cluster-link port (see ClusterRouting)
+            own_link = self.runtime.own_link_port if reuse_port else None
+            self.core.cluster = ClusterRouting(
+                self.store, table, lambda: relay.tokens, own_link_port=own_link
+            )
             self.core.calls.cluster_caller = self.core.cluster.caller
         if self.store is not None and config.store is not None:
             from sbc.transport.redis import RedisStoreService

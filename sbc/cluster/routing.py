@@ -66,6 +66,13 @@ class ClusterRouting:
     ``table`` returns the adjacency table in force, ``relayed`` this node's
     relayed bindings by token. Creating one makes ``store`` advertise this
     node's cluster link (:meth:`advertised`) with its heartbeat.
+
+    ``own_link_port`` is given in a worker process (``--workers N``): it
+    returns the process's own port beside the shared cluster-link listener
+    (None while it has none), and that port is what the process advertises,
+    so that calls for its phones reach it and not whichever worker the
+    kernel would pick on the shared port. Without it (one process per
+    node) the link's configured port is advertised.
     """
 
     def __init__(
@@ -73,10 +80,12 @@ class ClusterRouting:
         store: SharedStore,
         table: Callable[[], AdjacencyTable],
         relayed: Callable[[], Mapping[str, RelayedPhone]],
+        own_link_port: Callable[[tuple[str, int]], int | None] | None = None,
     ) -> None:
         self.store = store
         self.table = table
         self.relayed = relayed
+        self.own_link_port = own_link_port
         store.advertise = self.advertised
 
     @property
@@ -92,11 +101,19 @@ class ClusterRouting:
         return None
 
     def advertised(self) -> ClusterAddress | None:
-        """Where this node takes calls for its phones: its cluster link's address and port."""
+        """Where this process takes calls for its phones: its cluster link's address and port.
+
+        A worker process advertises its own port beside the link's (None
+        until it is open); a single process the link's configured port.
+        """
         link = self.link()
         if link is None:
             return None
-        return ClusterAddress(str(link.address), link.port)
+        address = str(link.address)
+        if self.own_link_port is None:
+            return ClusterAddress(address, link.port)
+        own = self.own_link_port((address, link.port))
+        return None if own is None else ClusterAddress(address, own)
 
     # -- the node a call enters ---------------------------------------------------
 
@@ -112,15 +129,20 @@ class ClusterRouting:
         is the call's (``sips`` for a secure call): the cluster Request-URI
         keeps it. The flow goes out of the cluster link to that address; over
         TLS the peer's certificate must carry the link's identity. A binding
-        another worker of this node holds is not reached this way (the workers
-        of a node share its cluster link's port).
+        another worker of this node holds goes the same way: each worker
+        process advertises a cluster-link port of its own.
         """
-        if node == self.store.node:
-            return "another worker of this node holds its connection"
+        holder = holder_name(node, worker)
+        if holder == self.store.holder:
+            return "held by this process, but not found here"
+        sibling = node == self.store.node
         link = self.link()
         if link is None:
+            if sibling:
+                return (
+                    "another worker of this node holds its connection; no cluster-link is attached"
+                )
             return "no cluster-link is attached"
-        holder = holder_name(node, worker)
         address = self.store.peer_address(holder)
         if address is None:
             return (

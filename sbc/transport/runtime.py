@@ -324,6 +324,8 @@ class SipRuntime:
         #: reuse_port: (address, own port) -> (address, shared port), and the reverse
         self._shared_of: dict[tuple[str, int], tuple[str, int]] = {}
         self._own_ports: dict[tuple[str, int], int] = {}
+        #: reuse_port: this process's own port beside each shared cluster-link listener
+        self._own_link_ports: dict[tuple[str, int], int] = {}
         table.own_ports = self._own_ports
         self._connections: dict[int, StreamConnection] = {}
         #: Connections of detached adjacencies waiting for their drain time: id -> close timer.
@@ -754,13 +756,7 @@ class SipRuntime:
                 self._size_receive_buffer(key, port)
                 started: Deferred[IListeningPort] = succeed(port)
             else:
-                factory: Any = StreamFactory(self, key)
-                if key.transport == TLS:
-                    if self.tls is None:
-                        raise NoTlsIdentityError(f"{key}: TLS listener without a certificate")
-                    factory = TLSMemoryBIOFactory(
-                        _CurrentIdentityCreator(self), False, factory, clock=self.reactor
-                    )
+                factory = self._stream_factory(key)
                 if self.reuse_port:
                     inherited = self.inherited.pop(key, None)
                     started = succeed(
@@ -787,6 +783,10 @@ class SipRuntime:
                 )
                 if self.reuse_port and key.transport == UDP:
                     self._open_own(key)
+                elif self.reuse_port and any(
+                    a.cluster_link for a in self.table.adjacencies_on(key)
+                ):
+                    self._open_own_link(key)
             for waiter in waiters:
                 waiter.callback(None)
 
@@ -816,6 +816,7 @@ class SipRuntime:
         own_key, own_port = own
         self._udp.pop(own_key, None)
         self._own_ports.pop((key.address, key.port), None)
+        self._own_link_ports.pop((key.address, key.port), None)
         self._shared_of.pop((own_key.address, own_key.port), None)
         return _gather([_stopped(port), _stopped(own_port)])
 
@@ -859,6 +860,56 @@ class SipRuntime:
             shared=str(key),
             port=own,
         )
+
+    def _stream_factory(self, key: ListenerKey) -> Any:
+        """The protocol factory of TCP/TLS listener ``key`` (TLS wraps the stream factory)."""
+        factory: Any = StreamFactory(self, key)
+        if key.transport == TLS:
+            if self.tls is None:
+                raise NoTlsIdentityError(f"{key}: TLS listener without a certificate")
+            factory = TLSMemoryBIOFactory(
+                _CurrentIdentityCreator(self), False, factory, clock=self.reactor
+            )
+        return factory
+
+    def _open_own_link(self, key: ListenerKey) -> None:
+        """Open this process's own listener beside the shared cluster-link listener ``key``.
+
+        Same address and transport, a port the kernel picks, not shared: a
+        worker process advertises it as its cluster link (docs/scaling.md),
+        so that a call for one of its phones, from a sibling worker or from
+        another node, reaches this very process. Connections on it are
+        classified as on the shared listener (same adjacency, same
+        ``remote-address`` and TLS identity checks).
+        """
+        try:
+            factory = self._stream_factory(key)
+            port = self.reactor.listenTCP(0, factory, interface=key.address)
+        except Exception as error:
+            self.event(
+                None,
+                "listen-failures",
+                "cannot open this process's own cluster-link port beside {listener}: {why}",
+                listener=str(key),
+                why=str(error),
+            )
+            return
+        own = int(port.getHost().port)
+        own_key = ListenerKey(key.address, own, key.transport)
+        self._own[key] = (own_key, port)
+        self._own_link_ports[(key.address, key.port)] = own
+        self._shared_of[(key.address, own)] = (key.address, key.port)
+        self.log.info(
+            "listening on {listener}, this process's own cluster-link port beside {shared}",
+            event="listener.opened",
+            listener=str(own_key),
+            shared=str(key),
+            port=own,
+        )
+
+    def own_link_port(self, shared: tuple[str, int]) -> int | None:
+        """This process's own port beside the shared cluster-link listener ``shared``, or None."""
+        return self._own_link_ports.get(shared)
 
     @property
     def own_ports(self) -> dict[tuple[str, int], int]:

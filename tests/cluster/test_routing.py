@@ -145,7 +145,13 @@ class Node:
     """One SBC node: SbcCore + SipStack on the shared store, wired as sbc.service does."""
 
     def __init__(
-        self, name: str, host: str, redis: FakeRedis, link: bool = True, worker: int = 0
+        self,
+        name: str,
+        host: str,
+        redis: FakeRedis,
+        link: bool = True,
+        worker: int = 0,
+        own_link_port: int | None = None,
     ) -> None:
         self.name = name
         self.host = host
@@ -173,7 +179,11 @@ class Node:
         self.store.relayed = self.core.relay.bindings
         self.core.relay.store = self.store
         relay = self.core.relay
-        self.core.cluster = ClusterRouting(self.store, lambda: self.table, lambda: relay.tokens)
+        # a worker process (own_link_port given) advertises its own cluster-link port
+        own = None if own_link_port is None else (lambda shared: own_link_port)
+        self.core.cluster = ClusterRouting(
+            self.store, lambda: self.table, lambda: relay.tokens, own_link_port=own
+        )
         self.core.calls.cluster_caller = self.core.cluster.caller
         FakeClient(redis, self.store).connect()
 
@@ -514,32 +524,116 @@ class WithoutAClusterLinkTests(SynchronousTestCase):
         self.assertEqual([m.status for _, _, m in sent], [100, 480])
         self.assertEqual(pair.b.counter("phones", "held-elsewhere"), 1)
 
-    def test_another_worker_of_the_same_node_is_not_reached_through_the_link(self) -> None:
-        """The workers of a node share its cluster link's port: a sibling's TCP/TLS phone
-        is skipped (held-elsewhere), as before the link existed."""
-        pair = Pair()
-        sibling = Node("B", B_HOST, pair.redis, worker=2)
-        register = request(
-            "REGISTER",
-            "sip:lab.test;transport=tls",
-            via="TLS 192.0.2.51:5061",
-            from_uri="sip:carol@lab.test",
-            contact="<sip:carol@192.0.2.51:5061;transport=tls>",
-            call_id="reg-carol",
-        )
-        phone = Flow("TLS", (B_HOST, 5061), ("192.0.2.51", 40124), 12)
-        [(_, ok)] = sibling.feed(register, phone, PHONES)
-        self.assertEqual(ok.status, 200)
-        pair.redis.deliver()
-        for node in (pair.a, pair.b, sibling):
-            node.store.tick()
-        pair.b.store.tick()
-        self.assertIn("B/2", pair.b.store.peers)  # it advertises the shared link port
+    def test_another_worker_without_a_cluster_link_is_skipped(self) -> None:
+        """Worker processes of a node without a cluster link: a sibling's TCP/TLS phone
+        cannot be reached (its connection lives in the other process): held-elsewhere."""
+        clock = Clock()
+        clock.advance(1000)
+        redis = FakeRedis(clock)
+        caller = Node("B", B_HOST, redis, link=False, worker=1)
+        holder = Node("B", B_HOST, redis, link=False, worker=2)
+        register_carol(holder)
+        redis.deliver()
         invite = request("INVITE", "sip:carol@lab.test", body=SDP)
-        sent = pair.run(pair.b, invite, TRUNK_AT_B, context("B", "trunk", 5062, "TCP"))
-        self.assertEqual([m.status for _, _, m in sent], [100, 480])
-        self.assertEqual(pair.hops, [])
-        self.assertEqual(pair.b.counter("phones", "held-elsewhere"), 1)
+        sent = caller.collect(
+            caller.stack.receive(
+                invite.serialize(), TRUNK_AT_B, clock.seconds(), context("B", "trunk", 5062, "TCP")
+            )
+        )
+        self.assertEqual([m.status for _, m in sent], [100, 480])
+        self.assertEqual(caller.counter("phones", "held-elsewhere"), 1)
+
+
+CAROL = Flow("TLS", (B_HOST, 5061), ("192.0.2.51", 40124), 12)
+
+
+def register_carol(node: Node) -> None:
+    """carol's phone registers over TLS on ``node``."""
+    register = request(
+        "REGISTER",
+        "sip:lab.test;transport=tls",
+        via="TLS 192.0.2.51:5061",
+        from_uri="sip:carol@lab.test",
+        contact="<sip:carol@192.0.2.51:5061;transport=tls>",
+        call_id="reg-carol",
+    )
+    [(_, ok)] = node.feed(register, CAROL, PHONES)
+    assert isinstance(ok, Response) and ok.status == 200, ok
+
+
+class SiblingWorkerTests(SynchronousTestCase):
+    """Worker processes 1 and 2 of node B, each advertising its own cluster-link port."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.redis = FakeRedis(self.clock)
+        self.w1 = Node("B", B_HOST, self.redis, worker=1, own_link_port=45001)
+        self.w2 = Node("B", B_HOST, self.redis, worker=2, own_link_port=45002)
+        register_carol(self.w2)
+        self.redis.deliver()
+        for node in (self.w1, self.w2, self.w1):
+            node.store.tick()
+
+    def test_each_worker_advertises_its_own_port(self) -> None:
+        self.assertEqual(self.w1.store.peers, {"B/2": ClusterAddress(B_HOST, 45002)})
+        self.assertEqual(self.w2.store.peers, {"B/1": ClusterAddress(B_HOST, 45001)})
+
+    def test_a_worker_whose_own_port_is_not_open_advertises_nothing(self) -> None:
+        """Never the shared port: a call sent there would reach any worker."""
+        node = Node("B", B_HOST, self.redis, worker=3)
+        assert node.core.cluster is not None
+        node.core.cluster.own_link_port = lambda shared: None
+        self.assertIsNone(node.core.cluster.advertised())
+
+    def test_a_call_for_a_siblings_phone_goes_to_that_worker_and_over_the_phones_connection(
+        self,
+    ) -> None:
+        w1, w2 = self.w1, self.w2
+        invite = request("INVITE", "sip:carol@lab.test", body=SDP)
+        sent = w1.feed(invite, TRUNK_AT_B, context("B", "trunk", 5062, "TCP"))
+        [hop_flow, hop] = next([f, m] for f, m in sent if isinstance(m, Request))
+        # to worker 2's own port, out of the cluster link, checked against the link identity
+        self.assertEqual(
+            (hop_flow.transport, hop_flow.remote, hop_flow.server_name, hop_flow.adjacency),
+            ("TLS", (B_HOST, 45002), "nodes.lab.test", "cluster"),
+        )
+        self.assertEqual((hop.uri.host, hop.uri.port), (B_HOST, 45002))
+        [binding] = w2.store.location.lookup("carol@lab.test", self.clock.seconds())
+        self.assertEqual(binding_key_of(hop.uri.user), binding_key(binding))
+        self.assertEqual(
+            hop.headers.get_all(CLUSTER_HEADER),
+            ["node=B/1;inbound=trunk;caller=trusted;link=127.0.0.2:45001"],
+        )
+        self.assertEqual(w1.counter("phones", "held-elsewhere"), 0)
+        # worker 2 takes it on its link (the own port is classified as the shared one)
+        arrived = Flow("TLS", (B_HOST, 45002), (B_HOST, 41500), 77)
+        out = w2.feed(hop, arrived, context("B", "cluster", 5070, "TLS"))
+        [(to_phone, phone_invite)] = [(f, m) for f, m in out if isinstance(m, Request)]
+        self.assertEqual(to_phone.connection_id, CAROL.connection_id)
+        self.assertEqual(str(phone_invite.uri), "sip:carol@192.0.2.51:5061;transport=tls")
+        self.assertNotIn(CLUSTER_HEADER, phone_invite.headers)
+        self.assertEqual(w2.counter("cluster", "calls-started"), 1)
+
+    def test_a_worker_never_hands_a_call_on_to_a_sibling(self) -> None:
+        """A call from the link for a binding worker 2 holds, arriving at worker 1: not
+        reached (worker 1 sends nothing on), so the caller's side hunts on."""
+        [binding] = self.w1.store.location.lookup("carol@lab.test", self.clock.seconds())
+        target = self.w1.core.cluster.remote_target("B", 2, binding_key(binding), "sip")  # type: ignore[union-attr]
+        assert not isinstance(target, str)
+        hop = request(
+            "INVITE",
+            str(target.uri),
+            body=SDP,
+            extra=[f"{CLUSTER_HEADER}: node=B/2;inbound=trunk;caller=trusted"],
+        )
+        arrived = Flow("TLS", (B_HOST, 45001), (B_HOST, 41501), 78)
+        out = self.w1.feed(hop, arrived, context("B", "cluster", 5070, "TLS"))
+        statuses = [m.status for _, m in out if isinstance(m, Response)]
+        self.assertEqual(statuses, [100, 480])
+        [final] = [m for _, m in out if isinstance(m, Response) and m.status == 480]
+        self.assertEqual(final.headers.get(CLUSTER_HEADER), NOT_REACHED)
+        self.assertEqual([m for _, m in out if isinstance(m, Request)], [])
 
 
 class ClusterLinkGuardTests(SynchronousTestCase):
