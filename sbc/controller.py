@@ -185,6 +185,8 @@ class ConfigController:
     ``running`` is the configuration the SBC started with. ``target`` is set
     (:attr:`target`) before the first commit. ``certificate_configured``:
     the SBC has a TLS identity (trusted-encrypted adjacencies need one).
+    ``shared_store``: worker processes, which share a store without a
+    ``store`` line (a cluster link needs no ``store`` then).
     ``config_path``: the file a commit saves to (None: commits are not
     saved and the history is in memory).
     """
@@ -198,12 +200,15 @@ class ConfigController:
         *,
         config_path: str | None = None,
         certificate_configured: bool = False,
+        shared_store: bool = False,
         target: ConfigTarget | None = None,
     ) -> None:
         self.running = running
         self.clock = clock
         self.config_path = config_path
         self.certificate_configured = certificate_configured
+        #: worker processes: they share a store even without a ``store`` line
+        self.shared_store = shared_store
         self.target = target
         #: Every commit: ``show configuration commit list``, ``rollback configuration``.
         self.commits = CommitHistory(
@@ -318,6 +323,7 @@ class ConfigController:
                 candidate,
                 certificate_configured=self.certificate_configured,
                 routing_policies=tuple(available_policies()),
+                shared_store=self.shared_store,
             )
             Router.from_config(candidate)
         except ConfigError as error:

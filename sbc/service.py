@@ -514,9 +514,15 @@ class SbcService(MultiService):
 
 
 def load_checked(
-    config: SbcConfig, tls: TlsFilePaths | None, config_path: str | None
+    config: SbcConfig,
+    tls: TlsFilePaths | None,
+    config_path: str | None,
+    *,
+    shared_store: bool = False,
 ) -> tuple[TlsIdentity | None, UserDatabase | None]:
     """Validate ``config`` and read its TLS identity and user database.
+
+    ``shared_store``: worker processes (they share a store without a ``store`` line).
 
     Raises ``ConfigError`` (file and line) when the configuration, a TLS
     file or the user database is refused.
@@ -525,6 +531,7 @@ def load_checked(
         config,
         certificate_configured=tls is not None,
         routing_policies=tuple(available_policies()),
+        shared_store=shared_store,
     )
     identity = load_tls_identity(tls) if tls is not None else None
     if identity is not None:

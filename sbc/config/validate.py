@@ -110,8 +110,12 @@ def _check_access(cfg: SbcConfig, adj: AdjacencyConfig) -> Iterator[_Problem]:
         )
 
 
-def _check_cluster(cfg: SbcConfig) -> Iterator[_Problem]:
-    """The cluster link (``cluster-link``, docs/scaling.md): one, trusted, with a store."""
+def _check_cluster(cfg: SbcConfig, shared_store: bool = False) -> Iterator[_Problem]:
+    """The cluster link (``cluster-link``, docs/scaling.md): one, trusted, with a store.
+
+    ``shared_store``: worker processes share a store without a ``store``
+    line (the supervisor's), which the link's workers find each other in.
+    """
     links = [adj for adj in cfg.adjacencies if adj.cluster_link]
     for later in links[1:]:
         yield (
@@ -123,8 +127,14 @@ def _check_cluster(cfg: SbcConfig) -> Iterator[_Problem]:
         lines = adj.setting_lines
         where = _line(lines, "cluster-link", default=adj.line)
         what = f"adjacency '{adj.name}' is a cluster-link"
-        if cfg.store is None:
-            yield where, f"{what} but no store is configured: the nodes find each other there"
+        if cfg.store is None and not shared_store:
+            yield (
+                where,
+                (
+                    f"{what} but no store is configured (and no --workers): "
+                    "the nodes find each other there"
+                ),
+            )
         if adj.security_inbound is not adj.security_outbound or not adj.security_inbound.trusted:
             yield (
                 _line(lines, "security inbound", "security outbound", default=where),
@@ -327,12 +337,17 @@ def find_problems(
     *,
     certificate_configured: bool,
     routing_policies: Collection[str] = DEFAULT_ROUTING_POLICIES,
+    shared_store: bool = False,
 ) -> list[ConfigError]:
-    """Every problem :func:`validate` would report, ordered by line (line 0 last)."""
+    """Every problem :func:`validate` would report, ordered by line (line 0 last).
+
+    ``shared_store``: the SBC runs worker processes, which share a store even
+    without a ``store`` line.
+    """
     problems: list[_Problem] = [
         *_check_adjacencies(cfg, certificate_configured),
         *_check_listeners(cfg),
-        *_check_cluster(cfg),
+        *_check_cluster(cfg, shared_store),
         *(
             problem
             for number, cps in sorted(cfg.call_policy_sets.items())
@@ -351,6 +366,7 @@ def validate(
     *,
     certificate_configured: bool,
     routing_policies: Collection[str] = DEFAULT_ROUTING_POLICIES,
+    shared_store: bool = False,
 ) -> None:
     """Check ``cfg`` as a whole; raise ConfigError for the first problem (by line).
 
@@ -359,7 +375,10 @@ def validate(
     routing-policy names the running program knows.
     """
     problems = find_problems(
-        cfg, certificate_configured=certificate_configured, routing_policies=routing_policies
+        cfg,
+        certificate_configured=certificate_configured,
+        routing_policies=routing_policies,
+        shared_store=shared_store,
     )
     if problems:
         raise problems[0]

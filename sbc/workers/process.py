@@ -127,7 +127,7 @@ class WorkerControl:
         self.index = index
         parsed = parse_config(config, path=config_path or "<supervisor>")
         files = TlsFiles(*tls) if tls else None
-        identity, users = load_checked(parsed, files, config_path)
+        identity, users = load_checked(parsed, files, config_path, shared_store=True)
         self.worker = SipWorker(
             parsed,
             self.reactor,

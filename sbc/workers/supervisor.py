@@ -950,6 +950,7 @@ class Supervisor(MultiService):
             reactor,
             config_path=config_path,
             certificate_configured=tls is not None,
+            shared_store=True,
             target=self.pool,
         )
         self.backend = SupervisorBackend(self)
@@ -983,7 +984,7 @@ class Supervisor(MultiService):
         **options: Any,
     ) -> Supervisor:
         """Check ``config`` as a single process would (``ConfigError``), then build."""
-        load_checked(config, tls, config_path)
+        load_checked(config, tls, config_path, shared_store=True)
         return cls(config, reactor, workers, tls=tls, config_path=config_path, **options)
 
     @property

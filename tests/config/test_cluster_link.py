@@ -94,6 +94,11 @@ class RuleTests(SynchronousTestCase):
         text = NODE.replace("  store redis://127.0.0.1:6379/0\n", "")
         self.assertRefused(text, 14, "cluster-link but no store is configured")
 
+    def test_worker_processes_share_a_store_without_a_store_line(self) -> None:
+        """--workers N: the workers find each other's link ports in the supervisor's store."""
+        text = NODE.replace("  store redis://127.0.0.1:6379/0\n", "")
+        validate(parse_config(text), certificate_configured=True, shared_store=True)
+
     def test_must_be_trusted_and_the_same_both_ways(self) -> None:
         for security in (
             "security untrusted",

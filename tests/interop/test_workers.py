@@ -365,3 +365,186 @@ class SharedRegistrationTests(_WorkersTestCase):
             raise FailTest("16 calls all went through the worker holding the binding")
         stats = yield self.cli("show services sbc calls sbe statistics")
         self.assertNotIn("held-elsewhere", stats)
+
+
+class StreamPhone(protocol.Protocol):
+    """A phone on a TCP connection to the SBC: every message it receives, framed."""
+
+    def __init__(self) -> None:
+        self.buffer = b""
+        self.received: list[bytes] = []
+        self._waiters: list[tuple[bytes, defer.Deferred[bytes]]] = []
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        while b"\r\n\r\n" in self.buffer:
+            head, rest = self.buffer.split(b"\r\n\r\n", 1)
+            found = re.search(rb"(?im)^(?:content-length|l)\s*:\s*(\d+)", head)
+            length = int(found.group(1)) if found else 0
+            if len(rest) < length:
+                return
+            message, self.buffer = head + b"\r\n\r\n" + rest[:length], rest[length:]
+            if not message.strip():
+                continue
+            for waiter in [w for w in self._waiters if message.startswith(w[0])]:
+                self._waiters.remove(waiter)
+                waiter[1].callback(message)
+                break
+            else:
+                self.received.append(message)
+
+    def next(self, prefix: bytes, seconds: float) -> Any:
+        """The next message that starts with ``prefix`` (kept ones first)."""
+        for message in self.received:
+            if message.startswith(prefix):
+                self.received.remove(message)
+                return defer.succeed(message)
+        waiter: defer.Deferred[bytes] = defer.Deferred()
+        self._waiters.append((prefix, waiter))
+        return within(waiter, seconds, f"{prefix!r} on the phone's connection")
+
+    def answer(self, request: bytes, status: int, reason: str, contact: str) -> None:
+        """Answer ``request`` on this connection (the phone's own tag, its Contact)."""
+        lines = request.split(b"\r\n\r\n", 1)[0].decode().split("\r\n")
+        keep = [
+            line
+            for line in lines[1:]
+            if line.split(":", 1)[0].strip().lower()
+            in ("via", "v", "from", "f", "call-id", "i", "cseq")
+        ]
+        to = next(
+            line for line in lines[1:] if line.split(":", 1)[0].strip().lower() in ("to", "t")
+        )
+        if ";tag=" not in to:
+            to += ";tag=phone"
+        out = [f"SIP/2.0 {status} {reason}", *keep, to, f"Contact: {contact}", "Content-Length: 0"]
+        assert self.transport is not None
+        self.transport.write(("\r\n".join(out) + "\r\n\r\n").encode())
+
+
+CLUSTER_LINK = (
+    "adjacency sip cluster",
+    " signaling-address ipv4 127.0.0.1",
+    " signaling-port {port}",
+    " remote-address ipv4 127.0.0.0/8",
+    " transport tcp",
+    " security trusted-unencrypted",
+    " cluster-link",
+    " attach",
+)
+
+
+class SiblingStreamPhoneTests(_WorkersTestCase):
+    """A TCP phone whose connection one worker holds, called through the other worker.
+
+    The node has a cluster link on 127.0.0.1 (plain TCP): each worker
+    listens on a port of its own beside it and advertises that port, so the
+    worker a call enters hands it to the worker that holds the phone's
+    connection, which sends it over that connection (docs/scaling.md).
+    Callers on UDP, each from its own port, are started until the cluster
+    link carried a call; every call must connect over the phone's one
+    connection (its Contact names a port where nothing listens).
+    """
+
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:  # type: ignore[override]
+        self.pki = make_pki(self.mktemp())
+        link = [line.format(port=free_port()) for line in CLUSTER_LINK]
+        self.sbc = yield start_routed_sbc(
+            self,
+            self.pki,
+            test_calls.ROUTED,
+            (*link, *test_calls.ROUTED_POLICY),
+            local_domains=["lab.test"],
+            extra_args=WORKERS,
+        )
+
+    @defer.inlineCallbacks
+    def test_calls_through_either_worker_reach_the_phone_over_its_connection(self) -> Any:
+        yield within(
+            self.sbc.child.output_contains(b"own cluster-link port"), 20.0, "the link ports"
+        )
+        phone = StreamPhone()
+        connected = yield protocol.ClientCreator(get_reactor(), lambda: phone).connectTCP(
+            HOST, self.sbc.port("trunk")
+        )
+        self.addCleanup(connected.transport.loseConnection)
+        nowhere = free_port()  # the phone's Contact: nothing listens there
+        contact = f"<sip:carol@{HOST}:{nowhere};transport=tcp>"
+        register = sip_request(
+            method="REGISTER",
+            uri="sip:lab.test",
+            via_transport="TCP",
+            local_port=nowhere,
+            call_id=new_call_id(),
+            from_uri="sip:carol@lab.test",
+            to_uri="sip:carol@lab.test",
+            cseq="1 REGISTER",
+            extra=[f"Contact: {contact}", "Expires: 300"],
+        )
+        phone.transport.write(register)  # type: ignore[union-attr]
+        ok = yield phone.next(b"SIP/2.0 ", 10.0)
+        self.assertTrue(ok.startswith(b"SIP/2.0 200 "), ok)
+        # each worker heard where the other takes calls (heartbeats, every 2 s)
+        for index in (1, 2):
+            heard = self.sbc.child.output_contains(f"[worker {index}] cluster: node".encode())
+            yield within(heard, 20.0, f"cluster.peer in worker {index}")
+        shared = self.sbc.port("access")
+        hopped = 0
+        for n in range(16):
+            caller = open_udp(self, shared)
+            invite_id = new_call_id()
+            invite = sip_request(
+                method="INVITE",
+                uri="sip:carol@lab.test",
+                via_transport="UDP",
+                local_port=caller.local_port,
+                call_id=invite_id,
+                from_uri=f"sip:dave{n}@lab.test",
+                extra=[f"Contact: <sip:dave{n}@{HOST}:{caller.local_port}>"],
+            )
+            final = caller.transact(invite, invite_id, seconds=15.0)
+            request = yield phone.next(b"INVITE sip:carol@", 10.0)
+            phone.answer(request, 200, "OK", contact)
+            response = yield final
+            self.assertEqual(response.status, 200, response.raw)
+            to = response.header("To", "t")[0]
+            target = response.header("Contact", "m")[0].strip("<>").split(">")[0]
+            ack = sip_request(
+                method="ACK",
+                uri=target,
+                via_transport="UDP",
+                local_port=caller.local_port,
+                call_id=invite_id,
+                from_uri=f"sip:dave{n}@lab.test",
+                to_uri="sip:carol@lab.test",
+                cseq="1 ACK",
+            )
+            ack = ack.replace(b"To: <sip:carol@lab.test>", f"To: {to}".encode())
+            caller.send(ack)
+            yield phone.next(b"ACK sip:carol@", 10.0)
+            bye_request = sip_request(
+                method="BYE",
+                uri=target,
+                via_transport="UDP",
+                local_port=caller.local_port,
+                call_id=invite_id,
+                from_uri=f"sip:dave{n}@lab.test",
+                to_uri="sip:carol@lab.test",
+                cseq="2 BYE",
+            ).replace(b"To: <sip:carol@lab.test>", f"To: {to}".encode())
+            done = caller.transact(bye_request, invite_id, seconds=15.0)
+            bye = yield phone.next(b"BYE sip:carol@", 10.0)
+            phone.answer(bye, 200, "OK", contact)
+            response = yield done
+            self.assertEqual(response.status, 200, response.raw)
+            statistics = yield self.cli("show services sbc calls sbe statistics")
+            cluster = statistics.split("Adjacency: cluster", 1)[1]
+            found = re.search(r"attempts\s+(\d+)", cluster)
+            hopped = int(found.group(1)) if found else 0
+            if hopped:
+                break
+        else:
+            raise FailTest("16 calls all entered the worker holding the phone's connection")
+        self.assertRegex(cluster, r"calls-started\s+1", statistics)
+        self.assertNotIn("held-elsewhere", statistics)
