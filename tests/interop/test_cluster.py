@@ -118,17 +118,29 @@ class ClusterCallTests(CliTestCase):
         link: Sequence[str],
         b_link: Sequence[str] | None = None,
         b_sbe: Sequence[str] = (),
+        a_workers: int = 1,
     ) -> Any:
         """Redis, then A and B with ``link`` (B with ``b_link`` when given); both see the other.
 
-        ``b_sbe``: more lines under B's ``sbe`` (a ``limits`` block).
+        ``b_sbe``: more lines under B's ``sbe`` (a ``limits`` block);
+        ``a_workers``: A runs that many worker processes (each advertises
+        its own cluster-link port, as holder ``A/W``).
         """
         self.redis = RedisServer(self, free_port())
         yield self.redis.start()
         self.pki = make_pki(self.mktemp())
-        self.a = yield self.start_node("A", HOST, link)
+        extra = ("--workers", str(a_workers)) if a_workers > 1 else ()
+        self.a = yield self.start_node("A", HOST, link, extra=extra)
         self.b = yield self.start_node("B", NODE_B_HOST, b_link or link, b_sbe)
         # each node learns the other's cluster address from its heartbeat (every 2 s)
+        if a_workers > 1:
+            for index in range(1, a_workers + 1):
+                yield within(
+                    self.b.child.output_contains(f"node A/{index} takes calls".encode()),
+                    15.0,
+                    f"node B to learn where worker {index} of node A takes calls",
+                )
+            return
         address = f"{HOST}:{self.a.port('cluster')}"
         yield within(
             self.b.child.output_contains(
@@ -139,7 +151,14 @@ class ClusterCallTests(CliTestCase):
         )
 
     @defer.inlineCallbacks
-    def start_node(self, name: str, host: str, link: Sequence[str], sbe: Sequence[str] = ()) -> Any:
+    def start_node(
+        self,
+        name: str,
+        host: str,
+        link: Sequence[str],
+        sbe: Sequence[str] = (),
+        extra: Sequence[str] = (),
+    ) -> Any:
         specs = [
             AdjacencySpec("phones", "trusted-encrypted", port=free_port()),
             AdjacencySpec("access", "untrusted", "udp", port=free_port()),
@@ -154,7 +173,7 @@ class ClusterCallTests(CliTestCase):
             ),
         ]
         text = node_config(name, host, specs, self.redis.port, link, sbe)
-        extra: list[str] = []
+        extra = list(extra)
         if link == WRONG_IDENTITY:
             # a node's own certificate must carry its link's identity (checked at
             # start): this one carries both names, the other node's only the usual one
@@ -164,7 +183,7 @@ class ClusterCallTests(CliTestCase):
                 sip_uris=[f"sip:{NODES_IDENTITY}", "sip:other.lab.test"],
                 dns_names=[NODES_IDENTITY, "other.lab.test"],
             )
-            extra = ["--certificate", cert, "--private-key", key]
+            extra += ["--certificate", cert, "--private-key", key]
         sbc = yield launch_sbc(self, self.pki, specs, text, extra)
         yield within(sbc.child.output_contains(b"store connected"), 15.0, f"node {name}'s store")
         return sbc
@@ -279,6 +298,34 @@ class ClusterCallTests(CliTestCase):
         refused = self.caller("phones_uac_480.xml", "sip:alice@lab.test")
         result = yield refused.wait(40, "the refused caller")
         self.assertEqual(result.exit_code, 0, refused.describe(result) + self.b.tail(40))
+
+    @defer.inlineCallbacks
+    def test_baresip_on_a_worker_of_a_called_through_b(self) -> Any:
+        """Node A runs 2 worker processes: B's calls go to the worker holding baresip's
+        TLS connection (its own cluster-link port), never to its sibling."""
+        yield self.start_nodes(TLS_LINK, a_workers=2)
+        phone = yield self.registered_baresip()
+        [holder] = re.findall(r"\[worker (\d)\] registered sip:alice", self.a.output())
+        for _ in range(2):
+            caller = self.caller("phones_uac.xml", "sip:alice@lab.test")
+            yield phone.wait_call_established()
+            result = yield caller.wait(40, "the SIPp caller")
+            self.assertEqual(result.exit_code, 0, caller.describe(result) + self.context(phone))
+            yield phone.wait_call_closed()
+        statistics_b = yield self.show(self.b, "statistics")
+        cluster_b = statistics_b.split("Adjacency: cluster", 1)[1]
+        self.assertRegex(cluster_b, r"attempts\s+2", statistics_b)
+        self.assertNotIn("not-reached", statistics_b)
+        # both calls were taken from the link by the worker that holds the phone
+        yield within(
+            self.a.child.output_contains(b"call 2 INVITE from cluster (trusted)"),
+            10.0,
+            "A's call log",
+        )
+        takers = re.findall(
+            r"\[worker (\d) sbc\.calls#info\] call \d+ INVITE from cluster \(", self.a.output()
+        )
+        self.assertEqual(takers, [holder, holder], self.a.tail(60))
 
     @defer.inlineCallbacks
     def registered_baresip(self) -> Any:
