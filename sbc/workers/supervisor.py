@@ -1044,6 +1044,16 @@ class Supervisor(MultiService):
             count=len(self.config.adjacencies),
             workers=len(self.pool.slots),
         )
+        if not any(a.attached and a.cluster_link for a in self.config.adjacencies):
+            # a TCP/TLS phone's connection lives in one worker; the others reach it
+            # only through the cluster link (docs/scaling.md)
+            self.reactor.callWhenRunning(
+                self.log.warn,
+                "no cluster-link adjacency is attached: a call that enters one worker for "
+                "a TCP or TLS phone another worker holds is refused (480, held-elsewhere); "
+                "attach one, a loopback link will do (docs/scaling.md)",
+                event="worker.no-cluster-link",
+            )
 
     def _start_failed(self, failure: Failure) -> None:
         self.fail(
