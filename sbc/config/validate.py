@@ -149,6 +149,12 @@ def _check_cluster(cfg: SbcConfig, shared_store: bool = False) -> Iterator[_Prob
             )
         elif not adj.security_inbound.encrypted and adj.cluster_identity is not None:
             yield where, f"{what}: identity applies to a trusted-encrypted cluster-link only"
+        if shared_store and not adj.security_inbound.encrypted and not adj.transport.tcp:
+            yield (
+                _line(lines, "transport", default=where),
+                f"{what}: with --workers it must carry TCP (transport tcp or udp-tcp) or "
+                "TLS: each worker process takes calls on a TCP port of its own",
+            )
         for keyword, present in (
             ("signaling-peer", adj.signaling_peer is not None),
             ("signaling-peer-port", adj.signaling_peer_port is not None),

@@ -815,8 +815,10 @@ class SipRuntime:
             return _stopped(port)
         own_key, own_port = own
         self._udp.pop(own_key, None)
-        self._own_ports.pop((key.address, key.port), None)
-        self._own_link_ports.pop((key.address, key.port), None)
+        if key.transport == UDP:
+            self._own_ports.pop((key.address, key.port), None)
+        else:
+            self._own_link_ports.pop((key.address, key.port), None)
         self._shared_of.pop((own_key.address, own_key.port), None)
         return _gather([_stopped(port), _stopped(own_port)])
 

@@ -99,6 +99,17 @@ class RuleTests(SynchronousTestCase):
         text = NODE.replace("  store redis://127.0.0.1:6379/0\n", "")
         validate(parse_config(text), certificate_configured=True, shared_store=True)
 
+    def test_worker_processes_need_a_stream_link(self) -> None:
+        """Each worker takes calls on a TCP port of its own: a UDP-only link is refused."""
+        text = NODE.replace(
+            "   security trusted-encrypted\n   cluster-link identity nodes.lab.test",
+            "   transport udp\n   security trusted-unencrypted\n   cluster-link",
+        )
+        validate(parse_config(text), certificate_configured=True)  # one process: fine
+        with self.assertRaises(ConfigError) as raised:
+            validate(parse_config(text), certificate_configured=True, shared_store=True)
+        self.assertIn("with --workers it must carry TCP", raised.exception.message)
+
     def test_must_be_trusted_and_the_same_both_ways(self) -> None:
         for security in (
             "security untrusted",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+import attrs
 from twisted.internet import defer, task
 from twisted.internet.protocol import DatagramProtocol
 from twisted.trial.unittest import TestCase
@@ -136,3 +137,60 @@ class TwoRuntimesTests(TestCase):
         yield b.stop()
         self.assertIsNone(cannot_listen(key))
         self.assertIsNone(cannot_listen(ListenerKey(HOST, self.port, UDP)))
+
+
+class OwnClusterLinkPortTests(TestCase):
+    """Each runtime listens on a cluster-link port of its own beside the shared one."""
+
+    timeout = 20
+
+    @defer.inlineCallbacks
+    def test_each_runtime_has_its_own_link_port_classified_as_the_link(self) -> Any:
+        port, trunk_port = free_port(), free_port()
+        link = attrs.evolve(
+            adjacency("cluster", HOST, port, transport="tcp", security="trusted-unencrypted"),
+            cluster_link=True,
+        )
+        trunk = adjacency("trunk", HOST, trunk_port, transport="tcp")
+        runtimes = []
+        for _ in range(2):
+            runtime = SipRuntime(
+                reactor(), FakeStack(echo), AdjacencyTable([link, trunk]), reuse_port=True
+            )
+            yield runtime.start()
+            self.addCleanup(runtime.stop)
+            runtimes.append(runtime)
+        a, b = runtimes
+        own_a, own_b = a.own_link_port((HOST, port)), b.own_link_port((HOST, port))
+        assert own_a is not None and own_b is not None
+        self.assertNotEqual(own_a, own_b)
+        self.assertNotIn(port, (own_a, own_b))
+        # only the cluster link has one
+        self.assertIsNone(a.own_link_port((HOST, trunk_port)))
+        # a connection to A's own port reaches A only, as a connection of the link
+        peer = socket.create_connection((HOST, own_a), timeout=5)
+        self.addCleanup(peer.close)
+        peer.sendall(OPTIONS)
+        yield until(lambda: a.stack.received)
+        [received] = a.stack.received
+        self.assertEqual(b.stack.received, [])
+        self.assertEqual(received.context.adjacency, "cluster")
+        self.assertEqual(received.context.listener, ListenerKey(HOST, port, "TCP"))
+        self.assertEqual(received.flow.local, (HOST, own_a))
+        # and it closes with the runtime
+        yield a.stop()
+        self.assertIsNone(a.own_link_port((HOST, port)))
+        self.assertIsNone(cannot_listen(ListenerKey(HOST, own_a, "TCP")))
+
+    @defer.inlineCallbacks
+    def test_a_single_process_opens_none(self) -> Any:
+        port = free_port()
+        link = attrs.evolve(
+            adjacency("cluster", HOST, port, transport="tcp", security="trusted-unencrypted"),
+            cluster_link=True,
+        )
+        runtime = SipRuntime(reactor(), FakeStack(echo), AdjacencyTable([link]))
+        yield runtime.start()
+        self.addCleanup(runtime.stop)
+        self.assertIsNone(runtime.own_link_port((HOST, port)))
+        self.assertEqual(list(runtime.listening), [ListenerKey(HOST, port, "TCP")])
