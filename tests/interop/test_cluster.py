@@ -48,11 +48,14 @@ def node_config(
     name: str,
     host: str,
     specs: Sequence[AdjacencySpec],
-    redis_port: int,
+    redis_port: int | None,
     link: Sequence[str],
     sbe: Sequence[str] = (),
 ) -> str:
-    """Node ``name`` on ``host``: phones (TLS), access (UDP), trunk (TCP), the cluster link."""
+    """Node ``name`` on ``host``: phones (TLS), access (UDP), trunk (TCP), the cluster link.
+
+    ``redis_port`` None: no ``store`` line (worker processes share the supervisor's).
+    """
     by_name = {spec.name: spec for spec in specs}
     lines = [
         f"! node {name} of tests/interop/test_cluster.py",
@@ -86,7 +89,7 @@ def node_config(
         "   remote-address ipv4 127.0.0.0/8",
         *(f"   {line}" for line in link),
         "   attach",
-        f"  store redis://127.0.0.1:{redis_port}/0",
+        *([f"  store redis://127.0.0.1:{redis_port}/0"] if redis_port is not None else []),
         f"  node {name}",
         *(f"  {line}" for line in sbe),
         "",
@@ -449,3 +452,78 @@ class ClusterCallTests(CliTestCase):
         )
         yield pause(0.5)
         self.assertNotIn("INVITE from cluster", self.a.output())
+
+
+class SiblingWorkerTlsTests(CliTestCase):
+    """One node, 2 worker processes, no Redis: baresip over TLS is called through either worker.
+
+    The node's cluster link is a private TCP link on 127.0.0.1; the workers
+    share registrations through the supervisor. SIPp callers (each a new TCP
+    connection into the trunk, which the kernel gives to either worker) call
+    alice until the link carried a call: every call connects over baresip's
+    own TLS connection.
+    """
+
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_baresip_called_through_the_worker_that_does_not_hold_it(self) -> Any:
+        self.pki = make_pki(self.mktemp())
+        specs = [
+            AdjacencySpec("phones", "trusted-encrypted", port=free_port()),
+            AdjacencySpec("access", "untrusted", "udp", port=free_port()),
+            AdjacencySpec("trunk", "trusted-unencrypted", "tcp", port=free_port()),
+            AdjacencySpec("cluster", "trusted-unencrypted", "tcp", port=free_port()),
+        ]
+        text = node_config("A", HOST, specs, None, PRIVATE_LINK)
+        self.a = yield launch_sbc(self, self.pki, specs, text, ("--workers", "2"))
+        for index in (1, 2):
+            heard = self.a.child.output_contains(f"[worker {index}] cluster: node A/".encode())
+            yield within(heard, 20.0, f"worker {index} to learn where its sibling takes calls")
+        _, _, certificate = phone_certificate(self.pki, "alice")
+        phone = Baresip(
+            self,
+            outbound_port=self.a.port("phones"),
+            ca=self.pki.cert("ca"),
+            certificate=certificate,
+        )
+        yield phone.start()
+        yield phone.wait_registered()
+        for attempt in range(8):
+            caller = start_sipp(
+                self,
+                "phones_uac.xml",
+                remote_port=self.a.port("trunk"),
+                transport="t1",
+                keys={
+                    "ruri": "sip:alice@lab.test",
+                    "to_uri": "sip:alice@lab.test",
+                    "from_uri": f"sip:dave{attempt}@trunk.test",
+                    "contact_scheme": "sip",
+                },
+                seconds=20,
+            )
+            yield phone.wait_call_established()
+            result = yield caller.wait(40, "the SIPp caller")
+            self.assertEqual(
+                result.exit_code, 0, caller.describe(result) + phone.describe() + self.a.tail(40)
+            )
+            yield phone.wait_call_closed()
+            shown = yield self.sbc_cli(
+                cli_socket(self.a.child), "show services sbc edge sbe statistics"
+            )
+            statistics = shown.text()
+            cluster = statistics.split("Adjacency: cluster", 1)[1]
+            if re.search(r"attempts\s+[1-9]", cluster):
+                break
+        else:
+            self.fail("8 calls all entered the worker holding baresip's connection")
+        self.assertNotIn("held-elsewhere", statistics)
+        # every INVITE reached baresip over the connection its REGISTER used
+        messages = phone.sip_messages()
+        register = next(m for m in messages if m.sent and m.is_request("REGISTER"))
+        invites = [m for m in messages if not m.sent and m.is_request("INVITE")]
+        self.assertEqual(len(invites), attempt + 1, phone.describe())
+        for invite in invites:
+            self.assertEqual(invite.destination, register.source, phone.describe())
+            self.assertEqual(invite.header("Sbc-Cluster"), [], phone.describe())
