@@ -308,7 +308,9 @@ class ClusterCallTests(CliTestCase):
         TLS connection (its own cluster-link port), never to its sibling."""
         yield self.start_nodes(TLS_LINK, a_workers=2)
         phone = yield self.registered_baresip()
-        [holder] = re.findall(r"\[worker (\d)\] registered sip:alice", self.a.output())
+        [holder] = re.findall(
+            r"\[worker (\d) sbc\.registrar#info\] registered sip:alice", self.a.output()
+        )
         for _ in range(2):
             caller = self.caller("phones_uac.xml", "sip:alice@lab.test")
             yield phone.wait_call_established()
@@ -478,7 +480,9 @@ class SiblingWorkerTlsTests(CliTestCase):
         text = node_config("A", HOST, specs, None, PRIVATE_LINK)
         self.a = yield launch_sbc(self, self.pki, specs, text, ("--workers", "2"))
         for index in (1, 2):
-            heard = self.a.child.output_contains(f"[worker {index}] cluster: node A/".encode())
+            heard = self.a.child.output_contains(
+                f"[worker {index} sbc.cluster#info] cluster: node A/".encode()
+            )
             yield within(heard, 20.0, f"worker {index} to learn where its sibling takes calls")
         _, _, certificate = phone_certificate(self.pki, "alice")
         phone = Baresip(

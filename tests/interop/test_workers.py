@@ -487,7 +487,9 @@ class SiblingStreamPhoneTests(_WorkersTestCase):
         self.assertTrue(ok.startswith(b"SIP/2.0 200 "), ok)
         # each worker heard where the other takes calls (heartbeats, every 2 s)
         for index in (1, 2):
-            heard = self.sbc.child.output_contains(f"[worker {index}] cluster: node".encode())
+            heard = self.sbc.child.output_contains(
+                f"[worker {index} sbc.cluster#info] cluster: node".encode()
+            )
             yield within(heard, 20.0, f"cluster.peer in worker {index}")
         shared = self.sbc.port("access")
         hopped = 0
