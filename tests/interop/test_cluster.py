@@ -17,7 +17,6 @@ A delivers it over the phone's own connection:
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -37,7 +36,7 @@ from tests.interop.harness import (
 )
 from tests.interop.phones import Baresip, parse_registrations, phone_certificate
 from tests.interop.test_cli import CliTestCase, cli_socket
-from tests.interop.test_store import NODE_B_HOST, RedisServer
+from tests.interop.test_store import NODE_B_HOST, NodeTestCase, RedisServer
 from tests.support.peers import free_port
 
 #: The name on the lab certificate both nodes present (sip:sbc.lab.test).
@@ -105,15 +104,8 @@ WRONG_IDENTITY = ("security trusted-encrypted", "cluster-link identity other.lab
 PRIVATE_LINK = ("transport tcp", "security trusted-unencrypted", "cluster-link")
 
 
-class ClusterCallTests(CliTestCase):
+class ClusterCallTests(NodeTestCase):
     """A phone registered on node A, called through node B."""
-
-    timeout = 120
-
-    def mktemp_dir(self) -> str:
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
-        return directory
 
     @defer.inlineCallbacks
     def start_nodes(
@@ -192,24 +184,6 @@ class ClusterCallTests(CliTestCase):
         return sbc
 
     @defer.inlineCallbacks
-    def show(self, sbc: SbcProcess, what: str) -> Any:
-        result = yield self.sbc_cli(cli_socket(sbc.child), f"show services sbc edge sbe {what}")
-        return result.text()
-
-    @defer.inlineCallbacks
-    def wait_registrations(self, sbc: SbcProcess, condition: Any, describe: str) -> Any:
-        """Poll ``show ... registrations`` (every 0.3 s, at most 10 s)."""
-        deadline = get_reactor().seconds() + 10.0
-        text = ""
-        while get_reactor().seconds() < deadline:
-            text = yield self.show(sbc, "registrations")
-            rows = parse_registrations(text)
-            if condition(rows):
-                return text
-            yield pause(0.3)
-        self.fail(f"timed out waiting for {describe}:\n{text}")
-
-    @defer.inlineCallbacks
     def wait_closed_link(self, sbc: SbcProcess) -> Any:
         """Poll ``show ... statistics`` until the cluster adjacency counts a closed connection."""
         deadline = get_reactor().seconds() + 10.0
@@ -260,9 +234,13 @@ class ClusterCallTests(CliTestCase):
         )
         yield phone.start()
         yield phone.wait_registered()
-        listed = yield self.wait_registrations(
-            self.b, lambda rows: [r.aor for r in rows] == ["alice@lab.test"], "alice on node B"
+        yield self.wait_registrations(
+            self.b,
+            lambda rows: [r.aor for r in rows] == ["alice@lab.test"],
+            10.0,
+            "alice on node B",
         )
+        _, listed = yield self.registrations(self.b)
         self.assertRegex(listed.splitlines()[0], r"Registrar\s+Node$")
         self.assertRegex(listed.splitlines()[2], r"phones\s+TLS 127\.0\.0\.1:\d+ .* A\s*$")
         caller = self.caller("phones_uac.xml", "sip:alice@lab.test")
@@ -297,7 +275,7 @@ class ClusterCallTests(CliTestCase):
         ended = self.a.child.output_contains(b"Server Shut Down.")
         self.a.child.process.signalProcess("TERM")
         yield within(ended, 15.0, "node A to stop")
-        yield self.wait_registrations(self.b, lambda rows: rows == [], "alice to go from B")
+        yield self.wait_registrations(self.b, lambda rows: rows == [], 10.0, "alice to go from B")
         refused = self.caller("phones_uac_480.xml", "sip:alice@lab.test")
         result = yield refused.wait(40, "the refused caller")
         self.assertEqual(result.exit_code, 0, refused.describe(result) + self.b.tail(40))
@@ -345,7 +323,10 @@ class ClusterCallTests(CliTestCase):
         yield phone.start()
         yield phone.wait_registered()
         yield self.wait_registrations(
-            self.b, lambda rows: [r.aor for r in rows] == ["alice@lab.test"], "alice on node B"
+            self.b,
+            lambda rows: [r.aor for r in rows] == ["alice@lab.test"],
+            10.0,
+            "alice on node B",
         )
         return phone
 
@@ -385,7 +366,7 @@ class ClusterCallTests(CliTestCase):
         result = yield register.wait(20, "SIPp REGISTER")
         self.assertEqual(result.exit_code, 0, register.describe(result) + self.a.tail())
         yield self.wait_registrations(
-            self.b, lambda rows: [r.aor for r in rows] == ["bob@lab.test"], "bob on node B"
+            self.b, lambda rows: [r.aor for r in rows] == ["bob@lab.test"], 10.0, "bob on node B"
         )
         # the phone now answers on the port it registered from
         callee = start_sipp(
@@ -417,7 +398,7 @@ class ClusterCallTests(CliTestCase):
         result = yield register.wait(20, "SIPp REGISTER")
         self.assertEqual(result.exit_code, 0, register.describe(result) + self.a.tail())
         yield self.wait_registrations(
-            self.b, lambda rows: [r.aor for r in rows] == ["bob@lab.test"], "bob on node B"
+            self.b, lambda rows: [r.aor for r in rows] == ["bob@lab.test"], 10.0, "bob on node B"
         )
 
     @defer.inlineCallbacks

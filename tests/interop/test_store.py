@@ -109,8 +109,8 @@ def node_config(name: str, host: str, access: int, trunk: int, redis_port: int) 
     )
 
 
-class SharedStoreTests(CliTestCase):
-    """Registrations shared through Redis; Redis going away and coming back."""
+class NodeTestCase(CliTestCase):
+    """Helpers for tests that drive SBC nodes named ``edge`` through ``sbc-cli``."""
 
     timeout = 120
 
@@ -118,25 +118,6 @@ class SharedStoreTests(CliTestCase):
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
         return directory
-
-    @defer.inlineCallbacks
-    def setUp(self) -> Any:  # type: ignore[override]
-        self.redis = RedisServer(self, free_port())
-        yield self.redis.start()
-        self.pki = make_pki(self.mktemp())
-        self.a = yield self.start_node("A", HOST)
-        self.b = yield self.start_node("B", NODE_B_HOST)
-
-    @defer.inlineCallbacks
-    def start_node(self, name: str, host: str) -> Any:
-        specs = [
-            AdjacencySpec("access", "untrusted", "udp-tcp", port=free_port()),
-            AdjacencySpec("trunk", "trusted-unencrypted", "tcp", port=free_port()),
-        ]
-        text = node_config(name, host, specs[0].port, specs[1].port, self.redis.port)
-        sbc = yield launch_sbc(self, self.pki, specs, text)
-        yield within(sbc.child.output_contains(b"store connected"), 15.0, f"node {name}'s store")
-        return sbc
 
     @defer.inlineCallbacks
     def show(self, sbc: SbcProcess, what: str) -> Any:
@@ -161,6 +142,29 @@ class SharedStoreTests(CliTestCase):
                 return rows
             yield pause(0.3)
         self.fail(f"timed out after {seconds:g} s waiting for {describe}:\n{text}")
+
+
+class SharedStoreTests(NodeTestCase):
+    """Registrations shared through Redis; Redis going away and coming back."""
+
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:  # type: ignore[override]
+        self.redis = RedisServer(self, free_port())
+        yield self.redis.start()
+        self.pki = make_pki(self.mktemp())
+        self.a = yield self.start_node("A", HOST)
+        self.b = yield self.start_node("B", NODE_B_HOST)
+
+    @defer.inlineCallbacks
+    def start_node(self, name: str, host: str) -> Any:
+        specs = [
+            AdjacencySpec("access", "untrusted", "udp-tcp", port=free_port()),
+            AdjacencySpec("trunk", "trusted-unencrypted", "tcp", port=free_port()),
+        ]
+        text = node_config(name, host, specs[0].port, specs[1].port, self.redis.port)
+        sbc = yield launch_sbc(self, self.pki, specs, text)
+        yield within(sbc.child.output_contains(b"store connected"), 15.0, f"node {name}'s store")
+        return sbc
 
     @defer.inlineCallbacks
     def wait_redis(self, condition: Any, seconds: float, describe: str) -> Any:
@@ -334,15 +338,10 @@ class SharedStoreTests(CliTestCase):
         self.fail(f"timed out after {seconds:g} s waiting for {describe}:\n{text}")
 
 
-class RedisClientTests(CliTestCase):
+class RedisClientTests(NodeTestCase):
     """sbc.transport.redis in this process against a real redis-server: the scripts themselves."""
 
     timeout = 60
-
-    def mktemp_dir(self) -> str:
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
-        return directory
 
     @defer.inlineCallbacks
     def setUp(self) -> Any:  # type: ignore[override]
