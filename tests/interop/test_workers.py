@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -40,6 +41,24 @@ from tests.support.peers import free_port, run
 WORKERS = ("--workers", "2")
 
 
+def start_workers_sbc(case: Any, pki: Any, extra_args: Sequence[str]) -> Any:
+    """The routed topology of test_calls (its public peer on a free port) with ``extra_args``."""
+    adjacencies = [
+        attrs.evolve(a, signaling_peer=HOST, signaling_peer_port=free_port())
+        if a.name == "public"
+        else a
+        for a in test_calls.ROUTED
+    ]
+    return start_routed_sbc(
+        case,
+        pki,
+        adjacencies,
+        test_calls.ROUTED_POLICY,
+        local_domains=["lab.test"],
+        extra_args=extra_args,
+    )
+
+
 class TwoWorkerCallFlowTests(test_calls.CallFlowTests):
     """The call flows of :class:`tests.interop.test_calls.CallFlowTests`, through 2 workers.
 
@@ -52,20 +71,7 @@ class TwoWorkerCallFlowTests(test_calls.CallFlowTests):
     @defer.inlineCallbacks
     def setUp(self) -> Any:  # type: ignore[override]
         self.pki = make_pki(self.mktemp())
-        adjacencies = [
-            attrs.evolve(a, signaling_peer=HOST, signaling_peer_port=free_port())
-            if a.name == "public"
-            else a
-            for a in test_calls.ROUTED
-        ]
-        self.sbc = yield start_routed_sbc(
-            self,
-            self.pki,
-            adjacencies,
-            test_calls.ROUTED_POLICY,
-            local_domains=["lab.test"],
-            extra_args=WORKERS,
-        )
+        self.sbc = yield start_workers_sbc(self, self.pki, WORKERS)
 
 
 class _WorkersTestCase(TestCase):
@@ -78,20 +84,7 @@ class _WorkersTestCase(TestCase):
     @defer.inlineCallbacks
     def setUp(self) -> Any:  # type: ignore[override]
         self.pki = make_pki(self.mktemp())
-        adjacencies = [
-            attrs.evolve(a, signaling_peer=HOST, signaling_peer_port=free_port())
-            if a.name == "public"
-            else a
-            for a in test_calls.ROUTED
-        ]
-        self.sbc = yield start_routed_sbc(
-            self,
-            self.pki,
-            adjacencies,
-            test_calls.ROUTED_POLICY,
-            local_domains=["lab.test"],
-            extra_args=(*WORKERS, *self.extra),
-        )
+        self.sbc = yield start_workers_sbc(self, self.pki, (*WORKERS, *self.extra))
 
     @defer.inlineCallbacks
     def cli(self, command: str) -> Any:
