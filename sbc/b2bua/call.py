@@ -535,6 +535,10 @@ class CallHost(OutgoingHost, Protocol):
         """Drop ``call`` from the call table."""
         ...
 
+    def recount(self, before: frozenset[str], after: frozenset[str]) -> None:
+        """A call in the table now uses the adjacencies ``after`` instead of ``before``."""
+        ...
+
 
 class Call:
     """A-leg + B-legs + hunt list; see the module docstring for the behaviour.
@@ -562,6 +566,11 @@ class Call:
     ) -> None:
         self.manager = manager
         self.id = manager.next_call_id()
+        #: The adjacencies this call is counted on in the manager's active calls
+        #: (empty while it is not in the call table or once it ended).
+        self.counted: frozenset[str] = frozenset()
+        #: True while the call is in the manager's call table.
+        self.listed = False
         self.method = request.method
         self.request = request
         self.transaction = transaction
@@ -642,6 +651,17 @@ class Call:
             names.add(self.resolving)
         return names
 
+    def recount(self) -> None:
+        """Tell the manager when the adjacencies this call counts on changed (see ``active_calls``)."""
+        using = (
+            frozenset(self.adjacencies)
+            if self.listed and self.state is not CallState.ENDED
+            else frozenset()
+        )
+        if using != self.counted:
+            self.manager.recount(self.counted, using)
+            self.counted = using
+
     def start(self, targets: Iterable[Target], now: float) -> list[StackOutput]:
         """Hunt through ``targets`` in order."""
         self.candidates = tuple(targets)
@@ -699,6 +719,7 @@ class Call:
     ) -> list[StackOutput]:
         """Ask the edge where ``hop`` (``target``'s, a host name) is; :meth:`_resolved` goes on."""
         self.last_outbound = self.resolving = adjacency.name
+        self.recount()
 
         def reply(resolution: Resolution, now: float) -> list[StackOutput]:
             return self._resolved(target, resolution, now)
@@ -712,6 +733,7 @@ class Call:
         a 503 would, and hunting goes on.
         """
         self.resolving = None
+        self.recount()
         if self.state is CallState.ENDED or self.answered:
             return []
         adjacency = self.manager.table().get(target.adjacency)
@@ -781,6 +803,7 @@ class Call:
             )
             request.headers.add(CLUSTER_HEADER, caller.header_value())
         self.b = leg
+        self.recount()
         self.last_outbound = adjacency.name
         transaction, outputs = manager.stack.send_request(request, flow, now)
         self.b_transaction = transaction
@@ -808,6 +831,7 @@ class Call:
         if self.b_transaction is not None:
             self.manager.unbind_client(self.b_transaction)
         self.b = None
+        self.recount()
         self.b_transaction = None
 
     def _note_failure(self, failure: Response | SipError) -> None:
@@ -1433,6 +1457,7 @@ class Call:
         if self.state is CallState.ENDED:
             return []
         self.state = CallState.ENDED
+        self.recount()
         if self.answered_at is not None:
             calllog.log_ended(self, self.answered_at, now)
         self.hunt.clear()

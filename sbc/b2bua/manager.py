@@ -128,6 +128,8 @@ class CallManager:
         self.locate = locate
         self.counters = counters if counters is not None else Counters()
         self.calls: dict[int, Call] = {}
+        #: Live calls per adjacency (kept by :meth:`recount`; see :meth:`active_calls`).
+        self._active: dict[str, int] = {}
         self.dialogs: dict[tuple[str, str], tuple[Call, Leg]] = {}
         self.clients: dict[TransactionKey, Handler] = {}
         self.servers: dict[TransactionKey, Handler] = {}
@@ -143,11 +145,19 @@ class CallManager:
 
     def active_calls(self, adjacency: str) -> int:
         """How many live calls use ``adjacency`` (either leg)."""
-        return sum(
-            1
-            for call in self.calls.values()
-            if call.state is not CallState.ENDED and adjacency in call.adjacencies
-        )
+        return self._active.get(adjacency, 0)
+
+    def recount(self, before: frozenset[str], after: frozenset[str]) -> None:
+        """A listed call now uses ``after`` instead of ``before`` (``Call.recount``)."""
+        active = self._active
+        for name in before - after:
+            left = active[name] - 1
+            if left:
+                active[name] = left
+            else:
+                del active[name]
+        for name in after - before:
+            active[name] = active.get(name, 0) + 1
 
     @property
     def idle(self) -> bool:
@@ -194,6 +204,8 @@ class CallManager:
             self.count(inbound.name, calllog.refused_counter(error))
             raise
         self.calls[call.id] = call
+        call.listed = True
+        call.recount()
         self.count(inbound.name, "calls-started" if call.dialog else "requests-started")
         if call.dialog:
             self.bind_server(transaction, call)
@@ -390,7 +402,9 @@ class CallManager:
 
     def forget(self, call: Call) -> None:
         """Drop ``call`` from the call table (idempotent)."""
-        self.calls.pop(call.id, None)
+        if self.calls.pop(call.id, None) is not None:
+            call.listed = False
+            call.recount()
 
     # -- 2xx retransmission (RFC 3261 §13.3.1.4, RFC 6026) ------------------------
 

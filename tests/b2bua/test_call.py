@@ -12,6 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from sbc.adjacencies import AdjacencyTable, InboundContext, ListenerKey
 from sbc.b2bua import HuntPolicy, outbound_flow
+from sbc.b2bua.call import CallState
 from sbc.b2bua.manager import DeadlineBuckets
 from sbc.config import parse_config
 from sbc.core import SbcCore
@@ -206,11 +207,25 @@ class Net:
                     pending[0:0] = output.reply(self.locate(output.hop), self.now)
             else:
                 done.append(output)
+        self.check_active_counts()
         transmits = [o for o in done if isinstance(o, Transmit)]
         self.transmits.extend(transmits)
         sent = [(o.flow, parse_message(o.data)) for o in transmits]
         self.log.extend(sent)
         return sent
+
+    def check_active_counts(self) -> None:
+        """After every step: ``active_calls`` (kept as counts) agrees with a scan of the calls."""
+        manager = self.core.calls
+        scanned: dict[str, int] = {}
+        for call in manager.calls.values():
+            if call.state is not CallState.ENDED:
+                for name in call.adjacencies:
+                    scanned[name] = scanned.get(name, 0) + 1
+        names = set(scanned) | {a.name for a in self.config.adjacencies}
+        counted = {name: manager.active_calls(name) for name in names}
+        if counted != {name: scanned.get(name, 0) for name in names}:
+            raise AssertionError(f"active calls counted {counted}, scanned {scanned}")
 
     def fail_transport(self, flow: Flow) -> list[tuple[Flow, Request | Response]]:
         """The edge could not send the latest request of a transaction to ``flow`` (refused)."""
