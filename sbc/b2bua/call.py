@@ -652,7 +652,7 @@ class Call:
         return names
 
     def recount(self) -> None:
-        """Tell the manager when the adjacencies this call counts on changed (see ``active_calls``)."""
+        """Tell the manager when the adjacencies this call counts on changed (``active_calls``)."""
         using = (
             frozenset(self.adjacencies)
             if self.listed and self.state is not CallState.ENDED

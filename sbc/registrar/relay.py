@@ -68,6 +68,9 @@ DEFAULT_EXPIRES = 3600
 MAX_CANDIDATES = 4
 #: Seconds a session without a binding (a challenged REGISTER) waits for the retry.
 SESSION_GRACE = 300.0
+#: Seconds until a session whose forget time came while a REGISTER of it was
+#: still on its way is looked at again.
+SESSION_RETRY = 1.0
 #: Relay sessions (phone Call-IDs) held at most; a new one over it gets 503.
 MAX_SESSIONS = 200_000
 RETRY_LATER = (("Retry-After", "60"),)
@@ -203,6 +206,8 @@ class RegistrationRelay:
         # session's forget time is set; an entry whose object has moved on
         # (refreshed, ended) is stale and dropped when it comes to the top
         self._deadlines: list[tuple[float, int, RelayedBinding | RelaySession]] = []
+        #: connection id -> tokens of the bindings whose phone registered over it (in order)
+        self._by_connection: dict[int, dict[str, None]] = {}
         self._deadline_seq = itertools.count()
         self.pending: dict[TransactionKey, PendingRegister] = {}
         self.store: RelayStore | None = None
@@ -567,10 +572,13 @@ class RegistrationRelay:
                 session.bindings[canonical] = current
                 session.offered.pop(canonical, None)
                 self.tokens[token] = current
+                self._index(current)
                 self._due(current.phone_expires_at, current)
                 _log_binding("registration.added", current, now)
             else:
+                self._unindex(current)
                 current.flow = _pinned(pending.flow)
+                self._index(current)
                 current.expires_at = now + seconds
                 current.phone_expires_at = now + phone_seconds
                 self._due(current.phone_expires_at, current)
@@ -607,6 +615,7 @@ class RegistrationRelay:
         if self.tokens.get(binding.token) is not binding:
             return
         del self.tokens[binding.token]
+        self._unindex(binding)
         if self.store is not None:
             self.store.relayed_ended(binding.token)
         session = binding.session
@@ -628,19 +637,44 @@ class RegistrationRelay:
 
     def connection_closed(self, connection_id: int, now: float) -> None:
         """End the bindings of phones that registered over that connection."""
-        for binding in [b for b in self.tokens.values() if b.flow.connection_id == connection_id]:
-            self._end(binding, now, "connection closed")
+        for token in list(self._by_connection.get(connection_id, ())):
+            binding = self.tokens.get(token)
+            if binding is not None and binding.flow.connection_id == connection_id:
+                self._end(binding, now, "connection closed")
+        self._by_connection.pop(connection_id, None)
+
+    def _index(self, binding: RelayedBinding) -> None:
+        connection_id = binding.flow.connection_id
+        if connection_id is not None:
+            self._by_connection.setdefault(connection_id, {})[binding.token] = None
+
+    def _unindex(self, binding: RelayedBinding) -> None:
+        connection_id = binding.flow.connection_id
+        tokens = self._by_connection.get(connection_id) if connection_id is not None else None
+        if tokens is not None:
+            tokens.pop(binding.token, None)
+            if not tokens:
+                del self._by_connection[connection_id]  # type: ignore[arg-type]
 
     def expire(self, now: float) -> None:
         """End the bindings whose phone-facing expiry has come, and idle sessions."""
-        due = self.next_deadline()
-        if due is None or due > now:
-            return  # nothing is due (this runs whenever any timer of the SBC fires)
-        for binding in [b for b in self.tokens.values() if b.phone_expires_at <= now]:
-            self._end(binding, now, None)
-        for session in list(self.sessions.values()):
-            if session.forget_at is not None and session.forget_at <= now:
-                self._forget_session(session)
+        # Only what is due is touched (this runs whenever any timer of the SBC
+        # fires): the heap's entries in time order, stale ones skipped.
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            at, _, item = heapq.heappop(heap)
+            if isinstance(item, RelayedBinding):
+                if self.tokens.get(item.token) is item and item.phone_expires_at == at:
+                    self._end(item, now, None)
+            elif self.sessions.get(item.key) is item and item.forget_at == at:
+                self._forget_session(item)
+                if self.sessions.get(item.key) is item and item.forget_at == at:
+                    if item.bindings:
+                        item.forget_at = None  # registered meanwhile: kept as long as they are
+                    else:
+                        # a REGISTER of it is still on its way: look again later
+                        item.forget_at = now + SESSION_RETRY
+                        self._due(item.forget_at, item)
 
     def next_deadline(self) -> float | None:
         """When :meth:`expire` next has work.

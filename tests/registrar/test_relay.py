@@ -297,6 +297,39 @@ class RelayTests(SynchronousTestCase):
         self.assertEqual(net.core.relay.bindings(), [])
         self.assertIsNone(net.core.next_deadline())
 
+    def test_a_refresh_over_a_new_connection_moves_the_binding_to_it(self) -> None:
+        """Closing the connection the phone left ends nothing; closing its new one does."""
+        net = RelayNet()
+        _, token = net.registered(expires=300)
+        moved = Flow("TLS", PHONE.local, ("192.0.2.50", 40999), 12)
+        _, relayed = net.one(net.feed(register(3), moved, PHONES), "REGISTER")
+        ok = response_to(relayed, 200)
+        ok.headers.add("Contact", f"<{relayed.contacts[0].uri.serialize()}>;expires=300")
+        net.one(net.feed(ok, CORE_FLOW, CORE), "200")
+        net.core.connection_closed(11, 2.0)
+        [binding] = net.core.relay.bindings()
+        self.assertEqual((binding.token, binding.flow.connection_id), (token, 12))
+        net.core.connection_closed(12, 3.0)
+        self.assertEqual(net.core.relay.bindings(), [])
+        self.assertEqual(net.core.relay._by_connection, {})  # nothing left behind
+
+    def test_a_session_is_forgotten_only_after_its_last_register_ended(self) -> None:
+        """Its forget time comes while a REGISTER of it waits for the registrar."""
+        net = RelayNet()
+        _, first = net.one(net.feed(register(), PHONE, PHONES), "REGISTER")
+        challenge = response_to(first, 401)
+        challenge.headers.add("WWW-Authenticate", CHALLENGE)
+        net.feed(challenge, CORE_FLOW, CORE)
+        net.tick(299.0)
+        retry = register(2, authorization='Digest username="alice", realm="core.test"')
+        net.one(net.feed(retry, PHONE, PHONES), "REGISTER")  # the registrar never answers
+        net.tick(330.0)
+        self.assertEqual(len(net.core.relay.sessions), 1)
+        sent = net.tick(340.0)
+        self.assertEqual(net.one(sent, "408")[1].status, 408)
+        self.assertEqual(net.core.relay.sessions, {})
+        self.assertIsNone(net.core.next_deadline())
+
     def test_registrar_timeout_gives_the_phone_408(self) -> None:
         self.net.one(self.net.feed(register(), PHONE, PHONES), "REGISTER")
         sent = self.net.tick(40.0)
