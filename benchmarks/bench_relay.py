@@ -10,7 +10,11 @@ Contact, the registrar answering 200 with ``expires=600``), then times what
 the runtime does after every message and on every timer: the core's
 ``next_deadline()`` and an ``advance()`` with nothing due. Before the relay
 kept its deadlines in a heap, both walked every relayed binding and
-session. ``--code DIR`` times another checkout (put first on the path).
+session. Each phone registers over its own TLS connection; the last
+figures are the close of one phone's connection (``connection_closed``,
+which walked every binding before the relay indexed them by connection)
+and the expiry of one binding among them all (``advance`` when one is due,
+which walked every binding and session too). ``--code DIR`` times another checkout (put first on the path).
 This is a benchmark, not a test.
 """
 
@@ -30,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.code:
         sys.path.insert(0, args.code)
     from sbc.sip.message import Request, response_to
+    import attrs
+
     from tests.registrar.test_relay import CORE, CORE_FLOW, PHONE, PHONES, RelayNet, register
 
     net = RelayNet()
@@ -37,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         phone = register(
             1, expires=600, contact=f"<sip:p{i}@10.1.1.1:5061;transport=tls>", call_id=f"c{i}"
         )
-        [relayed] = [m for _, m in net.feed(phone, PHONE, PHONES) if isinstance(m, Request)]
+        flow = attrs.evolve(PHONE, connection_id=1000 + i)
+        [relayed] = [m for _, m in net.feed(phone, flow, PHONES) if isinstance(m, Request)]
         ok = response_to(relayed, 200)
         ok.headers.add("Contact", f"<{relayed.contacts[0].uri.serialize()}>;expires=600")
         net.feed(ok, CORE_FLOW, CORE)
@@ -55,6 +62,27 @@ def main(argv: list[str] | None = None) -> int:
         net.core.advance(net.now)
     per = (time.process_time() - started) / args.repeat * 1e6
     print(f"core.advance with nothing due (every timer): {per:.1f} µs")
+    closes = min(args.repeat, args.phones // 2)
+    started = time.process_time()
+    for i in range(closes):
+        net.core.connection_closed(1000 + i, net.now)
+    per = (time.process_time() - started) / closes * 1e6
+    print(f"core.connection_closed of one phone's connection: {per:.1f} µs")
+    # one more phone with a short expiry: the first advance after it is due
+    short = register(1, expires=60, contact="<sip:short@10.1.1.1:5061;transport=tls>", call_id="s")
+    flow = attrs.evolve(PHONE, connection_id=999)
+    [relayed] = [m for _, m in net.feed(short, flow, PHONES) if isinstance(m, Request)]
+    ok = response_to(relayed, 200)
+    ok.headers.add("Contact", f"<{relayed.contacts[0].uri.serialize()}>;expires=60")
+    net.feed(ok, CORE_FLOW, CORE)
+    left = len(net.core.relay.bindings())
+    due = net.core.next_deadline()
+    assert due is not None
+    started = time.process_time()
+    net.core.advance(due)
+    per = (time.process_time() - started) * 1e6
+    assert len(net.core.relay.bindings()) == left - 1
+    print(f"core.advance ending one binding of {left}: {per:.1f} µs")
     return 0
 
 

@@ -146,6 +146,7 @@ class SbcCore:
         if router is None:
             router = Router(None, DefaultPolicy()).route
         self._local_domains = local_domains
+        self._local_domains_cache: tuple[Iterable[str], frozenset[str]] | None = None
         self.registrar = registrar or Registrar()
         self.calls = CallManager(
             table, router, hunting, self._locate, no_answer_timeout=no_answer_timeout
@@ -182,7 +183,13 @@ class SbcCore:
         """The registrar's domains, lower-cased."""
         domains = self._local_domains
         values = domains() if callable(domains) else domains
-        return frozenset(d.lower() for d in values)
+        cached = self._local_domains_cache
+        if cached is not None and cached[0] is values:
+            return cached[1]  # the same configuration value as last time (every request asks)
+        lowered = frozenset(d.lower() for d in values)
+        if isinstance(values, tuple | frozenset):  # immutable: the same object, the same set
+            self._local_domains_cache = (values, lowered)
+        return lowered
 
     # -- time -----------------------------------------------------------------
 

@@ -342,3 +342,24 @@ class ExtensionTests(SynchronousTestCase):
         """§20.32: Require and Proxy-Require in a CANCEL are ignored (here: no INVITE, 481)."""
         cancel = with_headers(request("CANCEL", "sip:bob@192.0.2.9"), "Require: nothing")
         self.assertEqual(self.final(cancel).status, 481)
+
+
+class LocalDomainTests(SynchronousTestCase):
+    """``local_domains`` follows the configuration in force (a commit replaces it)."""
+
+    def test_a_changed_domain_list_is_seen_at_once(self) -> None:
+        table = AdjacencyTable(parse_config(CONFIG).adjacencies)
+        in_force: list[tuple[str, ...]] = [("Example.COM",)]
+        core = SbcCore(lambda: table, local_domains=lambda: in_force[0])
+        self.assertEqual(core.local_domains, frozenset({"example.com"}))
+        self.assertIs(core.local_domains, core.local_domains)  # the same value: not made again
+        in_force[0] = ("other.test", "example.com")
+        self.assertEqual(core.local_domains, frozenset({"other.test", "example.com"}))
+
+    def test_a_list_in_place_is_read_every_time(self) -> None:
+        table = AdjacencyTable(parse_config(CONFIG).adjacencies)
+        domains = ["a.test"]
+        core = SbcCore(lambda: table, local_domains=domains)
+        self.assertEqual(core.local_domains, frozenset({"a.test"}))
+        domains.append("B.test")
+        self.assertEqual(core.local_domains, frozenset({"a.test", "b.test"}))
