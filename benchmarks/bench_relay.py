@@ -14,8 +14,8 @@ session. Each phone registers over its own TLS connection; the last
 figures are the close of one phone's connection (``connection_closed``,
 which walked every binding before the relay indexed them by connection)
 and the expiry of one binding among them all (``advance`` when one is due,
-which walked every binding and session too). ``--code DIR`` times another checkout (put first on the path).
-This is a benchmark, not a test.
+which walked every binding and session too). ``--code DIR`` times another
+checkout (put first on the path). This is a benchmark, not a test.
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.code:
         sys.path.insert(0, args.code)
-    from sbc.sip.message import Request, response_to
     import attrs
 
+    from sbc.sip.message import Request, response_to
     from tests.registrar.test_relay import CORE, CORE_FLOW, PHONE, PHONES, RelayNet, register
 
     net = RelayNet()
