@@ -87,6 +87,12 @@ bench-probe: $(STAMP)
 bench-core: $(STAMP)
 	$(BIN)/python benchmarks/bench_core.py $(BENCH_CORE_ARGS)
 
+# Instructions per call in process (callgrind; repeatable where CPU time drifts),
+# e.g. BENCH_INSTRUCTIONS_ARGS="--code /tmp/before" to compare a change; needs valgrind.
+.PHONY: bench-instructions
+bench-instructions: $(STAMP)
+	$(BIN)/python benchmarks/bench_instructions.py $(BENCH_INSTRUCTIONS_ARGS)
+
 # A 5,000 requests/s flood from one source for 20 s, with trusted calls at the same time:
 # the SBC's CPU once the source is banned. About 75 seconds.
 .PHONY: bench-flood

@@ -500,8 +500,10 @@ class RegistrationRelay:
             return self._registered(pending, response, now)
         if status in (408, 503) and pending.new_session and pending.candidates:
             return self._retry(pending, now)
-        if pending.new_session and status not in RETRIED_REFUSALS:
+        if status in RETRIED_REFUSALS:
             # a challenge or a 423 keeps the session: the retry goes on the same Call-ID
+            self._await_retry(pending.session, now)
+        else:
             self._forget_session(pending.session)
         reply = response_to(pending.request, status, response.reason)
         copy_end_to_end(response, reply.headers)
@@ -514,8 +516,7 @@ class RegistrationRelay:
             return []
         if pending.new_session and pending.candidates:
             return self._retry(pending, now)
-        if pending.new_session:
-            self._forget_session(pending.session)
+        self._forget_session(pending.session)
         status = 408 if reason == "timeout" else 503
         error = SipError(status, "Request Timeout" if status == 408 else "Service Unavailable")
         return self.stack.respond(
@@ -630,10 +631,26 @@ class RegistrationRelay:
             _log_binding("registration.removed", binding, now, reason)
 
     def _forget_session(self, session: RelaySession) -> None:
+        """Drop ``session`` when it holds no binding and no REGISTER of it is on its way.
+
+        Called whenever one of its bindings or REGISTERs ends, so that a
+        session left empty (its phone's connection closed while a refresh
+        was with the registrar, say) does not stay for ever.
+        """
         if self.sessions.get(session.key) is session and not session.bindings:
             if any(p.session is session for p in self.pending.values()):
                 return  # a REGISTER of it is still on its way
             del self.sessions[session.key]
+
+    def _await_retry(self, session: RelaySession, now: float) -> None:
+        """A challenge or a 423 answered ``session``'s REGISTER: keep it for the phone's retry.
+
+        A session with bindings is kept by them; an empty one waits
+        :data:`SESSION_GRACE` seconds from now for the retry.
+        """
+        if self.sessions.get(session.key) is session and not session.bindings:
+            session.forget_at = now + SESSION_GRACE
+            self._due(session.forget_at, session)
 
     def connection_closed(self, connection_id: int, now: float) -> None:
         """End the bindings of phones that registered over that connection."""

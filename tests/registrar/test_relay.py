@@ -330,6 +330,40 @@ class RelayTests(SynchronousTestCase):
         self.assertEqual(net.core.relay.sessions, {})
         self.assertIsNone(net.core.next_deadline())
 
+    def test_a_session_emptied_while_its_refresh_is_away_goes_when_the_refresh_fails(self) -> None:
+        """The phone's connection closes while its refresh waits for the registrar."""
+        net = RelayNet()
+        net.registered(expires=300)
+        net.now = 10.0
+        net.one(net.feed(register(3), PHONE, PHONES), "REGISTER")
+        net.core.connection_closed(11, 11.0)
+        self.assertEqual(net.core.relay.bindings(), [])
+        self.assertEqual(len(net.core.relay.sessions), 1)  # its refresh is still away
+        net.tick(100.0)  # the refresh times out
+        self.assertEqual(net.core.relay.sessions, {})
+        self.assertIsNone(net.core.next_deadline())
+
+    def test_a_challenge_after_the_grace_keeps_the_session_for_the_next_retry(self) -> None:
+        """The retry of a challenged REGISTER is challenged again just after the grace ran out."""
+        net = RelayNet()
+        _, first = net.one(net.feed(register(), PHONE, PHONES), "REGISTER")
+        challenge = response_to(first, 401)
+        challenge.headers.add("WWW-Authenticate", CHALLENGE)
+        net.feed(challenge, CORE_FLOW, CORE)
+        net.tick(299.0)
+        retry = register(2, authorization='Digest username="alice", realm="core.test"')
+        _, second = net.one(net.feed(retry, PHONE, PHONES), "REGISTER")
+        net.tick(302.0)
+        again = response_to(second, 401)
+        again.headers.add("WWW-Authenticate", CHALLENGE)
+        net.one(net.feed(again, CORE_FLOW, CORE), "401")
+        net.tick(400.0)
+        retry = register(3, authorization='Digest username="alice", realm="core.test"')
+        _, third = net.one(net.feed(retry, PHONE, PHONES), "REGISTER")
+        self.assertEqual((third.call_id, third.from_.tag), (first.call_id, first.from_.tag))
+        net.tick(700.0)  # the registrar never answers the third: 408, then the session goes
+        self.assertEqual(net.core.relay.sessions, {})
+
     def test_registrar_timeout_gives_the_phone_408(self) -> None:
         self.net.one(self.net.feed(register(), PHONE, PHONES), "REGISTER")
         sent = self.net.tick(40.0)
