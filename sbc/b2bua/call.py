@@ -82,6 +82,7 @@ import re
 import urllib.parse
 from collections import deque
 from collections.abc import Callable, Iterable
+from collections.abc import Set as AbstractSet
 from typing import Protocol
 
 import attrs
@@ -462,6 +463,10 @@ class Relay:
         return []
 
 
+#: What a call that is not in the table, or has ended, counts on.
+_NO_ADJACENCIES: frozenset[str] = frozenset()
+
+
 class CallHost(OutgoingHost, Protocol):
     """What a call uses of the B2BUA's tables: the :class:`~sbc.b2bua.manager.CallManager`.
 
@@ -653,14 +658,14 @@ class Call:
 
     def recount(self) -> None:
         """Tell the manager when the adjacencies this call counts on changed (``active_calls``)."""
-        using = (
-            frozenset(self.adjacencies)
-            if self.listed and self.state is not CallState.ENDED
-            else frozenset()
-        )
-        if using != self.counted:
-            self.manager.recount(self.counted, using)
-            self.counted = using
+        if self.listed and self.state is not CallState.ENDED:
+            using: AbstractSet[str] = self.adjacencies
+        else:
+            using = _NO_ADJACENCIES
+        if using != self.counted:  # (a set equals a frozenset of the same names)
+            after = frozenset(using)
+            self.manager.recount(self.counted, after)
+            self.counted = after
 
     def start(self, targets: Iterable[Target], now: float) -> list[StackOutput]:
         """Hunt through ``targets`` in order."""
