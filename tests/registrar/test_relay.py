@@ -132,6 +132,20 @@ class RelayNet:
     def counter(self, adjacency: str, name: str) -> int:
         return self.core.calls.counters.snapshot().get(adjacency, {}).get(name, 0)
 
+    def retry_near_the_grace_end(self) -> tuple[Request, Request]:
+        """A REGISTER challenged at 0 s, its retry at 299 s (the session's grace ends at 300 s).
+
+        Returns the two REGISTERs relayed; the retry waits for the registrar.
+        """
+        _, first = self.one(self.feed(register(), PHONE, PHONES), "REGISTER")
+        challenge = response_to(first, 401)
+        challenge.headers.add("WWW-Authenticate", CHALLENGE)
+        self.feed(challenge, CORE_FLOW, CORE)
+        self.tick(299.0)
+        retry = register(2, authorization='Digest username="alice", realm="core.test"')
+        _, second = self.one(self.feed(retry, PHONE, PHONES), "REGISTER")
+        return first, second
+
     def registered(self, expires: int = 300, refresh_min: bool = False) -> tuple[Request, str]:
         """Register alice: 401 from the registrar, retry, 200. Returns (relayed, token)."""
         _, first = self.one(self.feed(register(), PHONE, PHONES), "REGISTER")
@@ -316,13 +330,7 @@ class RelayTests(SynchronousTestCase):
     def test_a_session_is_forgotten_only_after_its_last_register_ended(self) -> None:
         """Its forget time comes while a REGISTER of it waits for the registrar."""
         net = RelayNet()
-        _, first = net.one(net.feed(register(), PHONE, PHONES), "REGISTER")
-        challenge = response_to(first, 401)
-        challenge.headers.add("WWW-Authenticate", CHALLENGE)
-        net.feed(challenge, CORE_FLOW, CORE)
-        net.tick(299.0)
-        retry = register(2, authorization='Digest username="alice", realm="core.test"')
-        net.one(net.feed(retry, PHONE, PHONES), "REGISTER")  # the registrar never answers
+        net.retry_near_the_grace_end()  # the registrar never answers the retry
         net.tick(330.0)
         self.assertEqual(len(net.core.relay.sessions), 1)
         sent = net.tick(340.0)
@@ -346,13 +354,7 @@ class RelayTests(SynchronousTestCase):
     def test_a_challenge_after_the_grace_keeps_the_session_for_the_next_retry(self) -> None:
         """The retry of a challenged REGISTER is challenged again just after the grace ran out."""
         net = RelayNet()
-        _, first = net.one(net.feed(register(), PHONE, PHONES), "REGISTER")
-        challenge = response_to(first, 401)
-        challenge.headers.add("WWW-Authenticate", CHALLENGE)
-        net.feed(challenge, CORE_FLOW, CORE)
-        net.tick(299.0)
-        retry = register(2, authorization='Digest username="alice", realm="core.test"')
-        _, second = net.one(net.feed(retry, PHONE, PHONES), "REGISTER")
+        first, second = net.retry_near_the_grace_end()
         net.tick(302.0)
         again = response_to(second, 401)
         again.headers.add("WWW-Authenticate", CHALLENGE)
