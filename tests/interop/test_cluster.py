@@ -225,21 +225,7 @@ class ClusterCallTests(NodeTestCase):
     def test_baresip_on_a_called_through_b_over_a_tls_cluster_link(self) -> Any:
         """The call connects over baresip's own TLS connection to A; both nodes list alice."""
         yield self.start_nodes(TLS_LINK)
-        _, _, certificate = phone_certificate(self.pki, "alice")
-        phone = Baresip(
-            self,
-            outbound_port=self.a.port("phones"),
-            ca=self.pki.cert("ca"),
-            certificate=certificate,
-        )
-        yield phone.start()
-        yield phone.wait_registered()
-        yield self.wait_registrations(
-            self.b,
-            lambda rows: [r.aor for r in rows] == ["alice@lab.test"],
-            10.0,
-            "alice on node B",
-        )
+        phone = yield self.registered_baresip()
         _, listed = yield self.registrations(self.b)
         self.assertRegex(listed.splitlines()[0], r"Registrar\s+Node$")
         self.assertRegex(listed.splitlines()[2], r"phones\s+TLS 127\.0\.0\.1:\d+ .* A\s*$")
@@ -356,18 +342,7 @@ class ClusterCallTests(NodeTestCase):
         """A SIPp phone registered over UDP on A answers a call that entered B (plain TCP link)."""
         yield self.start_nodes(PRIVATE_LINK)
         port = free_port()
-        register = start_sipp(
-            self,
-            "store_register.xml",
-            remote_port=self.a.port("access"),
-            port=port,
-            keys={"user": "bob", "expires": "300"},
-        )
-        result = yield register.wait(20, "SIPp REGISTER")
-        self.assertEqual(result.exit_code, 0, register.describe(result) + self.a.tail())
-        yield self.wait_registrations(
-            self.b, lambda rows: [r.aor for r in rows] == ["bob@lab.test"], 10.0, "bob on node B"
-        )
+        yield self.sipp_registers("bob", on=self.a, seen_by=self.b, port=port)
         # the phone now answers on the port it registered from
         callee = start_sipp(
             self, "calls_uas.xml", port=port, keys={"contact_scheme": "sip"}, seconds=20
@@ -389,17 +364,7 @@ class ClusterCallTests(NodeTestCase):
     @defer.inlineCallbacks
     def register_bob_on_a(self) -> Any:
         """A SIPp phone registers bob over UDP on A; fires once B lists him."""
-        register = start_sipp(
-            self,
-            "store_register.xml",
-            remote_port=self.a.port("access"),
-            keys={"user": "bob", "expires": "300"},
-        )
-        result = yield register.wait(20, "SIPp REGISTER")
-        self.assertEqual(result.exit_code, 0, register.describe(result) + self.a.tail())
-        yield self.wait_registrations(
-            self.b, lambda rows: [r.aor for r in rows] == ["bob@lab.test"], 10.0, "bob on node B"
-        )
+        yield self.sipp_registers("bob", on=self.a, seen_by=self.b)
 
     @defer.inlineCallbacks
     def test_b_refuses_a_node_certificate_without_the_identity(self) -> Any:

@@ -143,6 +143,29 @@ class NodeTestCase(CliTestCase):
             yield pause(0.3)
         self.fail(f"timed out after {seconds:g} s waiting for {describe}:\n{text}")
 
+    @defer.inlineCallbacks
+    def sipp_registers(
+        self, user: str, on: SbcProcess, seen_by: SbcProcess, port: int | None = None
+    ) -> Any:
+        """SIPp registers ``user`` over UDP on ``on`` (from ``port``); fires with ``seen_by``'s
+        registrations once it lists that user alone."""
+        register = start_sipp(
+            self,
+            "store_register.xml",
+            remote_port=on.port("access"),
+            port=port,
+            keys={"user": user, "expires": "300"},
+        )
+        result = yield register.wait(30, "SIPp REGISTER")
+        self.assertEqual(result.exit_code, 0, register.describe(result) + on.tail())
+        rows = yield self.wait_registrations(
+            seen_by,
+            lambda rows: [r.aor for r in rows] == [f"{user}@lab.test"],
+            10.0,
+            f"{user} listed",
+        )
+        return rows
+
 
 class SharedStoreTests(NodeTestCase):
     """Registrations shared through Redis; Redis going away and coming back."""
@@ -199,17 +222,7 @@ class SharedStoreTests(NodeTestCase):
     @defer.inlineCallbacks
     def test_registration_on_a_is_listed_on_b_and_goes_with_a(self) -> Any:
         """SIPp registers alice on A: B lists it, held by A; expiry; A's clean stop."""
-        phone = start_sipp(
-            self,
-            "store_register.xml",
-            remote_port=self.a.port("access"),
-            keys={"user": "alice", "expires": "300"},
-        )
-        result = yield phone.wait(30, "SIPp REGISTER")
-        self.assertEqual(result.exit_code, 0, phone.describe(result) + self.a.tail())
-        rows = yield self.wait_registrations(
-            self.b, lambda rows: len(rows) == 1, 10.0, "alice on node B"
-        )
+        rows = yield self.sipp_registers("alice", on=self.a, seen_by=self.b)
         [alice] = rows
         self.assertEqual(
             (alice.aor, alice.adjacency, alice.registrar), ("alice@lab.test", "access", "local")

@@ -41,6 +41,50 @@ from tests.support.peers import free_port, run
 WORKERS = ("--workers", "2")
 
 
+def carol_register(transport: str, port: int, contact: str) -> bytes:
+    """carol@lab.test's REGISTER (300 s) with ``contact``, sent from ``port``."""
+    return sip_request(
+        method="REGISTER",
+        uri="sip:lab.test",
+        via_transport=transport,
+        local_port=port,
+        call_id=new_call_id(),
+        from_uri="sip:carol@lab.test",
+        to_uri="sip:carol@lab.test",
+        cseq="1 REGISTER",
+        extra=[f"Contact: {contact}", "Expires: 300"],
+    )
+
+
+def dave_calls_carol(n: int, port: int) -> tuple[str, bytes]:
+    """The Call-ID and the INVITE of dave{n} (UDP, from ``port``) to carol@lab.test."""
+    call_id = new_call_id()
+    invite = sip_request(
+        method="INVITE",
+        uri="sip:carol@lab.test",
+        via_transport="UDP",
+        local_port=port,
+        call_id=call_id,
+        from_uri=f"sip:dave{n}@lab.test",
+        extra=[f"Contact: <sip:dave{n}@{HOST}:{port}>"],
+    )
+    return call_id, invite
+
+
+def dave_in_dialog(n: int, port: int, call_id: str, target: str, to: str, cseq: str) -> bytes:
+    """A request of dave{n}'s call to carol (``cseq`` such as ``"2 BYE"``) to ``target``."""
+    return sip_request(
+        method=cseq.split()[1],
+        uri=target,
+        via_transport="UDP",
+        local_port=port,
+        call_id=call_id,
+        from_uri=f"sip:dave{n}@lab.test",
+        to_uri="sip:carol@lab.test",
+        cseq=cseq,
+    ).replace(b"To: <sip:carol@lab.test>", f"To: {to}".encode())
+
+
 def start_workers_sbc(case: Any, pki: Any, extra_args: Sequence[str]) -> Any:
     """The routed topology of test_calls (its public peer on a free port) with ``extra_args``."""
     adjacencies = [
@@ -312,18 +356,7 @@ class SharedRegistrationTests(_WorkersTestCase):
         listening = get_reactor().listenUDP(0, phone, interface=HOST)
         self.addCleanup(listening.stopListening)
         phone_port = listening.getHost().port
-        call_id = new_call_id()
-        register = sip_request(
-            method="REGISTER",
-            uri="sip:lab.test",
-            via_transport="UDP",
-            local_port=phone_port,
-            call_id=call_id,
-            from_uri="sip:carol@lab.test",
-            to_uri="sip:carol@lab.test",
-            cseq="1 REGISTER",
-            extra=[f"Contact: <sip:carol@{HOST}:{phone_port}>", "Expires: 300"],
-        )
+        register = carol_register("UDP", phone_port, f"<sip:carol@{HOST}:{phone_port}>")
         assert listening is not None
         phone.transport.write(register, (HOST, shared))  # type: ignore[union-attr]
         ok, _ = yield phone.next(b"SIP/2.0 ", 10.0)
@@ -334,16 +367,7 @@ class SharedRegistrationTests(_WorkersTestCase):
         self.assertIn("Worker", text)
         for n in range(16):
             caller = open_udp(self, shared)
-            invite_id = new_call_id()
-            invite = sip_request(
-                method="INVITE",
-                uri="sip:carol@lab.test",
-                via_transport="UDP",
-                local_port=caller.local_port,
-                call_id=invite_id,
-                from_uri=f"sip:dave{n}@lab.test",
-                extra=[f"Contact: <sip:dave@{HOST}:{caller.local_port}>"],
-            )
+            invite_id, invite = dave_calls_carol(n, caller.local_port)
             final = caller.transact(invite, invite_id, seconds=15.0)
             request, source = yield phone.next(b"INVITE sip:carol@", 10.0)
             acked = phone.next(b"ACK ", 10.0)
@@ -464,17 +488,7 @@ class SiblingStreamPhoneTests(_WorkersTestCase):
         self.addCleanup(connected.transport.loseConnection)
         nowhere = free_port()  # the phone's Contact: nothing listens there
         contact = f"<sip:carol@{HOST}:{nowhere};transport=tcp>"
-        register = sip_request(
-            method="REGISTER",
-            uri="sip:lab.test",
-            via_transport="TCP",
-            local_port=nowhere,
-            call_id=new_call_id(),
-            from_uri="sip:carol@lab.test",
-            to_uri="sip:carol@lab.test",
-            cseq="1 REGISTER",
-            extra=[f"Contact: {contact}", "Expires: 300"],
-        )
+        register = carol_register("TCP", nowhere, contact)
         phone.transport.write(register)  # type: ignore[union-attr]
         ok = yield phone.next(b"SIP/2.0 ", 10.0)
         self.assertTrue(ok.startswith(b"SIP/2.0 200 "), ok)
@@ -488,16 +502,7 @@ class SiblingStreamPhoneTests(_WorkersTestCase):
         hopped = 0
         for n in range(16):
             caller = open_udp(self, shared)
-            invite_id = new_call_id()
-            invite = sip_request(
-                method="INVITE",
-                uri="sip:carol@lab.test",
-                via_transport="UDP",
-                local_port=caller.local_port,
-                call_id=invite_id,
-                from_uri=f"sip:dave{n}@lab.test",
-                extra=[f"Contact: <sip:dave{n}@{HOST}:{caller.local_port}>"],
-            )
+            invite_id, invite = dave_calls_carol(n, caller.local_port)
             final = caller.transact(invite, invite_id, seconds=15.0)
             request = yield phone.next(b"INVITE sip:carol@", 10.0)
             phone.answer(request, 200, "OK", contact)
@@ -505,29 +510,9 @@ class SiblingStreamPhoneTests(_WorkersTestCase):
             self.assertEqual(response.status, 200, response.raw)
             to = response.header("To", "t")[0]
             target = response.header("Contact", "m")[0].strip("<>").split(">")[0]
-            ack = sip_request(
-                method="ACK",
-                uri=target,
-                via_transport="UDP",
-                local_port=caller.local_port,
-                call_id=invite_id,
-                from_uri=f"sip:dave{n}@lab.test",
-                to_uri="sip:carol@lab.test",
-                cseq="1 ACK",
-            )
-            ack = ack.replace(b"To: <sip:carol@lab.test>", f"To: {to}".encode())
-            caller.send(ack)
+            caller.send(dave_in_dialog(n, caller.local_port, invite_id, target, to, "1 ACK"))
             yield phone.next(b"ACK sip:carol@", 10.0)
-            bye_request = sip_request(
-                method="BYE",
-                uri=target,
-                via_transport="UDP",
-                local_port=caller.local_port,
-                call_id=invite_id,
-                from_uri=f"sip:dave{n}@lab.test",
-                to_uri="sip:carol@lab.test",
-                cseq="2 BYE",
-            ).replace(b"To: <sip:carol@lab.test>", f"To: {to}".encode())
+            bye_request = dave_in_dialog(n, caller.local_port, invite_id, target, to, "2 BYE")
             done = caller.transact(bye_request, invite_id, seconds=15.0)
             bye = yield phone.next(b"BYE sip:carol@", 10.0)
             phone.answer(bye, 200, "OK", contact)
