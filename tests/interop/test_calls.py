@@ -606,3 +606,111 @@ class TlsInPlainOutTests(TestCase):
         self.assertEqual(response.status, 200)
         self.assertEqual(client.datagrams, [], self.sbc.tail(20))
         self.assertIn("whose inbound side is TLS only; dropped", self.sbc.output())
+
+
+class LeastCallsTests(TestCase):
+    """``routing-policy least-calls`` with real calls: a new call goes where fewer are up.
+
+    Two trusted UDP adjacencies, each with a SIPp callee, are the entries of a
+    round-robin table (which alternates the first candidate on every call).
+    A first call stays up (10 s hold); a second, short one goes to the other
+    adjacency; the third must follow the second (fewer live calls there),
+    where round-robin alone would send it back to the first one. This is the
+    per-adjacency live-call count the B2BUA keeps, seen from outside.
+    """
+
+    timeout = 90
+
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:  # type: ignore[override]
+        self.pki = make_pki(self.mktemp())
+        self.callees = {}
+        for name in ("left", "right"):
+            self.callees[name] = yield start_sipp_uas(
+                self, "calls_uas.xml", transport="u1", keys={"contact_scheme": "sip"}, calls=3,
+                seconds=60,
+            )  # fmt: skip
+        adjacencies = [
+            CallAdjacency("access", "untrusted", "udp"),
+            *(
+                CallAdjacency(
+                    name,
+                    "trusted-unencrypted",
+                    "udp",
+                    signaling_peer=HOST,
+                    signaling_peer_port=callee.port,
+                )
+                for name, callee in self.callees.items()
+            ),
+        ]
+        routing = (
+            "call-policy-set 1",
+            " first-call-routing-table spread",
+            " rtg-round-robin-table spread",
+            "  entry 1",
+            "   dst-adjacency left",
+            "   action complete",
+            "  entry 2",
+            "   dst-adjacency right",
+            "   action complete",
+            "active-call-policy-set 1",
+            "routing-policy least-calls",
+        )
+        self.sbc = yield start_routed_sbc(self, self.pki, adjacencies, routing)
+
+    @defer.inlineCallbacks
+    def attempts(self) -> Any:
+        """``attempts`` per outbound adjacency, from ``show ... statistics``."""
+        result = yield within(
+            run(
+                get_reactor(),
+                [
+                    SBC_CLI, "--socket", cli_socket(self.sbc.child),
+                    "-c", "show services sbc calls sbe statistics",
+                ],
+                timeout=20.0,
+            ),
+            30.0,
+            "sbc-cli",
+        )  # fmt: skip
+        self.assertEqual(result.exit_code, 0, result.text())
+        counts = {}
+        for name in ("left", "right"):
+            section = result.stdout.decode().split(f"Adjacency: {name}", 1)[-1]
+            section = section.split("Adjacency: ", 1)[0]
+            found = re.search(r"attempts\s+(\d+)", section)
+            counts[name] = int(found.group(1)) if found else 0
+        return counts
+
+    def caller(self, scenario: str) -> SippProcess:
+        return start_sipp(
+            self,
+            scenario,
+            remote_port=self.sbc.port("access"),
+            keys={
+                "ruri": f"sip:bob@{HOST}",
+                "from_uri": "sip:alice@lab.test",
+                "contact_scheme": "sip",
+            },
+            seconds=40,
+        )
+
+    @defer.inlineCallbacks
+    def test_a_new_call_goes_where_fewer_calls_are_up(self) -> Any:
+        held = self.caller("workers_uac_hold.xml")  # 10 s in the call
+        counts = {"left": 0, "right": 0}
+        for _ in range(100):
+            counts = yield self.attempts()
+            if sum(counts.values()):
+                break
+            yield pause(0.1)
+        [busy] = [name for name, count in counts.items() if count]
+        [idle] = [name for name in counts if name != busy]
+        for n in (2, 3):
+            short = self.caller("calls_uac.xml")
+            result = yield short.wait(30, f"call {n}")
+            self.assertEqual(result.exit_code, 0, short.describe(result) + self.sbc.tail(40))
+        counts = yield self.attempts()
+        self.assertEqual(counts, {busy: 1, idle: 2}, self.sbc.tail(60))
+        result = yield held.wait(40, "the held call")
+        self.assertEqual(result.exit_code, 0, held.describe(result) + self.sbc.tail(40))
