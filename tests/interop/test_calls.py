@@ -85,6 +85,28 @@ ROUTED_POLICY = (
 )
 
 
+@defer.inlineCallbacks
+def sbc_show(case: TestCase, sbc: Any, what: str) -> Any:
+    """``sbc-cli -c "show services sbc calls sbe WHAT"`` against ``sbc``: its output."""
+    result = yield within(
+        run(
+            get_reactor(),
+            [
+                SBC_CLI,
+                "--socket",
+                cli_socket(sbc.child),
+                "-c",
+                f"show services sbc calls sbe {what}",
+            ],
+            timeout=30.0,
+        ),
+        40.0,
+        "sbc-cli",
+    )
+    case.assertEqual(result.exit_code, 0, result.text())
+    return result.stdout.decode()
+
+
 class Recorder(protocol.Protocol):
     """A TCP server protocol that keeps what it receives (a callee that must hear nothing)."""
 
@@ -515,20 +537,7 @@ class TlsInPlainOutTests(TestCase):
 
     @defer.inlineCallbacks
     def test_show_says_both_sides(self) -> Any:
-        result = yield within(
-            run(
-                get_reactor(),
-                [
-                    SBC_CLI, "--socket", cli_socket(self.sbc.child),
-                    "-c", "show services sbc calls sbe adjacencies edge",
-                ],
-                timeout=30.0,
-            ),
-            40.0,
-            "sbc-cli",
-        )  # fmt: skip
-        self.assertEqual(result.exit_code, 0, result.text())
-        text = result.stdout.decode()
+        text = yield sbc_show(self, self.sbc, "adjacencies edge")
         self.assertIn("  Security: inbound Trusted-Encrypted, outbound Untrusted\n", text)
         self.assertIn("  Transport: TLS, sends UDP+TCP\n", text)
 
@@ -661,22 +670,10 @@ class LeastCallsTests(TestCase):
     @defer.inlineCallbacks
     def attempts(self) -> Any:
         """``attempts`` per outbound adjacency, from ``show ... statistics``."""
-        result = yield within(
-            run(
-                get_reactor(),
-                [
-                    SBC_CLI, "--socket", cli_socket(self.sbc.child),
-                    "-c", "show services sbc calls sbe statistics",
-                ],
-                timeout=20.0,
-            ),
-            30.0,
-            "sbc-cli",
-        )  # fmt: skip
-        self.assertEqual(result.exit_code, 0, result.text())
+        text = yield sbc_show(self, self.sbc, "statistics")
         counts = {}
         for name in ("left", "right"):
-            section = result.stdout.decode().split(f"Adjacency: {name}", 1)[-1]
+            section = text.split(f"Adjacency: {name}", 1)[-1]
             section = section.split("Adjacency: ", 1)[0]
             found = re.search(r"attempts\s+(\d+)", section)
             counts[name] = int(found.group(1)) if found else 0
