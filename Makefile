@@ -41,6 +41,45 @@ check-config: $(STAMP) $(PKI)/ca.pem
 		--certificate $(PKI)/sbc.pem --private-key $(PKI)/sbc.key \
 		--ca-certificates $(PKI)/ca.pem
 
+# PyPy (3.9 or newer): the same code, 2 to 3 times faster once warm (docs/performance.md).
+# cryptography and bcrypt as wheels only: their sources need a Rust toolchain that
+# downloads crates; pip then takes the newest releases built for this PyPy.
+PYPY ?= pypy3
+PYPY_VENV ?= .venv-pypy
+PYPY_STAMP := $(PYPY_VENV)/.sbc-installed
+TRIAL_PYPY_ARGS ?= tests
+
+$(PYPY_STAMP): setup.cfg pyproject.toml
+	$(PYPY) -m venv $(PYPY_VENV)
+	$(PYPY_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(PYPY_VENV)/bin/python -m pip install --quiet --only-binary cryptography,bcrypt \
+		-e '.[pypy-test]' --config-settings editable_mode=compat
+	$(PYPY_VENV)/bin/python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
+	touch $(PYPY_STAMP)
+
+.PHONY: pypy-venv run-pypy trial-pypy
+pypy-venv: $(PYPY_STAMP)
+
+# `make run`, on PyPy.
+run-pypy: $(PYPY_STAMP) $(PKI)/ca.pem $(RUN_CONFIG)
+	@echo "sbc: lab PKI in $(PKI) is for testing only"
+	@echo "sbc: running $(RUN_CONFIG) on PyPy; CLI: $(BIN)/sbc-cli --socket $(RUN_DIR)/sbc.cli"
+	$(PYPY_VENV)/bin/twistd --pidfile= -n sbc --config $(RUN_CONFIG) \
+		--certificate $(PKI)/sbc.pem --private-key $(PKI)/sbc.key \
+		--ca-certificates $(PKI)/ca.pem
+
+trial-pypy: $(PYPY_STAMP)
+	$(PYPY_VENV)/bin/python -m twisted.trial --temp-directory=_trial_temp_pypy $(TRIAL_PYPY_ARGS)
+
+# `make test` runs the suite on PyPy too where pypy3 is installed (on CI it must be).
+.PHONY: trial-pypy-if-present
+trial-pypy-if-present:
+	@if command -v $(PYPY) >/dev/null 2>&1 || [ "$${CI:-}" = true ]; then \
+		$(MAKE) --no-print-directory trial-pypy; \
+	else \
+		echo "sbc: $(PYPY) not found: the PyPy run of the suite is left out (apt-get install pypy3 pypy3-venv)"; \
+	fi
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -53,7 +92,7 @@ trial: $(STAMP)
 	$(BIN)/coverage run -m twisted.trial $(TRIAL_ARGS)
 	$(BIN)/coverage report
 
-test: lint typecheck trial
+test: lint typecheck trial trial-pypy-if-present
 
 # sippy (the comparison point) ships a top-level `tests` package that would shadow
 # ours, so it lives in its own directory, on the path of the benchmarks only.
@@ -73,8 +112,10 @@ $(BENCH_SITE)/matplotlib: | $(STAMP)
 # a plot; needs sipp (apt-get install sip-tester). About 15 minutes; see
 # docs/performance.md. BENCH_CALLS_ARGS="--plot docs/perf-calls.png" redraws the doc's plot.
 .PHONY: bench-calls
+# With a PyPy venv (make pypy-venv), sbc on PyPy ramps too ("sbc-pypy").
 bench-calls: $(STAMP) $(BENCH_SITE)/sippy $(BENCH_SITE)/matplotlib
-	PYTHONPATH=$(BENCH_SITE) SIPLOG_LVL=WARN $(BIN)/python benchmarks/bench_calls.py $(BENCH_CALLS_ARGS)
+	PYTHONPATH=$(BENCH_SITE) SIPLOG_LVL=WARN $(BIN)/python benchmarks/bench_calls.py \
+		$(if $(wildcard $(PYPY_STAMP)),--pypy $(PYPY_VENV)) $(BENCH_CALLS_ARGS)
 
 # Where the daemon's CPU per call goes at one rate (strace, py-spy, /proc); needs sipp.
 .PHONY: bench-probe
@@ -115,4 +156,4 @@ fuzz: $(FUZZ_STAMP)
 	$(BIN)/python fuzz/run.py --runs $(FUZZ_RUNS) $(FUZZ_ARGS)
 
 clean:
-	rm -rf $(VENV) _trial_temp .coverage *.egg-info .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(PYPY_VENV) _trial_temp _trial_temp_pypy .coverage *.egg-info .mypy_cache .ruff_cache

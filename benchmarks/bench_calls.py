@@ -17,8 +17,15 @@ SIPp UAC -> SUT -> SIPp UAS; INVITE with SDP, 100, 180, 200 with SDP, ACK,
 - sippy: ``python -m sippy.b2bua_simple -f -l ... -n UAS`` with
   ``SIPLOG_LVL=WARN``.
 
+- sbc-pypy (``--pypy VENV``, which ``make bench-calls`` passes when
+  ``make pypy-venv`` has built ``.venv-pypy``): the same sbc and config under
+  that PyPy virtual environment's ``twistd``.
+
 Each system under test is started once, at its first step, and runs until
-its ramp ends (as a daemon does; no start-up warm-up in the steps). Each
+its ramp ends (as a daemon does). Right after it starts it gets
+``--warmup`` seconds (30) of calls at ``--warmup-rate`` (200/s), not
+measured, then the rest: PyPy's JIT compiles the hot code in the first
+thousands of calls, and a daemon runs for days. Each
 rate step offers ``rate x --seconds`` calls, waits for SIPp to finish them
 (bounded by ``-timeout``), then rests ``--drain`` seconds (default 33: the
 transactions of the last calls expire, so the next step starts from a quiet
@@ -584,17 +591,20 @@ def start_sbc_target(
     code: Path | None = None,
     limits: Sequence[str] = (),
     workers: int = 1,
+    venv: Path | None = None,
 ) -> Target:
     """``twistd sbc`` (``code``: another checkout of sbc, first on its PYTHONPATH;
-    ``workers``: ``--workers N``)."""
+    ``workers``: ``--workers N``; ``venv``: the virtual environment whose
+    ``twistd`` runs it, e.g. a PyPy one, instead of this one's)."""
     access_port, core_port = free_udp_port(), free_udp_port()
     config = bench.workdir / f"sbc-{tag}.conf"
     config.write_text(sbc_config("bench", access_port, core_port, uas_port, limits))
     screen = bench.workdir / f"sbc-{tag}.screen.log"
     log = {"file": bench.workdir / f"sbc-{tag}.log", "stdout": screen, "null": screen}[log_mode]
     logfile = {"file": [f"--logfile={log}"], "stdout": [], "null": ["--logfile=/dev/null"]}
+    program = venv / "bin" / "twistd" if venv is not None else TWISTD
     twistd = [
-        str(TWISTD), "-n", "--pidfile=", *logfile[log_mode], "sbc", "--config", str(config),
+        str(program), "-n", "--pidfile=", *logfile[log_mode], "sbc", "--config", str(config),
         "--cli", f"unix:{bench.workdir / f'sbc-{tag}.cli'}:mode=600",
         *(["--workers", str(workers)] if workers != 1 else []),
     ]  # fmt: skip
@@ -795,6 +805,7 @@ def plot(runs: dict[str, list[Step]], path: Path, title: str) -> bool:
         "sbc": ("tab:blue", "o"),
         "sippy": ("tab:orange", "s"),
         "sbc-baseline": ("tab:green", "^"),
+        "sbc-pypy": ("tab:purple", "D"),
         "sbc-1w": ("tab:blue", "o"),
         "sbc-2w": ("tab:red", "D"),
     }
@@ -868,23 +879,26 @@ def report(meta: dict[str, Any], runs: dict[str, list[Step]], reference: int) ->
         print(f"{name}:")
         print(table(steps))
     print()
-    sbc = runs.get("sbc", [])
     for name, steps in runs.items():
         best = best_rate(steps)
         print(f"{name}: highest clean rate {best or 'none'} calls/s; CPU per call at "
               f"{reference} calls/s: {describe(at_rate(steps, reference))}")  # fmt: skip
+    ours_names = [name for name in runs if name.startswith("sbc")]
     sippy = runs.get("sippy")
-    if sippy is not None:
-        ours, theirs = at_rate(sbc, reference), at_rate(sippy, reference)
+    for name in ours_names:
+        if sippy is None:
+            break
+        ours, theirs = at_rate(runs[name], reference), at_rate(sippy, reference)
         if ours and theirs and ours.ms_per_call and theirs.ms_per_call:
             print(
-                f"sbc / sippy CPU per call at {reference} calls/s: "
+                f"{name} / sippy CPU per call at {reference} calls/s: "
                 f"{ours.ms_per_call / theirs.ms_per_call:.2f} "
-                f"(sippy {theirs.ms_per_call / ours.ms_per_call:.2f}x sbc)"
+                f"(sippy {theirs.ms_per_call / ours.ms_per_call:.2f}x {name})"
             )
-    summary = overload_summary(sbc)
-    if summary:
-        print(f"sbc overload: {summary}")
+    for name in ours_names:
+        summary = overload_summary(runs[name])
+        if summary:
+            print(f"{name} overload: {summary}")
 
 
 def print_failure(program: str, error: BenchError, logs: Sequence[Path]) -> int:
@@ -962,6 +976,23 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "'source-rate-limit 1000000 10' for a checkout with the flood defence)",
     )
     parser.add_argument(
+        "--pypy",
+        default=None,
+        help="a PyPy virtual environment with sbc installed (make pypy-venv: .venv-pypy): "
+        "ramps 'sbc-pypy' too, its twistd running this checkout",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=30.0,
+        help="seconds of calls at --warmup-rate that every system gets right after it starts, "
+        "before its first step, not measured (PyPy's JIT compiles the hot code in the "
+        "first thousands of calls; a daemon runs for days) (default %(default)s)",
+    )
+    parser.add_argument(
+        "--warmup-rate", type=int, default=200, help="calls/s of the warm-up (default %(default)s)"
+    )
+    parser.add_argument(
         "--plot", default=None, help="PNG to draw (default: in the run's directory)"
     )
     parser.add_argument("--replot", default=None, help="redraw a saved results.json and exit")
@@ -1010,6 +1041,10 @@ def main(argv: Sequence[str]) -> int:
     if not TWISTD.exists():
         print(f"bench_calls: {TWISTD} not found (make install the venv)", file=sys.stderr)
         return 2
+    pypy = Path(args.pypy) if args.pypy else None
+    if pypy is not None and not (pypy / "bin" / "twistd").exists():
+        print(f"bench_calls: {pypy / 'bin' / 'twistd'} not found (make pypy-venv)", file=sys.stderr)
+        return 2
     taskset = shutil.which("taskset")
     if args.workers:
         pin_target, pin_load = [], []
@@ -1025,7 +1060,7 @@ def main(argv: Sequence[str]) -> int:
     # Short path: the SBC's management socket lives here (UNIX paths are limited).
     workdir = Path(tempfile.mkdtemp(prefix="sbc-bench-calls-"))
     bench = Bench(sipp, workdir, pin_target, pin_load, args.hold_ms, "un" if args.workers else "u1")
-    started = datetime.datetime.now(datetime.UTC)
+    started = datetime.datetime.now(datetime.timezone.utc)
     meta = {"title": machine_title(args, started)}
     print(meta["title"], flush=True)
     procs = Processes()
@@ -1033,6 +1068,7 @@ def main(argv: Sequence[str]) -> int:
     chosen = (
         ("sbc", not args.no_sbc and not args.workers),
         *((f"sbc-{n}w", not args.no_sbc) for n in args.workers or ()),
+        ("sbc-pypy", pypy is not None),
         ("sbc-baseline", args.baseline is not None),
         ("sippy", with_sippy),
     )
@@ -1051,6 +1087,10 @@ def main(argv: Sequence[str]) -> int:
                     targets[ramp.name] = start_sbc_target(
                         procs, bench, uas_port, "sbc", args.log, None, SBC_LIMITS
                     )
+                elif ramp.name == "sbc-pypy":
+                    targets[ramp.name] = start_sbc_target(
+                        procs, bench, uas_port, ramp.name, args.log, REPO, SBC_LIMITS, venv=pypy
+                    )
                 elif ramp.name.startswith("sbc-") and ramp.name.endswith("w"):
                     workers = int(ramp.name[len("sbc-") : -1])
                     targets[ramp.name] = start_sbc_target(
@@ -1063,6 +1103,17 @@ def main(argv: Sequence[str]) -> int:
                     )
                 else:
                     targets[ramp.name] = start_sippy_target(procs, bench, uas_port, "sippy", site)
+                if args.warmup > 0:
+                    warm = run_step(
+                        procs, bench, targets[ramp.name], name=ramp.name,
+                        rate=args.warmup_rate, seconds=args.warmup, drain=args.drain,
+                        tag=f"{ramp.name}-warmup",
+                    )  # fmt: skip
+                    print(
+                        f"  {ramp.name}: warm-up, {args.warmup_rate}/s for {args.warmup:g} s: "
+                        f"{warm.completed}/{warm.calls} calls completed (not counted)",
+                        flush=True,
+                    )
             return targets[ramp.name]
 
         for index, rate in enumerate(args.rates):

@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         figure = per_call(code, args.calls)
         figures.append(figure)
         print(f"{code}: {figure / 1e6:.3f} M instructions per call", flush=True)
-    for code, figure in zip(checkouts[1:], figures[1:], strict=True):
+    for code, figure in zip(checkouts[1:], figures[1:]):
         print(f"{code} against {REPO}: {figure / figures[0]:.3f}x")
     return 0
 

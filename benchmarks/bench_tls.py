@@ -649,7 +649,7 @@ def report(
 ) -> None:
     print()
     print(
-        f"TLS benchmark, {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, "
+        f"TLS benchmark, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
         f"Python {platform.python_version()}, OpenSSL {ssl.OPENSSL_VERSION.split()[1]} "
         f"(client), load average {', '.join(f'{x:.2f}' for x in os.getloadavg())}"

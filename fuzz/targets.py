@@ -91,9 +91,9 @@ def _guarded(error: ParseError) -> None:
 
 
 def _touch(value: Any, depth: int = 0) -> None:
-    if depth > 2 or value is None or isinstance(value, str | bytes | int | float | bool):
+    if depth > 2 or value is None or isinstance(value, (str, bytes, int, float, bool)):
         return
-    if isinstance(value, list | tuple):
+    if isinstance(value, (list, tuple)):
         for item in value:
             _touch(item, depth + 1)
         return

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, Protocol
+from typing import Any, Protocol, Union
 
 import attrs
 from twisted.internet.defer import Deferred, succeed
@@ -117,8 +117,8 @@ class Confirmed:
     commit_id: int
 
 
-CommitResult = Committed | Refused
-RollbackResult = RolledBack | NoChange | Refused
+CommitResult = Union[Committed, Refused]
+RollbackResult = Union[RolledBack, NoChange, Refused]
 
 
 @attrs.frozen(eq=False)

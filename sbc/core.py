@@ -187,7 +187,7 @@ class SbcCore:
         if cached is not None and cached[0] is values:
             return cached[1]  # the same configuration value as last time (every request asks)
         lowered = frozenset(d.lower() for d in values)
-        if isinstance(values, tuple | frozenset):  # immutable: the same object, the same set
+        if isinstance(values, (tuple, frozenset)):  # immutable: the same object, the same set
             self._local_domains_cache = (values, lowered)
         return lowered
 

@@ -67,7 +67,7 @@ class Identity:
 
 
 def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC)
+    return datetime.datetime.now(datetime.timezone.utc)
 
 
 def make_ca(common_name: str = "sbc lab CA (testing only)", days: int = 825) -> Identity:

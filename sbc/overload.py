@@ -44,7 +44,7 @@ shed meanwhile (docs/logging.md).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Final
+from typing import Final, Optional
 
 from twisted.logger import Logger
 
@@ -83,7 +83,7 @@ SHED_METHODS: Final = frozenset({"INVITE", "REGISTER"})
 #: Counter of the requests answered 503 by overload control.
 SHED_COUNTER: Final = "overload-shed"
 
-CountFunction = Callable[[str | None, str], None]
+CountFunction = Callable[[Optional[str], str], None]
 
 
 class OverloadControl:

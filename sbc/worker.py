@@ -620,7 +620,7 @@ def cannot_listen(key: ListenerKey, *, reuse_port: bool = False) -> str | None:
     return None
 
 
-def tune_garbage_collector() -> None:
+def tune_garbage_collector() -> bool:
     """Make CPython's cyclic garbage collector cheap for a long-running SBC.
 
     Profiling at 200 calls/s showed a quarter of the CPU in full collections
@@ -635,10 +635,16 @@ def tune_garbage_collector() -> None:
     100 ms instead of the 150 to 220 ms that (20000, 20, 20) gave), and a
     full collection only every 1000 generation-1 ones.
     ``docs/performance.md`` has the numbers.
+
+    Returns False, changing nothing, on PyPy: its incremental generational
+    collector has neither these settings nor these pauses.
     """
+    if not hasattr(gc, "freeze"):
+        return False
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+    return True
 
 
 def dns_servers(config: SbcConfig) -> list[tuple[str, int]]:

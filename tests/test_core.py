@@ -283,7 +283,7 @@ class ExtensionTests(SynchronousTestCase):
         for output in sent:
             if isinstance(output, Transmit):
                 message = parse_message(output.data)
-                assert isinstance(message, Request | Response)
+                assert isinstance(message, (Request, Response))
                 found.append(message)
         return found
 

@@ -70,7 +70,7 @@ def _is_type_checking(test: ast.expr) -> bool:
 def _imports(tree: ast.AST, type_only: bool = False) -> Iterator[tuple[ast.stmt, bool]]:
     """Every import statement under ``tree``, with whether it is under TYPE_CHECKING."""
     for node in ast.iter_child_nodes(tree):
-        if isinstance(node, ast.Import | ast.ImportFrom):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
             yield node, type_only
         elif isinstance(node, ast.If) and _is_type_checking(node.test):
             for child in node.body:

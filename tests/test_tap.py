@@ -424,9 +424,12 @@ class GarbageCollectorTests(SynchronousTestCase):
 
         from sbc.service import GC_THRESHOLDS, tune_garbage_collector
 
+        if not hasattr(gc, "freeze"):  # PyPy: nothing to tune
+            self.assertFalse(tune_garbage_collector())
+            return
         before = gc.get_threshold()
         self.addCleanup(gc.set_threshold, *before)
         self.addCleanup(gc.unfreeze)
-        tune_garbage_collector()
+        self.assertTrue(tune_garbage_collector())
         self.assertEqual(gc.get_threshold(), GC_THRESHOLDS)
         self.assertGreater(gc.get_freeze_count(), 0)

@@ -66,14 +66,15 @@ _MAC_BYTES: Final = 16
 _NONCE_BYTES: Final = _TIME.size + _SALT_BYTES + _MAC_BYTES
 _NONCE_CHARS: Final = 43
 
-_TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]++"
+_TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]+"
 _token_at = re.compile(_TOKEN).match
-_blank_at = re.compile(r"[ \t\r\n]*+").match
+_blank_at = re.compile(r"[ \t\r\n]*").match
 _nonce_match = re.compile(rf"[A-Za-z0-9_\-]{{{_NONCE_CHARS}}}").fullmatch
 # One whole parameter: name = (quoted-string without escapes | token), then
-# a comma (group 4) or the end. Possessive throughout: linear, no backtracking.
+# a comma (group 4) or the end. Each repeated class stops at a character it
+# excludes (blank, "=", '"', ","): linear, whatever the input.
 _param_at = re.compile(
-    rf'({_TOKEN})[ \t\r\n]*+=[ \t\r\n]*+(?:"([^"\\]*+)"|({_TOKEN}))[ \t\r\n]*+(?:(,)[ \t\r\n]*+|\Z)'
+    rf'({_TOKEN})[ \t\r\n]*=[ \t\r\n]*(?:"([^"\\]*)"|({_TOKEN}))[ \t\r\n]*(?:(,)[ \t\r\n]*|\Z)'
 ).match
 _nc_match = re.compile(r"[0-9A-Fa-f]{8}").fullmatch
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections.abc import Callable
+from typing import Union
 
 import attrs
 
@@ -60,7 +61,7 @@ RouterFunction = Callable[[RouteKey, AdjacencyTable, Callable[[str], int]], Rout
 #: token), given the inbound adjacency's name; ``None``: routing decides.
 Locator = Callable[[URI, str, float], "list[Target] | None"]
 
-Handler = Call | Relay
+Handler = Union[Call, Relay]
 
 #: The route path of a call to the registered contacts of an AOR in a local domain.
 REGISTRAR_PATH = ("registered contacts",)

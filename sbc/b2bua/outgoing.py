@@ -45,7 +45,9 @@ import enum
 import heapq
 import math
 from collections.abc import Callable, Mapping
-from typing import Final, Protocol, TypeAlias
+from typing import Final, Protocol
+
+from typing_extensions import TypeAlias
 
 from sbc.sip.errors import SbcError
 from sbc.sip.stack import Flow, SipStack, StackOutput
@@ -130,10 +132,10 @@ class IllegalOutgoingTransitionError(SbcError):
 
 
 Actions: TypeAlias = tuple[OutgoingAction, ...]
-Row: TypeAlias = tuple[OutgoingState | None, OutgoingEvent, Actions, OutgoingState]
-Table: TypeAlias = Mapping[
-    tuple[OutgoingState | None, OutgoingEvent], tuple[Actions, OutgoingState]
-]
+Row: TypeAlias = "tuple[OutgoingState | None, OutgoingEvent, Actions, OutgoingState]"
+Table: TypeAlias = (
+    "Mapping[tuple[OutgoingState | None, OutgoingEvent], tuple[Actions, OutgoingState]]"
+)
 
 
 def _table(*rows: Row) -> Table:

@@ -34,7 +34,7 @@ import ipaddress
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Protocol, Union, runtime_checkable
 
 import attrs
 from twisted.internet.defer import Deferred, succeed
@@ -156,7 +156,7 @@ class WorkerInfo:
     calls: int
 
 
-Reply = list[str] | Deferred[list[str]]
+Reply = Union[list[str], Deferred[list[str]]]
 """Output lines (``%`` lines for errors), at once or later (an asynchronous backend)."""
 
 
@@ -261,10 +261,10 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[
     """Left-aligned columns separated by two spaces, with a dashed rule under the headers."""
     widths = [len(h) for h in headers]
     for row in rows:
-        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row)]
 
     def line(cells: Sequence[str]) -> str:
-        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
 
     return [line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)]
 
@@ -1033,7 +1033,7 @@ class Session:
         if any(c.worker for c in calls):
             # worker processes (docs/scaling.md): each numbers its own calls
             headers.insert(1, "Worker")
-            for row, c in zip(rows, calls, strict=True):
+            for row, c in zip(rows, calls):
                 row.insert(1, c.worker or "-")
         return [*format_table(headers, rows), f"{len(calls)} call(s)"]
 
@@ -1056,12 +1056,12 @@ class Session:
         if any(r.node for r in bindings):
             # a shared store: which node holds each flow (docs/scaling.md)
             headers.append("Node")
-            for row, r in zip(rows, bindings, strict=True):
+            for row, r in zip(rows, bindings):
                 row.append(r.node or "-")
         if any(r.worker for r in bindings):
             # worker processes (docs/scaling.md): which one holds each binding
             headers.append("Worker")
-            for row, r in zip(rows, bindings, strict=True):
+            for row, r in zip(rows, bindings):
                 row.append(r.worker or "-")
         return [*format_table(headers, rows), f"{len(bindings)} binding(s)"]
 

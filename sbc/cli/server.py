@@ -21,6 +21,7 @@ import pwd
 import socket
 import stat
 import struct
+import sys
 from typing import Any
 
 from twisted.application.service import Service
@@ -128,17 +129,23 @@ class CliProtocol(LineReceiver):
         self._close()
 
 
+#: Linux's SO_PEERCRED (17), which PyPy's socket module does not name.
+_SO_PEERCRED: int | None = getattr(
+    socket, "SO_PEERCRED", 17 if sys.platform.startswith("linux") else None
+)
+
+
 def peer_user(transport: Any) -> str:
     """The login name of the process at the other end of a UNIX socket (SO_PEERCRED).
 
     ``uid N`` when the uid has no name, ``""`` when it cannot be known (a
     TCP endpoint, or a platform without SO_PEERCRED).
     """
+    if _SO_PEERCRED is None:
+        return ""
     try:
         handle = transport.getHandle()
-        credentials = handle.getsockopt(
-            socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")
-        )
+        credentials = handle.getsockopt(socket.SOL_SOCKET, _SO_PEERCRED, struct.calcsize("3i"))
     except (AttributeError, OSError, TypeError):
         return ""
     _, uid, _ = struct.unpack("3i", credentials)

@@ -43,7 +43,7 @@ import heapq
 import json
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, Union
 
 import attrs
 from twisted.internet.defer import Deferred, gatherResults, succeed
@@ -125,7 +125,7 @@ class Drop:
     key: str
 
 
-Op = Put | Delete | Drop
+Op = Union[Put, Delete, Drop]
 
 
 class StoreClient(Protocol):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 from collections.abc import Iterable, Iterator, Mapping
-from typing import TypeVar
+from typing import TypeVar, Union
 
 import attrs
 
@@ -44,6 +44,7 @@ __all__ = [
     "RoutingTable",
     "SbcConfig",
     "Security",
+    "StrEnum",
     "TableKind",
     "Transport",
 ]
@@ -56,14 +57,26 @@ DEFAULT_ROUTING_POLICY = "default"
 DEFAULT_DNS_PORT = 53
 """Port of a ``dns-server`` given without one."""
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+
+
+class StrEnum(str, enum.Enum):
+    """An enum whose members are their (configuration) words.
+
+    ``str()`` and format give the word, as ``enum.StrEnum`` does; that class
+    only exists from Python 3.11, and sbc also runs on PyPy 3.9.
+    """
+
+    __str__ = str.__str__
+    __format__ = str.__format__  # type: ignore[assignment]
+
 
 K = TypeVar("K")
 V = TypeVar("V")
 
 
-class Security(enum.StrEnum):
+class Security(StrEnum):
     """Security level of one side (inbound or outbound) of an adjacency."""
 
     UNTRUSTED = "untrusted"
@@ -86,7 +99,7 @@ class Security(enum.StrEnum):
         return self is Security.TRUSTED_ENCRYPTED
 
 
-class Transport(enum.StrEnum):
+class Transport(StrEnum):
     """Transports of a non-encrypted adjacency."""
 
     UDP = "udp"
@@ -104,7 +117,7 @@ class Transport(enum.StrEnum):
         return self is not Transport.UDP
 
 
-class ClientCertificate(enum.StrEnum):
+class ClientCertificate(StrEnum):
     """Whether a TLS client of an inbound trusted-encrypted adjacency must show a certificate."""
 
     REQUIRED = "required"
@@ -112,14 +125,14 @@ class ClientCertificate(enum.StrEnum):
     NONE = "none"
 
 
-class Authentication(enum.StrEnum):
+class Authentication(StrEnum):
     """Who authenticates requests that start something on an adjacency (docs/phones.md)."""
 
     DIGEST = "digest"
     DELEGATED = "delegated"
 
 
-class DigestAlgorithm(enum.StrEnum):
+class DigestAlgorithm(StrEnum):
     """A digest algorithm a challenge may offer (RFC 7616, RFC 8760)."""
 
     SHA256 = "sha-256"
@@ -138,7 +151,7 @@ DEFAULT_DIGEST_ALGORITHMS: tuple[DigestAlgorithm, ...] = (
 """Offered in this order when ``digest-algorithms`` is not configured (RFC 8760 §3)."""
 
 
-class TableKind(enum.StrEnum):
+class TableKind(StrEnum):
     """The four kinds of routing table; the value is the configuration keyword."""
 
     SRC_ADJACENCY = "rtg-src-adjacency-table"
@@ -160,7 +173,7 @@ _MATCH_COMMANDS: dict[TableKind, str | None] = {
 }
 
 
-class Action(enum.StrEnum):
+class Action(StrEnum):
     """What a routing entry does once it matched."""
 
     COMPLETE = "complete"

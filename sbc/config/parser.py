@@ -50,6 +50,7 @@ from sbc.config.model import (
     SbcConfig,
     Security,
     StoreUrl,
+    StrEnum,
     TableKind,
     Transport,
 )
@@ -336,7 +337,7 @@ def _security(word: str) -> Security:
         ) from None
 
 
-_E = TypeVar("_E", bound=enum.StrEnum)
+_E = TypeVar("_E", bound=StrEnum)
 
 
 def _choice(kind: type[_E], word: str, what: str) -> _E:
@@ -1121,7 +1122,7 @@ def _limit_handler(setting: LimitSetting) -> _Handler:
             return mode
         _arity(args, setting.syntax, len(numbers))
         values = {}
-        for number, word in zip(numbers, args, strict=True):
+        for number, word in zip(numbers, args):
             what = setting.keyword if len(numbers) == 1 else f"{setting.keyword} {number.name}"
             values[number.attribute] = _number(word, what, number.low, number.high)
         b.limits.update(values)

@@ -17,7 +17,9 @@ transport can still answer before closing.
 from __future__ import annotations
 
 import enum
-from typing import Final, TypeAlias
+from typing import Final
+
+from typing_extensions import TypeAlias
 
 from sbc.sip.errors import ParseError
 from sbc.sip.headers import parse_uint
@@ -48,7 +50,7 @@ class KeepAlive(enum.Enum):
 KEEPALIVE_PING: Final = KeepAlive.PING
 
 #: What :meth:`StreamFramer.feed` returns: message bytes or a ping.
-FramedItem: TypeAlias = bytes | KeepAlive
+FramedItem: TypeAlias = "bytes | KeepAlive"
 
 _PING: Final = b"\r\n\r\n"
 

@@ -7,7 +7,11 @@ order received; typed values (:class:`Via`, :class:`NameAddr`,
 :class:`CSeq`, :class:`Warning`) are parsed from those raw strings on demand.
 
 Everything here works in linear time: values are split with ``str``
-methods and single-quantifier regexes, never a backtracking pattern.
+methods and regexes in which every repeated character class is followed by
+a character it cannot match (a delimiter), so a failing match gives back at
+most what it took once: no pattern can backtrack more than linearly. (No
+possessive quantifiers: sbc also runs on PyPy 3.9, whose ``re`` has none;
+with the delimiters they would change nothing but the constant.)
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from collections.abc import Set as AbstractSet
-from typing import Any, Final, Protocol, cast
+from typing import Any, Final, Optional, Protocol, Union, cast
 
 from sbc.sip.errors import ParseError
 from sbc.sip.uri import URI, UnsupportedSchemeError, parse_uri
@@ -42,9 +46,9 @@ class _Serializable(Protocol):
 
 #: What :meth:`Headers.add` and friends accept as a value: the raw text, an
 #: int (Max-Forwards, Expires, ...) or any typed value with ``serialize()``.
-HeaderValue = str | int | _Serializable
+HeaderValue = Union[str, int, _Serializable]
 
-Param = tuple[str, str | None]
+Param = tuple[str, Optional[str]]
 Params = tuple[Param, ...]
 
 # ---------------------------------------------------------------------------
@@ -175,51 +179,51 @@ del _short, _canon, _spelling
 
 _NON_LIST: Final[frozenset[str]] = frozenset(_SINGLE)
 
-_TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]++")
+_TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
 _token_match = _TOKEN_RE.fullmatch
 # gen-value = token / host / quoted-string (quoted strings checked apart)
-_param_value_match = re.compile(r"[A-Za-z0-9\-.!%*_+`'~:\[\]]++").fullmatch
+_param_value_match = re.compile(r"[A-Za-z0-9\-.!%*_+`'~:\[\]]+").fullmatch
 # The usual parameter text: token characters, ':' '[' ']' (hosts), ';' and '='.
-_simple_params_match = re.compile(r"[A-Za-z0-9\-.!%*_+`'~:\[\];=]*+").fullmatch
-_hostname_match = re.compile(r"[A-Za-z0-9\-._]++").fullmatch
-_ipv6_match = re.compile(r"\[[0-9A-Fa-f:.]++\]").fullmatch
-_digits_match = re.compile(r"[0-9]++").fullmatch
+_simple_params_match = re.compile(r"[A-Za-z0-9\-.!%*_+`'~:\[\];=]*").fullmatch
+_hostname_match = re.compile(r"[A-Za-z0-9\-._]+").fullmatch
+_ipv6_match = re.compile(r"\[[0-9A-Fa-f:.]+\]").fullmatch
+_digits_match = re.compile(r"[0-9]+").fullmatch
 # scheme ":" then visible ASCII except SP DQUOTE "<" ">" (the URI proper is
 # parsed by sbc.sip.uri on first use)
-_uri_text_match = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*+:[!#-;=?-~]*+").fullmatch
+_uri_text_match = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*:[!#-;=?-~]*").fullmatch
 # One to three generic-params of tokens without blanks ("branch=z9hG4bK1;rport").
-# The groups are optional, not repeated, and every quantifier is possessive:
-# each character is looked at once, match or not.
+# The groups are optional, not repeated, and each class stops at a delimiter
+# it excludes ("=", ";", the end): linear, match or not.
 _few_params_match = re.compile(
-    r"([A-Za-z0-9\-.!%*_+`'~]++)(?:=([A-Za-z0-9\-.!%*_+`'~:\[\]]++))?+"
-    r"(?:;([A-Za-z0-9\-.!%*_+`'~]++)(?:=([A-Za-z0-9\-.!%*_+`'~:\[\]]++))?+)?+"
-    r"(?:;([A-Za-z0-9\-.!%*_+`'~]++)(?:=([A-Za-z0-9\-.!%*_+`'~:\[\]]++))?+)?+"
+    r"([A-Za-z0-9\-.!%*_+`'~]+)(?:=([A-Za-z0-9\-.!%*_+`'~:\[\]]+))?"
+    r"(?:;([A-Za-z0-9\-.!%*_+`'~]+)(?:=([A-Za-z0-9\-.!%*_+`'~:\[\]]+))?)?"
+    r"(?:;([A-Za-z0-9\-.!%*_+`'~]+)(?:=([A-Za-z0-9\-.!%*_+`'~:\[\]]+))?)?"
 ).fullmatch
 # qvalue = ( "0" [ "." 0*3DIGIT ] ) / ( "1" [ "." 0*3("0") ] )
-_qvalue_match = re.compile(r"0(?:\.[0-9]{0,3}+)?+|1(?:\.0{0,3}+)?+").fullmatch
+_qvalue_match = re.compile(r"0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?").fullmatch
 # CSeq = 1*DIGIT LWS Method
-_cseq_match = re.compile(r"([0-9]{1,10}+)[ \t]++([A-Za-z0-9\-.!%*_+`'~]++)").fullmatch
+_cseq_match = re.compile(r"([0-9]{1,10})[ \t]+([A-Za-z0-9\-.!%*_+`'~]+)").fullmatch
 # The common name-addr forms in one linear pass: an optional display name
 # (a quoted-string without escapes, or tokens and blanks), "<" URI ">", rest.
 # One generic-param of token characters, as _few_params_match reads them.
-_FEW_PARAM = r"([A-Za-z0-9\-.!%*_+`'~]++)(?:=([A-Za-z0-9\-.!%*_+`'~:\[\]]++))?+"
+_FEW_PARAM = r"([A-Za-z0-9\-.!%*_+`'~]+)(?:=([A-Za-z0-9\-.!%*_+`'~:\[\]]+))?"
 # The text after ">" or the host: either up to two (name-addr) or three (Via)
 # simple parameters up to the end (groups a, av[, b, bv[, c, cv]]), or else
 # everything that is left (last group) for the general parameter parser. The
 # first branch is tried once at a fixed place and cannot backtrack into itself.
-_NA_TAIL = rf"(?:;{_FEW_PARAM}(?:;{_FEW_PARAM})?+\Z|(.*))"
-_VIA_TAIL = rf"(?:;(?:{_FEW_PARAM}(?:;{_FEW_PARAM})?+(?:;{_FEW_PARAM})?+\Z|(.*)))?+"
+_NA_TAIL = rf"(?:;{_FEW_PARAM}(?:;{_FEW_PARAM})?\Z|(.*))"
+_VIA_TAIL = rf"(?:;(?:{_FEW_PARAM}(?:;{_FEW_PARAM})?(?:;{_FEW_PARAM})?\Z|(.*)))?"
 _name_addr_fast_match = re.compile(
-    r"(?:\"([^\"\\]*+)\"[ \t]*+|([A-Za-z0-9\-.!%*_+`'~ \t]*+))"
-    r"<([A-Za-z][A-Za-z0-9+\-.]*+:[!#-;=?-~]*+)>" + _NA_TAIL,
+    r"(?:\"([^\"\\]*)\"[ \t]*|([A-Za-z0-9\-.!%*_+`'~ \t]*))"
+    r"<([A-Za-z][A-Za-z0-9+\-.]*:[!#-;=?-~]*)>" + _NA_TAIL,
     re.DOTALL,
 ).fullmatch
 # An addr-spec without parameters ("Contact: sip:alice@192.0.2.1:5060"): the
 # URI characters of _uri_text_match without ";", "?" and ",".
-_addr_spec_fast_match = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*+:[!#-+\--:=@-~]*+").fullmatch
+_addr_spec_fast_match = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*:[!#-+\--:=@-~]*").fullmatch
 # The common Via form in one linear pass: SIP/2.0/transport host[:port][;params]
 _via_fast_match = re.compile(
-    r"SIP/2\.0/([A-Za-z]++) ([A-Za-z0-9.\-]++|\[[0-9A-Fa-f:.]++\])(?::([0-9]{1,5}+))?+" + _VIA_TAIL,
+    r"SIP/2\.0/([A-Za-z]+) ([A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\])(?::([0-9]{1,5}))?" + _VIA_TAIL,
     re.DOTALL,
 ).fullmatch
 
@@ -1173,7 +1177,7 @@ class Headers:
             "Iterable[tuple[str, Any]]", items.items() if isinstance(items, Mapping) else items
         )
         for name, value in pairs:
-            if isinstance(value, list | tuple):
+            if isinstance(value, (list, tuple)):
                 for v in value:
                     self.add(name, v)
             else:
@@ -1259,7 +1263,7 @@ class Headers:
         names = self._names
         values = self._values
         copied: list[str] = []
-        for name, value in zip(source._names, source._values, strict=True):
+        for name, value in zip(source._names, source._values):
             lower = name.lower()
             if lower not in skip:
                 names.append(name)
@@ -1340,7 +1344,7 @@ class Headers:
         self._values = list(self._values)
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
-        return zip(self._names, self._values, strict=True)
+        return zip(self._names, self._values)
 
     def __len__(self) -> int:
         return len(self._names)

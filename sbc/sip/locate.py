@@ -39,9 +39,9 @@ import functools
 import ipaddress
 import random
 from collections.abc import Generator, Iterable, Mapping, Sequence
-from typing import TypeAlias
 
 import attrs
+from typing_extensions import TypeAlias
 
 __all__ = [
     "DEFAULT_PORTS",
@@ -117,7 +117,7 @@ class Srv:
     target: str
 
 
-Record: TypeAlias = Naptr | Srv | str
+Record: TypeAlias = "Naptr | Srv | str"
 """A NAPTR or SRV record, or an address (A, AAAA) as text."""
 
 
@@ -350,7 +350,7 @@ def _procedure(hop: NextHop, rng: random.Random) -> _Steps:
     else:
         queries = tuple(Query(f"{SRV_PREFIXES[t]}.{host}", "SRV") for t in hop.transports)
         answers = yield queries
-        for transport, query in zip(hop.transports, queries, strict=True):
+        for transport, query in zip(hop.transports, queries):
             records = [r for r in answers[query].records if isinstance(r, Srv)]
             if records:
                 found = (transport, records, query.name)

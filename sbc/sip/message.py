@@ -146,12 +146,12 @@ _CLASS_PHRASES: Final = {
 }
 
 _MISSING: Final[Any] = object()
-_call_id_match = re.compile(r"[\x21-\x7e]++").fullmatch
-_version_match = re.compile(r"SIP/[0-9]{1,3}+\.[0-9]{1,3}+", re.IGNORECASE).fullmatch
+_call_id_match = re.compile(r"[\x21-\x7e]+").fullmatch
+_version_match = re.compile(r"SIP/[0-9]{1,3}\.[0-9]{1,3}", re.IGNORECASE).fullmatch
 _status_match = re.compile(r"[1-6][0-9][0-9]").fullmatch
 # Cheap Request-URI check (scheme ":" visible ASCII but DQUOTE "<" ">"); the
 # full parse happens on first use of Request.uri.
-_ruri_match = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*+:[!#-;=?-~]++").fullmatch
+_ruri_match = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*:[!#-;=?-~]+").fullmatch
 _fmt_line = "{}: {}".format
 _partition = str.partition
 # canonical spellings only: a hit means the line is written canonically
@@ -261,7 +261,7 @@ class _Message:
         else:
             lines = []
             seen = False
-            for n, v in zip(names, values, strict=True):
+            for n, v in zip(names, values):
                 if n == "Content-Length":
                     if seen:
                         continue

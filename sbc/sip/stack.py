@@ -19,9 +19,10 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Callable
-from typing import Protocol, TypeAlias
+from typing import Protocol
 
 import attrs
+from typing_extensions import TypeAlias
 
 from sbc.sip.errors import ParseError, SipError
 from sbc.sip.locate import NextHop, Resolution
@@ -124,7 +125,7 @@ class Resolve:
     adjacency: str | None = None
 
 
-StackOutput: TypeAlias = Transmit | Dropped | Resolve
+StackOutput: TypeAlias = "Transmit | Dropped | Resolve"
 
 
 class TransactionUser(Protocol):

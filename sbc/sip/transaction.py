@@ -33,9 +33,10 @@ import heapq
 import itertools
 import math
 from collections.abc import Iterator, Mapping
-from typing import Final, TypeAlias
+from typing import Final
 
 import attrs
+from typing_extensions import TypeAlias
 
 from sbc.sip.errors import SbcError
 from sbc.sip.headers import Headers, Via
@@ -236,8 +237,8 @@ class Transition:
     next_state: TransactionState
 
 
-Table: TypeAlias = Mapping[tuple[TransactionState | None, Event], Transition]
-Row: TypeAlias = tuple[TransactionState | None, Event, tuple[Action, ...], TransactionState]
+Table: TypeAlias = "Mapping[tuple[TransactionState | None, Event], Transition]"
+Row: TypeAlias = "tuple[TransactionState | None, Event, tuple[Action, ...], TransactionState]"
 
 
 def _table(*rows: Row) -> Table:
@@ -718,7 +719,7 @@ class ServerTransaction(Transaction):
 
 
 #: A live transaction of either side.
-AnyTransaction: TypeAlias = ClientTransaction | ServerTransaction
+AnyTransaction: TypeAlias = "ClientTransaction | ServerTransaction"
 
 
 # ---------------------------------------------------------------------------
@@ -805,13 +806,8 @@ class StrayResponse:
 
 
 Output: TypeAlias = (
-    Send
-    | DeliverRequest
-    | DeliverResponse
-    | TransactionTimeout
-    | TransportError
-    | Terminated
-    | StrayResponse
+    "Send | DeliverRequest | DeliverResponse | TransactionTimeout | TransportError"
+    " | Terminated | StrayResponse"
 )
 
 

@@ -162,7 +162,7 @@ def _answer(query: Query, result: Any) -> Answer:
 def _failure(failure: Failure) -> Answer:
     """An Answer saying why a query got no answer."""
     error = failure.value
-    if isinstance(error, dns_error.DNSNameError | dns_error.AuthoritativeDomainError):
+    if isinstance(error, (dns_error.DNSNameError, dns_error.AuthoritativeDomainError)):
         return Answer(error="no such domain", nxdomain=True)
     if type(error) is dns_error.DomainError:  # no resolver of the chain knows the name
         return Answer(error="no such domain", nxdomain=True)
@@ -321,7 +321,7 @@ class NextHopResolver:
             fetched = [self.cache.fetch(q) for q in queries]
             sent[0] += sum(1 for _, asked in fetched if asked)
             answers = gatherResults([d for d, _ in fetched])
-            answers.addCallback(lambda got: step(lookup.feed(dict(zip(queries, got, strict=True)))))
+            answers.addCallback(lambda got: step(lookup.feed(dict(zip(queries, got)))))
             answers.addErrback(broken)
 
         def broken(failure: Failure) -> None:

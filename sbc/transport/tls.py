@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, Union
 
 import attrs
 from cryptography import x509
@@ -71,13 +71,20 @@ __all__ = [
 ]
 
 #: Private key types that OpenSSL can use for a TLS certificate.
-_SigningKey = (
-    rsa.RSAPrivateKey
-    | ec.EllipticCurvePrivateKey
-    | ed25519.Ed25519PrivateKey
-    | ed448.Ed448PrivateKey
-    | dsa.DSAPrivateKey
+_SIGNING_KEY_TYPES = (
+    rsa.RSAPrivateKey,
+    ec.EllipticCurvePrivateKey,
+    ed25519.Ed25519PrivateKey,
+    ed448.Ed448PrivateKey,
+    dsa.DSAPrivateKey,
 )
+_SigningKey = Union[
+    rsa.RSAPrivateKey,
+    ec.EllipticCurvePrivateKey,
+    ed25519.Ed25519PrivateKey,
+    ed448.Ed448PrivateKey,
+    dsa.DSAPrivateKey,
+]
 
 # OpenSSL X509_V_ERR_* codes, for the one-line reason of a refused chain.
 _VERIFY_ERRORS = {
@@ -189,7 +196,7 @@ def _load_private_key(path: str) -> _SigningKey:
         raise TlsConfigError(path, "private key is encrypted; give an unencrypted key") from None
     except (ValueError, UnsupportedAlgorithm):
         raise TlsConfigError(path, "not a PEM private key") from None
-    if not isinstance(key, _SigningKey):
+    if not isinstance(key, _SIGNING_KEY_TYPES):
         raise TlsConfigError(path, f"unsupported private key type {type(key).__name__}")
     return key
 
@@ -287,6 +294,7 @@ def _make_context(
         for anchor in anchors:
             context.add_client_ca(anchor)
     context.set_verify(mode)
+    context.set_info_callback(_connection_info)
     return context
 
 
@@ -434,8 +442,18 @@ def _new_connection(
     )
     connection.sbc_state = state
     connection.set_verify(mode, state.verify)
-    connection.set_info_callback(state.info)
     return connection
+
+
+def _connection_info(connection: SSL.Connection, where: int, ret: int) -> None:
+    """The contexts' OpenSSL info callback: passes the event to the connection's state.
+
+    Set on the context (pyOpenSSL before 25.2, all PyPy 3.9 has, cannot set
+    one per connection); each connection made here carries its own state.
+    """
+    state = getattr(connection, "sbc_state", None)
+    if state is not None:
+        state.info(connection, where, ret)
 
 
 #: OpenSSL verify mode of a server connection, by client-certificate setting.

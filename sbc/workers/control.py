@@ -122,11 +122,11 @@ def to_wire(value: Any) -> Any:
         kind = cast("type[attrs.AttrsInstance]", type(value))
         fields = {f.name: to_wire(getattr(value, f.name)) for f in attrs.fields(kind)}
         return {"$": name, **fields}
-    if isinstance(value, list | tuple):
+    if isinstance(value, (list, tuple)):
         return [to_wire(item) for item in value]
     if isinstance(value, dict):
         return {str(key): to_wire(item) for key, item in value.items()}
-    if value is None or isinstance(value, str | int | float | bool):
+    if value is None or isinstance(value, (str, int, float, bool)):
         return value
     raise TypeError(f"{type(value).__name__} does not cross the control channel")
 

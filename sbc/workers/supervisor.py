@@ -597,7 +597,7 @@ class WorkerPool:
         asks = [self._ask(slot, op, **args) for slot in slots]
 
         def pair(results: list[tuple[bool, Any]]) -> list[tuple[WorkerSlot, bool, Any]]:
-            return [(slot, ok, value) for slot, (ok, value) in zip(slots, results, strict=True)]
+            return [(slot, ok, value) for slot, (ok, value) in zip(slots, results)]
 
         return DeferredList(asks, consumeErrors=True).addCallback(pair)
 
@@ -668,7 +668,7 @@ class WorkerPool:
         asks = [self._ask(slot, "commit") for slot in prepared]
 
         def applied(results: list[tuple[bool, Any]]) -> None:
-            for slot, (ok, value) in zip(prepared, results, strict=True):
+            for slot, (ok, value) in zip(prepared, results):
                 if not ok:
                     self.log.error(
                         "worker {index} failed to apply the commit ({why}): restarted on it",

@@ -231,13 +231,13 @@ def parse_registrations(text: str) -> list[Registration]:
     else:
         return []
     starts = [m.start() for m in re.finditer(r"-+", rule)]
-    spans = list(zip(starts, [*starts[1:], None], strict=True))
+    spans = list(zip(starts, [*starts[1:], None]))
     names = [header[a:b].strip().lower() for a, b in spans]
     found = []
     for row in rows:
         if not row.strip() or row.strip().endswith("binding(s)"):
             break
-        cells = dict(zip(names, (row[a:b].strip() for a, b in spans), strict=True))
+        cells = dict(zip(names, (row[a:b].strip() for a, b in spans)))
         found.append(
             Registration(
                 cells.get("aor", ""),
@@ -907,7 +907,7 @@ class Linphonec(_Phone):
             remote = match[2].split("://", 1)[1]
             chunk = match[3]
             starts = [m.start() for m in start_line.finditer(chunk)]
-            for begin, stop in zip(starts, [*starts[1:], len(chunk)], strict=True):
+            for begin, stop in zip(starts, [*starts[1:], len(chunk)]):
                 text = chunk[begin:stop].strip("\n")
                 source, destination = ("", remote) if sent else (remote, "")
                 found.append(SipMessage(sent, text, source, destination))

@@ -473,7 +473,7 @@ class SecureCallTests(TestCase):
         )
         results = [(yield caller.wait(40, "the caller")), (yield callee.wait(40, "the callee"))]
         context = (
-            "\n".join(p.describe(r) for p, r in zip((caller, callee), results, strict=True))
+            "\n".join(p.describe(r) for p, r in zip((caller, callee), results))
             + "\n--- stunnel:\n"
             + stunnel.output()[-2000:]
             + "\n--- kamailio:\n"

@@ -184,7 +184,7 @@ class _DnsTestCase(TestCase):
         results = []
         for peer in peers:
             results.append((yield peer.wait(60, "SIPp")))
-        context = "\n".join(p.describe(r) for p, r in zip(peers, results, strict=True))
+        context = "\n".join(p.describe(r) for p, r in zip(peers, results))
         context += "\n--- sbc log tail:\n" + self.sbc.tail(60)
         self.assertEqual([r.exit_code for r in results], [0] * len(results), context)
 

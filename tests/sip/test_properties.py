@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import itertools
 import string
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -469,7 +468,7 @@ def _shown(value: Any) -> Any:
     """What to print of a test input: the wire bytes of models."""
     if isinstance(value, Model):
         return value.wire
-    if isinstance(value, list | tuple):
+    if isinstance(value, (list, tuple)):
         return type(value)(_shown(v) for v in value)
     return value
 
@@ -537,7 +536,7 @@ class ModelTests(SynchronousTestCase):
             [(v.transport, v.host, v.port, v.branch, v.received) for v in got_vias],
             [(v.transport, v.host, v.port, v.branch, v.received) for v in model.vias],
         )
-        for got, want in zip(got_vias, model.vias, strict=True):
+        for got, want in zip(got_vias, model.vias):
             if want.rport is True:
                 self.assertTrue(got.rport_requested)
             elif want.rport is not None:
@@ -554,7 +553,7 @@ class ModelTests(SynchronousTestCase):
             self.assertTrue(is_star(contacts[0]))
         else:
             self.assertEqual(len(contacts), len(model.contacts))
-            for got, want in zip(contacts, model.contacts, strict=True):
+            for got, want in zip(contacts, model.contacts):
                 self.assertFalse(is_star(got))
                 self.assert_name_addr(got, want)
                 self.assertEqual(got.expires, want.expires)
@@ -564,7 +563,7 @@ class ModelTests(SynchronousTestCase):
             (m.record_routes, model.record_routes),
         ):
             self.assertEqual(len(got_list), len(want_list))
-            for got, want in zip(got_list, want_list, strict=True):
+            for got, want in zip(got_list, want_list):
                 self.assert_name_addr(got, want)
         for name, value in model.extras.items():
             self.assertEqual(m.headers.get(name), value, name)
@@ -722,7 +721,7 @@ class FramerTests(SynchronousTestCase):
         points = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
         framer = StreamFramer()
         items: list[Any] = []
-        for start, end in itertools.pairwise(points):
+        for start, end in zip(points, points[1:]):
             items += framer.feed(stream[start:end])
         self.assertEqual(items, expected)
         for item in items:

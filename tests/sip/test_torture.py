@@ -203,9 +203,9 @@ def param(value: Any, name: str) -> str | None:
 
 def touch(value: Any, depth: int = 0) -> None:
     """Access every property of a typed value (and what it holds) and serialize it."""
-    if depth > 3 or value is None or isinstance(value, str | bytes | int | float | bool):
+    if depth > 3 or value is None or isinstance(value, (str, bytes, int, float, bool)):
         return
-    if isinstance(value, list | tuple):
+    if isinstance(value, (list, tuple)):
         for item in value:
             touch(item, depth + 1)
         return
@@ -395,7 +395,7 @@ class ValidMessageTests(SynchronousTestCase):
 
     def parse(self, name: str) -> Any:
         message = parse_message(load(name))
-        self.assertIsInstance(message, Request | Response)
+        self.assertIsInstance(message, (Request, Response))
         return message
 
     def test_wsinv(self) -> None:

@@ -50,7 +50,7 @@ from sbc.transport.tls import (
     verification_failure,
 )
 
-NOW = datetime.datetime.now(datetime.UTC)
+NOW = datetime.datetime.now(datetime.timezone.utc)
 
 
 @attrs.frozen
