@@ -11,11 +11,20 @@ heartbeat is late by 100 ms and more. The same happens when another
 process takes the SBC's CPU: then too the SBC answers late, and shedding is
 what keeps the calls it accepts alive.
 
+The lag misses one kind of overload: a process fast per message (PyPy's
+JIT) reads a few hundred datagrams per turn in less than the threshold,
+while the kernel already drops what does not fit in the receive buffer. So
+each heartbeat also looks at the **receive queues**: how full the fullest
+UDP listener's kernel buffer is (``SO_MEMINFO``). A heartbeat that finds
+it at ``overload-queue-threshold`` percent or more counts as late, however
+punctual it was. An SBC that keeps up empties its buffers every turn.
+
 When every heartbeat for :data:`ONSET` seconds was later than
-``overload-lag-threshold`` (milliseconds, the ``limits`` block) the SBC
-sheds: a share of the **new** INVITEs and REGISTERs (out of a dialog) is
-answered ``503 Service Unavailable`` with ``Retry-After`` (``overload-retry-after``
-seconds) by the stack's ordinary error path, before the B2BUA or the
+``overload-lag-threshold`` (milliseconds, the ``limits`` block), or found a
+receive buffer that full, the SBC sheds: a share of the **new** INVITEs and
+REGISTERs (out of a dialog) is answered ``503 Service Unavailable`` with
+``Retry-After`` (``overload-retry-after`` seconds) by the stack's ordinary
+error path, before the B2BUA or the
 registrar does any work for them. The share rises by :data:`RAISE_RATE` per
 second of late heartbeats and falls by :data:`LOWER_RATE` per second of
 heartbeats later than half the threshold at most (a loss-based control loop
@@ -103,6 +112,8 @@ class OverloadControl:
         self._count = count
         #: The smoothed event-loop lag, seconds.
         self.lag = 0.0
+        #: How full the fullest UDP receive buffer was at the last heartbeat (0 to 1).
+        self.queue = 0.0
         #: The share of new INVITEs and REGISTERs answered 503 now (0 to MAX_SHARE).
         self.share = 0.0
         #: True while the untrusted UDP listeners should not be read.
@@ -113,6 +124,7 @@ class OverloadControl:
         self._shed_since_start = 0
         self._pauses_since_start = 0
         self._peak_lag = 0.0
+        self._peak_queue = 0.0
         #: Requests shed since start-up.
         self.shed_total = 0
 
@@ -121,21 +133,28 @@ class OverloadControl:
         """True while some new INVITEs and REGISTERs are answered 503."""
         return self.share > 0.0
 
-    def sample(self, now: float, lag: float, elapsed: float = SAMPLE_INTERVAL) -> None:
-        """One lag measurement (seconds) at ``now``, ``elapsed`` seconds after the last one.
+    def sample(
+        self, now: float, lag: float, elapsed: float = SAMPLE_INTERVAL, queue: float = 0.0
+    ) -> None:
+        """One heartbeat at ``now``, ``elapsed`` seconds after the last one.
 
-        Updates the smoothed lag, the share shed and the pause; the share
-        moves by :data:`RAISE_RATE` / :data:`LOWER_RATE` per second of
-        ``elapsed`` (at most :data:`MAX_ELAPSED` per sample).
+        ``lag``: how late it fired (seconds); ``queue``: how full the fullest
+        UDP receive buffer was (0 to 1). Updates the smoothed lag, the share
+        shed and the pause; the share moves by :data:`RAISE_RATE` /
+        :data:`LOWER_RATE` per second of ``elapsed`` (at most
+        :data:`MAX_ELAPSED` per sample).
         """
         limits = self.limits()
         threshold = limits.overload_lag_threshold / 1000.0
+        queue_threshold = limits.overload_queue_threshold / 100.0
         lag = max(0.0, lag)
         self.lag += SMOOTHING * (lag - self.lag)
+        self.queue = queue
         # Decisions use each heartbeat's own lag: an SBC that cannot keep up
         # is late at every heartbeat; a collection or a timer burst makes one
         # heartbeat late and the next one on time.
-        late = lag > threshold
+        queued = queue_threshold > 0.0 and queue >= queue_threshold
+        late = lag > threshold or queued
         self._late_for = self._late_for + elapsed if late else 0.0
         elapsed = min(elapsed, MAX_ELAPSED)
         if threshold <= 0.0:  # turned off
@@ -147,7 +166,7 @@ class OverloadControl:
         was_shedding = self.shedding
         if late and (self.shedding or self._late_for >= ONSET):
             self.share = min(MAX_SHARE, self.share + RAISE_RATE * elapsed)
-        elif lag < threshold / 2:
+        elif lag < threshold / 2 and (queue_threshold <= 0.0 or queue < queue_threshold / 2):
             self.share = max(0.0, self.share - LOWER_RATE * elapsed)
             if self.share < 1e-9:
                 self.share = 0.0
@@ -160,8 +179,9 @@ class OverloadControl:
         self.pause_untrusted = pause
         if self.shedding:
             self._peak_lag = max(self._peak_lag, self.lag)
+            self._peak_queue = max(self._peak_queue, queue)
         if self.shedding and not was_shedding:
-            self._started(now, threshold)
+            self._started(now, threshold, queued)
         elif was_shedding and not self.shedding:
             self._ended(now)
 
@@ -184,17 +204,24 @@ class OverloadControl:
         retry_after = self.limits().overload_retry_after
         raise SipError(503, "Service Unavailable", headers=(("Retry-After", str(retry_after)),))
 
-    def _started(self, now: float, threshold: float) -> None:
+    def _started(self, now: float, threshold: float, queued: bool) -> None:
         self._started_at = now
         self._shed_since_start = 0
         self._pauses_since_start = 1 if self.pause_untrusted else 0
         self._peak_lag = self.lag
+        self._peak_queue = self.queue
+        cause = (
+            "a UDP receive buffer is {queue_pct:.0f} % full"
+            if queued
+            else "event-loop lag {lag_ms:.0f} ms is over {threshold_ms:.0f} ms"
+        )
         self.log.warn(
-            "overload: event-loop lag {lag_ms:.0f} ms is over {threshold_ms:.0f} ms: "
-            "answering part of the new INVITEs and REGISTERs 503 (Retry-After {retry_after} s)",
+            "overload: " + cause + ": answering part of the new INVITEs and REGISTERs 503 "
+            "(Retry-After {retry_after} s)",
             event="overload.started",
             lag_ms=round(self.lag * 1000.0, 1),
             threshold_ms=threshold * 1000.0,
+            queue_pct=round(self.queue * 100.0, 1),
             retry_after=self.limits().overload_retry_after,
         )
 
@@ -202,12 +229,14 @@ class OverloadControl:
         started = self._started_at if self._started_at is not None else now
         self.log.info(
             "overload over after {duration:.1f} s: {shed} new requests answered 503, "
-            "untrusted listeners paused {pauses} times, peak lag {peak_lag_ms:.0f} ms",
+            "untrusted listeners paused {pauses} times, peak lag {peak_lag_ms:.0f} ms, "
+            "fullest receive buffer {peak_queue_pct:.0f} %",
             event="overload.ended",
             duration=round(now - started, 3),
             shed=self._shed_since_start,
             pauses=self._pauses_since_start,
             peak_lag_ms=round(self._peak_lag * 1000.0, 1),
+            peak_queue_pct=round(self._peak_queue * 100.0, 1),
         )
         self._started_at = None
         self._credit = 0.0

@@ -3,6 +3,9 @@ and the 503 + Retry-After through the core and the stack. All on a memory clock.
 
 from __future__ import annotations
 
+import socket
+import struct
+import sys
 from typing import Any
 
 from twisted.internet.testing import MemoryReactorClock
@@ -26,7 +29,12 @@ from sbc.overload import (
 from sbc.sip import parse_message
 from sbc.sip.message import Response
 from sbc.sip.stack import Flow, SipStack, Transmit
-from sbc.transport.overload import LoadMeter, untrusted_udp_listeners
+from sbc.transport.overload import (
+    SO_MEMINFO,
+    LoadMeter,
+    receive_queue_fill,
+    untrusted_udp_listeners,
+)
 
 MS = 0.001
 
@@ -57,11 +65,11 @@ class ControlTests(SynchronousTestCase):
         )
         self.log = Recorder(self)
 
-    def feed(self, lag: float, samples: int, start: float = 0.0) -> float:
+    def feed(self, lag: float, samples: int, start: float = 0.0, queue: float = 0.0) -> float:
         now = start
         for _ in range(samples):
             now += 0.05
-            self.control.sample(now, lag)
+            self.control.sample(now, lag, queue=queue)
         return now
 
     def shed_of(self, requests: int, method: str = "INVITE") -> int:
@@ -146,6 +154,39 @@ class ControlTests(SynchronousTestCase):
         self.assertGreater(ended["duration"], 0.0)
         self.assertGreaterEqual(ended["peak_lag_ms"], 190.0)
 
+    def test_a_full_receive_buffer_sheds_though_every_heartbeat_is_on_time(self) -> None:
+        """A process fast per message (PyPy) keeps its heartbeats on time while the kernel
+        drops: the receive buffer's fill level says it all the same."""
+        onset = int(ONSET / 0.05)
+        now = self.feed(1 * MS, onset - 1, queue=0.6)
+        self.assertFalse(self.control.shedding)  # not for ONSET seconds yet
+        now = self.feed(1 * MS, 3, now, queue=0.6)
+        self.assertTrue(self.control.shedding)
+        self.assertAlmostEqual(self.control.share, 3 * 0.05 * RAISE_RATE)
+        [started] = self.log.events
+        self.assertEqual(started["queue_pct"], 60.0)
+        self.assertIn("receive buffer is 60 % full", started["log_format"].format(**started))
+        # between half the threshold (25 %) and the threshold: the share holds
+        share = self.control.share
+        now = self.feed(1 * MS, 5, now, queue=0.3)
+        self.assertEqual(self.control.share, share)
+        self.feed(1 * MS, 200, now, queue=0.1)  # emptied every turn again
+        self.assertEqual(self.log.names(), ["overload.started", "overload.ended"])
+        self.assertEqual(self.log.events[1]["peak_queue_pct"], 60.0)
+
+    def test_a_full_buffer_now_and_then_is_no_overload(self) -> None:
+        now = 0.0
+        for _ in range(20):
+            now = self.feed(1 * MS, 5, now)
+            now = self.feed(1 * MS, 1, now, queue=0.9)
+        self.assertEqual(self.control.share, 0.0)
+        self.assertEqual(self.log.events, [])
+
+    def test_queue_threshold_zero_leaves_the_lag_alone_to_decide(self) -> None:
+        self.limits = Limits(overload_lag_threshold=50, overload_queue_threshold=0)
+        self.feed(1 * MS, 100, queue=1.0)
+        self.assertFalse(self.control.shedding)
+
     def test_threshold_zero_turns_it_off(self) -> None:
         self.limits = Limits(overload_lag_threshold=0)
         self.feed(500 * MS, 50)
@@ -169,10 +210,27 @@ class ControlTests(SynchronousTestCase):
         self.assertFalse(self.control.pause_untrusted)
 
 
+class FakeSocket:
+    """Answers SO_MEMINFO with ``queued`` bytes in a receive buffer of ``size``."""
+
+    def __init__(self, queued: int = 0, size: int = 1000) -> None:
+        self.queued = queued
+        self.size = size
+
+    def getsockopt(self, level: int, option: int, length: int) -> bytes:
+        assert (level, option, length) == (socket.SOL_SOCKET, SO_MEMINFO, 8)
+        return struct.pack("2I", self.queued, self.size)
+
+
 class FakePort:
-    def __init__(self) -> None:
+    def __init__(self, handle: FakeSocket | None = None) -> None:
         self.reading = True
         self.connected = 1
+        self.handle = handle
+
+    def getHandle(self) -> object:
+        # without a FakeSocket: a handle that cannot answer SO_MEMINFO (not Linux...)
+        return self.handle if self.handle is not None else object()
 
     def stopReading(self) -> None:
         self.reading = False
@@ -251,6 +309,28 @@ class MeterTests(SynchronousTestCase):
             self.beat()
         self.assertTrue(self.ports[ACCESS_KEY].reading)
 
+    def test_the_fullest_buffer_of_the_listeners_being_read_is_sampled(self) -> None:
+        self.ports = {
+            ACCESS_KEY: FakePort(FakeSocket(100, 1000)),
+            CORE_KEY: FakePort(FakeSocket(700, 1000)),
+        }
+        self.meter.start()
+        self.clock.run()
+        self.beat()
+        self.assertEqual(self.control.queue, 0.7)
+        self.assertTrue(self.meter.measures_queues)
+        # a paused listener's buffer fills by design: it is left out
+        self.meter._paused.append(self.ports[CORE_KEY])
+        self.beat()
+        self.assertEqual(self.control.queue, 0.1)
+
+    def test_without_queue_figures_the_lag_alone_decides(self) -> None:
+        self.meter.start()
+        self.clock.run()
+        self.beat()
+        self.assertFalse(self.meter.measures_queues)  # FakePort without a socket
+        self.assertEqual(self.control.queue, 0.0)
+
     def test_stop_disarms_and_resumes(self) -> None:
         self.meter.start()
         self.clock.run()
@@ -274,6 +354,42 @@ INVITE = (
 )
 FLOW = Flow("UDP", ("127.0.0.1", 5060), ("127.0.0.2", 5070))
 CONTEXT = InboundContext("access", ACCESS_KEY)
+
+
+class ReceiveQueueTests(SynchronousTestCase):
+    """SO_MEMINFO on a real UDP socket on 127.0.0.1 (Linux)."""
+
+    def test_fill_follows_the_datagrams_waiting(self) -> None:
+        if not sys.platform.startswith("linux"):
+            self.assertIsNone(receive_queue_fill(socket.socket(socket.AF_INET, socket.SOCK_DGRAM)))
+            return
+        receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(receiver.close)
+        self.addCleanup(sender.close)
+        receiver.bind(("127.0.0.1", 0))
+        receiver.setblocking(False)
+        self.assertEqual(receive_queue_fill(receiver), 0.0)
+        for _ in range(20):
+            sender.sendto(b"x" * 500, receiver.getsockname())
+        some = receive_queue_fill(receiver)
+        assert some is not None
+        self.assertGreater(some, 0.0)
+        for _ in range(200):  # past the buffer: the fill is capped at 1
+            sender.sendto(b"x" * 1400, receiver.getsockname())
+        full = receive_queue_fill(receiver)
+        assert full is not None
+        self.assertGreater(full, some)
+        self.assertLessEqual(full, 1.0)
+        while True:
+            try:
+                receiver.recv(2048)
+            except BlockingIOError:
+                break
+        self.assertEqual(receive_queue_fill(receiver), 0.0)
+
+    def test_a_socket_that_cannot_say_gives_none(self) -> None:
+        self.assertIsNone(receive_queue_fill(object()))
 
 
 class ThroughTheStackTests(SynchronousTestCase):

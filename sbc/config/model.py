@@ -659,6 +659,16 @@ LIMIT_SETTINGS: tuple[LimitSetting, ...] = (
         "UDP listeners of untrusted adjacencies are not read for a moment; 0: never",
     ),
     LimitSetting(
+        "overload-queue-threshold",
+        "overload_queue_threshold",
+        50,
+        0,
+        100,
+        "percent",
+        "Overload control: a heartbeat that finds a UDP listener's kernel receive buffer "
+        "fuller than this counts as late, whatever its lag; 0: the lag alone decides",
+    ),
+    LimitSetting(
         "detach-drain-time",
         "detach_drain_time",
         2,
@@ -847,6 +857,7 @@ class Limits:
     overload_lag_threshold: int = _LIMIT_DEFAULTS["overload_lag_threshold"]
     overload_retry_after: int = _LIMIT_DEFAULTS["overload_retry_after"]
     overload_pause_lag: int = _LIMIT_DEFAULTS["overload_pause_lag"]
+    overload_queue_threshold: int = _LIMIT_DEFAULTS["overload_queue_threshold"]
     detach_drain_time: int = _LIMIT_DEFAULTS["detach_drain_time"]
     cli_idle_timeout: int = _LIMIT_DEFAULTS["cli_idle_timeout"]
     ssh_login_timeout: int = _LIMIT_DEFAULTS["ssh_login_timeout"]

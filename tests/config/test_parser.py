@@ -1011,6 +1011,7 @@ class BuilderApiTests(SynchronousTestCase):
                 "overload-lag-threshold",
                 "overload-retry-after",
                 "overload-pause-lag",
+                "overload-queue-threshold",
                 "detach-drain-time",
                 "cli-idle-timeout",
                 "ssh-login-timeout",
