@@ -1041,7 +1041,7 @@ def main(argv: Sequence[str]) -> int:
     if not TWISTD.exists():
         print(f"bench_calls: {TWISTD} not found (make install the venv)", file=sys.stderr)
         return 2
-    pypy = Path(args.pypy) if args.pypy else None
+    pypy = Path(args.pypy).resolve() if args.pypy else None
     if pypy is not None and not (pypy / "bin" / "twistd").exists():
         print(f"bench_calls: {pypy / 'bin' / 'twistd'} not found (make pypy-venv)", file=sys.stderr)
         return 2
