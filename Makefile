@@ -29,17 +29,16 @@ $(RUN_CONFIG):
 	cp $(CONFIG) $(RUN_CONFIG)
 	install -m 600 examples/lab-users.htdigest $(RUN_DIR)/lab-users.htdigest
 
+# The lab certificate, key and CA of `make run`, `make run-pypy` and `make check-config`.
+LAB_TLS = --certificate $(PKI)/sbc.pem --private-key $(PKI)/sbc.key --ca-certificates $(PKI)/ca.pem
+
 run: $(STAMP) $(PKI)/ca.pem $(RUN_CONFIG)
 	@echo "sbc: lab PKI in $(PKI) is for testing only"
 	@echo "sbc: running $(RUN_CONFIG) (a copy of $(CONFIG)); CLI: $(BIN)/sbc-cli --socket $(RUN_DIR)/sbc.cli"
-	$(BIN)/twistd --pidfile= -n sbc --config $(RUN_CONFIG) \
-		--certificate $(PKI)/sbc.pem --private-key $(PKI)/sbc.key \
-		--ca-certificates $(PKI)/ca.pem
+	$(BIN)/twistd --pidfile= -n sbc --config $(RUN_CONFIG) $(LAB_TLS)
 
 check-config: $(STAMP) $(PKI)/ca.pem
-	$(BIN)/twistd --pidfile= -n sbc --check-config --config $(CONFIG) \
-		--certificate $(PKI)/sbc.pem --private-key $(PKI)/sbc.key \
-		--ca-certificates $(PKI)/ca.pem
+	$(BIN)/twistd --pidfile= -n sbc --check-config --config $(CONFIG) $(LAB_TLS)
 
 # PyPy (3.9 or newer): the same code, 2 to 3 times faster once warm (docs/performance.md).
 # cryptography and bcrypt as wheels only: their sources need a Rust toolchain that
@@ -64,9 +63,7 @@ pypy-venv: $(PYPY_STAMP)
 run-pypy: $(PYPY_STAMP) $(PKI)/ca.pem $(RUN_CONFIG)
 	@echo "sbc: lab PKI in $(PKI) is for testing only"
 	@echo "sbc: running $(RUN_CONFIG) on PyPy; CLI: $(BIN)/sbc-cli --socket $(RUN_DIR)/sbc.cli"
-	$(PYPY_VENV)/bin/twistd --pidfile= -n sbc --config $(RUN_CONFIG) \
-		--certificate $(PKI)/sbc.pem --private-key $(PKI)/sbc.key \
-		--ca-certificates $(PKI)/ca.pem
+	$(PYPY_VENV)/bin/twistd --pidfile= -n sbc --config $(RUN_CONFIG) $(LAB_TLS)
 
 trial-pypy: $(PYPY_STAMP)
 	$(PYPY_VENV)/bin/python -m twisted.trial --temp-directory=_trial_temp_pypy $(TRIAL_PYPY_ARGS)
